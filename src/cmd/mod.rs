@@ -1,0 +1,137 @@
+//! The command line: `Cli`, one thin module per subcommand, and the flag groups they share.
+//! Each module parses its flags, opens what it needs and calls into the library.
+
+pub mod emit;
+pub mod runs;
+pub mod serve;
+pub mod stats;
+pub mod work;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::{MongoStore, SqliteStore, Store};
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Something went wrong (store unreachable, I/O error…).
+    pub const FAILURE: u8 = 1;
+    /// Bad usage or input: an unknown flag, a malformed file, an invalid id.
+    pub const USAGE: u8 = 2;
+    /// The run (or other object) named does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// The action is not allowed in the run's current state (e.g. reset of a RUNNING run).
+    pub const CONFLICT: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success, 1 failure, 2 bad usage or input, 3 not found, 4 not allowed in the run's state.
+
+Storage: with no MongoDB configured, everything runs on an embedded SQLite file shared by
+serve, work and runs on this machine (see --store). Set MONGODB_URL for many pods.";
+
+/// Queue, run and watch long AI-research experiment runs on GPU pods.
+#[derive(Debug, Parser)]
+#[command(name = "scientist", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: event ingest, read API, metrics.
+    Serve(serve::Args),
+    /// Run the pod worker: claim queued runs and run them.
+    Work(work::Args),
+    /// List, inspect, create, reset and cancel runs.
+    #[command(subcommand)]
+    Runs(runs::Command),
+    /// Counts by status and queue health.
+    Stats(stats::Args),
+    /// Send one event (or a batch) to the control plane.
+    Emit(emit::Args),
+}
+
+/// Where runs are stored; shared by every subcommand that reads or writes them.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Embedded store file [default: <data dir>/scientist/scientist.sqlite].
+    #[arg(long, env = "SCIENTIST_STORE", global = true)]
+    pub store: Option<PathBuf>,
+
+    /// MongoDB connection string; when set, MongoDB is used instead of the embedded store.
+    #[arg(long, env = "MONGODB_URL", hide_env_values = true, global = true)]
+    pub mongodb_url: Option<String>,
+
+    /// MongoDB database [default: the one named in the URL, else `scientist`].
+    #[arg(long, env = "SCIENTIST_MONGODB_DB", global = true)]
+    pub mongodb_db: Option<String>,
+}
+
+impl StoreArgs {
+    /// Opens the configured store: MongoDB when a URL is given, else the embedded file.
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        if let Some(url) = &self.mongodb_url {
+            let _store = MongoStore::connect(url, self.mongodb_db.as_deref())
+                .await
+                .context("connecting to MongoDB (check MONGODB_URL / --mongodb-url)")?;
+            anyhow::bail!("MONGO-STUB: the MongoDB store is being written");
+        }
+        let path = match &self.store {
+            Some(path) => path.clone(),
+            None => default_store_path()?,
+        };
+        let store = SqliteStore::open(&path)
+            .await
+            .with_context(|| format!("opening the embedded store at {}", path.display()))?;
+        Ok(Arc::new(store))
+    }
+}
+
+fn default_store_path() -> anyhow::Result<PathBuf> {
+    let data_dir = dirs::data_dir().context(
+        "no user data directory found (is HOME set?): pass --store PATH or set SCIENTIST_STORE",
+    )?;
+    Ok(data_dir.join("scientist").join("scientist.sqlite"))
+}
+
+/// Runs the parsed command line; `main` maps the error to an exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Work(args) => work::run(args).await,
+        Command::Runs(command) => runs::run(command).await,
+        Command::Stats(args) => stats::run(args).await,
+        Command::Emit(args) => emit::run(args).await,
+    }
+}
+
+/// An error that is not one of ours to explain further: the command is not built yet.
+pub(crate) fn not_yet(what: &str, issue: u32) -> anyhow::Error {
+    anyhow::anyhow!("`scientist {what}` is not available in this version yet (tracked in issue {issue})")
+}
+
+/// Bad input from the user (exit code 2): the message names the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error returned by [`run`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use crate::store::Error as StoreError;
+    if err.downcast_ref::<UsageError>().is_some() {
+        return exit::USAGE;
+    }
+    match err.downcast_ref::<StoreError>() {
+        Some(StoreError::NotFound(_)) => exit::NOT_FOUND,
+        Some(StoreError::InvalidTransition { .. }) => exit::CONFLICT,
+        Some(StoreError::InvalidCursor(_)) => exit::USAGE,
+        _ => exit::FAILURE,
+    }
+}

@@ -1,0 +1,147 @@
+//! The event model: CloudEvents 1.0 envelopes carrying `ai.*` run events.
+//!
+//! `envelope` validates one JSON object into an [`Event`], `payload` types its `data`,
+//! `wire` reads the HTTP forms (structured, binary `ce-*` headers, NDJSON and JSON batches)
+//! and `redact` keeps secrets out. Nothing here knows about stores or HTTP servers.
+
+mod envelope;
+pub mod payload;
+pub mod redact;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+pub use envelope::from_json_object;
+pub use payload::{LogLevel, Payload};
+
+use crate::run::{EventKey, RunId};
+use crate::time::Timestamp;
+
+/// The emitter's event id; unique per `source` (the CloudEvents dedup key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub String);
+
+impl EventId {
+    /// A fresh ULID, as our emitters use.
+    pub fn generate() -> Self {
+        Self(ulid::Ulid::generate().to_string())
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated CloudEvent with its typed payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: EventId,
+    pub source: String,
+    pub event_type: String,
+    pub subject: Option<String>,
+    /// The emitter's `time`, or the time we received it when the emitter sent none.
+    pub time: Timestamp,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    pub data: Map<String, Value>,
+    /// Per-run sequence number from the emitter (`seq` extension attribute).
+    pub seq: Option<u64>,
+    /// The claim this event belongs to (`attempt` extension attribute), for fencing.
+    pub attempt: Option<u32>,
+    /// Other extension attributes, kept as sent.
+    pub extensions: BTreeMap<String, Value>,
+    /// The run it is about: `data.run_id`, or the id in `subject: run/<id>`.
+    pub run_id: Option<RunId>,
+    pub payload: Payload,
+}
+
+impl Event {
+    /// The key that orders facts from this event against facts from others.
+    pub fn key(&self) -> EventKey {
+        EventKey { time: self.time, id: self.id.0.clone(), source: self.source.clone() }
+    }
+
+    /// The structured-mode JSON form, as stored and as served back.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut object = Map::new();
+        object.insert("specversion".into(), Value::from(envelope::SPECVERSION));
+        object.insert("id".into(), Value::from(self.id.0.clone()));
+        object.insert("source".into(), Value::from(self.source.clone()));
+        object.insert("type".into(), Value::from(self.event_type.clone()));
+        let optional = [
+            ("subject", self.subject.clone()),
+            ("datacontenttype", self.datacontenttype.clone()),
+            ("dataschema", self.dataschema.clone()),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                object.insert(name.into(), Value::from(value));
+            }
+        }
+        object.insert("time".into(), Value::from(self.time.to_string()));
+        if let Some(seq) = self.seq {
+            object.insert("seq".into(), Value::from(seq));
+        }
+        if let Some(attempt) = self.attempt {
+            object.insert("attempt".into(), Value::from(attempt));
+        }
+        for (name, value) in &self.extensions {
+            object.insert(name.clone(), value.clone());
+        }
+        object.insert("data".into(), Value::Object(self.data.clone()));
+        object
+    }
+}
+
+/// Why an event was rejected. Each message names the attribute and what to send instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("an event must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("missing required attribute {0:?}")]
+    MissingAttribute(&'static str),
+    #[error("attribute {name:?} must be {expected}")]
+    InvalidAttribute { name: String, expected: &'static str },
+    #[error("specversion {0:?} is not supported; send \"1.0\"")]
+    UnsupportedSpecversion(String),
+    #[error("time {value:?} is not an RFC 3339 timestamp (e.g. 2025-10-22T19:00:00Z): {reason}")]
+    InvalidTime { value: String, reason: String },
+    #[error("extension attribute name {0:?} is invalid: use lower-case letters a-z and digits 0-9 only")]
+    InvalidExtensionName(String),
+    #[error("datacontenttype {0:?} is not supported; send data as application/json")]
+    UnsupportedContentType(String),
+    #[error("data_base64 is not supported; send data as a JSON object")]
+    Base64Data,
+    #[error("data must be a JSON object, found {0}")]
+    DataNotAnObject(&'static str),
+    #[error("event type {0:?} is not supported; scientist accepts ai.* event types")]
+    UnsupportedType(String),
+    #[error("no run id: set data.run_id or subject \"run/<id>\"")]
+    MissingRunId,
+    #[error("invalid run id: {0}")]
+    InvalidRunId(String),
+    #[error("subject {subject:?} names a different run than data.run_id {run_id:?}")]
+    SubjectMismatch { subject: String, run_id: String },
+    #[error("invalid data for {event_type}: {reason}")]
+    InvalidData { event_type: String, reason: String },
+}
+
+/// The JSON kind of a value, for error messages.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,179 @@
+//! The HTTP forms of events (CloudEvents HTTP binding and JSON batch format):
+//! structured mode, binary mode (`ce-*` headers, `data` in the body), NDJSON batches and
+//! `application/cloudevents-batch+json` arrays. A batch keeps its good events and names
+//! each rejected one by its 1-based line (or array position) with the reason.
+
+use serde_json::{Map, Value};
+
+use super::{Error, Event, from_json_object, json_kind};
+use crate::time::Timestamp;
+
+/// A batch after validation: good events in order, and the rejected lines.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<(usize, Event)>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// One rejected line of a batch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rejected {
+    pub line: usize,
+    pub reason: String,
+}
+
+impl Batch {
+    fn push(&mut self, line: usize, result: Result<Event, Error>) {
+        match result {
+            Ok(event) => self.events.push((line, event)),
+            Err(err) => self.rejected.push(Rejected { line, reason: err.to_string() }),
+        }
+    }
+}
+
+/// One structured-mode event (`application/cloudevents+json`).
+pub fn parse_structured(body: &[u8], received: Timestamp) -> Result<Event, Error> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| Error::InvalidJson(err.to_string()))?;
+    match value {
+        Value::Object(object) => from_json_object(object, received),
+        other => Err(Error::NotAnObject(json_kind(&other))),
+    }
+}
+
+/// One binary-mode event: context attributes from `ce-*` headers, `data` from the body.
+/// `headers` are (name, value) pairs in any case; `content_type` becomes `datacontenttype`.
+pub fn parse_binary<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    content_type: Option<&str>,
+    body: &[u8],
+    received: Timestamp,
+) -> Result<Event, Error> {
+    let mut object = Map::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if let Some(attribute) = lower.strip_prefix("ce-") {
+            object.insert(attribute.to_owned(), Value::from(percent_decode(value)));
+        }
+    }
+    if let Some(content_type) = content_type {
+        object.insert("datacontenttype".into(), Value::from(content_type));
+    }
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let data: Value = serde_json::from_slice(body).map_err(|err| Error::InvalidJson(err.to_string()))?;
+        object.insert("data".into(), data);
+    }
+    from_json_object(object, received)
+}
+
+/// An `application/x-ndjson` batch: one structured event a line; blank lines are skipped.
+pub fn parse_ndjson(body: &[u8], received: Timestamp) -> Batch {
+    let mut batch = Batch::default();
+    for (index, line) in body.split(|byte| *byte == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        batch.push(index + 1, parse_structured(line, received));
+    }
+    batch
+}
+
+/// An `application/cloudevents-batch+json` array; positions are numbered from 1.
+pub fn parse_json_batch(body: &[u8], received: Timestamp) -> Result<Batch, Error> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| Error::InvalidJson(err.to_string()))?;
+    let Value::Array(items) = value else {
+        return Err(Error::InvalidJson(format!("a batch must be a JSON array, found {}", json_kind(&value))));
+    };
+    let mut batch = Batch::default();
+    for (index, item) in items.into_iter().enumerate() {
+        let result = match item {
+            Value::Object(object) => from_json_object(object, received),
+            other => Err(Error::NotAnObject(json_kind(&other))),
+        };
+        batch.push(index + 1, result);
+    }
+    Ok(batch)
+}
+
+/// Decodes `%XX` escapes of the HTTP binding; malformed escapes are kept as written.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = crate::time::Timestamp::EPOCH;
+
+    /// The seeds' NDJSON example, with a third line that is broken.
+    const BATCH: &str = concat!(
+        r#"{"specversion":"1.0","id":"test-1","source":"test://local","type":"ai.run.heartbeat","subject":"run/test-run-id","time":"2025-10-22T19:00:00Z","datacontenttype":"application/json","data":{"run_id":"test-run-id"}}"#,
+        "\n\n",
+        r#"{"specversion":"1.0","id":"test-2","source":"test://local","type":"ai.run.heartbeat","subject":"run/test-run-id","time":"2025-10-22T19:00:01Z","datacontenttype":"application/json","data":{"run_id":"test-run-id"}}"#,
+        "\n",
+        r#"{"specversion":"1.0","id":"test-3","source":"test://local""#,
+        "\n"
+    );
+
+    #[test]
+    fn ndjson_keeps_good_lines_and_names_bad_ones() {
+        let batch = parse_ndjson(BATCH.as_bytes(), NOW);
+        let lines: Vec<usize> = batch.events.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [1, 3]);
+        assert_eq!(batch.rejected.len(), 1);
+        assert_eq!(batch.rejected[0].line, 4);
+        assert!(batch.rejected[0].reason.starts_with("invalid JSON"), "{:?}", batch.rejected);
+    }
+
+    #[test]
+    fn json_batch_numbers_positions() {
+        let body = r#"[{"specversion":"1.0","id":"a","source":"s","type":"ai.run.log","data":{"run_id":"r","message":"hi"}}, 7,
+                       {"specversion":"1.0","id":"b","source":"s","type":"ai.run.log","data":{"run_id":"r"}}]"#;
+        let batch = parse_json_batch(body.as_bytes(), NOW).expect("array");
+        assert_eq!(batch.events.len(), 1);
+        let rejected: Vec<usize> = batch.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(rejected, [2, 3]);
+        assert!(batch.rejected[0].reason.contains("found a number"), "{:?}", batch.rejected);
+        assert!(batch.rejected[1].reason.contains("missing field `message`"), "{:?}", batch.rejected);
+        assert!(parse_json_batch(b"{}", NOW).is_err());
+    }
+
+    #[test]
+    fn binary_mode_reads_ce_headers() {
+        let headers = [
+            ("ce-specversion", "1.0"),
+            ("CE-ID", "bin-1"),
+            ("ce-source", "pod%3A%2F%2Fa"),
+            ("ce-type", "ai.run.stage_started"),
+            ("ce-subject", "run/r9"),
+            ("ce-seq", "4"),
+            ("host", "ignored"),
+        ];
+        let event = parse_binary(headers, Some("application/json"), br#"{"stage":"Stage_1"}"#, NOW).expect("valid");
+        assert_eq!(event.source, "pod://a");
+        assert_eq!(event.seq, Some(4));
+        assert_eq!(event.run_id.expect("run").as_str(), "r9");
+        let err = parse_binary([("ce-specversion", "1.0")], None, b"", NOW).expect_err("missing id");
+        assert_eq!(err, Error::MissingAttribute("id"));
+    }
+}

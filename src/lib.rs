@@ -1,0 +1,16 @@
+//! `scientist` queues, runs and watches long AI-research experiment runs on GPU pods.
+//!
+//! Reading order: `time` and `run` (the run document), `event` (CloudEvents in, typed),
+//! `reduce` (what an event does to a run), `queue` (fencing and queue rules), `store`
+//! (SQLite and MongoDB behind one trait), then the subcommands in `cmd`. `emit` and
+//! `monitor` hold the pod side as it lands. ARCHITECTURE.md has the map.
+
+pub mod cmd;
+pub mod emit;
+pub mod event;
+pub mod monitor;
+pub mod queue;
+pub mod reduce;
+pub mod run;
+pub mod store;
+pub mod time;

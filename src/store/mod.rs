@@ -1,0 +1,308 @@
+//! Storage of runs and events behind one trait, [`Store`], with two backends:
+//! `sqlite` (the embedded default, one file shared by the processes of one machine) and
+//! `mongo` (the production store for many pods). Both pass one behavioural suite
+//! (`tests/store_contract.rs`). The rules of what an event does live in `reduce` and
+//! `queue::fence`; the backends share them through [`plan`], so they cannot drift apart.
+
+pub mod mongo;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::{Event, Payload};
+use crate::queue::fence;
+use crate::reduce;
+use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
+use crate::time::Timestamp;
+
+pub use mongo::MongoStore;
+pub use sqlite::SqliteStore;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors a caller branches on get their own variant; the rest carry their source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    #[error("run {0} already exists")]
+    AlreadyExists(RunId),
+    #[error("cannot {action} run {id}: it is {status}; {hint}")]
+    InvalidTransition { id: RunId, status: RunStatus, action: &'static str, hint: &'static str },
+    #[error("invalid cursor {0:?}: pass the `next` value of a previous page")]
+    InvalidCursor(String),
+    #[error("stored document for {what} is unreadable")]
+    Corrupt { what: String, source: serde_json::Error },
+    #[error("stored document for {what} is unreadable")]
+    CorruptBson { what: String, source: mongodb::bson::de::Error },
+    #[error("could not encode {what} for MongoDB")]
+    Encode { what: String, source: mongodb::bson::ser::Error },
+    #[error("run {0} kept changing under concurrent writers; retry")]
+    Contention(RunId),
+    #[error("embedded store error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("MongoDB error")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("embedded store worker stopped")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("embedded store at {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+/// What became of one event handed to [`Store::apply_events`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored and applied to its run (or hypothesis).
+    Applied,
+    /// Its (`source`, `id`) pair was seen before: acknowledged, changes nothing.
+    Duplicate,
+    /// Stored, but refused by the fence: its `attempt` is not the run's live claim.
+    Stale,
+    /// Stored; its run does not exist (yet). It is applied when the run is created.
+    Orphan,
+}
+
+/// A page of results and the cursor for the next one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Which runs to list: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Any of these statuses; empty means all.
+    pub statuses: Vec<RunStatus>,
+    pub queue: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// Which events of a run to list: in the order they were stored.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Any of these types; empty means all.
+    pub types: Vec<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// An event as stored, with its position in the store's order.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub cursor: String,
+    pub received_at: Timestamp,
+    pub event: Event,
+}
+
+/// A file a run stored through object storage (`ai.artifact.registered`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub run_id: RunId,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub registered_at: Timestamp,
+    /// The registration event; a later one for the same key replaces it.
+    pub at: EventKey,
+}
+
+/// A hypothesis's ideas from `ai.ideation.generated`; `ideaJson` is the first idea.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HypothesisIdeas {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub ideas: Vec<Value>,
+    pub idea_json: Value,
+    pub at: EventKey,
+}
+
+/// The storage contract. Every method is atomic on its own; see each for what that covers.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a QUEUED run. Errors with `AlreadyExists` when the id is taken.
+    async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run>;
+
+    async fn get(&self, id: &RunId) -> Result<Option<Run>>;
+
+    /// Runs matching `filter`, newest first, with a cursor for the next page.
+    async fn list(&self, filter: &RunFilter) -> Result<Page<Run>>;
+
+    /// Atomically claims the next QUEUED run of `queue` (highest priority, then oldest)
+    /// for `worker`: SCHEDULED, `claimedBy`, `claimedAt`, `attempt + 1`. No run is ever
+    /// claimed twice, whatever the number of concurrent claimers and processes.
+    async fn claim(&self, worker: &str, queue: &str, now: Timestamp) -> Result<Option<Run>>;
+
+    /// Stores each event whose (`source`, `id`) pair is new and applies it to its run, in
+    /// order. Returns one outcome per event. When this returns Ok every event is durably
+    /// stored (acknowledge only then); on Err, retrying the same events is always safe.
+    async fn apply_events(&self, events: Vec<Event>, now: Timestamp) -> Result<Vec<Outcome>>;
+
+    /// A run's events in stored order, after `filter.cursor`.
+    async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>>;
+
+    /// FAILED or CANCELED back to QUEUED: claim and error cleared, `retryCount + 1`.
+    async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run>;
+
+    /// Cancels a QUEUED run at once; for a SCHEDULED or RUNNING run records the request,
+    /// which its worker acts on (it then emits `ai.run.canceled`).
+    async fn request_cancel(&self, id: &RunId, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run>;
+
+    /// Number of runs in each status (statuses with none are left out).
+    async fn counts(&self) -> Result<Vec<(RunStatus, u64)>>;
+
+    /// A run's registered artifacts, by key.
+    async fn artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>>;
+
+    /// A hypothesis's generated ideas, if any were reported.
+    async fn hypothesis_ideas(&self, id: &str) -> Result<Option<HypothesisIdeas>>;
+}
+
+/// What a newly stored event did to its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// The event created the run: the backend must [`replay`] the run's stored events
+    /// (this one included) onto the fresh run, then insert it.
+    Created,
+    Updated,
+    Stale,
+    Orphan,
+}
+
+impl Effect {
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            Effect::Created | Effect::Updated => Outcome::Applied,
+            Effect::Stale => Outcome::Stale,
+            Effect::Orphan => Outcome::Orphan,
+        }
+    }
+}
+
+/// The one decision both backends make for every new event, on the run as stored now
+/// (`None` when it does not exist).
+pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event) -> Effect {
+    match (slot.as_mut(), &event.payload) {
+        (Some(run), _) => {
+            if !fence::admits(run, event.attempt) {
+                return Effect::Stale;
+            }
+            reduce::apply(run, event);
+            Effect::Updated
+        }
+        (None, Payload::Enqueued(enqueued)) => {
+            let Some(id) = event.run_id.clone() else { return Effect::Orphan };
+            let new_run = NewRun {
+                id,
+                hypothesis_id: enqueued.hypothesis_id.clone(),
+                priority: enqueued.priority.unwrap_or(0),
+                queue: enqueued.queue.clone().unwrap_or_else(|| crate::run::DEFAULT_QUEUE.into()),
+                idea: enqueued.idea.clone().unwrap_or(Value::Null),
+            };
+            *slot = Some(Run::queued(new_run, event.time));
+            Effect::Created
+        }
+        (None, _) => Effect::Orphan,
+    }
+}
+
+/// Whether a fact keyed `new` replaces one keyed `existing` (the later event wins).
+pub(crate) fn replaces(existing: Option<&EventKey>, new: &EventKey) -> bool {
+    existing.is_none_or(|existing| new > existing)
+}
+
+/// Replays a new run's stored events (oldest first) onto it, through the fence.
+pub(crate) fn replay<'a>(run: &mut Run, events: impl IntoIterator<Item = &'a Event>) {
+    for event in events {
+        if fence::admits(run, event.attempt) {
+            reduce::apply(run, event);
+        }
+    }
+}
+
+/// A record an event keeps outside its run document.
+pub(crate) enum SideRecord {
+    Artifact(Artifact),
+    Hypothesis(HypothesisIdeas),
+}
+
+pub(crate) fn side_record(event: &Event) -> Option<SideRecord> {
+    match &event.payload {
+        Payload::ArtifactRegistered(registered) => Some(SideRecord::Artifact(Artifact {
+            run_id: event.run_id.clone()?,
+            key: registered.key.clone(),
+            bytes: registered.bytes,
+            sha256: registered.sha256.clone(),
+            content_type: registered.content_type.clone(),
+            kind: registered.kind.clone(),
+            registered_at: event.time,
+            at: event.key(),
+        })),
+        Payload::IdeationGenerated(generated) => Some(SideRecord::Hypothesis(HypothesisIdeas {
+            id: generated.hypothesis_id.clone(),
+            ideas: generated.ideas.clone(),
+            idea_json: generated.ideas.first().cloned().unwrap_or(Value::Null),
+            at: event.key(),
+        })),
+        _ => None,
+    }
+}
+
+/// Reset's rule, shared by both backends.
+pub(crate) fn reset_run(mut run: Run, now: Timestamp) -> Result<Run> {
+    if !matches!(run.status, RunStatus::Failed | RunStatus::Canceled) {
+        return Err(Error::InvalidTransition {
+            id: run.id,
+            status: run.status,
+            action: "reset",
+            hint: "only FAILED or CANCELED runs can be reset",
+        });
+    }
+    run.reset(now);
+    Ok(run)
+}
+
+/// Cancel's rule, shared by both backends.
+pub(crate) fn cancel_run(mut run: Run, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
+    use crate::run::{CancelRequest, Cancellation};
+    match run.status {
+        status if status.is_terminal() => Err(Error::InvalidTransition {
+            id: run.id,
+            status,
+            action: "cancel",
+            hint: "it has already finished",
+        }),
+        RunStatus::Scheduled | RunStatus::Running => {
+            run.cancel_requested = Some(CancelRequest { by: by.to_owned(), reason, at: now });
+            run.updated_at = now;
+            Ok(run)
+        }
+        // Nobody holds a queued (or human-awaiting) run: cancel it at once.
+        _ => {
+            run.status = RunStatus::Canceled;
+            run.canceled = Some(Cancellation { by: Some(by.to_owned()), reason, at: now });
+            run.updated_at = now;
+            Ok(run)
+        }
+    }
+}
+
+/// Default page size, and the largest a caller may ask for.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 1000;
+
+pub(crate) fn clamp_limit(limit: usize) -> usize {
+    if limit == 0 { DEFAULT_LIMIT } else { limit.min(MAX_LIMIT) }
+}
