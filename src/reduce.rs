@@ -44,12 +44,10 @@ pub fn apply(run: &mut Run, event: &Event) {
             }
         }
         Payload::Node(step, data) => on_node(run, *step, data, key),
-        Payload::PaperStarted(started) => {
+        // The paper's key is final only once it is generated; `started` records the start.
+        Payload::PaperStarted(_) => {
             let paper = run.paper.get_or_insert_with(Paper::default);
             paper.started_at = min_time(paper.started_at, key.time);
-            if paper.artifact_key.is_none() {
-                paper.artifact_key.clone_from(&started.artifact_key);
-            }
         }
         Payload::PaperGenerated(generated) => {
             let paper = run.paper.get_or_insert_with(Paper::default);

@@ -1,0 +1,411 @@
+//! One behavioural suite for every store: each case is a generic body over `Store`,
+//! stamped out per backend by `store_suite!`, so SQLite and MongoDB cannot drift apart.
+//! MongoDB cases need the server `scripts/test` starts; without it they fail, never skip.
+
+mod common;
+#[path = "common/stores.rs"]
+mod stores;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::{at, attempt_event, event};
+use stores::TestStore;
+use scientist::run::{NewRun, RunId, RunStatus, Stage};
+use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
+use serde_json::json;
+
+fn new_run(priority: i64) -> NewRun {
+    NewRun { priority, ..NewRun::new(json!({"title": "test idea"})) }
+}
+
+/// Enqueues a run and claims it; returns its id (attempt 1, claimed by `pod-a`).
+async fn claimed_run(store: &dyn Store) -> RunId {
+    let run = store.enqueue(new_run(0), at(0)).await.expect("enqueue");
+    let claimed = store.claim("pod-a", "default", at(1)).await.expect("claim").expect("a queued run");
+    assert_eq!(claimed.id, run.id);
+    run.id
+}
+
+async fn enqueue_and_get_round_trip(store: &dyn Store) {
+    let mut wanted = new_run(7);
+    wanted.hypothesis_id = Some("hyp-1".into());
+    let run = store.enqueue(wanted.clone(), at(0)).await.expect("enqueue");
+    assert_eq!(run.status, RunStatus::Queued);
+    let stored = store.get(&run.id).await.expect("get").expect("stored");
+    assert_eq!(stored, run);
+    assert_eq!(stored.idea, json!({"title": "test idea"}));
+    let err = store.enqueue(wanted, at(1)).await.expect_err("same id twice");
+    assert!(matches!(&err, Error::AlreadyExists(id) if *id == run.id), "{err:?}");
+    assert!(store.get(&"no-such-run".parse().expect("id")).await.expect("get").is_none());
+}
+
+async fn claims_highest_priority_then_oldest(store: &dyn Store) {
+    let low = store.enqueue(new_run(0), at(0)).await.expect("enqueue");
+    let high_old = store.enqueue(new_run(5), at(1)).await.expect("enqueue");
+    let high_new = store.enqueue(new_run(5), at(2)).await.expect("enqueue");
+    let negative = store.enqueue(new_run(-1), at(3)).await.expect("enqueue");
+    let mut order = Vec::new();
+    while let Some(run) = store.claim("pod-a", "default", at(10)).await.expect("claim") {
+        assert_eq!(run.status, RunStatus::Scheduled);
+        assert_eq!(run.claimed_by.as_deref(), Some("pod-a"));
+        assert_eq!(run.claimed_at, Some(at(10)));
+        assert_eq!(run.attempt, 1);
+        assert_eq!(store.get(&run.id).await.expect("get").as_ref(), Some(&run), "claim returns the stored run");
+        order.push(run.id);
+    }
+    assert_eq!(order, [high_old.id, high_new.id, low.id, negative.id]);
+}
+
+async fn claims_only_from_its_queue(store: &dyn Store) {
+    let run = store.enqueue(NewRun { queue: "gpu-a100".into(), ..new_run(0) }, at(0)).await.expect("enqueue");
+    assert!(store.claim("pod-a", "default", at(1)).await.expect("claim").is_none());
+    let claimed = store.claim("pod-a", "gpu-a100", at(1)).await.expect("claim").expect("its queue");
+    assert_eq!(claimed.id, run.id);
+}
+
+/// 16 concurrent claimers (on two handles: two processes) over 1,000 runs: each claimed once.
+async fn concurrent_claimers_claim_each_run_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    const RUNS: usize = 1000;
+    const CLAIMERS: usize = 16;
+    let mut queued = HashSet::new();
+    for index in 0..RUNS {
+        let run = store.enqueue(new_run((index % 7) as i64), at(index as i64)).await.expect("enqueue");
+        queued.insert(run.id);
+    }
+    let mut tasks = Vec::new();
+    for claimer in 0..CLAIMERS {
+        let handle = if claimer % 2 == 0 { store.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("pod-{claimer}");
+            let mut claimed = Vec::new();
+            while let Some(run) = handle.claim(&worker, "default", at(5000)).await.expect("claim") {
+                assert_eq!(run.claimed_by.as_deref(), Some(worker.as_str()));
+                claimed.push(run.id);
+            }
+            claimed
+        }));
+    }
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.expect("claimer task"));
+    }
+    assert_eq!(claimed.len(), RUNS, "every run claimed, none twice");
+    let unique: HashSet<RunId> = claimed.into_iter().collect();
+    assert_eq!(unique, queued);
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts, [(RunStatus::Scheduled, RUNS as u64)]);
+}
+
+async fn events_drive_a_run_to_completion(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let run_id = id.as_str();
+    let events = vec![
+        attempt_event("e1", "ai.run.started", run_id, 2, 1, json!({"pod_id": "pod-a", "gpu": "H100"})),
+        attempt_event("e2", "ai.run.stage_started", run_id, 3, 1, json!({"stage": "Stage_1", "desc": "initial"})),
+        attempt_event(
+            "e3",
+            "ai.run.stage_progress",
+            run_id,
+            63,
+            1,
+            json!({"stage": "Stage_1", "iteration": 3, "max_iterations": 14, "progress": 0.21,
+                   "good_nodes": 3, "buggy_nodes": 1, "total_nodes": 4, "best_metric": 0.83, "eta_s": 600}),
+        ),
+        attempt_event("e4", "ai.run.stage_completed", run_id, 103, 1, json!({"stage": "Stage_1", "duration_s": 100})),
+        attempt_event("e5", "ai.run.completed", run_id, 200, 1, json!({"duration_s": 198})),
+    ];
+    let mut events = events;
+    for (seq, event) in events.iter_mut().enumerate() {
+        event.seq = Some(seq as u64 + 1);
+    }
+    let outcomes = store.apply_events(events, at(300)).await.expect("apply");
+    assert_eq!(outcomes, [Outcome::Applied; 5]);
+    let run = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.pod.as_ref().map(|pod| (pod.id.as_str(), pod.gpu.as_deref())), Some(("pod-a", Some("H100"))));
+    assert_eq!(run.started_at, Some(at(2)));
+    assert_eq!(run.completed_at, Some(at(200)));
+    assert_eq!(run.last_event_seq, 5);
+    assert_eq!(run.updated_at, at(300));
+    let stage = run.current_stage.expect("current stage");
+    assert_eq!((stage.name, stage.iteration, stage.good_nodes, stage.buggy_nodes), (Stage::Stage1, 3, 3, 1));
+    assert_eq!(stage.progress, 1.0, "a completed stage is complete");
+    assert_eq!(stage.best_metric.as_deref(), Some("0.83"));
+    let timing = &run.stage_timing["Stage_1"];
+    assert_eq!((timing.started_at, timing.completed_at), (Some(at(3)), Some(at(103))));
+    assert_eq!((timing.elapsed_s, timing.duration_s), (Some(100.0), Some(100.0)));
+}
+
+async fn duplicates_are_acknowledged_and_change_nothing(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let progress = |event_id: &str, iteration: u64| {
+        event(event_id, "ai.run.stage_progress", id.as_str(), 5, json!({"stage": "Stage_2", "iteration": iteration}))
+    };
+    let first = store.apply_events(vec![progress("p1", 4)], at(6)).await.expect("apply");
+    assert_eq!(first, [Outcome::Applied]);
+    let before = store.get(&id).await.expect("get").expect("run");
+    // Same (source, id) pair, different content: a duplicate by the spec, ignored.
+    let again = store.apply_events(vec![progress("p1", 9), progress("p1", 9)], at(7)).await.expect("apply");
+    assert_eq!(again, [Outcome::Duplicate, Outcome::Duplicate]);
+    assert_eq!(store.get(&id).await.expect("get").expect("run"), before);
+    let listed = store.list_events(&id, &EventFilter::default()).await.expect("events");
+    assert_eq!(listed.items.len(), 1);
+}
+
+async fn stale_attempts_are_refused(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let failed = attempt_event("f1", "ai.run.failed", id.as_str(), 5, 1, json!({"code": "OOM", "message": "CUDA out of memory"}));
+    assert_eq!(store.apply_events(vec![failed], at(5)).await.expect("apply"), [Outcome::Applied]);
+    store.reset(&id, at(6)).await.expect("reset");
+    let late = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 7, 1, json!({"gpu_util": 0.5}));
+    assert_eq!(store.apply_events(vec![late], at(7)).await.expect("apply"), [Outcome::Stale], "reset ended attempt 1");
+    let reclaimed = store.claim("pod-b", "default", at(8)).await.expect("claim").expect("requeued run");
+    assert_eq!((reclaimed.id.clone(), reclaimed.attempt), (id.clone(), 2));
+    let old = attempt_event("s1", "ai.run.started", id.as_str(), 9, 1, json!({"pod_id": "pod-a"}));
+    let new = attempt_event("s2", "ai.run.started", id.as_str(), 9, 2, json!({"pod_id": "pod-b"}));
+    let outcomes = store.apply_events(vec![old, new], at(9)).await.expect("apply");
+    assert_eq!(outcomes, [Outcome::Stale, Outcome::Applied]);
+    let run = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(run.pod.map(|pod| pod.id), Some("pod-b".into()));
+    assert_eq!(run.heartbeat_at, None, "the stale heartbeat changed nothing");
+    // Stale events are still stored: nothing sent is lost from the record.
+    assert_eq!(store.list_events(&id, &EventFilter::default()).await.expect("events").items.len(), 4);
+}
+
+async fn terminal_states_are_sticky(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let run_id = id.as_str();
+    let events = vec![
+        event("c1", "ai.run.completed", run_id, 10, json!({})),
+        event("f1", "ai.run.failed", run_id, 11, json!({"code": "EXIT_1", "message": "late"})),
+        event("x1", "ai.run.canceled", run_id, 12, json!({"by": "op"})),
+        event("s1", "ai.run.started", run_id, 1, json!({"pod_id": "pod-a"})),
+    ];
+    store.apply_events(events, at(13)).await.expect("apply");
+    let run = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert!(run.error.is_none() && run.canceled.is_none());
+    assert_eq!(run.pod.map(|pod| pod.id), Some("pod-a".into()), "late data still lands");
+}
+
+async fn orphan_events_apply_when_their_run_is_created(store: &dyn Store) {
+    let started = event("o1", "ai.run.started", "emitted-run", 2, json!({"pod_id": "pod-z"}));
+    assert_eq!(store.apply_events(vec![started], at(2)).await.expect("apply"), [Outcome::Orphan]);
+    assert!(store.get(&"emitted-run".parse().expect("id")).await.expect("get").is_none());
+    let enqueued = event("o0", "ai.run.enqueued", "emitted-run", 1, json!({"priority": 3, "queue": "gpu"}));
+    assert_eq!(store.apply_events(vec![enqueued], at(3)).await.expect("apply"), [Outcome::Applied]);
+    let run = store.get(&"emitted-run".parse().expect("id")).await.expect("get").expect("created");
+    assert_eq!((run.status, run.priority, run.queue.as_str()), (RunStatus::Running, 3, "gpu"));
+    assert_eq!(run.pod.map(|pod| pod.id), Some("pod-z".into()));
+    assert_eq!(run.created_at, at(1));
+}
+
+async fn list_pages_newest_first_with_filters(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for index in 0..7 {
+        ids.push(store.enqueue(new_run(0), at(index)).await.expect("enqueue").id);
+    }
+    let claimed = store.claim("pod-a", "default", at(10)).await.expect("claim").expect("run");
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(&RunFilter { limit: 3, cursor, ..Default::default() }).await.expect("list");
+        pages.push(page.items.iter().map(|run| run.id.clone()).collect::<Vec<_>>());
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let newest_first: Vec<RunId> = ids.iter().rev().cloned().collect();
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    assert_eq!(pages.concat(), newest_first);
+    let scheduled = store
+        .list(&RunFilter { statuses: vec![RunStatus::Scheduled], ..Default::default() })
+        .await
+        .expect("list");
+    assert_eq!(scheduled.items.iter().map(|run| &run.id).collect::<Vec<_>>(), [&claimed.id]);
+    let both = RunFilter { statuses: vec![RunStatus::Scheduled, RunStatus::Queued], ..Default::default() };
+    assert_eq!(store.list(&both).await.expect("list").items.len(), 7);
+    let bad = store.list(&RunFilter { cursor: Some("nonsense".into()), ..Default::default() }).await;
+    assert!(matches!(bad, Err(Error::InvalidCursor(_))), "{bad:?}");
+}
+
+async fn run_events_page_in_stored_order(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let events: Vec<_> = (0..5)
+        .map(|n| {
+            let ty = if n % 2 == 0 { "ai.run.log" } else { "ai.run.heartbeat" };
+            event(&format!("ev{n}"), ty, id.as_str(), 10 - n, json!({"message": format!("line {n}")}))
+        })
+        .collect();
+    store.apply_events(events, at(20)).await.expect("apply");
+    let first = store.list_events(&id, &EventFilter { limit: 2, ..Default::default() }).await.expect("page 1");
+    let ids = |page: &scientist::store::Page<scientist::store::StoredEvent>| {
+        page.items.iter().map(|stored| stored.event.id.0.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), ["ev0", "ev1"], "stored order, not event time");
+    let rest = store
+        .list_events(&id, &EventFilter { cursor: first.next.clone(), limit: 10, ..Default::default() })
+        .await
+        .expect("page 2");
+    assert_eq!(ids(&rest), ["ev2", "ev3", "ev4"]);
+    assert!(rest.next.is_none());
+    let logs = store
+        .list_events(&id, &EventFilter { types: vec!["ai.run.log".into()], ..Default::default() })
+        .await
+        .expect("logs");
+    assert_eq!(ids(&logs), ["ev0", "ev2", "ev4"]);
+    assert_eq!(logs.items[0].received_at, at(20));
+    assert_eq!(logs.items[0].event.time, at(10));
+}
+
+async fn reset_only_from_failed_or_canceled(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let err = store.reset(&id, at(2)).await.expect_err("a SCHEDULED run cannot be reset");
+    assert!(matches!(err, Error::InvalidTransition { status: RunStatus::Scheduled, .. }), "{err:?}");
+    let failed = event("f", "ai.run.failed", id.as_str(), 3, json!({"code": "OOM", "message": "oom", "retryable": true}));
+    store.apply_events(vec![failed], at(3)).await.expect("apply");
+    let failed_run = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(failed_run.error.as_ref().map(|e| (e.error_type.as_str(), e.retryable)), Some(("OOM", true)));
+    assert_eq!(failed_run.error_type.as_deref(), Some("OOM"), "flat copy for the seeds' frontend");
+    let reset = store.reset(&id, at(4)).await.expect("reset");
+    assert_eq!(reset.status, RunStatus::Queued);
+    assert_eq!((reset.retry_count, reset.attempt), (1, 1));
+    assert!(reset.claimed_by.is_none() && reset.error.is_none() && reset.error_type.is_none());
+    assert_eq!(store.get(&id).await.expect("get").as_ref(), Some(&reset));
+    let missing = store.reset(&"nope".parse().expect("id"), at(5)).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+}
+
+async fn cancel_depends_on_status(store: &dyn Store) {
+    let queued = store.enqueue(new_run(0), at(0)).await.expect("enqueue");
+    let running = claimed_run(store).await;
+    let canceled = store.request_cancel(&queued.id, "op", Some("not needed".into()), at(5)).await.expect("cancel");
+    assert_eq!(canceled.status, RunStatus::Canceled);
+    assert_eq!(canceled.canceled.as_ref().and_then(|c| c.reason.as_deref()), Some("not needed"));
+    let requested = store.request_cancel(&running, "op", None, at(6)).await.expect("cancel");
+    assert_eq!(requested.status, RunStatus::Scheduled, "its worker stops it");
+    assert_eq!(requested.cancel_requested.as_ref().map(|r| (r.by.as_str(), r.at)), Some(("op", at(6))));
+    let again = store.request_cancel(&queued.id, "op", None, at(7)).await;
+    assert!(matches!(again, Err(Error::InvalidTransition { status: RunStatus::Canceled, .. })), "{again:?}");
+}
+
+async fn counts_agree_with_list(store: &dyn Store) {
+    for index in 0..5 {
+        store.enqueue(new_run(0), at(index)).await.expect("enqueue");
+    }
+    let claimed = store.claim("pod-a", "default", at(9)).await.expect("claim").expect("run");
+    store.request_cancel(&claimed.id, "op", None, at(10)).await.expect("cancel");
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts, [(RunStatus::Queued, 4), (RunStatus::Scheduled, 1)]);
+    for (status, count) in counts {
+        let listed = store.list(&RunFilter { statuses: vec![status], ..Default::default() }).await.expect("list");
+        assert_eq!(listed.items.len() as u64, count);
+    }
+}
+
+async fn artifacts_and_ideas_are_recorded(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let register = |event_id: &str, seconds: i64, sha: &str| {
+        event(event_id, "ai.artifact.registered", id.as_str(), seconds,
+              json!({"key": "runs/x/plot.png", "bytes": 10, "sha256": sha, "content_type": "image/png", "kind": "plot"}))
+    };
+    let ideas = common::event_from(json!({
+        "specversion": "1.0", "id": "i1", "source": "pod://ideation", "type": "ai.ideation.generated",
+        "data": {"hypothesis_id": "hyp-9", "ideas": [{"Name": "first"}, {"Name": "second"}]}
+    }));
+    // The later registration wins even when it arrives first.
+    let outcomes = store.apply_events(vec![register("a2", 20, "bbb"), register("a1", 10, "aaa"), ideas], at(30)).await;
+    assert_eq!(outcomes.expect("apply"), [Outcome::Applied; 3]);
+    let artifacts = store.artifacts(&id).await.expect("artifacts");
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!((artifacts[0].sha256.as_deref(), artifacts[0].registered_at), (Some("bbb"), at(20)));
+    let hypothesis = store.hypothesis_ideas("hyp-9").await.expect("hypothesis").expect("ideas");
+    assert_eq!(hypothesis.idea_json, json!({"Name": "first"}));
+    assert_eq!(hypothesis.ideas.len(), 2);
+}
+
+/// Interleaved events for one run from 8 concurrent appliers on two handles: none lost.
+async fn concurrent_appliers_lose_no_update(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    const APPLIERS: usize = 8;
+    const EVENTS_EACH: usize = 12;
+    let id = claimed_run(store.as_ref()).await;
+    let mut tasks = Vec::new();
+    for applier in 0..APPLIERS {
+        let handle = if applier % 2 == 0 { store.clone() } else { other.clone() };
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EVENTS_EACH {
+                let node = event(
+                    &format!("n-{applier}-{n}"),
+                    "ai.node.created",
+                    id.as_str(),
+                    (n * APPLIERS + applier) as i64,
+                    json!({"node_id": format!("node-{applier}-{n:02}"), "stage": "Stage_1"}),
+                );
+                let mut node = node;
+                node.seq = Some((n * APPLIERS + applier) as u64);
+                let outcome = handle.apply_events(vec![node], common::at(1000)).await.expect("apply");
+                assert_eq!(outcome, [Outcome::Applied]);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("applier task");
+    }
+    let run = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(run.nodes.len(), APPLIERS * EVENTS_EACH, "every node recorded");
+    assert_eq!(run.last_event_seq, (APPLIERS * EVENTS_EACH - 1) as u64);
+}
+
+macro_rules! store_suite {
+    ($backend:ident) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        let test_store = TestStore::$backend().await;
+                        super::$name(test_store.store.as_ref()).await;
+                        test_store.cleanup().await;
+                    }
+                };
+            }
+
+            macro_rules! two_handle_case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        let test_store = TestStore::$backend().await;
+                        let other = test_store.second_handle().await;
+                        super::$name(test_store.store.clone(), other).await;
+                        test_store.cleanup().await;
+                    }
+                };
+            }
+
+            case!(enqueue_and_get_round_trip);
+            case!(claims_highest_priority_then_oldest);
+            case!(claims_only_from_its_queue);
+            two_handle_case!(concurrent_claimers_claim_each_run_once);
+            case!(events_drive_a_run_to_completion);
+            case!(duplicates_are_acknowledged_and_change_nothing);
+            case!(stale_attempts_are_refused);
+            case!(terminal_states_are_sticky);
+            case!(orphan_events_apply_when_their_run_is_created);
+            case!(list_pages_newest_first_with_filters);
+            case!(run_events_page_in_stored_order);
+            case!(reset_only_from_failed_or_canceled);
+            case!(cancel_depends_on_status);
+            case!(counts_agree_with_list);
+            case!(artifacts_and_ideas_are_recorded);
+            two_handle_case!(concurrent_appliers_lose_no_update);
+        }
+    };
+}
+
+store_suite!(sqlite);
+store_suite!(mongo);
