@@ -1,1 +1,167 @@
-fn main() {}
+//! `cargo bench --bench store`: events applied per second on each store, batches of 1 and 50,
+//! beside the physical ceiling measured in the same run (a plain SQLite WAL insert of the same
+//! rows with the same durability; a plain MongoDB `insert_many` of the same documents).
+//!
+//! MongoDB figures need SCIENTIST_TEST_MONGODB_URL (`scripts/bench` starts a server). They are
+//! quoted as ratios to that ceiling: the test server is not MongoDB's own, so its absolute
+//! speed says nothing about MongoDB's.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::Document;
+use scientist::event::{self, Event};
+use scientist::run::NewRun;
+use scientist::store::{MongoStore, SqliteStore, Store};
+use scientist::time::Timestamp;
+use serde_json::{Value, json};
+
+/// Runs the events are spread over, as on a control plane with several active pods.
+const RUNS: usize = 8;
+
+struct Figure {
+    events: usize,
+    elapsed: Duration,
+}
+
+impl Figure {
+    fn per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        println!("scientist store benchmark (events applied per second; higher is better)\n");
+        sqlite_figures().await;
+        match std::env::var("SCIENTIST_TEST_MONGODB_URL") {
+            Ok(url) => mongo_figures(&url).await,
+            Err(_) => println!("\nMongoDB: skipped, SCIENTIST_TEST_MONGODB_URL is not set (run scripts/bench)"),
+        }
+    });
+}
+
+/// A realistic mix for one run: progress, heartbeats, logs and node events.
+fn events(prefix: &str, count: usize, run_ids: &[String]) -> Vec<Event> {
+    (0..count)
+        .map(|n| {
+            let run_id = &run_ids[n % run_ids.len()];
+            let (ty, data) = match n % 4 {
+                0 => ("ai.run.stage_progress", json!({"stage": "Stage_1", "iteration": n / 4, "max_iterations": 100000,
+                    "progress": 0.5, "good_nodes": n / 8, "buggy_nodes": 1, "total_nodes": n / 4, "best_metric": 0.91, "eta_s": 120})),
+                1 => ("ai.run.heartbeat", json!({"gpu_util": 0.97, "gpu_mem": 71.2, "cpu": 3.5, "rss": 12_000_000_000u64})),
+                2 => ("ai.run.log", json!({"message": format!("epoch {n}: loss=0.4312 acc=0.8812 lr=3e-4"), "level": "info", "source": "stdout"})),
+                _ => ("ai.node.completed", json!({"stage": "Stage_1", "node_id": format!("node-{}", n % 64), "is_buggy": false, "metric": 0.9})),
+            };
+            let mut data = data;
+            data["run_id"] = json!(run_id);
+            let Value::Object(object) = json!({
+                "specversion": "1.0", "id": format!("{prefix}-{n}"), "source": "pod://bench", "type": ty,
+                "time": Timestamp::from_millis(1_761_159_600_000 + n as i64).to_string(), "seq": n, "data": data,
+            }) else {
+                unreachable!("literal object")
+            };
+            event::from_json_object(object, Timestamp::now()).expect("bench events are valid")
+        })
+        .collect()
+}
+
+async fn seed_runs(store: &dyn Store) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..RUNS {
+        let run = store.enqueue(NewRun::new(json!({"title": "bench"})), Timestamp::now()).await.expect("enqueue");
+        ids.push(run.id.to_string());
+    }
+    ids
+}
+
+async fn apply_in_batches(store: &dyn Store, events: Vec<Event>, batch: usize) -> Figure {
+    let count = events.len();
+    let mut chunks: Vec<Vec<Event>> = Vec::new();
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        chunks.push(events.by_ref().take(batch).collect());
+    }
+    let started = Instant::now();
+    for chunk in chunks {
+        store.apply_events(chunk, Timestamp::now()).await.expect("apply");
+    }
+    Figure { events: count, elapsed: started.elapsed() }
+}
+
+fn print_row(store: &str, batch: usize, ours: &Figure, ceiling: &Figure) {
+    println!(
+        "{store:<8} batch {batch:>2}: {:>9.0} events/s   ceiling {:>9.0} rows/s   ratio {:.2}",
+        ours.per_second(),
+        ceiling.per_second(),
+        ours.per_second() / ceiling.per_second()
+    );
+}
+
+async fn sqlite_figures() {
+    for (batch, count) in [(1, 2_000), (50, 50_000)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("bench.sqlite")).await.expect("open");
+        let run_ids = seed_runs(&store).await;
+        let batch_events = events(&format!("s{batch}"), count, &run_ids);
+        let bodies: Vec<String> = batch_events.iter().map(|e| Value::Object(e.to_json()).to_string()).collect();
+        let ours = apply_in_batches(&store, batch_events, batch).await;
+        let ceiling = plain_sqlite_inserts(&dir.path().join("plain.sqlite"), &bodies, batch);
+        print_row("sqlite", batch, &ours, &ceiling);
+    }
+}
+
+/// The same rows inserted with nothing else: same file settings, same transaction size.
+fn plain_sqlite_inserts(path: &std::path::Path, bodies: &[String], batch: usize) -> Figure {
+    let mut connection = rusqlite::Connection::open(path).expect("open plain sqlite");
+    connection.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    connection.pragma_update(None, "synchronous", "FULL").expect("full");
+    connection
+        .execute_batch("CREATE TABLE events (pos INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .expect("create table");
+    let started = Instant::now();
+    for chunk in bodies.chunks(batch) {
+        let tx = connection.transaction().expect("begin");
+        {
+            let mut insert = tx.prepare_cached("INSERT INTO events (body) VALUES (?1)").expect("prepare");
+            for body in chunk {
+                insert.execute([body]).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    Figure { events: bodies.len(), elapsed: started.elapsed() }
+}
+
+async fn mongo_figures(url: &str) {
+    for (batch, count) in [(1, 1_000), (50, 10_000)] {
+        let database = format!("scientist_bench_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let store = MongoStore::connect(url, Some(&database)).await.expect("connect");
+        let run_ids = seed_runs(&store).await;
+        let batch_events = events(&format!("m{batch}"), count, &run_ids);
+        let documents: Vec<Document> = batch_events
+            .iter()
+            .map(|e| mongodb::bson::to_document(&e.to_json()).expect("bson"))
+            .collect();
+        let ours = apply_in_batches(&store, batch_events, batch).await;
+        let ceiling = plain_mongo_inserts(url, &database, documents, batch).await;
+        print_row("mongodb", batch, &ours, &ceiling);
+        store.drop_database().await.expect("drop bench database");
+    }
+}
+
+/// The same documents inserted with nothing else, with the same write concern.
+async fn plain_mongo_inserts(url: &str, database: &str, documents: Vec<Document>, batch: usize) -> Figure {
+    use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
+    let client = mongodb::Client::with_uri_str(url).await.expect("connect");
+    let concern = WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build();
+    let collection = client
+        .database(database)
+        .collection_with_options::<Document>("plain_events", CollectionOptions::builder().write_concern(concern).build());
+    let count = documents.len();
+    let started = Instant::now();
+    for chunk in documents.chunks(batch) {
+        collection.insert_many(chunk.to_vec()).await.expect("insert_many");
+    }
+    Figure { events: count, elapsed: started.elapsed() }
+}
