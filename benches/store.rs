@@ -139,10 +139,8 @@ async fn mongo_figures(url: &str) {
         let store = MongoStore::connect(url, Some(&database)).await.expect("connect");
         let run_ids = seed_runs(&store).await;
         let batch_events = events(&format!("m{batch}"), count, &run_ids);
-        let documents: Vec<Document> = batch_events
-            .iter()
-            .map(|e| mongodb::bson::to_document(&e.to_json()).expect("bson"))
-            .collect();
+        let documents: Vec<Document> =
+            batch_events.iter().map(|e| mongodb::bson::to_document(&e.to_json()).expect("bson")).collect();
         let ours = apply_in_batches(&store, batch_events, batch).await;
         let ceiling = plain_mongo_inserts(url, &database, documents, batch).await;
         print_row("mongodb", batch, &ours, &ceiling);
@@ -155,9 +153,10 @@ async fn plain_mongo_inserts(url: &str, database: &str, documents: Vec<Document>
     use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
     let client = mongodb::Client::with_uri_str(url).await.expect("connect");
     let concern = WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build();
-    let collection = client
-        .database(database)
-        .collection_with_options::<Document>("plain_events", CollectionOptions::builder().write_concern(concern).build());
+    let collection = client.database(database).collection_with_options::<Document>(
+        "plain_events",
+        CollectionOptions::builder().write_concern(concern).build(),
+    );
     let count = documents.len();
     let started = Instant::now();
     for chunk in documents.chunks(batch) {

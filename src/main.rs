@@ -27,9 +27,7 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; `LOG_LEVEL` (or `RUST_LOG`) picks the level, `warn` by default.
 fn init_tracing() {
-    let filter = std::env::var("LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+    let filter = std::env::var("LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

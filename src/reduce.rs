@@ -8,11 +8,11 @@
 //! Fencing (which events may reach a run at all) lives in `queue::fence`, creation and
 //! storage in `store`.
 
-use crate::event::payload::{self, NodeData, NodeStep, Payload};
 use crate::event::Event;
+use crate::event::payload::{self, NodeData, NodeStep, Payload};
 use crate::run::{
-    Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod,
-    ResourceSample, Run, RunError, RunStatus, Stage, StageTiming, Validation,
+    Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample, Run,
+    RunError, RunStatus, Stage, StageTiming, Validation,
 };
 use crate::time::Timestamp;
 
@@ -83,7 +83,8 @@ pub fn apply(run: &mut Run, event: &Event) {
             if advance(run, RunStatus::Canceled) || run.status == RunStatus::Canceled {
                 let replace = run.canceled.as_ref().is_none_or(|existing| key.time < existing.at);
                 if replace {
-                    run.canceled = Some(Cancellation { by: canceled.by.clone(), reason: canceled.reason.clone(), at: key.time });
+                    run.canceled =
+                        Some(Cancellation { by: canceled.by.clone(), reason: canceled.reason.clone(), at: key.time });
                 }
             }
         }
@@ -163,7 +164,8 @@ fn on_metric(run: &mut Run, metric: &payload::StageMetric, key: EventKey) {
     if let Some(stage) = metric.stage {
         touch(stage_timing(run, stage), key.time);
     }
-    let point = MetricPoint { name: metric.name.clone(), value: metric.value, step: metric.step, stage: metric.stage, at: key };
+    let point =
+        MetricPoint { name: metric.name.clone(), value: metric.value, step: metric.step, stage: metric.stage, at: key };
     let order = |p: &MetricPoint| (p.step.unwrap_or(0), p.at.clone());
     match run.metrics.binary_search_by(|existing| existing.name.cmp(&point.name)) {
         Ok(index) if order(&point) > order(&run.metrics[index]) => run.metrics[index] = point,

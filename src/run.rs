@@ -41,9 +41,7 @@ impl TryFrom<String> for RunId {
             return Err(format!("run id is {} characters long; the limit is {MAX_RUN_ID_LEN}", value.len()));
         }
         if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c))) {
-            return Err(format!(
-                "run id {value:?} contains {bad:?}; use letters, digits and - _ . : only"
-            ));
+            return Err(format!("run id {value:?} contains {bad:?}; use letters, digits and - _ . : only"));
         }
         Ok(Self(value))
     }
@@ -153,15 +151,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
-        Stage::Stage1,
-        Stage::Stage2,
-        Stage::Stage3,
-        Stage::Stage4,
-        Stage::Plots,
-        Stage::Paper,
-        Stage::Validation,
-    ];
+    pub const ALL: [Stage; 7] =
+        [Stage::Stage1, Stage::Stage2, Stage::Stage3, Stage::Stage4, Stage::Plots, Stage::Paper, Stage::Validation];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -446,7 +437,10 @@ pub struct Run {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypothesis_id: Option<String>,
     pub status: RunStatus,
+    /// Defaults keep runs created directly by the web frontend (no priority, no queue) readable.
+    #[serde(default)]
     pub priority: i64,
+    #[serde(default = "default_queue")]
     pub queue: String,
     /// The idea/config payload the pipeline runs.
     #[serde(default)]
@@ -517,6 +511,10 @@ pub struct NewRun {
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
 
 impl NewRun {
     pub fn new(idea: Value) -> Self {

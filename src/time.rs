@@ -70,9 +70,8 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if deserializer.is_human_readable() {
             let text = String::deserialize(deserializer)?;
-            Self::parse_rfc3339(&text).map_err(|err| {
-                serde::de::Error::custom(format!("invalid RFC 3339 time {text:?}: {err}"))
-            })
+            Self::parse_rfc3339(&text)
+                .map_err(|err| serde::de::Error::custom(format!("invalid RFC 3339 time {text:?}: {err}")))
         } else {
             let date = mongodb::bson::DateTime::deserialize(deserializer)?;
             Ok(Self::from_millis(date.timestamp_millis()))

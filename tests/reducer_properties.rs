@@ -23,16 +23,32 @@ fn body() -> impl Strategy<Value = (&'static str, Value)> {
             .prop_map(|(pod, gpu)| ("ai.run.started", json!({"pod_id": pod, "gpu": gpu}))),
         (0.0..1.0f64, 0u64..80_000).prop_map(|(util, rss)| ("ai.run.heartbeat", json!({"gpu_util": util, "rss": rss}))),
         stage.clone().prop_map(|stage| ("ai.run.stage_started", json!({"stage": stage}))),
-        (stage.clone(), small.clone(), small.clone(), 0.0..=1.0f64, small.clone(), small.clone(), 0.0..5.0f64, 0u64..5000)
+        (
+            stage.clone(),
+            small.clone(),
+            small.clone(),
+            0.0..=1.0f64,
+            small.clone(),
+            small.clone(),
+            0.0..5.0f64,
+            0u64..5000
+        )
             .prop_map(|(stage, iteration, good, progress, buggy, total, metric, eta)| {
-                ("ai.run.stage_progress", json!({"stage": stage, "iteration": iteration, "max_iterations": 30,
+                (
+                    "ai.run.stage_progress",
+                    json!({"stage": stage, "iteration": iteration, "max_iterations": 30,
                     "progress": progress, "good_nodes": good, "buggy_nodes": buggy, "total_nodes": total,
-                    "best_metric": metric, "eta_s": eta}))
+                    "best_metric": metric, "eta_s": eta}),
+                )
             }),
         (stage.clone(), prop::sample::select(&["loss", "acc"][..]), -10.0..10.0f64, 0u64..100).prop_map(
-            |(stage, name, value, step)| ("ai.run.stage_metric", json!({"stage": stage, "name": name, "value": value, "step": step}))
+            |(stage, name, value, step)| (
+                "ai.run.stage_metric",
+                json!({"stage": stage, "name": name, "value": value, "step": step})
+            )
         ),
-        (stage.clone(), 0.0..1e4f64).prop_map(|(stage, duration)| ("ai.run.stage_completed", json!({"stage": stage, "duration_s": duration}))),
+        (stage.clone(), 0.0..1e4f64)
+            .prop_map(|(stage, duration)| ("ai.run.stage_completed", json!({"stage": stage, "duration_s": duration}))),
         (
             prop::sample::select(&["created", "code_generated", "executing", "completed", "selected_best"][..]),
             0u8..5,
@@ -43,23 +59,37 @@ fn body() -> impl Strategy<Value = (&'static str, Value)> {
         )
             .prop_map(|(step, node, parent, buggy, metric, stage)| {
                 let mut data = json!({"node_id": format!("n{node}"), "stage": stage});
-                if let Some(parent) = parent { data["parent_id"] = json!(format!("n{parent}")); }
-                if let Some(buggy) = buggy { data["is_buggy"] = json!(buggy); }
-                if let Some(metric) = metric { data["metric"] = json!(metric); data["summary"] = json!(format!("m={metric:.2}")); }
-                (match step {
-                    "created" => "ai.node.created",
-                    "code_generated" => "ai.node.code_generated",
-                    "executing" => "ai.node.executing",
-                    "completed" => "ai.node.completed",
-                    _ => "ai.node.selected_best",
-                }, data)
+                if let Some(parent) = parent {
+                    data["parent_id"] = json!(format!("n{parent}"));
+                }
+                if let Some(buggy) = buggy {
+                    data["is_buggy"] = json!(buggy);
+                }
+                if let Some(metric) = metric {
+                    data["metric"] = json!(metric);
+                    data["summary"] = json!(format!("m={metric:.2}"));
+                }
+                (
+                    match step {
+                        "created" => "ai.node.created",
+                        "code_generated" => "ai.node.code_generated",
+                        "executing" => "ai.node.executing",
+                        "completed" => "ai.node.completed",
+                        _ => "ai.node.selected_best",
+                    },
+                    data,
+                )
             }),
         Just(("ai.run.log", json!({"message": "hello", "level": "info"}))),
         Just(("ai.artifact.registered", json!({"key": "runs/x/plot.png", "bytes": 3}))),
         prop::option::of("[a-z]{3}").prop_map(|key| ("ai.paper.started", json!({"artifact_key": key}))),
         "[a-z]{3}".prop_map(|key| ("ai.paper.generated", json!({"artifact_key": key}))),
-        prop::sample::select(&["gpt-a", "gpt-b"][..]).prop_map(|model| ("ai.validation.auto_started", json!({"model": model}))),
-        prop::sample::select(&["pass", "fail"][..]).prop_map(|verdict| ("ai.validation.auto_completed", json!({"verdict": verdict, "scores": {"overall": 0.5}}))),
+        prop::sample::select(&["gpt-a", "gpt-b"][..])
+            .prop_map(|model| ("ai.validation.auto_started", json!({"model": model}))),
+        prop::sample::select(&["pass", "fail"][..]).prop_map(|verdict| (
+            "ai.validation.auto_completed",
+            json!({"verdict": verdict, "scores": {"overall": 0.5}})
+        )),
         Just(("ai.run.something_new", json!({"anything": 1}))),
     ]
 }
@@ -81,7 +111,9 @@ fn stream() -> impl Strategy<Value = Vec<Event>> {
             let mut events: Vec<Event> = bodies
                 .into_iter()
                 .enumerate()
-                .map(|(index, ((ty, data), seconds, source, seq))| build(index, ty, data, seconds, SOURCES[source], seq))
+                .map(|(index, ((ty, data), seconds, source, seq))| {
+                    build(index, ty, data, seconds, SOURCES[source], seq)
+                })
                 .collect();
             if let Some((ty, data)) = terminal {
                 events.push(build(events.len(), ty, data, terminal_time, SOURCES[0], 99));

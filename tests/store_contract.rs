@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{at, attempt_event, event};
-use stores::TestStore;
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use serde_json::json;
+use stores::TestStore;
 
 fn new_run(priority: i64) -> NewRun {
     NewRun { priority, ..NewRun::new(json!({"title": "test idea"})) }
@@ -155,7 +155,14 @@ async fn duplicates_are_acknowledged_and_change_nothing(store: &dyn Store) {
 
 async fn stale_attempts_are_refused(store: &dyn Store) {
     let id = claimed_run(store).await;
-    let failed = attempt_event("f1", "ai.run.failed", id.as_str(), 5, 1, json!({"code": "OOM", "message": "CUDA out of memory"}));
+    let failed = attempt_event(
+        "f1",
+        "ai.run.failed",
+        id.as_str(),
+        5,
+        1,
+        json!({"code": "OOM", "message": "CUDA out of memory"}),
+    );
     assert_eq!(store.apply_events(vec![failed], at(5)).await.expect("apply"), [Outcome::Applied]);
     store.reset(&id, at(6)).await.expect("reset");
     let late = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 7, 1, json!({"gpu_util": 0.5}));
@@ -220,10 +227,8 @@ async fn list_pages_newest_first_with_filters(store: &dyn Store) {
     let newest_first: Vec<RunId> = ids.iter().rev().cloned().collect();
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
     assert_eq!(pages.concat(), newest_first);
-    let scheduled = store
-        .list(&RunFilter { statuses: vec![RunStatus::Scheduled], ..Default::default() })
-        .await
-        .expect("list");
+    let scheduled =
+        store.list(&RunFilter { statuses: vec![RunStatus::Scheduled], ..Default::default() }).await.expect("list");
     assert_eq!(scheduled.items.iter().map(|run| &run.id).collect::<Vec<_>>(), [&claimed.id]);
     let both = RunFilter { statuses: vec![RunStatus::Scheduled, RunStatus::Queued], ..Default::default() };
     assert_eq!(store.list(&both).await.expect("list").items.len(), 7);
@@ -264,7 +269,8 @@ async fn reset_only_from_failed_or_canceled(store: &dyn Store) {
     let id = claimed_run(store).await;
     let err = store.reset(&id, at(2)).await.expect_err("a SCHEDULED run cannot be reset");
     assert!(matches!(err, Error::InvalidTransition { status: RunStatus::Scheduled, .. }), "{err:?}");
-    let failed = event("f", "ai.run.failed", id.as_str(), 3, json!({"code": "OOM", "message": "oom", "retryable": true}));
+    let failed =
+        event("f", "ai.run.failed", id.as_str(), 3, json!({"code": "OOM", "message": "oom", "retryable": true}));
     store.apply_events(vec![failed], at(3)).await.expect("apply");
     let failed_run = store.get(&id).await.expect("get").expect("run");
     assert_eq!(failed_run.error.as_ref().map(|e| (e.error_type.as_str(), e.retryable)), Some(("OOM", true)));
@@ -279,8 +285,8 @@ async fn reset_only_from_failed_or_canceled(store: &dyn Store) {
 }
 
 async fn cancel_depends_on_status(store: &dyn Store) {
-    let queued = store.enqueue(new_run(0), at(0)).await.expect("enqueue");
     let running = claimed_run(store).await;
+    let queued = store.enqueue(new_run(0), at(2)).await.expect("enqueue");
     let canceled = store.request_cancel(&queued.id, "op", Some("not needed".into()), at(5)).await.expect("cancel");
     assert_eq!(canceled.status, RunStatus::Canceled);
     assert_eq!(canceled.canceled.as_ref().and_then(|c| c.reason.as_deref()), Some("not needed"));
@@ -308,8 +314,13 @@ async fn counts_agree_with_list(store: &dyn Store) {
 async fn artifacts_and_ideas_are_recorded(store: &dyn Store) {
     let id = claimed_run(store).await;
     let register = |event_id: &str, seconds: i64, sha: &str| {
-        event(event_id, "ai.artifact.registered", id.as_str(), seconds,
-              json!({"key": "runs/x/plot.png", "bytes": 10, "sha256": sha, "content_type": "image/png", "kind": "plot"}))
+        event(
+            event_id,
+            "ai.artifact.registered",
+            id.as_str(),
+            seconds,
+            json!({"key": "runs/x/plot.png", "bytes": 10, "sha256": sha, "content_type": "image/png", "kind": "plot"}),
+        )
     };
     let ideas = common::event_from(json!({
         "specversion": "1.0", "id": "i1", "source": "pod://ideation", "type": "ai.ideation.generated",

@@ -78,10 +78,10 @@ impl StoreArgs {
     /// Opens the configured store: MongoDB when a URL is given, else the embedded file.
     pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
         if let Some(url) = &self.mongodb_url {
-            let _store = MongoStore::connect(url, self.mongodb_db.as_deref())
+            let store = MongoStore::connect(url, self.mongodb_db.as_deref())
                 .await
                 .context("connecting to MongoDB (check MONGODB_URL / --mongodb-url)")?;
-            anyhow::bail!("MONGO-STUB: the MongoDB store is being written");
+            return Ok(Arc::new(store));
         }
         let path = match &self.store {
             Some(path) => path.clone(),
@@ -95,9 +95,8 @@ impl StoreArgs {
 }
 
 fn default_store_path() -> anyhow::Result<PathBuf> {
-    let data_dir = dirs::data_dir().context(
-        "no user data directory found (is HOME set?): pass --store PATH or set SCIENTIST_STORE",
-    )?;
+    let data_dir = dirs::data_dir()
+        .context("no user data directory found (is HOME set?): pass --store PATH or set SCIENTIST_STORE")?;
     Ok(data_dir.join("scientist").join("scientist.sqlite"))
 }
 

@@ -7,8 +7,8 @@ use clap::Subcommand;
 use comfy_table::Table;
 
 use super::{StoreArgs, UsageError};
-use crate::run::{NewRun, Run, RunId, RunStatus, DEFAULT_QUEUE};
-use crate::store::{RunFilter, DEFAULT_LIMIT};
+use crate::run::{DEFAULT_QUEUE, NewRun, Run, RunId, RunStatus};
+use crate::store::{DEFAULT_LIMIT, RunFilter};
 use crate::time::Timestamp;
 
 #[derive(Debug, Subcommand)]
@@ -172,7 +172,16 @@ fn show_table(run: &Run) -> Table {
         row("claimed by", worker.clone());
     }
     if let Some(stage) = &run.current_stage {
-        row("stage", format!("{} {:.0}% ({}/{} iterations)", stage.name, stage.progress * 100.0, stage.iteration, stage.max_iterations));
+        row(
+            "stage",
+            format!(
+                "{} {:.0}% ({}/{} iterations)",
+                stage.name,
+                stage.progress * 100.0,
+                stage.iteration,
+                stage.max_iterations
+            ),
+        );
     }
     if let Some(error) = &run.error {
         row("error", format!("{}: {}", error.error_type, error.message));

@@ -35,10 +35,10 @@ pub fn from_json_object(mut object: Map<String, Value>, received: Timestamp) -> 
     if object.contains_key("data_base64") {
         return Err(Error::Base64Data);
     }
-    if let Some(content_type) = &datacontenttype {
-        if !is_json_media_type(content_type) {
-            return Err(Error::UnsupportedContentType(content_type.clone()));
-        }
+    if let Some(content_type) = &datacontenttype
+        && !is_json_media_type(content_type)
+    {
+        return Err(Error::UnsupportedContentType(content_type.clone()));
     }
     let mut data = match object.remove("data") {
         None | Some(Value::Null) => Map::new(),
@@ -50,7 +50,7 @@ pub fn from_json_object(mut object: Map<String, Value>, received: Timestamp) -> 
     }
     let seq = take_integer(&mut object, "seq")?;
     let attempt = take_integer(&mut object, "attempt")?
-        .map(|attempt| u32::try_from(attempt))
+        .map(u32::try_from)
         .transpose()
         .map_err(|_| Error::InvalidAttribute { name: "attempt".into(), expected: "a claim number below 2^32" })?;
     let extensions = extensions(object)?;
@@ -192,12 +192,15 @@ mod tests {
     fn required_attributes_are_named_when_missing() {
         for name in ["specversion", "id", "source", "type"] {
             let err = parse(without(heartbeat(), name)).expect_err(name);
-            assert_eq!(err, Error::MissingAttribute(match name {
-                "specversion" => "specversion",
-                "id" => "id",
-                "source" => "source",
-                _ => "type",
-            }));
+            assert_eq!(
+                err,
+                Error::MissingAttribute(match name {
+                    "specversion" => "specversion",
+                    "id" => "id",
+                    "source" => "source",
+                    _ => "type",
+                })
+            );
         }
     }
 

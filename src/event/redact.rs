@@ -25,7 +25,7 @@ pub fn is_secret_name(name: &str) -> bool {
     if PUBLIC_KEYS.contains(&lower.as_str()) {
         return false;
     }
-    let words: Vec<&str> = lower.split(|c: char| c == '_' || c == '-' || c == '.').collect();
+    let words: Vec<&str> = lower.split(['_', '-', '.']).collect();
     words.iter().any(|word| SECRET_WORDS.contains(word)) || (words.len() > 1 && words.last() == Some(&"key"))
 }
 
@@ -88,11 +88,14 @@ mod tests {
             "nested": [{"password": "hunter2"}]
         });
         scrub_map(data.as_object_mut().expect("object"));
-        assert_eq!(data, json!({
-            "key": "runs/r1/plot.png",
-            "api_key": REDACTED,
-            "message": "export OPENAI_API_KEY=[REDACTED] and PATH=/usr/bin",
-            "nested": [{"password": REDACTED}]
-        }));
+        assert_eq!(
+            data,
+            json!({
+                "key": "runs/r1/plot.png",
+                "api_key": REDACTED,
+                "message": "export OPENAI_API_KEY=[REDACTED] and PATH=/usr/bin",
+                "nested": [{"password": REDACTED}]
+            })
+        );
     }
 }

@@ -36,11 +36,11 @@ pub enum Error {
     #[error("stored document for {what} is unreadable")]
     Corrupt { what: String, source: serde_json::Error },
     #[error("stored document for {what} is unreadable")]
-    CorruptBson { what: String, source: mongodb::bson::de::Error },
+    CorruptBson { what: String, source: Box<mongodb::bson::de::Error> },
     #[error("could not encode {what} for MongoDB")]
-    Encode { what: String, source: mongodb::bson::ser::Error },
-    #[error("run {0} kept changing under concurrent writers; retry")]
-    Contention(RunId),
+    Encode { what: String, source: Box<mongodb::bson::ser::Error> },
+    #[error("{0} kept changing under concurrent writers; retry")]
+    Contention(String),
     #[error("embedded store error")]
     Sqlite(#[from] rusqlite::Error),
     #[error("MongoDB error")]
@@ -278,12 +278,9 @@ pub(crate) fn reset_run(mut run: Run, now: Timestamp) -> Result<Run> {
 pub(crate) fn cancel_run(mut run: Run, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
     use crate::run::{CancelRequest, Cancellation};
     match run.status {
-        status if status.is_terminal() => Err(Error::InvalidTransition {
-            id: run.id,
-            status,
-            action: "cancel",
-            hint: "it has already finished",
-        }),
+        status if status.is_terminal() => {
+            Err(Error::InvalidTransition { id: run.id, status, action: "cancel", hint: "it has already finished" })
+        }
         RunStatus::Scheduled | RunStatus::Running => {
             run.cancel_requested = Some(CancelRequest { by: by.to_owned(), reason, at: now });
             run.updated_at = now;
@@ -297,6 +294,18 @@ pub(crate) fn cancel_run(mut run: Run, by: &str, reason: Option<String>, now: Ti
             Ok(run)
         }
     }
+}
+
+/// `next` cursor of a newest-first run page: the last run's (createdAt, id).
+pub(crate) fn run_cursor(run: &Run) -> String {
+    format!("{}:{}", run.created_at.millis(), run.id)
+}
+
+pub(crate) fn parse_run_cursor(cursor: &str) -> Result<(i64, String)> {
+    cursor
+        .split_once(':')
+        .and_then(|(millis, id)| Some((millis.parse().ok()?, id.to_owned())))
+        .ok_or_else(|| Error::InvalidCursor(cursor.to_owned()))
 }
 
 /// Default page size, and the largest a caller may ask for.

@@ -1,12 +1,938 @@
-//! MongoDB backend (being written).
+//! The MongoDB store: runs (the queue, claimed by an update conditional on status), events, dedup
+//! claims, stages, artifacts and hypotheses, in the collections the user's frontend reads.
+//! No multi-document transactions: every write is repeatable or a compare-and-swap on `rev`.
 
-use crate::store::Result;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
-/// The MongoDB store.
-pub struct MongoStore;
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{self, Bson, DateTime, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{Acknowledgment, ClientOptions, DatabaseOptions, IndexOptions, ReadConcern, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::{
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, Outcome, Page, Result, RunFilter, SideRecord, Store,
+    StoredEvent, apply_new_event, cancel_run, clamp_limit, parse_run_cursor, replaces, replay, reset_run, run_cursor,
+    side_record,
+};
+use crate::event::{self, Event};
+use crate::run::{DEFAULT_QUEUE, EventKey, NewRun, Run, RunId, RunStatus};
+use crate::time::Timestamp;
+
+/// Database used when neither the caller nor the URL names one.
+const DEFAULT_DATABASE: &str = "scientist";
+
+/// How long `events_seen` remembers a (source, id) pair; the seeds' value. After that the
+/// unique index on `events` still catches a duplicate.
+const SEEN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Without this a wrong URL hangs for the driver's default 30 s before saying so.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pooled connections idle longer than this are closed by the driver rather than reused:
+/// servers and proxies drop idle connections (SecantusDB after 300 s), and reusing such a
+/// connection fails a non-retryable command with a broken pipe.
+const MAX_IDLE_TIME: Duration = Duration::from_secs(60);
+
+/// Compare-and-swap attempts on one document before giving up with `Contention`. Each failed
+/// attempt means another writer succeeded, so this is only reached under absurd contention.
+const MAX_CAS_TRIES: usize = 100;
+
+/// Queue-head candidates read per claim: enough that concurrent claimers racing for the
+/// head each find one left to take.
+const CLAIM_CANDIDATES: i64 = 32;
+
+const DUPLICATE_KEY: i32 = 11000;
+const NAMESPACE_EXISTS: i32 = 48;
+
+/// Fields this store adds to an event's JSON form in `events` (camelCase, so they cannot
+/// clash with CloudEvents attribute names, which are lower-case letters and digits).
+const EVENT_RUN_ID: &str = "runId";
+const EVENT_TIME_AT: &str = "timeAt";
+const EVENT_RECEIVED_AT: &str = "receivedAt";
+
+/// The MongoDB store. Cheap to clone; clones share the client's connection pool.
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    runs: Collection<Run>,
+    events: Collection<Document>,
+    events_seen: Collection<Document>,
+    stages: Collection<Document>,
+    artifacts: Collection<Document>,
+    hypotheses: Collection<Document>,
+}
 
 impl MongoStore {
-    pub async fn connect(_url: &str, _database: Option<&str>) -> Result<Self> {
-        Ok(MongoStore)
+    /// Connects to `url` and creates the collections and indexes it needs (idempotently).
+    /// The database is `database`, else the one the URL names, else `scientist`.
+    ///
+    /// # Errors
+    /// `Mongo` when the URL is invalid, the server cannot be reached (after 10 s unless the
+    /// URL sets `serverSelectionTimeoutMS`) or an index conflicts with an existing one.
+    pub async fn connect(url: &str, database: Option<&str>) -> Result<Self> {
+        let mut options = ClientOptions::parse(url).await?;
+        options.server_selection_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.max_idle_time.get_or_insert(MAX_IDLE_TIME);
+        options.app_name.get_or_insert_with(|| "scientist".to_owned());
+        let name = database
+            .map(str::to_owned)
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let client = Client::with_options(options)?;
+        // SPEC: acknowledged means durably committed, so majority and journaled.
+        let durable = WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build();
+        let db = client.database_with_options(
+            &name,
+            DatabaseOptions::builder().write_concern(durable).read_concern(ReadConcern::majority()).build(),
+        );
+        // Fail here, with the driver's reason, rather than at the first query.
+        db.run_command(doc! { "ping": 1 }).await?;
+        let store = MongoStore {
+            runs: db.collection("runs"),
+            events: db.collection("events"),
+            events_seen: db.collection("events_seen"),
+            stages: db.collection("stages"),
+            artifacts: db.collection("artifacts"),
+            hypotheses: db.collection("hypotheses"),
+            db,
+        };
+        store.ensure_schema().await?;
+        Ok(store)
+    }
+
+    /// Drops the whole database (tests use one database each).
+    pub async fn drop_database(&self) -> Result<()> {
+        self.db.drop().await?;
+        Ok(())
+    }
+
+    /// Creates the indexes; `createIndexes` is a no-op for an identical existing index.
+    async fn ensure_schema(&self) -> Result<()> {
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        let unique = |keys: Document| {
+            IndexModel::builder().keys(keys).options(IndexOptions::builder().unique(true).build()).build()
+        };
+        self.runs
+            .create_indexes([
+                // Claim: the filter's fields, then the sort's.
+                index(doc! { "status": 1, "queue": 1, "priority": -1, "createdAt": 1, "_id": 1 }),
+                // Listing, newest first, with or without a status filter.
+                index(doc! { "createdAt": -1, "_id": -1 }),
+                index(doc! { "status": 1, "createdAt": -1, "_id": -1 }),
+            ])
+            .await?;
+        self.events
+            .create_indexes([unique(doc! { "source": 1, "id": 1 }), index(doc! { EVENT_RUN_ID: 1, "_id": 1 })])
+            .await?;
+        let ttl = IndexOptions::builder().expire_after(SEEN_TTL).build();
+        self.events_seen
+            .create_index(IndexModel::builder().keys(doc! { "processedAt": 1 }).options(ttl).build())
+            .await?;
+        self.artifacts.create_index(unique(doc! { "runId": 1, "key": 1 })).await?;
+        self.stages.create_index(unique(doc! { "runId": 1, "name": 1 })).await?;
+        self.db
+            .collection::<Document>("ideation_requests")
+            .create_index(index(doc! { "status": 1, "createdAt": 1 }))
+            .await?;
+        match self.db.create_collection("hypotheses").await {
+            Err(err) if error_code(&err) != Some(NAMESPACE_EXISTS) => Err(err.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A run's stored events, oldest first.
+    async fn run_events(&self, id: &RunId) -> Result<Vec<Event>> {
+        let documents: Vec<Document> =
+            self.events.find(doc! { EVENT_RUN_ID: id.as_str() }).sort(doc! { "_id": 1 }).await?.try_collect().await?;
+        documents.into_iter().map(|document| Ok(parse_stored_event(document)?.event)).collect()
+    }
+
+    /// The pairs among `events` whose `events_seen` claim is marked applied.
+    async fn applied_pairs(&self, events: &[&Event]) -> Result<HashSet<(String, String)>> {
+        let ids: Vec<Document> = events.iter().map(|event| seen_id(event)).collect();
+        let seen: Vec<Document> = self
+            .events_seen
+            .find(doc! { "_id": { "$in": ids }, "applied": true })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(seen
+            .iter()
+            .filter_map(|seen| {
+                let id = seen.get_document("_id").ok()?;
+                Some((id.get_str("source").ok()?.to_owned(), id.get_str("id").ok()?.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Applies one run's new events from a batch, in order, with one conditional write
+    /// (reloaded and redone when another writer got there first).
+    async fn apply_to_run(&self, run_id: &RunId, events: &[&Event], now: Timestamp) -> Result<Vec<Effect>> {
+        for _ in 0..MAX_CAS_TRIES {
+            let before = self.runs.find_one(doc! { "_id": run_id.as_str() }).await?;
+            let mut slot = before.clone();
+            let mut effects = Vec::with_capacity(events.len());
+            // Pairs already reflected in the run: the batch's, and those replayed on creation.
+            let mut known: HashSet<(String, String)> = events.iter().map(|event| pair(event)).collect();
+            for (position, event) in events.iter().enumerate() {
+                let effect = apply_new_event(&mut slot, event);
+                if effect == Effect::Created {
+                    // Replay what was stored up to this event, as SQLite does; the batch's
+                    // later events are applied next, by this loop.
+                    let later: HashSet<_> = events[position + 1..].iter().map(|event| pair(event)).collect();
+                    let stored: Vec<Event> =
+                        self.run_events(run_id).await?.into_iter().filter(|e| !later.contains(&pair(e))).collect();
+                    known.extend(stored.iter().map(pair));
+                    if let Some(run) = slot.as_mut() {
+                        replay(run, &stored);
+                    }
+                }
+                effects.push(effect);
+            }
+            let Some(mut run) = slot else { return Ok(effects) };
+            match &before {
+                None => {
+                    run.updated_at = now;
+                    match self.runs.insert_one(&run).await {
+                        Ok(_) => {}
+                        // Created concurrently (another replica, or `enqueue`): apply onto it.
+                        Err(err) if is_duplicate_key(&err) => continue,
+                        Err(err) => return Err(err.into()),
+                    }
+                    self.mirror_stages(None, &run).await?;
+                    self.catch_up(run_id, &known, now).await?;
+                    return Ok(effects);
+                }
+                Some(before) => {
+                    if self.save_run(before, &mut run, now).await? {
+                        return Ok(effects);
+                    }
+                }
+            }
+        }
+        Err(Error::Contention(format!("run {run_id}")))
+    }
+
+    /// Applies events stored while the run was being created. Another call may have stored
+    /// an event for it after we read its events but before the run existed (it answered
+    /// Orphan); SQLite's single writer cannot interleave like that, MongoDB can.
+    async fn catch_up(&self, run_id: &RunId, known: &HashSet<(String, String)>, now: Timestamp) -> Result<()> {
+        let missed: Vec<Event> =
+            self.run_events(run_id).await?.into_iter().filter(|event| !known.contains(&pair(event))).collect();
+        if missed.is_empty() {
+            return Ok(());
+        }
+        self.update_run(run_id, now, |mut run| {
+            replay(&mut run, &missed);
+            Ok(run)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Loads a run, changes it and writes it back unless another writer changed it meanwhile,
+    /// in which case it starts over on the new version.
+    async fn update_run(&self, id: &RunId, now: Timestamp, mut change: impl FnMut(Run) -> Result<Run>) -> Result<Run> {
+        for _ in 0..MAX_CAS_TRIES {
+            let before = self.runs.find_one(doc! { "_id": id.as_str() }).await?;
+            let before = before.ok_or_else(|| Error::NotFound(id.clone()))?;
+            let mut run = change(before.clone())?;
+            if self.save_run(&before, &mut run, now).await? {
+                return Ok(run);
+            }
+        }
+        Err(Error::Contention(format!("run {id}")))
+    }
+
+    /// Writes `run` over `before`, stamping `updatedAt` and bumping `rev` (as SQLite's
+    /// `save_run` does), only if the stored run is still at `before.rev`. False when it was not.
+    async fn save_run(&self, before: &Run, run: &mut Run, now: Timestamp) -> Result<bool> {
+        run.updated_at = now;
+        run.rev = before.rev + 1;
+        let filter = doc! { "_id": run.id.as_str(), "rev": to_i64(before.rev) };
+        if self.runs.replace_one(filter, &*run).await?.matched_count == 0 {
+            return Ok(false);
+        }
+        self.mirror_stages(Some(before), run).await?;
+        Ok(true)
+    }
+
+    /// Mirrors the stages a run write changed into `stages`, one document per (run, stage),
+    /// for the seeds' frontend. `runRev` keeps a slower writer from overwriting a newer state.
+    async fn mirror_stages(&self, before: Option<&Run>, run: &Run) -> Result<()> {
+        let status_changed = before.is_none_or(|before| before.status != run.status);
+        let mut names: BTreeSet<&str> = run
+            .stage_timing
+            .iter()
+            .filter(|(name, timing)| status_changed || before.and_then(|b| b.stage_timing.get(*name)) != Some(timing))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if let Some(current) = &run.current_stage
+            && (status_changed || before.and_then(|b| b.current_stage.as_ref()) != Some(current))
+        {
+            names.insert(current.name.as_str());
+        }
+        let rev = to_i64(run.rev);
+        for name in names {
+            let fields = stage_document(run, name)?;
+            let filter = doc! {
+                "runId": run.id.as_str(),
+                "name": name,
+                "$or": [{ "runRev": { "$lt": rev } }, { "runRev": { "$exists": false } }],
+            };
+            // Two tries: a duplicate key means a newer write holds the document, or that a
+            // concurrent first insert won the race, after which the second try updates it.
+            for _ in 0..2 {
+                match self.stages.update_one(filter.clone(), doc! { "$set": fields.clone() }).upsert(true).await {
+                    Ok(_) => break,
+                    Err(err) if is_duplicate_key(&err) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        // A reset clears the old attempt's stages.
+        if let Some(before) = before {
+            let gone: Vec<&str> = before
+                .stage_timing
+                .keys()
+                .map(String::as_str)
+                .chain(before.current_stage.as_ref().map(|current| current.name.as_str()))
+                .filter(|name| {
+                    !run.stage_timing.contains_key(*name)
+                        && run.current_stage.as_ref().is_none_or(|current| current.name.as_str() != *name)
+                })
+                .collect();
+            if !gone.is_empty() {
+                self.stages
+                    .delete_many(doc! { "runId": run.id.as_str(), "name": { "$in": gone }, "runRev": { "$lt": rev } })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_side_record(&self, record: SideRecord) -> Result<()> {
+        match record {
+            SideRecord::Artifact(artifact) => {
+                let key = doc! { "runId": artifact.run_id.as_str(), "key": artifact.key.as_str() };
+                let fields = to_document("artifact", &artifact)?;
+                if !keep_latest(&self.artifacts, key, &artifact.at, fields).await? {
+                    return Err(Error::Contention(format!("artifact {} of run {}", artifact.key, artifact.run_id)));
+                }
+            }
+            SideRecord::Hypothesis(ideas) => {
+                let key = doc! { "_id": ideas.id.as_str() };
+                // `$set` of our fields only: the frontend's own fields of the hypothesis stay.
+                let mut fields = to_document("hypothesis", &ideas)?;
+                fields.remove("_id");
+                if !keep_latest(&self.hypotheses, key, &ideas.at, fields).await? {
+                    return Err(Error::Contention(format!("hypothesis {}", ideas.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stores `fields` in the document matching `key` unless it holds a later fact already
+/// ([`replaces`]): read, compare, then a write conditional on what was read, retried when
+/// another writer changed it in between. False when it kept losing that race.
+async fn keep_latest(
+    collection: &Collection<Document>,
+    key: Document,
+    at: &EventKey,
+    fields: Document,
+) -> Result<bool> {
+    for _ in 0..MAX_CAS_TRIES {
+        let existing = collection.find_one(key.clone()).projection(doc! { "at": 1 }).await?;
+        let Some(existing) = existing else {
+            let mut document = key.clone();
+            document.extend(fields.clone());
+            match collection.insert_one(document).await {
+                Ok(_) => return Ok(true),
+                Err(err) if is_duplicate_key(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let existing_at = match existing.get("at") {
+            None | Some(Bson::Null) => None,
+            Some(stored) => Some(parse_event_key(stored)?),
+        };
+        if !replaces(existing_at.as_ref(), at) {
+            return Ok(true);
+        }
+        let mut filter = key.clone();
+        match &existing_at {
+            // A document we have not written yet (a hypothesis the frontend created).
+            None => {
+                filter.insert("at", Bson::Null);
+            }
+            Some(existing_at) => {
+                filter.insert("at.time", DateTime::from(existing_at.time));
+                filter.insert("at.id", existing_at.id.as_str());
+                filter.insert("at.source", existing_at.source.as_str());
+            }
+        }
+        if collection.update_one(filter, doc! { "$set": fields.clone() }).await?.matched_count == 1 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run> {
+        let run = Run::queued(new_run, now);
+        match self.runs.insert_one(&run).await {
+            Ok(_) => Ok(run),
+            Err(err) if is_duplicate_key(&err) => Err(Error::AlreadyExists(run.id)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn get(&self, id: &RunId) -> Result<Option<Run>> {
+        Ok(self.runs.find_one(doc! { "_id": id.as_str() }).await?)
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<Page<Run>> {
+        let limit = clamp_limit(filter.limit);
+        let mut query = Document::new();
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<&str> = filter.statuses.iter().map(|status| status.as_str()).collect();
+            query.insert("status", doc! { "$in": statuses });
+        }
+        if let Some(queue) = &filter.queue {
+            query.insert("queue", queue.as_str());
+        }
+        if let Some(cursor) = &filter.cursor {
+            let (millis, id) = parse_run_cursor(cursor)?;
+            let created_at = DateTime::from_millis(millis);
+            let older = doc! { "createdAt": { "$lt": created_at } };
+            let same_time_lower_id = doc! { "createdAt": created_at, "_id": { "$lt": id } };
+            query.insert("$or", vec![older, same_time_lower_id]);
+        }
+        let mut items: Vec<Run> = self
+            .runs
+            .find(query)
+            .sort(doc! { "createdAt": -1, "_id": -1 })
+            .limit(limit as i64 + 1)
+            .await?
+            .try_collect()
+            .await?;
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(run_cursor)
+        });
+        Ok(Page { items, next: next.flatten() })
+    }
+
+    /// Reads the head of the queue, then claims the first candidate still QUEUED with one
+    /// update whose filter requires that status: the claim is atomic, so no run is claimed
+    /// twice. A claimer that loses a race moves on to the next candidate with a point
+    /// update, instead of every claimer re-running the sorted query against one document
+    /// (a single sorted `findOneAndUpdate` does that, and under many pods polling at once it
+    /// turns into write-conflict retries; on SecantusDB it made 16 claimers 100× slower).
+    async fn claim(&self, worker: &str, queue: &str, now: Timestamp) -> Result<Option<Run>> {
+        // Exactly what `Run::claim` and `save_run` do.
+        let update = doc! {
+            "$set": {
+                "status": RunStatus::Scheduled.as_str(),
+                "claimedBy": worker,
+                "claimedAt": DateTime::from(now),
+                "updatedAt": DateTime::from(now),
+            },
+            "$inc": { "attempt": 1, "rev": 1 },
+        };
+        let mut queued = doc! { "status": RunStatus::Queued.as_str(), "queue": queue };
+        if queue == DEFAULT_QUEUE {
+            // Runs the web frontend creates directly carry no `queue`: they are the default pool's.
+            queued.insert("queue", doc! { "$in": [queue, Bson::Null] });
+        }
+        let ids = self.runs.clone_with_type::<Document>();
+        loop {
+            let head: Vec<Document> = ids
+                .find(queued.clone())
+                .sort(doc! { "priority": -1, "createdAt": 1, "_id": 1 })
+                .projection(doc! { "_id": 1 })
+                .limit(CLAIM_CANDIDATES)
+                .await?
+                .try_collect()
+                .await?;
+            if head.is_empty() {
+                return Ok(None);
+            }
+            for candidate in head {
+                let Some(id) = candidate.get("_id").cloned() else { continue };
+                let mut still_queued = queued.clone();
+                still_queued.insert("_id", id.clone());
+                if self.runs.update_one(still_queued, update.clone()).await?.modified_count == 0 {
+                    continue; // another claimer took it
+                }
+                // Ours unless it was reset and claimed again in between, which voids our claim.
+                let run = self.runs.find_one(doc! { "_id": id }).await?;
+                if let Some(run) = run.filter(|run| run.claimed_by.as_deref() == Some(worker)) {
+                    return Ok(Some(run));
+                }
+            }
+            // Every candidate went to other claimers meanwhile: read the head again.
+        }
+    }
+
+    /// Per event: claim its pair in `events_seen` (a claim already marked applied is a
+    /// duplicate; an unmarked one was left by a call that failed mid-way and is taken over),
+    /// store it in `events`, write its side record, apply it to its run, then mark the claim
+    /// applied. Every step may be repeated: inserts tolerate duplicate keys and the reducer
+    /// is idempotent. Each step is done for the whole batch at once, and each run touched
+    /// is written once.
+    async fn apply_events(&self, events: Vec<Event>, now: Timestamp) -> Result<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        // A pair repeated within the batch is a duplicate of its first occurrence, as in SQLite.
+        let mut in_batch = HashSet::new();
+        for (outcome, event) in outcomes.iter_mut().zip(&events) {
+            if !in_batch.insert(pair(event)) {
+                *outcome = Some(Outcome::Duplicate);
+            }
+        }
+
+        let pending = undecided(&outcomes);
+        let claims = pending.iter().map(|&i| seen_document(&events[i], now));
+        let refused = insert_all(&self.events_seen, claims.collect()).await?;
+        let claimed_now: HashSet<usize> =
+            pending.iter().enumerate().filter(|(position, _)| !refused.contains(position)).map(|(_, &i)| i).collect();
+        let seen_before: Vec<usize> = refused.iter().map(|&position| pending[position]).collect();
+        if !seen_before.is_empty() {
+            let seen_events: Vec<&Event> = seen_before.iter().map(|&i| &events[i]).collect();
+            let applied = self.applied_pairs(&seen_events).await?;
+            for i in seen_before {
+                if applied.contains(&pair(&events[i])) {
+                    outcomes[i] = Some(Outcome::Duplicate);
+                }
+            }
+        }
+
+        let pending = undecided(&outcomes);
+        let documents = pending.iter().map(|&i| event_document(&events[i], now)).collect();
+        for position in insert_all(&self.events, documents).await? {
+            let i = pending[position];
+            // Claimed just now, yet already stored: its claim expired (TTL) after an earlier
+            // delivery, or a concurrent call is storing it (that call applies it). Either way
+            // a duplicate. The claim is left unmarked so that, should that concurrent call
+            // fail, its retry still applies the event.
+            if claimed_now.contains(&i) {
+                outcomes[i] = Some(Outcome::Duplicate);
+            }
+        }
+
+        let pending = undecided(&outcomes);
+        let mut by_run: Vec<(&RunId, Vec<usize>)> = Vec::new();
+        let mut run_slot: HashMap<&RunId, usize> = HashMap::new();
+        for &i in &pending {
+            let event = &events[i];
+            if let Some(record) = side_record(event) {
+                self.save_side_record(record).await?;
+            }
+            match &event.run_id {
+                None => outcomes[i] = Some(Outcome::Applied),
+                Some(run_id) => {
+                    let slot = *run_slot.entry(run_id).or_insert_with(|| {
+                        by_run.push((run_id, Vec::new()));
+                        by_run.len() - 1
+                    });
+                    by_run[slot].1.push(i);
+                }
+            }
+        }
+        for (run_id, indexes) in by_run {
+            let run_events: Vec<&Event> = indexes.iter().map(|&i| &events[i]).collect();
+            let effects = self.apply_to_run(run_id, &run_events, now).await?;
+            for (i, effect) in indexes.into_iter().zip(effects) {
+                outcomes[i] = Some(effect.outcome());
+            }
+        }
+
+        if !pending.is_empty() {
+            let ids: Vec<Document> = pending.iter().map(|&i| seen_id(&events[i])).collect();
+            self.events_seen.update_many(doc! { "_id": { "$in": ids } }, doc! { "$set": { "applied": true } }).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every event is decided above: duplicate, or applied to its run"))
+            .collect())
+    }
+
+    async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
+        let limit = clamp_limit(filter.limit);
+        let mut query = doc! { EVENT_RUN_ID: run_id.as_str() };
+        if let Some(cursor) = &filter.cursor {
+            let after = ObjectId::parse_str(cursor).map_err(|_| Error::InvalidCursor(cursor.clone()))?;
+            query.insert("_id", doc! { "$gt": after });
+        }
+        if !filter.types.is_empty() {
+            query.insert("type", doc! { "$in": &filter.types });
+        }
+        let documents: Vec<Document> =
+            self.events.find(query).sort(doc! { "_id": 1 }).limit(limit as i64 + 1).await?.try_collect().await?;
+        let mut items = documents.into_iter().map(parse_stored_event).collect::<Result<Vec<_>>>()?;
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|event| event.cursor.clone())
+        });
+        Ok(Page { items, next: next.flatten() })
+    }
+
+    async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
+        self.update_run(id, now, |run| reset_run(run, now)).await
+    }
+
+    async fn request_cancel(&self, id: &RunId, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
+        self.update_run(id, now, |run| cancel_run(run, by, reason.clone(), now)).await
+    }
+
+    async fn counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        let groups: Vec<Document> = self
+            .runs
+            .aggregate([doc! { "$group": { "_id": "$status", "count": { "$sum": 1 } } }])
+            .await?
+            .try_collect()
+            .await?;
+        let mut counts = Vec::with_capacity(groups.len());
+        for group in groups {
+            let status = group.get_str("_id").map_err(|err| corrupt("run status count", err))?;
+            let status: RunStatus = status.parse().map_err(|reason: String| corrupt("run status", reason))?;
+            let count = match group.get("count") {
+                Some(Bson::Int32(count)) => i64::from(*count),
+                Some(Bson::Int64(count)) => *count,
+                other => return Err(corrupt("run status count", format!("count is {other:?}"))),
+            };
+            counts.push((status, count.max(0) as u64));
+        }
+        counts.sort_by_key(|(status, _)| RunStatus::ALL.iter().position(|s| s == status));
+        Ok(counts)
+    }
+
+    async fn artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>> {
+        let artifacts: Collection<Artifact> = self.artifacts.clone_with_type();
+        Ok(artifacts.find(doc! { "runId": run_id.as_str() }).sort(doc! { "key": 1 }).await?.try_collect().await?)
+    }
+
+    async fn hypothesis_ideas(&self, id: &str) -> Result<Option<HypothesisIdeas>> {
+        let hypotheses: Collection<HypothesisIdeas> = self.hypotheses.clone_with_type();
+        // Only hypotheses an event reported ideas for; the frontend creates bare ones too.
+        Ok(hypotheses.find_one(doc! { "_id": id, "at": { "$exists": true } }).await?)
+    }
+}
+
+/// The (source, id) pair that identifies an event (the CloudEvents dedup key).
+fn pair(event: &Event) -> (String, String) {
+    (event.source.clone(), event.id.0.clone())
+}
+
+/// `events_seen` key: a document, so no choice of separator can make two pairs collide.
+fn seen_id(event: &Event) -> Document {
+    doc! { "source": event.source.as_str(), "id": event.id.0.as_str() }
+}
+
+fn seen_document(event: &Event, now: Timestamp) -> Document {
+    doc! {
+        "_id": seen_id(event),
+        "runId": event.run_id.as_ref().map(RunId::as_str),
+        "processedAt": DateTime::from(now),
+        "applied": false,
+    }
+}
+
+/// The stored form of an event: its JSON form (so `time` stays an RFC 3339 string that
+/// `from_json_object` re-parses) plus the run, and both times as BSON Dates for queries.
+fn event_document(event: &Event, now: Timestamp) -> Document {
+    let mut document: Document = event.to_json().into_iter().map(|(name, value)| (name, json_to_bson(value))).collect();
+    document.insert(EVENT_RUN_ID, event.run_id.as_ref().map(RunId::as_str));
+    document.insert(EVENT_TIME_AT, DateTime::from(event.time));
+    document.insert(EVENT_RECEIVED_AT, DateTime::from(now));
+    document
+}
+
+fn parse_stored_event(mut document: Document) -> Result<StoredEvent> {
+    let position = document.get_object_id("_id").map_err(|err| corrupt("stored event", err))?;
+    let what = || format!("event {position}");
+    let received_at = document.get_datetime(EVENT_RECEIVED_AT).map_err(|err| corrupt(what(), err))?;
+    let received_at = Timestamp::from_millis(received_at.timestamp_millis());
+    for added in ["_id", EVENT_RUN_ID, EVENT_TIME_AT, EVENT_RECEIVED_AT] {
+        document.remove(added);
+    }
+    let object: Map<String, Value> =
+        document.into_iter().map(|(name, value)| (name, value.into_relaxed_extjson())).collect();
+    let event = event::from_json_object(object, received_at).map_err(|err| corrupt(what(), err))?;
+    Ok(StoredEvent { cursor: position.to_hex(), received_at, event })
+}
+
+/// JSON to BSON without extended-JSON interpretation (a `{"$date": …}` in event data stays
+/// a plain object). Integers beyond i64 become doubles: BSON has no unsigned 64-bit type.
+fn json_to_bson(value: Value) -> Bson {
+    match value {
+        Value::Null => Bson::Null,
+        Value::Bool(value) => Bson::Boolean(value),
+        Value::Number(number) => match number.as_i64() {
+            Some(value) => i32::try_from(value).map(Bson::Int32).unwrap_or(Bson::Int64(value)),
+            None => Bson::Double(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(value) => Bson::String(value),
+        Value::Array(values) => Bson::Array(values.into_iter().map(json_to_bson).collect()),
+        Value::Object(object) => {
+            Bson::Document(object.into_iter().map(|(name, value)| (name, json_to_bson(value))).collect())
+        }
+    }
+}
+
+/// `value` as a BSON document, through the driver's own (non-human-readable) serializer, so
+/// `Timestamp`s become BSON Dates. (`bson::to_document` is human-readable in bson 2.x and
+/// would turn them into strings.)
+fn to_document<T: Serialize>(what: &str, value: &T) -> Result<Document> {
+    let raw = bson::to_raw_document_buf(value)
+        .map_err(|source| Error::Encode { what: what.to_owned(), source: Box::new(source) })?;
+    from_raw(what, raw.as_bytes())
+}
+
+fn from_raw<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    bson::from_slice(bytes).map_err(|source| Error::CorruptBson { what: what.to_owned(), source: Box::new(source) })
+}
+
+fn parse_event_key(stored: &Bson) -> Result<EventKey> {
+    let what = "stored event key `at`";
+    let Bson::Document(document) = stored else { return Err(corrupt(what, "not a document")) };
+    let bytes =
+        bson::to_vec(document).map_err(|source| Error::Encode { what: what.to_owned(), source: Box::new(source) })?;
+    from_raw(what, &bytes)
+}
+
+/// One `stages` document: the stage's timing, its progress while current, and a status.
+fn stage_document(run: &Run, name: &str) -> Result<Document> {
+    let timing = run.stage_timing.get(name);
+    let mut fields = match timing {
+        Some(timing) => to_document("stage timing", timing)?,
+        None => Document::new(),
+    };
+    if let Some(current) = run.current_stage.as_ref().filter(|current| current.name.as_str() == name) {
+        let mut progress = to_document("current stage", current)?;
+        progress.remove("name");
+        progress.remove("latest");
+        fields.extend(progress);
+    }
+    let status = if timing.is_some_and(|timing| timing.completed_at.is_some()) {
+        "COMPLETED"
+    } else if run.status.is_terminal() {
+        run.status.as_str()
+    } else {
+        "RUNNING"
+    };
+    fields.insert("runId", run.id.as_str());
+    fields.insert("name", name);
+    fields.insert("status", status);
+    fields.insert("runRev", to_i64(run.rev));
+    fields.insert("updatedAt", DateTime::from(run.updated_at));
+    Ok(fields)
+}
+
+/// Inserts `documents` in one unordered round trip; returns the positions refused with a
+/// duplicate key. Any other failure is an error.
+async fn insert_all(collection: &Collection<Document>, documents: Vec<Document>) -> Result<HashSet<usize>> {
+    if documents.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let err = match collection.insert_many(documents).ordered(false).await {
+        Ok(_) => return Ok(HashSet::new()),
+        Err(err) => err,
+    };
+    if let ErrorKind::InsertMany(failure) = err.kind.as_ref()
+        && let (Some(errors), None) = (&failure.write_errors, &failure.write_concern_error)
+        && errors.iter().all(|error| error.code == DUPLICATE_KEY)
+    {
+        return Ok(errors.iter().map(|error| error.index).collect());
+    }
+    Err(err.into())
+}
+
+fn error_code(err: &mongodb::error::Error) -> Option<i32> {
+    match err.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        ErrorKind::InsertMany(failure) => failure.write_errors.as_ref()?.first().map(|error| error.code),
+        _ => None,
+    }
+}
+
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    error_code(err) == Some(DUPLICATE_KEY)
+}
+
+fn corrupt(what: impl Into<String>, reason: impl std::fmt::Display) -> Error {
+    Error::Corrupt { what: what.into(), source: serde::de::Error::custom(reason.to_string()) }
+}
+
+/// Revisions count writes to one run: far below i64::MAX, BSON's largest integer.
+fn to_i64(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
+}
+
+fn undecided(outcomes: &[Option<Outcome>]) -> Vec<usize> {
+    outcomes.iter().enumerate().filter(|(_, outcome)| outcome.is_none()).map(|(i, _)| i).collect()
+}
+
+/// Checks of what is particular to this backend: document shapes in MongoDB and the
+/// crash-recovery paths of `apply_events`. The behaviour both stores share is tested by
+/// `tests/store_contract.rs`.
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A store on a fresh database of the test server; drop it with `drop_database`.
+    async fn test_store() -> MongoStore {
+        let url = std::env::var("SCIENTIST_TEST_MONGODB_URL").unwrap_or_else(|_| {
+            panic!(
+                "SCIENTIST_TEST_MONGODB_URL is not set: start a server with `secantusd-py --host 127.0.0.1 \
+                 --port 27017 --storage-path :memory:` (pip install SecantusDB) and export \
+                 SCIENTIST_TEST_MONGODB_URL=mongodb://127.0.0.1:27017, or run scripts/test"
+            )
+        });
+        let database = format!("scientist_unit_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        MongoStore::connect(&url, Some(&database)).await.expect("connect to the test MongoDB server")
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_millis(1_761_159_600_000 + seconds * 1000)
+    }
+
+    fn event(id: &str, ty: &str, run_id: &str, seconds: i64, attempt: Option<u32>, data: Value) -> Event {
+        let mut object = json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": "pod://unit",
+            "type": ty,
+            "subject": format!("run/{run_id}"),
+            "time": at(seconds).to_string(),
+            "data": data,
+        });
+        if let Some(attempt) = attempt {
+            object["attempt"] = json!(attempt);
+        }
+        let Value::Object(object) = object else { unreachable!("built as an object") };
+        event::from_json_object(object, at(seconds)).expect("valid test event")
+    }
+
+    fn new_run(priority: i64) -> NewRun {
+        NewRun { priority, ..NewRun::new(json!({"title": "unit"})) }
+    }
+
+    #[tokio::test]
+    async fn claims_by_priority_and_drives_a_run_with_events() {
+        let store = test_store().await;
+        let low = store.enqueue(new_run(1), at(0)).await.expect("enqueue");
+        let high = store.enqueue(new_run(9), at(1)).await.expect("enqueue");
+        let middle = store.enqueue(new_run(5), at(2)).await.expect("enqueue");
+        let mut order = Vec::new();
+        while let Some(run) = store.claim("pod-a", "default", at(3)).await.expect("claim") {
+            assert_eq!((run.status, run.attempt, run.rev), (RunStatus::Scheduled, 1, 1));
+            order.push(run.id);
+        }
+        assert_eq!(order, [high.id, middle.id, low.id]);
+
+        let run_id = "run-unit-1";
+        let enqueued = event("e1", "ai.run.enqueued", run_id, 10, None, json!({"priority": 3}));
+        let outcomes = store.apply_events(vec![enqueued.clone()], at(10)).await.expect("apply");
+        assert_eq!(outcomes, [Outcome::Applied]);
+        let claimed = store.claim("pod-b", "default", at(11)).await.expect("claim").expect("the new run");
+        assert_eq!(claimed.id.as_str(), run_id);
+        let mut batch = vec![
+            event("e2", "ai.run.started", run_id, 12, Some(1), json!({"pod_id": "pod-b", "gpu": "H100"})),
+            event(
+                "e3",
+                "ai.run.stage_progress",
+                run_id,
+                13,
+                Some(1),
+                json!({"stage": "Stage_1", "iteration": 3, "max_iterations": 14, "progress": 0.25, "good_nodes": 2}),
+            ),
+        ];
+        batch[1].seq = Some(7);
+        let outcomes = store.apply_events(batch.clone(), at(14)).await.expect("apply");
+        assert_eq!(outcomes, [Outcome::Applied, Outcome::Applied]);
+        let run = store.get(&claimed.id).await.expect("get").expect("run");
+        assert_eq!(run.status, RunStatus::Running);
+        let current = run.current_stage.as_ref().expect("current stage");
+        assert_eq!((current.name.as_str(), current.iteration, current.good_nodes), ("Stage_1", 3, 2));
+
+        let mut again = batch.clone();
+        again.insert(0, enqueued);
+        let outcomes = store.apply_events(again, at(15)).await.expect("apply again");
+        assert_eq!(outcomes, [Outcome::Duplicate; 3]);
+        let stale = event("e4", "ai.run.heartbeat", run_id, 16, Some(2), json!({"gpu_util": 50.0}));
+        assert_eq!(store.apply_events(vec![stale], at(16)).await.expect("apply"), [Outcome::Stale]);
+
+        let raw: Collection<Document> = store.runs.clone_with_type();
+        let stored = raw.find_one(doc! { "_id": run_id }).await.expect("find").expect("stored run");
+        assert!(matches!(stored.get("createdAt"), Some(Bson::DateTime(_))), "{stored:?}");
+        assert!(matches!(stored.get("claimedAt"), Some(Bson::DateTime(_))), "{stored:?}");
+        assert_eq!(stored.get_document("currentStage").and_then(|c| c.get_i64("goodNodes")), Ok(2));
+        let stage_1 = stored.get_document("stageTiming").and_then(|t| t.get_document("Stage_1")).expect("Stage_1");
+        assert!(matches!(stage_1.get("lastActivityAt"), Some(Bson::DateTime(_))), "{stage_1:?}");
+        assert_eq!(stored.get_i64("lastEventSeq"), Ok(7));
+        assert_eq!(stored.get_str("claimedBy"), Ok("pod-b"));
+        let stage = store.stages.find_one(doc! { "runId": run_id, "name": "Stage_1" }).await.expect("find");
+        let stage = stage.expect("stage mirrored");
+        assert_eq!((stage.get_str("status"), stage.get_f64("progress")), (Ok("RUNNING"), Ok(0.25)));
+        assert!(matches!(stage.get("lastActivityAt"), Some(Bson::DateTime(_))), "{stage:?}");
+        let events = store.events.find_one(doc! { "id": "e2" }).await.expect("find").expect("stored event");
+        assert!(matches!(events.get("time"), Some(Bson::String(_))), "time stays RFC 3339: {events:?}");
+        assert!(matches!(events.get(EVENT_RECEIVED_AT), Some(Bson::DateTime(_))), "{events:?}");
+        store.drop_database().await.expect("drop");
+    }
+
+    #[tokio::test]
+    async fn recovers_from_a_call_that_failed_mid_way() {
+        let store = test_store().await;
+        let run_id = "run-unit-2";
+        let enqueued = event("r1", "ai.run.enqueued", run_id, 0, None, json!({}));
+        // A call claimed the pair, then died before storing anything: the retry applies it.
+        store.events_seen.insert_one(seen_document(&enqueued, at(0))).await.expect("claim");
+        assert_eq!(store.apply_events(vec![enqueued.clone()], at(1)).await.expect("apply"), [Outcome::Applied]);
+        assert!(store.get(&run_id.parse().expect("id")).await.expect("get").is_some());
+        // The claim expired (TTL) after the event was stored: still a duplicate.
+        store.events_seen.delete_many(doc! {}).await.expect("expire");
+        assert_eq!(store.apply_events(vec![enqueued], at(2)).await.expect("apply"), [Outcome::Duplicate]);
+        // Ideas keep the frontend's own fields of the hypothesis.
+        store.hypotheses.insert_one(doc! { "_id": "hyp-1", "title": "from the frontend" }).await.expect("insert");
+        let ideas = |id: &str, seconds: i64, name: &str| {
+            let mut ideas = event(
+                id,
+                "ai.ideation.generated",
+                run_id,
+                seconds,
+                None,
+                json!({
+                    "hypothesis_id": "hyp-1",
+                    "ideas": [{"name": name}],
+                }),
+            );
+            ideas.run_id = None;
+            ideas
+        };
+        let batch = vec![ideas("r2", 5, "b"), ideas("r3", 3, "a"), ideas("r4", 6, "c"), ideas("r5", 4, "d")];
+        assert_eq!(store.apply_events(batch, at(7)).await.expect("apply"), [Outcome::Applied; 4]);
+        let stored = store.hypotheses.find_one(doc! { "_id": "hyp-1" }).await.expect("find").expect("hypothesis");
+        assert_eq!(stored.get_str("title"), Ok("from the frontend"));
+        assert_eq!(stored.get_document("ideaJson").and_then(|idea| idea.get_str("name")), Ok("c"), "the latest wins");
+        let read = store.hypothesis_ideas("hyp-1").await.expect("ideas").expect("some");
+        assert_eq!((read.idea_json, read.at.id.as_str()), (json!({"name": "c"}), "r4"));
+        store.drop_database().await.expect("drop");
     }
 }

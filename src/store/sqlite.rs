@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 
 use super::{
     Artifact, Effect, Error, EventFilter, HypothesisIdeas, Outcome, Page, Result, RunFilter, SideRecord, Store,
-    StoredEvent, apply_new_event, cancel_run, clamp_limit, replaces, replay, reset_run, side_record,
+    StoredEvent, apply_new_event, cancel_run, clamp_limit, parse_run_cursor, replaces, replay, reset_run, run_cursor,
+    side_record,
 };
 use crate::event::{self, Event};
 use crate::run::{NewRun, Run, RunId, RunStatus};
@@ -99,7 +100,9 @@ impl SqliteStore {
             }
             let writer = connect(&path)?;
             writer.execute_batch(SCHEMA)?;
-            Ok(SqliteStore { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
+            Ok(SqliteStore {
+                inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+            })
         })
         .await?
     }
@@ -177,7 +180,14 @@ fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
     let inserted = tx.execute(
         "INSERT INTO runs (id, status, queue, priority, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (id) DO NOTHING",
-        params![run.id.as_str(), run.status.as_str(), run.queue, run.priority, run.created_at.millis(), to_json("run", run)?],
+        params![
+            run.id.as_str(),
+            run.status.as_str(),
+            run.queue,
+            run.priority,
+            run.created_at.millis(),
+            to_json("run", run)?
+        ],
     )?;
     if inserted == 0 {
         return Err(Error::AlreadyExists(run.id.clone()));
@@ -201,16 +211,15 @@ fn parse_stored_event(pos: i64, received_at: i64, body: &str) -> Result<StoredEv
     let object: Map<String, Value> =
         serde_json::from_str(body).map_err(|source| Error::Corrupt { what: what(), source })?;
     let received_at = Timestamp::from_millis(received_at);
-    let event = event::from_json_object(object, received_at).map_err(|err| Error::Corrupt {
-        what: what(),
-        source: serde::de::Error::custom(err.to_string()),
-    })?;
+    let event = event::from_json_object(object, received_at)
+        .map_err(|err| Error::Corrupt { what: what(), source: serde::de::Error::custom(err.to_string()) })?;
     Ok(StoredEvent { cursor: pos.to_string(), received_at, event })
 }
 
 /// A run's stored events, oldest first.
 fn run_events(conn: &Connection, id: &RunId) -> Result<Vec<Event>> {
-    let mut statement = conn.prepare_cached("SELECT pos, received_at, body FROM events WHERE run_id = ?1 ORDER BY pos")?;
+    let mut statement =
+        conn.prepare_cached("SELECT pos, received_at, body FROM events WHERE run_id = ?1 ORDER BY pos")?;
     let rows = statement.query_map([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
     rows.map(|row| {
         let (pos, received_at, body) = row?;
@@ -323,18 +332,6 @@ fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result
     Ok(outcomes)
 }
 
-/// `next` cursor of a newest-first run page: the last run's (createdAt, id).
-fn run_cursor(run: &Run) -> String {
-    format!("{}:{}", run.created_at.millis(), run.id)
-}
-
-fn parse_run_cursor(cursor: &str) -> Result<(i64, String)> {
-    cursor
-        .split_once(':')
-        .and_then(|(millis, id)| Some((millis.parse().ok()?, id.to_owned())))
-        .ok_or_else(|| Error::InvalidCursor(cursor.to_owned()))
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run> {
@@ -373,12 +370,14 @@ impl Store for SqliteStore {
             sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
             values.push(SqlValue::from(limit as i64 + 1));
             let mut statement = conn.prepare(&sql)?;
-            let rows = statement.query_map(params_from_iter(values), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
-            let mut items = rows.map(|row| {
-                let (id, doc) = row?;
-                parse_run(&id, &doc)
-            })
-            .collect::<Result<Vec<Run>>>()?;
+            let rows = statement
+                .query_map(params_from_iter(values), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+            let mut items = rows
+                .map(|row| {
+                    let (id, doc) = row?;
+                    parse_run(&id, &doc)
+                })
+                .collect::<Result<Vec<Run>>>()?;
             let next = (items.len() > limit).then(|| {
                 items.truncate(limit);
                 items.last().map(run_cursor)
@@ -432,9 +431,8 @@ impl Store for SqliteStore {
             sql.push_str(" ORDER BY pos LIMIT ?");
             values.push(SqlValue::from(limit as i64 + 1));
             let mut statement = conn.prepare(&sql)?;
-            let rows = statement.query_map(params_from_iter(values), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?))
-            })?;
+            let rows = statement
+                .query_map(params_from_iter(values), |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
             let mut items = rows
                 .map(|row| {
                     let (pos, received_at, body) = row?;
@@ -495,7 +493,8 @@ impl Store for SqliteStore {
         let run_id = run_id.clone();
         self.read(move |conn| {
             let mut statement = conn.prepare("SELECT key, doc FROM artifacts WHERE run_id = ?1 ORDER BY key")?;
-            let rows = statement.query_map([run_id.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+            let rows = statement
+                .query_map([run_id.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
             rows.map(|row| {
                 let (key, doc) = row?;
                 serde_json::from_str(&doc).map_err(|source| Error::Corrupt { what: format!("artifact {key}"), source })

@@ -37,4 +37,3 @@ pub fn event_from(value: Value) -> Event {
     let Value::Object(object) = value else { panic!("an event is a JSON object") };
     event::from_json_object(object, at(0)).unwrap_or_else(|err| panic!("test event is invalid: {err}"))
 }
-
