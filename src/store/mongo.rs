@@ -470,18 +470,23 @@ impl Store for MongoStore {
             if head.is_empty() {
                 return Ok(None);
             }
-            for candidate in head {
-                let Some(id) = candidate.get("_id").cloned() else { continue };
+            let mut candidates: Vec<Bson> = head.into_iter().filter_map(|doc| doc.get("_id").cloned()).collect();
+            // The head first, so a lone claimer takes runs in strict order.
+            let mut next = 0;
+            while !candidates.is_empty() {
+                let id = candidates.swap_remove(next);
                 let mut still_queued = queued.clone();
                 still_queued.insert("_id", id.clone());
-                if self.runs.update_one(still_queued, update.clone()).await?.modified_count == 0 {
-                    continue; // another claimer took it
+                if self.runs.update_one(still_queued, update.clone()).await?.modified_count == 1 {
+                    // Ours unless it was reset and claimed again in between, which voids our claim.
+                    let run = self.runs.find_one(doc! { "_id": id }).await?;
+                    if let Some(run) = run.filter(|run| run.claimed_by.as_deref() == Some(worker)) {
+                        return Ok(Some(run));
+                    }
                 }
-                // Ours unless it was reset and claimed again in between, which voids our claim.
-                let run = self.runs.find_one(doc! { "_id": id }).await?;
-                if let Some(run) = run.filter(|run| run.claimed_by.as_deref() == Some(worker)) {
-                    return Ok(Some(run));
-                }
+                // Lost a race: the head is contended, so spread out over the other candidates
+                // rather than queue up behind the other claimers on the same documents.
+                next = random_below(candidates.len());
             }
             // Every candidate went to other claimers meanwhile: read the head again.
         }
@@ -778,6 +783,12 @@ fn corrupt(what: impl Into<String>, reason: impl std::fmt::Display) -> Error {
 }
 
 /// Revisions count writes to one run: far below i64::MAX, BSON's largest integer.
+/// A random index below `len` (0 when `len` is 0), for spreading claimers; not for secrets.
+fn random_below(len: usize) -> usize {
+    let random = uuid::Uuid::new_v4().as_u128();
+    if len == 0 { 0 } else { (random % len as u128) as usize }
+}
+
 fn to_i64(rev: u64) -> i64 {
     i64::try_from(rev).unwrap_or(i64::MAX)
 }

@@ -1,0 +1,93 @@
+//! The built `scientist` binary: help, the embedded-store commands, errors and exit codes.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+/// The binary with a clean environment and its own store file.
+fn scientist(store: &tempfile::TempDir) -> Command {
+    let mut command = Command::cargo_bin("scientist").expect("binary is built");
+    command.env_clear().env("SCIENTIST_STORE", store.path().join("store.sqlite")).env("NO_COLOR", "1");
+    command
+}
+
+#[test]
+fn cli_definition_is_consistent() {
+    use clap::CommandFactory;
+    scientist::cmd::Cli::command().debug_assert();
+}
+
+#[test]
+fn help_lists_every_subcommand_and_the_exit_codes() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let assert = scientist(&store).arg("--help").assert().success();
+    let help = String::from_utf8(assert.get_output().stdout.clone()).expect("utf-8");
+    for subcommand in ["serve", "work", "runs", "stats", "emit"] {
+        assert!(help.contains(&format!("\n  {subcommand} ")), "{subcommand} missing from:\n{help}");
+    }
+    assert!(help.contains("Exit codes: 0 success"), "{help}");
+}
+
+#[test]
+fn create_then_list_show_cancel_and_reset() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let idea = store.path().join("idea.json");
+    std::fs::write(&idea, r#"{"Title": "warm-up ablation"}"#).expect("write idea");
+    let created = scientist(&store).args(["runs", "create", "--priority", "5", "--idea"]).arg(&idea).assert().success();
+    let id = String::from_utf8(created.get_output().stdout.clone()).expect("utf-8").trim().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id:?}");
+
+    scientist(&store).args(["runs", "list"]).assert().success().stdout(contains(&id).and(contains("QUEUED")));
+    let shown = scientist(&store).args(["runs", "show", &id, "--json"]).assert().success();
+    let run: serde_json::Value = serde_json::from_slice(&shown.get_output().stdout).expect("json");
+    assert_eq!((run["_id"].as_str(), run["priority"].as_i64()), (Some(id.as_str()), Some(5)));
+    assert_eq!(run["idea"]["Title"], "warm-up ablation");
+
+    scientist(&store).args(["runs", "cancel", &id]).assert().success().stderr(contains("canceled"));
+    scientist(&store).args(["stats", "--json"]).assert().success().stdout(contains(r#""CANCELED":1"#));
+    scientist(&store).args(["runs", "reset", &id]).assert().success().stderr(contains("QUEUED again"));
+    scientist(&store)
+        .args(["runs", "list", "--status", "queued", "--json"])
+        .assert()
+        .success()
+        .stdout(contains(&id).and(contains(r#""retryCount": 1"#)));
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_with_their_code() {
+    let store = tempfile::tempdir().expect("temp dir");
+    scientist(&store)
+        .args(["runs", "show", "no-such-run"])
+        .assert()
+        .code(3)
+        .stderr(contains("run no-such-run not found"));
+    let bad_idea = store.path().join("idea.json");
+    std::fs::write(&bad_idea, "{not json").expect("write");
+    scientist(&store)
+        .args(["runs", "create", "--idea"])
+        .arg(&bad_idea)
+        .assert()
+        .code(2)
+        .stderr(contains("is not valid JSON").and(contains("pass a JSON object")));
+    scientist(&store)
+        .args(["runs", "list", "--status", "DONE"])
+        .assert()
+        .code(2)
+        .stderr(contains("unknown status \"DONE\"; expected one of QUEUED"));
+
+    let idea = store.path().join("ok.json");
+    std::fs::write(&idea, "{}").expect("write");
+    let created = scientist(&store).args(["runs", "create", "--idea"]).arg(&idea).assert().success();
+    let id = String::from_utf8(created.get_output().stdout.clone()).expect("utf-8").trim().to_owned();
+    scientist(&store)
+        .args(["runs", "reset", &id])
+        .assert()
+        .code(4)
+        .stderr(contains("it is QUEUED; only FAILED or CANCELED runs can be reset"));
+}
+
+#[test]
+fn unbuilt_subcommands_say_so() {
+    let store = tempfile::tempdir().expect("temp dir");
+    scientist(&store).arg("serve").assert().code(1).stderr(contains("not available in this version yet"));
+}
