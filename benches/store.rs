@@ -134,7 +134,7 @@ fn plain_sqlite_inserts(path: &std::path::Path, bodies: &[String], batch: usize)
 }
 
 async fn mongo_figures(url: &str) {
-    for (batch, count) in [(1, 1_000), (50, 10_000)] {
+    for (batch, count) in [(1, 500), (50, 5_000)] {
         let database = format!("scientist_bench_{}", ulid::Ulid::generate().to_string().to_lowercase());
         let store = MongoStore::connect(url, Some(&database)).await.expect("connect");
         let run_ids = seed_runs(&store).await;
