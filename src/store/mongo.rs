@@ -156,7 +156,9 @@ impl MongoStore {
 
     /// The pairs among `events` whose `events_seen` claim is marked applied.
     async fn applied_pairs(&self, events: &[&Event]) -> Result<HashSet<(String, String)>> {
-        let ids: Vec<Document> = events.iter().map(|event| seen_id(event)).collect();
+        let by_seen_id: HashMap<String, (String, String)> =
+            events.iter().map(|event| (seen_id(event), pair(event))).collect();
+        let ids: Vec<&String> = by_seen_id.keys().collect();
         let seen: Vec<Document> = self
             .events_seen
             .find(doc! { "_id": { "$in": ids }, "applied": true })
@@ -164,13 +166,7 @@ impl MongoStore {
             .await?
             .try_collect()
             .await?;
-        Ok(seen
-            .iter()
-            .filter_map(|seen| {
-                let id = seen.get_document("_id").ok()?;
-                Some((id.get_str("source").ok()?.to_owned(), id.get_str("id").ok()?.to_owned()))
-            })
-            .collect())
+        Ok(seen.iter().filter_map(|seen| by_seen_id.get(seen.get_str("_id").ok()?).cloned()).collect())
     }
 
     /// Applies one run's new events from a batch, in order, with one conditional write
@@ -565,7 +561,7 @@ impl Store for MongoStore {
         }
 
         if !pending.is_empty() {
-            let ids: Vec<Document> = pending.iter().map(|&i| seen_id(&events[i])).collect();
+            let ids: Vec<String> = pending.iter().map(|&i| seen_id(&events[i])).collect();
             self.events_seen.update_many(doc! { "_id": { "$in": ids } }, doc! { "$set": { "applied": true } }).await?;
         }
         Ok(outcomes
@@ -642,8 +638,11 @@ fn pair(event: &Event) -> (String, String) {
 }
 
 /// `events_seen` key: a document, so no choice of separator can make two pairs collide.
-fn seen_id(event: &Event) -> Document {
-    doc! { "source": event.source.as_str(), "id": event.id.0.as_str() }
+/// The `events_seen` key of an event's (source, id) pair. The length prefix makes it
+/// unambiguous whatever the source contains; a string (not a sub-document) keeps `$in`
+/// lookups on the `_id` index everywhere (SecantusDB scans for sub-document `$in`).
+fn seen_id(event: &Event) -> String {
+    format!("{}|{}|{}", event.source.len(), event.source, event.id)
 }
 
 fn seen_document(event: &Event, now: Timestamp) -> Document {
