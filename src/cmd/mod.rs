@@ -111,6 +111,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Writes one piece of command output to stdout. Unlike `println!`, a closed pipe
+/// (`scientist runs list | head`) comes back as an error, which `main` treats as success.
+pub(crate) fn print(text: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{text}")
+}
+
 /// An error that is not one of ours to explain further: the command is not built yet.
 pub(crate) fn not_yet(what: &str, issue: u32) -> anyhow::Error {
     anyhow::anyhow!("`scientist {what}` is not available in this version yet (tracked in issue {issue})")

@@ -84,18 +84,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let store = store.open().await?;
             let page = store.list(&RunFilter { statuses, limit, ..Default::default() }).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&page.items)?);
+                super::print(serde_json::to_string_pretty(&page.items)?)?;
             } else {
-                println!("{}", list_table(&page.items, Timestamp::now()));
+                super::print(list_table(&page.items, Timestamp::now()))?;
             }
         }
         Command::Show { store, id, json } => {
             let store = store.open().await?;
             let run = store.get(&id).await?.ok_or(crate::store::Error::NotFound(id))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&run)?);
+                super::print(serde_json::to_string_pretty(&run)?)?;
             } else {
-                println!("{}", show_table(&run));
+                super::print(show_table(&run))?;
             }
         }
         Command::Create { store, idea, priority, hypothesis_id, queue, json } => {
@@ -104,9 +104,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let new_run = NewRun { hypothesis_id, priority, queue, ..NewRun::new(idea) };
             let run = store.enqueue(new_run, Timestamp::now()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&run)?);
+                super::print(serde_json::to_string_pretty(&run)?)?;
             } else {
-                println!("{}", run.id);
+                super::print(run.id)?;
             }
         }
         Command::Reset { store, id } => {

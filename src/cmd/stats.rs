@@ -21,7 +21,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let by_status: serde_json::Map<String, serde_json::Value> =
             counts.iter().map(|(status, n)| (status.to_string(), (*n).into())).collect();
-        println!("{}", serde_json::json!({ "byStatus": by_status }));
+        super::print(serde_json::json!({ "byStatus": by_status }))?;
         return Ok(());
     }
     let mut table = Table::new();
@@ -29,6 +29,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for (status, n) in counts {
         table.add_row([status.to_string(), n.to_string()]);
     }
-    println!("{table}");
+    super::print(table)?;
     Ok(())
 }
