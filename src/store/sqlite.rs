@@ -9,6 +9,7 @@
 //! process, reads from a small pool of reader connections.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -307,10 +308,10 @@ fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result
             outcomes.push(Outcome::Applied);
             continue;
         };
-        if !touched.contains_key(run_id) {
-            touched.insert(run_id.clone(), (load_run(tx, run_id)?, false));
-        }
-        let Some((slot, is_new)) = touched.get_mut(run_id) else { unreachable!("inserted above") };
+        let (slot, is_new) = match touched.entry(run_id.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert((load_run(tx, run_id)?, false)),
+        };
         let effect = apply_new_event(slot, event);
         if effect == Effect::Created {
             *is_new = true;
