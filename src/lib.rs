@@ -12,5 +12,6 @@ pub mod monitor;
 pub mod queue;
 pub mod reduce;
 pub mod run;
+pub mod server;
 pub mod store;
 pub mod time;

@@ -1,0 +1,104 @@
+//! Event ingest: `POST /api/ingest/event` (structured or binary mode) and
+//! `POST /api/ingest/events` (NDJSON or `application/cloudevents-batch+json`).
+//! An event is answered 202 only after the store committed it.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::{AppState, MAX_BATCH_EVENTS};
+use crate::event::wire::{self, Rejected};
+use crate::store::Outcome;
+use crate::time::Timestamp;
+
+/// The answer to one event.
+#[derive(Debug, Serialize)]
+pub struct EventAnswer {
+    pub id: String,
+    pub outcome: Outcome,
+}
+
+/// The answer to a batch: counts by outcome, and each rejected line with its reason.
+#[derive(Debug, Default, Serialize)]
+pub struct BatchAnswer {
+    /// Stored: applied, stale (fenced) or orphan (run not created yet).
+    pub accepted: usize,
+    pub applied: usize,
+    pub duplicate: usize,
+    pub stale: usize,
+    pub orphan: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+pub(super) async fn one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<EventAnswer>), ApiError> {
+    let now = Timestamp::now();
+    let media_type = media_type(&headers);
+    let event = if headers.contains_key("ce-specversion") {
+        let ce_headers = headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+        let content_type = (!media_type.is_empty()).then_some(media_type.as_str());
+        wire::parse_binary(ce_headers, content_type, &body, now)
+    } else if media_type == "application/cloudevents+json" || media_type == "application/json" {
+        wire::parse_structured(&body, now)
+    } else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "content type {media_type:?} is not an event: send application/cloudevents+json (structured mode), \
+             ce-* headers (binary mode), or a batch to /api/ingest/events"
+        )));
+    }
+    .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    let id = event.id.to_string();
+    let outcomes = state.store.apply_events(vec![event], now).await?;
+    let outcome = outcomes.first().copied().ok_or_else(|| ApiError::BadRequest("no event in the request".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(EventAnswer { id, outcome })))
+}
+
+pub(super) async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
+    let now = Timestamp::now();
+    let parsed = match media_type(&headers).as_str() {
+        "application/x-ndjson" | "application/ndjson" => wire::parse_ndjson(&body, now),
+        "application/cloudevents-batch+json" => {
+            wire::parse_json_batch(&body, now).map_err(|err| ApiError::BadRequest(err.to_string()))?
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content type {other:?} is not a batch: send application/x-ndjson (one event a line) \
+                 or application/cloudevents-batch+json (a JSON array)"
+            )));
+        }
+    };
+    let total = parsed.events.len() + parsed.rejected.len();
+    if total > MAX_BATCH_EVENTS {
+        return Err(ApiError::TooLarge(format!(
+            "the batch has {total} events; the limit is {MAX_BATCH_EVENTS}: split it and send the parts"
+        )));
+    }
+    let events = parsed.events.into_iter().map(|(_, event)| event).collect();
+    let outcomes = state.store.apply_events(events, now).await?;
+    let mut answer = BatchAnswer { rejected: parsed.rejected, ..BatchAnswer::default() };
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Applied => answer.applied += 1,
+            Outcome::Duplicate => answer.duplicate += 1,
+            Outcome::Stale => answer.stale += 1,
+            Outcome::Orphan => answer.orphan += 1,
+        }
+    }
+    answer.accepted = answer.applied + answer.stale + answer.orphan;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}

@@ -1,0 +1,189 @@
+//! `scientist serve`'s HTTP API on a real socket (127.0.0.1, port 0) over an SQLite store:
+//! the seeds' own example requests, every ingest form, duplicates and every rejection path.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use scientist::server::{self, AppState, MAX_BODY_BYTES, Tokens};
+use scientist::store::{SqliteStore, Store};
+use serde_json::{Value, json};
+
+/// A server on an OS-chosen port; stopped when dropped.
+struct TestServer {
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start(tokens: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state =
+            AppState { store: store.clone(), tokens: Tokens::new(tokens.iter().map(|t| t.to_string()).collect()) };
+        tokio::spawn(server::run(listener, state, async {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, store, _stop: stop, _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The seeds' single-event `curl` example, byte for byte.
+const SEED_EVENT: &str = r#"{"specversion":"1.0","id":"test-123","source":"test://local","type":"ai.run.heartbeat","subject":"run/test-run-id","time":"2025-10-22T19:00:00Z","datacontenttype":"application/json","data":{"run_id":"test-run-id","gpu_util":0.75}}"#;
+
+/// The seeds' NDJSON batch example.
+const SEED_BATCH: &str = concat!(
+    r#"{"specversion":"1.0","id":"test-1","source":"test://local","type":"ai.run.heartbeat","subject":"run/test-run-id","time":"2025-10-22T19:00:00Z","datacontenttype":"application/json","data":{"run_id":"test-run-id"}}"#,
+    "\n",
+    r#"{"specversion":"1.0","id":"test-2","source":"test://local","type":"ai.run.heartbeat","subject":"run/test-run-id","time":"2025-10-22T19:00:01Z","datacontenttype":"application/json","data":{"run_id":"test-run-id"}}"#
+);
+
+#[tokio::test]
+async fn seeds_examples_are_accepted_and_repeats_are_duplicates() {
+    let server = TestServer::start(&[]).await;
+    let (status, answer) = server.post("/api/ingest/event", "application/cloudevents+json", SEED_EVENT).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer, json!({"id": "test-123", "outcome": "orphan"}), "stored; its run does not exist");
+    let (status, answer) = server.post("/api/ingest/event", "application/cloudevents+json", SEED_EVENT).await;
+    assert_eq!((status, answer["outcome"].as_str()), (StatusCode::ACCEPTED, Some("duplicate")));
+
+    let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", SEED_BATCH).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!((answer["accepted"].as_u64(), answer["orphan"].as_u64()), (Some(2), Some(2)));
+    let (_, again) = server.post("/api/ingest/events", "application/x-ndjson", SEED_BATCH).await;
+    assert_eq!((again["accepted"].as_u64(), again["duplicate"].as_u64()), (Some(0), Some(2)));
+}
+
+#[tokio::test]
+async fn events_are_stored_before_they_are_acknowledged() {
+    let server = TestServer::start(&[]).await;
+    let enqueued = json!({"specversion": "1.0", "id": "e1", "source": "ci://x", "type": "ai.run.enqueued",
+                          "subject": "run/r-http", "data": {"priority": 4}});
+    let (status, answer) = server.post("/api/ingest/event", "application/cloudevents+json", enqueued.to_string()).await;
+    assert_eq!((status, answer["outcome"].as_str()), (StatusCode::ACCEPTED, Some("applied")));
+    // Binary mode: attributes in ce-* headers, data in the body.
+    let response = reqwest::Client::new()
+        .post(server.url("/api/ingest/event"))
+        .header("content-type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "e2")
+        .header("ce-source", "pod://p1")
+        .header("ce-type", "ai.run.started")
+        .header("ce-subject", "run/r-http")
+        .body(r#"{"pod_id": "p1", "gpu": "H100"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let run = server.store.get(&"r-http".parse().expect("id")).await.expect("get").expect("created");
+    assert_eq!((run.status.as_str(), run.priority), ("RUNNING", 4));
+    assert_eq!(run.pod.map(|pod| pod.id), Some("p1".into()));
+}
+
+#[tokio::test]
+async fn batches_keep_good_lines_and_name_bad_ones() {
+    let server = TestServer::start(&[]).await;
+    let body =
+        format!("{}\nnot json\n{}\n", SEED_EVENT, SEED_EVENT.replace("test-123", "test-124").replace("1.0", "0.3"));
+    let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answer["accepted"].as_u64(), Some(1));
+    let rejected = answer["rejected"].as_array().expect("rejected lines");
+    assert_eq!(rejected.iter().map(|r| r["line"].as_u64().unwrap_or(0)).collect::<Vec<_>>(), [2, 3]);
+    assert!(rejected[0]["reason"].as_str().unwrap_or("").starts_with("invalid JSON"), "{answer}");
+    assert!(rejected[1]["reason"].as_str().unwrap_or("").contains("specversion \"0.3\""), "{answer}");
+
+    let array = format!("[{SEED_EVENT}, 42]");
+    let (status, answer) = server.post("/api/ingest/events", "application/cloudevents-batch+json", array).await;
+    assert_eq!((status, answer["duplicate"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+    assert_eq!(answer["rejected"][0]["line"].as_u64(), Some(2));
+}
+
+#[tokio::test]
+async fn every_rejection_says_why() {
+    let server = TestServer::start(&[]).await;
+    let event: Value = serde_json::from_str(SEED_EVENT).expect("seed event");
+    let without = |name: &str| {
+        let mut event = event.clone();
+        event.as_object_mut().expect("object").remove(name);
+        event.to_string()
+    };
+    let cases = [
+        ("application/cloudevents+json", "{\"specversion\":".to_owned(), StatusCode::BAD_REQUEST, "invalid JSON"),
+        (
+            "application/cloudevents+json",
+            without("source"),
+            StatusCode::BAD_REQUEST,
+            "missing required attribute \"source\"",
+        ),
+        (
+            "application/cloudevents+json",
+            SEED_EVENT.replace("\"1.0\"", "\"2.0\""),
+            StatusCode::BAD_REQUEST,
+            "send \"1.0\"",
+        ),
+        ("text/plain", SEED_EVENT.to_owned(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/cloudevents+json"),
+    ];
+    for (content_type, body, status, message) in cases {
+        let (got, answer) = server.post("/api/ingest/event", content_type, body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap_or("").contains(message), "{body}: {answer}");
+    }
+    let (status, answer) = server.post("/api/ingest/events", "application/json", "[]").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{answer}");
+    let (status, _) = server.post("/api/ingest/events", "application/x-ndjson", vec![b'x'; MAX_BODY_BYTES + 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let too_many =
+        (0..=server::MAX_BATCH_EVENTS).map(|n| SEED_EVENT.replace("test-123", &format!("n{n}"))).collect::<Vec<_>>();
+    let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", too_many.join("\n")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(answer["error"].as_str().unwrap_or("").contains("split it"), "{answer}");
+}
+
+#[tokio::test]
+async fn tokens_guard_everything_but_health() {
+    let server = TestServer::start(&["s3cret", "other"]).await;
+    let client = reqwest::Client::new();
+    let send = |token: Option<&str>| {
+        let mut request = client
+            .post(server.url("/api/ingest/event"))
+            .header("content-type", "application/cloudevents+json")
+            .body(SEED_EVENT);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let missing = send(None).await.expect("request");
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    assert_eq!(send(Some("s3cre")).await.expect("request").status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(send(Some("other")).await.expect("request").status(), StatusCode::ACCEPTED);
+    let health = client.get(server.url("/health")).send().await.expect("request");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.expect("json"), json!({"status": "ok"}));
+}
