@@ -187,3 +187,71 @@ async fn tokens_guard_everything_but_health() {
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(health.json::<Value>().await.expect("json"), json!({"status": "ok"}));
 }
+
+/// Runs the built `scientist emit …` against `server` (off the async runtime: it blocks).
+async fn emit(server_url: String, args: &[&str], token: Option<&str>) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let token = token.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut command = assert_cmd::Command::cargo_bin("scientist").expect("binary is built");
+        command.env_clear().env("SCIENTIST_SERVER", server_url).arg("emit").args(args);
+        if let Some(token) = token {
+            command.env("SCIENTIST_TOKEN", token);
+        }
+        command.output().expect("run scientist emit")
+    })
+    .await
+    .expect("emit task")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn emit_builds_valid_events_that_reach_the_run() {
+    let server = TestServer::start(&[]).await;
+    let base = server.url("");
+    let created =
+        emit(base.clone(), &["ai.run.enqueued", "--run", "r-emit", "--data", r#"{"priority": 2}"#], None).await;
+    assert_eq!(created.status.code(), Some(0), "{}", text(&created.stderr));
+    assert!(text(&created.stderr).contains("applied"), "{}", text(&created.stderr));
+    let args = ["ai.run.stage_started", "--run", "r-emit", "--data", r#"{"stage": "Stage_2"}"#, "--seq", "7", "--json"];
+    let staged = emit(base.clone(), &args, None).await;
+    assert_eq!(staged.status.code(), Some(0), "{}", text(&staged.stderr));
+    let answer: Value = serde_json::from_slice(&staged.stdout).expect("--json prints the answer");
+    assert_eq!(answer["outcome"], "applied");
+    assert_eq!(answer["id"].as_str().map(str::len), Some(26), "a ULID: {answer}");
+    let run = server.store.get(&"r-emit".parse().expect("id")).await.expect("get").expect("run");
+    assert_eq!(run.current_stage.map(|stage| stage.name.as_str()), Some("Stage_2"));
+    assert_eq!((run.priority, run.last_event_seq), (2, 7));
+}
+
+#[tokio::test]
+async fn emit_exit_codes_tell_rejected_unreachable_and_auth_apart() {
+    let server = TestServer::start(&["tok"]).await;
+    let bad = emit(
+        server.url(""),
+        &["ai.run.stage_started", "--run", "r1", "--data", r#"{"stage": "Stage_9"}"#],
+        Some("tok"),
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "invalid before sending: {}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("unknown stage \"Stage_9\""), "{}", text(&bad.stderr));
+    let no_token = emit(server.url(""), &["ai.run.heartbeat", "--run", "r1"], None).await;
+    assert_eq!(no_token.status.code(), Some(7), "{}", text(&no_token.stderr));
+    assert!(text(&no_token.stderr).contains("set SCIENTIST_TOKEN"), "{}", text(&no_token.stderr));
+    let ok = emit(server.url(""), &["ai.run.heartbeat", "--run", "r1"], Some("tok")).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    // The batch endpoint refuses a single structured event (415): rejected by the server.
+    let batch_url = server.url("/api/ingest/events");
+    let refused =
+        emit(server.url(""), &["ai.run.heartbeat", "--run", "r1", "--emit-url", &batch_url], Some("tok")).await;
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("rejected the event (415)"), "{}", text(&refused.stderr));
+    // A port nothing listens on: bind one, note it, close it.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let down = emit(format!("http://{closed}"), &["ai.run.heartbeat", "--run", "r1"], Some("tok")).await;
+    assert_eq!(down.status.code(), Some(6), "{}", text(&down.stderr));
+    assert!(text(&down.stderr).contains("nothing was stored, send it again"), "{}", text(&down.stderr));
+}

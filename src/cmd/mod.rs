@@ -27,10 +27,17 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     /// The action is not allowed in the run's current state (e.g. reset of a RUNNING run).
     pub const CONFLICT: u8 = 4;
+    /// `emit`: the control plane rejected the event (invalid); resending it will not help.
+    pub const REJECTED: u8 = 5;
+    /// `emit`: the control plane could not be reached or failed; resending later may work.
+    pub const UNREACHABLE: u8 = 6;
+    /// `emit`: the token was missing or wrong.
+    pub const AUTH: u8 = 7;
 }
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success, 1 failure, 2 bad usage or input, 3 not found, 4 not allowed in the run's state.
+Exit codes: 0 success, 1 failure, 2 bad usage or input, 3 not found, 4 not allowed in the run's state;
+emit: 5 event rejected, 6 control plane unreachable, 7 missing or wrong token.
 
 Storage: with no MongoDB configured, everything runs on an embedded SQLite file shared by
 serve, work and runs on this machine (see --store). Set MONGODB_URL for many pods.";
@@ -133,6 +140,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     use crate::store::Error as StoreError;
     if err.downcast_ref::<UsageError>().is_some() {
         return exit::USAGE;
+    }
+    if let Some(failure) = err.downcast_ref::<emit::EmitError>() {
+        return failure.exit_code();
     }
     match err.downcast_ref::<StoreError>() {
         Some(StoreError::NotFound(_)) => exit::NOT_FOUND,
