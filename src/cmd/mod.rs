@@ -52,16 +52,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane: event ingest, read API, metrics.
+    /// Run the control plane: event ingest and health checks over HTTP.
     Serve(serve::Args),
     /// Run the pod worker: claim queued runs and run them.
     Work(work::Args),
     /// List, inspect, create, reset and cancel runs.
     #[command(subcommand)]
     Runs(runs::Command),
-    /// Counts by status and queue health.
+    /// Counts of runs by status.
     Stats(stats::Args),
-    /// Send one event (or a batch) to the control plane.
+    /// Send one event to the control plane.
     Emit(emit::Args),
 }
 
