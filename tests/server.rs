@@ -3,54 +3,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+#[path = "common/server.rs"]
+mod test_server;
 
 use reqwest::StatusCode;
-use scientist::server::{self, AppState, MAX_BODY_BYTES, Tokens};
-use scientist::store::{SqliteStore, Store};
+use scientist::server::{self, MAX_BODY_BYTES};
 use serde_json::{Value, json};
-
-/// A server on an OS-chosen port; stopped when dropped.
-struct TestServer {
-    addr: SocketAddr,
-    store: Arc<dyn Store>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    async fn start(tokens: &[&str]) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state =
-            AppState { store: store.clone(), tokens: Tokens::new(tokens.iter().map(|t| t.to_string()).collect()) };
-        tokio::spawn(server::run(listener, state, async {
-            let _ = stopped.await;
-        }));
-        TestServer { addr, store, _stop: stop, _dir: dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        let response = reqwest::Client::new()
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
+use test_server::TestServer;
 
 /// The seeds' single-event `curl` example, byte for byte.
 const SEED_EVENT: &str = r#"{"specversion":"1.0","id":"test-123","source":"test://local","type":"ai.run.heartbeat","subject":"run/test-run-id","time":"2025-10-22T19:00:00Z","datacontenttype":"application/json","data":{"run_id":"test-run-id","gpu_util":0.75}}"#;

@@ -1,4 +1,4 @@
-//! `scientist serve`: the control plane's HTTP server (event ingest and health for now).
+//! `scientist serve`: the control plane's HTTP server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,22 +18,25 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Bearer token(s) clients must send, comma-separated.
+    /// Bearer token(s) clients must send, comma-separated; each may do everything.
     #[arg(long, env = "SCIENTIST_TOKEN", hide_env_values = true, value_delimiter = ',')]
     pub token: Vec<String>,
 
-    /// File with one accepted token per line (instead of, or beside, --token).
+    /// File of scoped tokens, one `TOKEN [SCOPE...]` a line; scopes are ingest (pods:
+    /// events, claims), read (runs, events, stats, metrics) and admin (enqueue, reset,
+    /// cancel); a token with no scope named may do everything.
     #[arg(long, env = "SCIENTIST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut tokens = args.token.clone();
+    let mut tokens = Tokens::new(args.token.clone());
     if let Some(path) = &args.token_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
-        tokens.extend(text.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned));
+        tokens = tokens
+            .with_token_file(&text)
+            .map_err(|reason| UsageError(format!("token file {}: {reason}", path.display())))?;
     }
-    let tokens = Tokens::new(tokens);
     if tokens.is_empty() && !args.listen.ip().is_loopback() {
         return Err(UsageError(format!(
             "refusing to listen on {} without a token: anyone who can reach it could write events. \
@@ -47,7 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
     eprintln!("scientist serve: listening on http://{}", listener.local_addr()?);
-    server::run(listener, AppState { store, tokens }, shutdown_signal()).await.context("serving HTTP")
+    server::run(listener, AppState::new(store, tokens), shutdown_signal()).await.context("serving HTTP")
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::Scope;
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,27 +19,94 @@ pub enum ApiError {
     TooLarge(String),
     #[error("missing or invalid bearer token: send `Authorization: Bearer <token>`")]
     Unauthorized,
-    /// The event was not stored; retrying the same request is safe.
-    #[error("the store is unavailable; nothing was stored, retry the request")]
+    #[error("this token lacks the `{}` scope this endpoint needs: use a token granted it", .0.as_str())]
+    Forbidden(Scope),
+    #[error("{0}")]
+    NotImplemented(String),
+    /// A bug of ours; the message says what failed.
+    #[error("{0}")]
+    Internal(String),
+    /// Not found, not allowed in the run's state, a bad cursor, or the store is down.
+    #[error(transparent)]
     Store(#[from] store::Error),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        use store::Error as StoreError;
+        match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Store(err) => {
-                tracing::error!(error = ?err, "store error while handling a request");
-                StatusCode::SERVICE_UNAVAILABLE
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ApiError::Store(StoreError::AlreadyExists(_) | StoreError::InvalidTransition { .. }) => {
+                StatusCode::CONFLICT
             }
-        };
-        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+            ApiError::Store(StoreError::InvalidCursor(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The message a client sees: store failures are logged in full, not shown.
+    fn message(&self) -> String {
+        match self {
+            ApiError::Store(err) if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::error!(error = ?err, "store error while handling a request");
+                "the store is unavailable; nothing was changed, retry the request".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(json!({ "error": self.message() }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// Extractors whose rejections are `ApiError`s, so every error body is the same JSON shape.
+pub(super) mod extract {
+    use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+
+    use super::ApiError;
+
+    #[derive(axum::extract::FromRequest)]
+    #[from_request(via(axum::Json), rejection(ApiError))]
+    pub struct Json<T>(pub T);
+
+    #[derive(axum::extract::FromRequestParts)]
+    #[from_request(via(axum::extract::Query), rejection(ApiError))]
+    pub struct Query<T>(pub T);
+
+    #[derive(axum::extract::FromRequestParts)]
+    #[from_request(via(axum::extract::Path), rejection(ApiError))]
+    pub struct Path<T>(pub T);
+
+    impl From<JsonRejection> for ApiError {
+        fn from(rejection: JsonRejection) -> Self {
+            ApiError::BadRequest(format!("{}: send a JSON object as the body", rejection.body_text()))
+        }
+    }
+
+    impl From<QueryRejection> for ApiError {
+        fn from(rejection: QueryRejection) -> Self {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+
+    impl From<PathRejection> for ApiError {
+        fn from(rejection: PathRejection) -> Self {
+            ApiError::BadRequest(rejection.body_text())
+        }
     }
 }

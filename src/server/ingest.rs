@@ -38,6 +38,17 @@ fn media_type(headers: &HeaderMap) -> String {
     value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
+impl AppState {
+    /// Counts what became of ingested events and wakes the live tails when any was stored.
+    fn record(&self, outcomes: Vec<Outcome>, rejected: usize) -> Vec<Outcome> {
+        self.metrics.count_ingested(&outcomes, rejected);
+        if outcomes.iter().any(|outcome| *outcome != Outcome::Duplicate) {
+            self.stored.send_modify(|generation| *generation += 1);
+        }
+        outcomes
+    }
+}
+
 pub(super) async fn one(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -57,9 +68,12 @@ pub(super) async fn one(
              ce-* headers (binary mode), or a batch to /api/ingest/events"
         )));
     }
-    .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    .map_err(|err| {
+        state.metrics.count_ingested(&[], 1);
+        ApiError::BadRequest(err.to_string())
+    })?;
     let id = event.id.to_string();
-    let outcomes = state.store.apply_events(vec![event], now).await?;
+    let outcomes = state.record(state.store.apply_events(vec![event], now).await?, 0);
     let outcome = outcomes.first().copied().ok_or_else(|| ApiError::BadRequest("no event in the request".into()))?;
     Ok((StatusCode::ACCEPTED, Json(EventAnswer { id, outcome })))
 }
@@ -89,7 +103,7 @@ pub(super) async fn batch(
         )));
     }
     let events = parsed.events.into_iter().map(|(_, event)| event).collect();
-    let outcomes = state.store.apply_events(events, now).await?;
+    let outcomes = state.record(state.store.apply_events(events, now).await?, parsed.rejected.len());
     let mut answer = BatchAnswer { rejected: parsed.rejected, ..BatchAnswer::default() };
     for outcome in outcomes {
         match outcome {

@@ -1,11 +1,16 @@
-//! The body of `scientist serve`: an axum HTTP server over a `Store`. This slice has event
-//! ingest (structured, binary, NDJSON and JSON batches), `/health` and bearer-token auth;
-//! the read API, queue endpoints and metrics follow (issue 4). Only this module turns
-//! errors into status codes (`error.rs`).
+//! The body of `scientist serve`: an axum HTTP server over a `Store`, stateless so that
+//! any number of replicas can share one MongoDB. Every endpoint is listed once in
+//! [`endpoints`] with the scope it needs; the router and the OpenAPI test both read that
+//! table. Only `error.rs` turns errors into status codes.
 
+mod admin;
 mod auth;
 mod error;
 mod ingest;
+mod metrics;
+mod queue;
+mod read;
+mod tail;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,14 +18,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, header};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
-pub use auth::Tokens;
+pub use auth::{Scope, Tokens};
+pub use queue::WorkerMode;
 
 use crate::store::Store;
 
@@ -31,27 +38,88 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_BATCH_EVENTS: usize = 1000;
 
 /// A request that has not been answered by then gets 408; the store work it started is
-/// either committed or rolled back, so a retry is safe.
+/// either committed or rolled back, so a retry is safe. Live tails are exempt.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What every handler shares.
+/// The OpenAPI 3.1 document served at `/api/openapi.json`; `tests/openapi.rs` checks it
+/// against [`endpoints`] and real answers.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub tokens: Tokens,
+    store: Arc<dyn Store>,
+    tokens: Tokens,
+    metrics: Arc<metrics::Metrics>,
+    /// Bumped after each commit of ingested events; wakes this process's live tails.
+    stored: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// The routes, with auth on everything but `/health`, a body limit and a timeout.
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, tokens: Tokens) -> Self {
+        let (stored, _) = tokio::sync::watch::channel(0);
+        AppState { store, tokens, metrics: Arc::default(), stored: Arc::new(stored) }
+    }
+}
+
+/// One endpoint of the API and who may call it (`None`: anyone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub scope: Option<Scope>,
+}
+
+/// Every endpoint with its handler: the single list the router is built from.
+fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
+    use Scope::{Admin, Ingest, Read};
+    let endpoint = |method: Method, path, scope| Endpoint { method, path, scope };
+    vec![
+        (endpoint(Method::GET, "/health", None), get(health)),
+        (endpoint(Method::GET, "/metrics", Some(Read)), get(metrics::serve)),
+        (endpoint(Method::GET, "/api/openapi.json", Some(Read)), get(openapi)),
+        (endpoint(Method::POST, "/api/ingest/event", Some(Ingest)), post(ingest::one)),
+        (endpoint(Method::POST, "/api/ingest/events", Some(Ingest)), post(ingest::batch)),
+        (endpoint(Method::POST, "/api/queue/claim", Some(Ingest)), post(queue::claim)),
+        (endpoint(Method::GET, "/api/queue/runs/{id}", Some(Ingest)), get(queue::check)),
+        (endpoint(Method::GET, "/api/runs", Some(Read)), get(read::runs)),
+        (endpoint(Method::POST, "/api/runs", Some(Admin)), post(admin::enqueue)),
+        (endpoint(Method::GET, "/api/runs/{id}", Some(Read)), get(read::run)),
+        (endpoint(Method::GET, "/api/runs/{id}/events", Some(Read)), get(read::events)),
+        (endpoint(Method::GET, "/api/runs/{id}/events/stream", Some(Read)), get(tail::stream)),
+        (endpoint(Method::GET, "/api/runs/{id}/artifacts", Some(Read)), get(read::artifacts)),
+        (endpoint(Method::POST, "/api/runs/{id}/reset", Some(Admin)), post(admin::reset)),
+        (endpoint(Method::POST, "/api/runs/{id}/cancel", Some(Admin)), post(admin::cancel)),
+        (endpoint(Method::GET, "/api/stats", Some(Read)), get(read::stats)),
+    ]
+}
+
+/// Every endpoint of the API.
+pub fn endpoints() -> Vec<Endpoint> {
+    routes().into_iter().map(|(endpoint, _)| endpoint).collect()
+}
+
+/// The routes with their auth, request timing, body limit and timeout.
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/api/ingest/event", post(ingest::one))
-        .route("/api/ingest/events", post(ingest::batch))
-        .route_layer(middleware::from_fn_with_state(state.tokens.clone(), auth::require_token));
-    Router::new()
-        .merge(protected)
-        .route("/health", get(health))
+    let mut router = Router::new();
+    for (endpoint, handler) in routes() {
+        let handler = match endpoint.scope {
+            Some(scope) => {
+                handler.route_layer(middleware::from_fn_with_state((state.tokens.clone(), scope), auth::require))
+            }
+            None => handler,
+        };
+        let handler = if endpoint.path.ends_with("/stream") {
+            handler
+        } else {
+            handler.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        };
+        router = router.route(endpoint.path, handler);
+    }
+    router
+        .route_layer(middleware::from_fn_with_state(state.clone(), metrics::record_latency))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -61,6 +129,13 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small answers (an acknowledgement) must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
@@ -73,4 +148,8 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "error": err.to_string() })))
         }
     }
+}
+
+async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }

@@ -1,0 +1,78 @@
+//! Operator actions (admin scope): enqueue, reset and cancel, with the same rules as the
+//! `scientist runs` commands (they share the store's methods).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+use super::error::extract::{Json, Path};
+use crate::run::{DEFAULT_QUEUE, NewRun, Run, RunId};
+use crate::time::Timestamp;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct EnqueueRequest {
+    /// The idea/config the pipeline runs.
+    idea: Value,
+    /// A client-chosen id makes the request safe to retry (409 when it exists).
+    id: Option<RunId>,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default = "default_queue")]
+    queue: String,
+    hypothesis_id: Option<String>,
+}
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+
+/// 201 with the new QUEUED run.
+pub(super) async fn enqueue(
+    State(state): State<AppState>,
+    Json(request): Json<EnqueueRequest>,
+) -> Result<(StatusCode, axum::Json<Run>), ApiError> {
+    let new_run = NewRun {
+        id: request.id.unwrap_or_else(RunId::generate),
+        hypothesis_id: request.hypothesis_id,
+        priority: request.priority,
+        queue: request.queue,
+        idea: request.idea,
+    };
+    let run = state.store.enqueue(new_run, Timestamp::now()).await?;
+    Ok((StatusCode::CREATED, axum::Json(run)))
+}
+
+pub(super) async fn reset(State(state): State<AppState>, Path(id): Path<RunId>) -> Result<axum::Json<Run>, ApiError> {
+    Ok(axum::Json(state.store.reset(&id, Timestamp::now()).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CancelRequest {
+    /// Who asked, for the record [default: "api"].
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+/// A queued run is canceled at once; a running one gets `cancelRequested`, which its
+/// worker acts on.
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<RunId>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Run>, ApiError> {
+    // The body is optional: an empty one cancels with no reason.
+    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| {
+            ApiError::BadRequest(format!("invalid cancel request: {err}; send {{\"reason\": \"...\"}} or no body"))
+        })?
+    };
+    let by = request.by.unwrap_or_else(|| "api".to_owned());
+    Ok(axum::Json(state.store.request_cancel(&id, &by, request.reason, Timestamp::now()).await?))
+}

@@ -1,0 +1,94 @@
+//! Queue endpoints for pods that hold no database credentials (ingest scope):
+//! `POST /api/queue/claim` takes the next run, `GET /api/queue/runs/{id}` tells the worker
+//! whether its claim is still live and whether an operator asked to cancel.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::error::extract::{Json, Path, Query};
+use crate::queue::fence;
+use crate::run::{CancelRequest, DEFAULT_QUEUE, RunId, RunStatus};
+use crate::time::Timestamp;
+
+/// What a worker serves (`scientist work --mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerMode {
+    #[default]
+    Experiment,
+    Ideation,
+    Hybrid,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClaimRequest {
+    /// The worker's id (its pod id); recorded as the run's `claimedBy`.
+    worker: String,
+    #[serde(default = "default_queue")]
+    queue: String,
+    #[serde(default)]
+    mode: WorkerMode,
+}
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+
+/// 200 with the claimed run (its `attempt` is the fencing token to stamp on every event),
+/// or 204 when the queue is empty.
+pub(super) async fn claim(
+    State(state): State<AppState>,
+    Json(request): Json<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    if request.worker.trim().is_empty() {
+        return Err(ApiError::BadRequest("`worker` is empty: send the worker's pod id".into()));
+    }
+    if request.mode != WorkerMode::Experiment {
+        return Err(ApiError::NotImplemented(
+            "ideation claims are not served over HTTP yet: use mode \"experiment\"".into(),
+        ));
+    }
+    match state.store.claim(&request.worker, &request.queue, Timestamp::now()).await? {
+        Some(run) => Ok((StatusCode::OK, axum::Json(run)).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ClaimCheck {
+    attempt: u32,
+}
+
+/// What a worker needs to know about the run it holds.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ClaimState {
+    id: RunId,
+    status: RunStatus,
+    attempt: u32,
+    /// Whether the asked attempt is still the run's live claim; when false the worker must
+    /// stop: its events are refused (the run was reset, reclaimed or finished).
+    live: bool,
+    cancel_requested: Option<CancelRequest>,
+}
+
+pub(super) async fn check(
+    State(state): State<AppState>,
+    Path(id): Path<RunId>,
+    Query(ClaimCheck { attempt }): Query<ClaimCheck>,
+) -> Result<axum::Json<ClaimState>, ApiError> {
+    let run = state.store.get(&id).await?.ok_or_else(|| crate::store::Error::NotFound(id.clone()))?;
+    let live = fence::admits(&run, Some(attempt)) && !run.status.is_terminal();
+    Ok(axum::Json(ClaimState {
+        id: run.id,
+        status: run.status,
+        attempt: run.attempt,
+        live,
+        cancel_requested: run.cancel_requested,
+    }))
+}

@@ -1,0 +1,113 @@
+//! The read API (read scope): runs with filters and cursor pages, one run, a run's events
+//! (cursor, type and level filters), its artifacts, and fleet stats.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::ApiError;
+use super::error::extract::{Path, Query};
+use crate::event::payload::LogLevel;
+use crate::run::{Run, RunId, RunStatus};
+use crate::store::{self, Artifact, EventFilter, Page, RunFilter, StoredEvent};
+use crate::time::Timestamp;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunsQuery {
+    /// Comma-separated statuses.
+    status: Option<String>,
+    queue: Option<String>,
+    #[serde(default)]
+    limit: usize,
+    cursor: Option<String>,
+}
+
+pub(super) async fn runs(
+    State(state): State<AppState>,
+    Query(query): Query<RunsQuery>,
+) -> Result<Json<Page<Run>>, ApiError> {
+    let statuses = comma_list(query.status.as_deref())
+        .map(|status| status.parse::<RunStatus>().map_err(ApiError::BadRequest))
+        .collect::<Result<Vec<_>, _>>()?;
+    let filter = RunFilter { statuses, queue: query.queue, limit: query.limit, cursor: query.cursor };
+    Ok(Json(state.store.list(&filter).await?))
+}
+
+pub(super) async fn run(State(state): State<AppState>, Path(id): Path<RunId>) -> Result<Json<Run>, ApiError> {
+    Ok(Json(state.store.get(&id).await?.ok_or(store::Error::NotFound(id))?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    /// Comma-separated event types.
+    #[serde(rename = "type")]
+    types: Option<String>,
+    /// Only `ai.run.log` lines at or above this level.
+    level: Option<String>,
+    #[serde(default)]
+    limit: usize,
+    cursor: Option<String>,
+}
+
+impl EventsQuery {
+    pub(super) fn filter(self) -> Result<EventFilter, ApiError> {
+        let min_level = self.level.map(|level| parse_level(&level)).transpose()?;
+        Ok(EventFilter {
+            types: comma_list(self.types.as_deref()).map(str::to_owned).collect(),
+            min_level,
+            limit: self.limit,
+            cursor: self.cursor,
+        })
+    }
+}
+
+fn parse_level(level: &str) -> Result<LogLevel, ApiError> {
+    serde_json::from_value(Value::String(level.to_ascii_lowercase()))
+        .map_err(|_| ApiError::BadRequest(format!("unknown level {level:?}: use debug, info, warning or error")))
+}
+
+/// An event as the API shows it: the CloudEvent as stored, with its place in the run's log.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct EventView {
+    /// Pass as `cursor` to get the events after this one.
+    pub cursor: String,
+    pub received_at: Timestamp,
+    pub event: Map<String, Value>,
+}
+
+impl From<StoredEvent> for EventView {
+    fn from(stored: StoredEvent) -> Self {
+        EventView { cursor: stored.cursor, received_at: stored.received_at, event: stored.event.to_json() }
+    }
+}
+
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<RunId>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Page<EventView>>, ApiError> {
+    let page = state.store.list_events(&id, &query.filter()?).await?;
+    Ok(Json(Page { items: page.items.into_iter().map(EventView::from).collect(), next: page.next }))
+}
+
+pub(super) async fn artifacts(
+    State(state): State<AppState>,
+    Path(id): Path<RunId>,
+) -> Result<Json<Vec<Artifact>>, ApiError> {
+    Ok(Json(state.store.artifacts(&id).await?))
+}
+
+pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let counts = state.store.counts().await?;
+    let by_status: Map<String, Value> = counts.iter().map(|(status, n)| (status.to_string(), (*n).into())).collect();
+    Ok(Json(serde_json::json!({ "byStatus": by_status })))
+}
+
+fn comma_list(text: Option<&str>) -> impl Iterator<Item = &str> {
+    text.unwrap_or_default().split(',').map(str::trim).filter(|item| !item.is_empty())
+}
