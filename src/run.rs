@@ -588,3 +588,44 @@ impl Run {
         *self = Run { attempt, retry_count, rev, last_event_seq, updated_at: now, ..kept };
     }
 }
+
+/// Facts derived from a run document, shared by both stores (which index them) and the CLI.
+impl Run {
+    /// When a worker last showed signs of life for this run: its latest heartbeat, start or claim.
+    pub fn last_seen_at(&self) -> Option<Timestamp> {
+        [self.heartbeat_at, self.started_at, self.claimed_at].into_iter().flatten().max()
+    }
+
+    /// When the run reached its terminal state (completed, failed or canceled).
+    pub fn finished_at(&self) -> Option<Timestamp> {
+        self.completed_at.or(self.failed_at).or(self.canceled.as_ref().map(|canceled| canceled.at))
+    }
+
+    /// The stretch during which the run held a GPU: from its start to its end, or to its
+    /// latest heartbeat while it has not ended. `None` when its pod reported no GPU.
+    pub fn gpu_interval(&self) -> Option<(Timestamp, Timestamp)> {
+        self.pod.as_ref()?.gpu.as_ref()?;
+        let started_at = self.started_at?;
+        let until = self.finished_at().or(self.heartbeat_at).unwrap_or(started_at);
+        Some((started_at, until.max(started_at)))
+    }
+
+    /// How long the run has taken: its reported `duration_s`, else from start to end (or to
+    /// `now` while it runs). `None` before it starts.
+    pub fn elapsed_s(&self, now: Timestamp) -> Option<f64> {
+        if let Some(duration_s) = self.duration_s {
+            return Some(duration_s);
+        }
+        let started_at = self.started_at?;
+        let until = self.finished_at().unwrap_or(now);
+        Some(until.seconds_since(started_at).max(0.0))
+    }
+
+    /// How long each completed stage took: `duration_s` as reported, else its elapsed time.
+    pub fn completed_stage_durations(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.stage_timing.iter().filter_map(|(name, timing)| {
+            timing.completed_at?;
+            Some((name.as_str(), timing.duration_s.or(timing.elapsed_s)?))
+        })
+    }
+}

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{at, attempt_event, event};
+use scientist::event::LogLevel;
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use serde_json::json;
@@ -265,6 +266,70 @@ async fn run_events_page_in_stored_order(store: &dyn Store) {
     assert_eq!(logs.items[0].event.time, at(10));
 }
 
+async fn log_lines_filter_by_minimum_level(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let log = |event_id: &str, level: Option<&str>| {
+        let mut data = json!({"message": format!("line {event_id}")});
+        if let Some(level) = level {
+            data["level"] = json!(level);
+        }
+        event(event_id, "ai.run.log", id.as_str(), 5, data)
+    };
+    let events = vec![
+        log("l-debug", Some("debug")),
+        log("l-trace", Some("trace")),
+        log("l-none", None),
+        log("l-info", Some("info")),
+        log("l-warn", Some("warn")),
+        log("l-warning", Some("warning")),
+        log("l-error", Some("error")),
+        log("l-fatal", Some("fatal")),
+        event("h1", "ai.run.heartbeat", id.as_str(), 5, json!({"gpu_util": 0.5})),
+    ];
+    store.apply_events(events, at(6)).await.expect("apply");
+    let id = &id;
+    let listed = |min_level: LogLevel, types: Vec<String>| async move {
+        let filter = EventFilter { min_level: Some(min_level), types, ..Default::default() };
+        let page = store.list_events(id, &filter).await.expect("events");
+        page.items.into_iter().map(|stored| stored.event.id.0).collect::<Vec<_>>()
+    };
+    let everything = ["l-debug", "l-trace", "l-none", "l-info", "l-warn", "l-warning", "l-error", "l-fatal"];
+    assert_eq!(listed(LogLevel::Debug, vec![]).await, everything, "debug and up: every log line, no heartbeat");
+    assert_eq!(listed(LogLevel::Info, vec![]).await, everything[2..], "a line without a level is info");
+    assert_eq!(listed(LogLevel::Warning, vec![]).await, everything[4..]);
+    assert_eq!(listed(LogLevel::Error, vec![]).await, everything[6..]);
+    let heartbeats_only = listed(LogLevel::Debug, vec!["ai.run.heartbeat".into()]).await;
+    assert!(heartbeats_only.is_empty(), "a level selects log lines only: {heartbeats_only:?}");
+    assert_eq!(listed(LogLevel::Error, vec!["ai.run.log".into()]).await, everything[6..]);
+}
+
+async fn recent_events_page_newest_first(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let events: Vec<_> = (0..5)
+        .map(|n| {
+            let ty = if n % 2 == 0 { "ai.run.log" } else { "ai.run.heartbeat" };
+            event(&format!("ev{n}"), ty, id.as_str(), n, json!({"message": format!("line {n}"), "level": "info"}))
+        })
+        .collect();
+    store.apply_events(events, at(20)).await.expect("apply");
+    let ids = |page: &scientist::store::Page<scientist::store::StoredEvent>| {
+        page.items.iter().map(|stored| stored.event.id.0.clone()).collect::<Vec<_>>()
+    };
+    let newest = store.list_recent_events(&id, &EventFilter { limit: 2, ..Default::default() }).await.expect("page");
+    assert_eq!(ids(&newest), ["ev4", "ev3"]);
+    let older = EventFilter { limit: 10, cursor: newest.next.clone(), ..Default::default() };
+    let older = store.list_recent_events(&id, &older).await.expect("older page");
+    assert_eq!(ids(&older), ["ev2", "ev1", "ev0"]);
+    assert!(older.next.is_none());
+    // A cursor from the newest-first listing continues forwards too: a live tail starts there.
+    let after = EventFilter { cursor: Some(newest.items[1].cursor.clone()), ..Default::default() };
+    assert_eq!(ids(&store.list_events(&id, &after).await.expect("forward")), ["ev4"]);
+    let logs = EventFilter { min_level: Some(LogLevel::Info), limit: 2, ..Default::default() };
+    assert_eq!(ids(&store.list_recent_events(&id, &logs).await.expect("logs")), ["ev4", "ev2"]);
+    let bad = store.list_recent_events(&id, &EventFilter { cursor: Some("x".into()), ..Default::default() }).await;
+    assert!(matches!(bad, Err(Error::InvalidCursor(_))), "{bad:?}");
+}
+
 async fn reset_only_from_failed_or_canceled(store: &dyn Store) {
     let id = claimed_run(store).await;
     let err = store.reset(&id, at(2)).await.expect_err("a SCHEDULED run cannot be reset");
@@ -309,6 +374,122 @@ async fn counts_agree_with_list(store: &dyn Store) {
         let listed = store.list(&RunFilter { statuses: vec![status], ..Default::default() }).await.expect("list");
         assert_eq!(listed.items.len() as u64, count);
     }
+}
+
+/// A store with one run of each kind `stats` reports on, seen at `at(400)`.
+async fn seed_stats_scenario(store: &dyn Store) {
+    let enqueue = |id: &str, priority: i64, seconds: i64| {
+        event(&format!("{id}-enq"), "ai.run.enqueued", id, seconds, json!({"priority": priority}))
+    };
+    store.apply_events(vec![enqueue("run-a", 9, 0)], at(0)).await.expect("enqueue");
+    assert_eq!(
+        store.claim("pod-a", "default", at(1)).await.expect("claim").map(|run| run.id.to_string()),
+        Some("run-a".into())
+    );
+    store.apply_events(vec![enqueue("run-stale", 9, 1)], at(1)).await.expect("enqueue");
+    let stale = store.claim("pod-old", "default", at(2)).await.expect("claim").expect("run-stale");
+    assert_eq!(stale.id.as_str(), "run-stale");
+    let started = |run: &str, seconds: i64| {
+        event(&format!("{run}-start"), "ai.run.started", run, seconds, json!({"pod_id": "pod-x", "gpu": "H100"}))
+    };
+    let failed = |run: &str, seconds: i64, code: Option<&str>| {
+        let mut data = json!({"message": "it broke"});
+        if let Some(code) = code {
+            data["code"] = json!(code);
+        }
+        event(&format!("{run}-fail"), "ai.run.failed", run, seconds, data)
+    };
+    let events = vec![
+        // run-a: running on pod-a's GPU since 2, Stage_1 done in 100 s, last heartbeat at 150.
+        attempt_event("a1", "ai.run.started", "run-a", 2, 1, json!({"pod_id": "pod-a", "gpu": "H100"})),
+        attempt_event("a2", "ai.run.stage_started", "run-a", 3, 1, json!({"stage": "Stage_1"})),
+        attempt_event("a3", "ai.run.stage_completed", "run-a", 103, 1, json!({"stage": "Stage_1", "duration_s": 100})),
+        attempt_event("a4", "ai.run.heartbeat", "run-a", 150, 1, json!({"gpu_util": 0.9})),
+        // run-b: completed at 200 after a GPU start at 10; Stage_2 reports no duration (130 s elapsed).
+        enqueue("run-b", 0, 4),
+        started("run-b", 10),
+        event("b1", "ai.run.stage_started", "run-b", 10, json!({"stage": "Stage_1"})),
+        event("b2", "ai.run.stage_completed", "run-b", 60, json!({"stage": "Stage_1", "duration_s": 50})),
+        event("b3", "ai.run.stage_started", "run-b", 60, json!({"stage": "Stage_2"})),
+        event("b4", "ai.run.stage_completed", "run-b", 190, json!({"stage": "Stage_2"})),
+        event("b5", "ai.run.completed", "run-b", 200, json!({})),
+        // run-c: failed (OOM) at 300 after a GPU start at 100.
+        enqueue("run-c", 0, 4),
+        started("run-c", 100),
+        failed("run-c", 300, Some("OOM")),
+        enqueue("run-d", 0, 4),
+        failed("run-d", 310, Some("OOM")),
+        enqueue("run-e", 0, 4),
+        failed("run-e", 320, Some("EXIT_1")),
+        enqueue("run-f", 0, 4),
+        failed("run-f", 330, None),
+        enqueue("run-q1", 0, 5),
+        enqueue("run-q2", 0, 7),
+        enqueue("run-x", 0, 6),
+    ];
+    store.apply_events(events, at(340)).await.expect("apply");
+    store.request_cancel(&"run-x".parse().expect("id"), "op", None, at(8)).await.expect("cancel");
+}
+
+async fn stats_report_every_figure(store: &dyn Store) {
+    seed_stats_scenario(store).await;
+    let stats = store.stats(at(400)).await.expect("stats");
+    assert_eq!(stats.generated_at, at(400));
+    assert_eq!(stats.total_runs, 10);
+    let by_status: Vec<u64> = RunStatus::ALL.iter().map(|status| stats.by_status.get(*status)).collect();
+    assert_eq!(by_status, [2, 1, 1, 0, 1, 4, 1], "QUEUED … CANCELED");
+    assert_eq!(
+        (stats.queue.depth, stats.queue.oldest_created_at, stats.queue.oldest_age_s),
+        (2, Some(at(5)), Some(395.0))
+    );
+    let active: Vec<_> = stats
+        .active_workers
+        .iter()
+        .map(|worker| (worker.worker.as_str(), worker.run_id.as_str(), worker.status, worker.last_seen_at))
+        .collect();
+    assert_eq!(active, [("pod-a", "run-a", RunStatus::Running, at(150))], "pod-old was last seen at 2");
+    assert_eq!(stats.active_workers[0].gpu.as_deref(), Some("H100"));
+    assert_eq!(stats.active_workers[0].stage, Some(Stage::Stage1));
+    assert_eq!((stats.throughput.completed, stats.throughput.failed, stats.throughput.window_hours), (1, 4, 24));
+    assert_eq!(stats.throughput.completed_per_hour, 1.0 / 24.0);
+    let durations: Vec<_> =
+        stats.stage_durations.iter().map(|d| (d.stage.as_str(), d.count, d.p50_s, d.p90_s, d.max_s)).collect();
+    assert_eq!(durations, [("Stage_1", 2, 50.0, 100.0, 100.0), ("Stage_2", 1, 130.0, 130.0, 130.0)]);
+    let codes: Vec<_> = stats.failure_codes.iter().map(|f| (f.code.as_str(), f.count)).collect();
+    assert_eq!(codes, [("OOM", 2), ("EXIT_1", 1), ("UNKNOWN", 1)]);
+    // run-a 2→150 (latest heartbeat), run-b 10→200, run-c 100→300.
+    assert!((stats.gpu_hours - 538.0 / 3600.0).abs() < 1e-9, "{}", stats.gpu_hours);
+    // Outside the windows: a day later nothing is active or recent; the rest stays.
+    let later = store.stats(at(400 + 86_400)).await.expect("stats");
+    assert!(later.active_workers.is_empty());
+    assert_eq!((later.throughput.completed, later.throughput.failed), (0, 0));
+    assert_eq!(later.stage_durations, stats.stage_durations);
+}
+
+async fn stats_of_an_empty_store(store: &dyn Store) {
+    let stats = store.stats(at(0)).await.expect("stats");
+    assert_eq!((stats.total_runs, stats.queue.depth, stats.queue.oldest_created_at), (0, 0, None));
+    assert!(stats.active_workers.is_empty() && stats.stage_durations.is_empty() && stats.failure_codes.is_empty());
+    assert_eq!(stats.gpu_hours, 0.0);
+    let json = serde_json::to_value(&stats).expect("json");
+    assert_eq!(json["byStatus"]["AWAITING_HUMAN"], 0, "every status is present: {json}");
+}
+
+async fn resolves_unique_id_prefixes(store: &dyn Store) {
+    for id in ["abc-1", "abd-2", "abd-3", "b"] {
+        store.enqueue(NewRun { id: id.parse().expect("id"), ..new_run(0) }, at(0)).await.expect("enqueue");
+    }
+    let resolve = |prefix: &'static str| async move {
+        let ids = store.resolve_prefix(prefix).await.expect("resolve");
+        ids.into_iter().map(|id| id.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(resolve("abc").await, ["abc-1"]);
+    assert_eq!(resolve("abd-2").await, ["abd-2"], "a whole id is its own prefix");
+    assert_eq!(resolve("abd").await, ["abd-2", "abd-3"], "ambiguous: two are enough to say so");
+    assert_eq!(resolve("a").await, ["abc-1", "abd-2"]);
+    assert_eq!(resolve("b").await, ["b"]);
+    assert!(resolve("c").await.is_empty());
+    assert!(resolve("abc-10").await.is_empty());
 }
 
 async fn artifacts_and_ideas_are_recorded(store: &dyn Store) {
@@ -409,10 +590,15 @@ macro_rules! store_suite {
             case!(orphan_events_apply_when_their_run_is_created);
             case!(list_pages_newest_first_with_filters);
             case!(run_events_page_in_stored_order);
+            case!(log_lines_filter_by_minimum_level);
+            case!(recent_events_page_newest_first);
             case!(reset_only_from_failed_or_canceled);
             case!(cancel_depends_on_status);
             case!(counts_agree_with_list);
             case!(artifacts_and_ideas_are_recorded);
+            case!(stats_report_every_figure);
+            case!(stats_of_an_empty_store);
+            case!(resolves_unique_id_prefixes);
             two_handle_case!(concurrent_appliers_lose_no_update);
         }
     };

@@ -6,12 +6,13 @@
 
 pub mod mongo;
 pub mod sqlite;
+pub mod stats;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::{Event, Payload};
+use crate::event::{Event, LogLevel, Payload};
 use crate::queue::fence;
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
@@ -19,6 +20,7 @@ use crate::time::Timestamp;
 
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
+pub use stats::Stats;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -87,6 +89,9 @@ pub struct RunFilter {
 pub struct EventFilter {
     /// Any of these types; empty means all.
     pub types: Vec<String>,
+    /// Only `ai.run.log` lines at or above this level (other types are left out when set).
+    /// A line without a level counts as `info`.
+    pub min_level: Option<LogLevel>,
     pub limit: usize,
     pub cursor: Option<String>,
 }
@@ -153,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
     /// A run's events in stored order, after `filter.cursor`.
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>>;
 
+    /// A run's events newest first, before `filter.cursor` (a cursor from either listing);
+    /// `next` continues backwards. For the latest log lines, and for where a live tail starts.
+    async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>>;
+
     /// FAILED or CANCELED back to QUEUED: claim and error cleared, `retryCount + 1`.
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run>;
 
@@ -162,6 +171,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of runs in each status (statuses with none are left out).
     async fn counts(&self) -> Result<Vec<(RunStatus, u64)>>;
+
+    /// The whole store's figures at `now` (see [`Stats`]), from indexed queries only: cheap
+    /// enough to call every few seconds whatever the number of runs and events.
+    async fn stats(&self, now: Timestamp) -> Result<Stats>;
+
+    /// Up to two run ids starting with `prefix`, in id order: one means the prefix names a
+    /// run, two that it is ambiguous, none that no run matches.
+    async fn resolve_prefix(&self, prefix: &str) -> Result<Vec<RunId>>;
 
     /// A run's registered artifacts, by key.
     async fn artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>>;
@@ -306,6 +323,22 @@ pub(crate) fn parse_run_cursor(cursor: &str) -> Result<(i64, String)> {
         .split_once(':')
         .and_then(|(millis, id)| Some((millis.parse().ok()?, id.to_owned())))
         .ok_or_else(|| Error::InvalidCursor(cursor.to_owned()))
+}
+
+/// The `ai.run.log` event type, which `EventFilter::min_level` selects.
+pub const LOG_EVENT_TYPE: &str = "ai.run.log";
+
+/// The stored spellings of `data.level` (those `LogLevel` accepts) at or above `min`, with
+/// `info` among them when a line without a level qualifies: both backends read a missing
+/// level as `info`.
+pub(crate) fn level_names_at_or_above(min: LogLevel) -> Vec<&'static str> {
+    let spellings: [(LogLevel, &[&'static str]); 4] = [
+        (LogLevel::Debug, &["debug", "trace"]),
+        (LogLevel::Info, &["info"]),
+        (LogLevel::Warning, &["warning", "warn"]),
+        (LogLevel::Error, &["error", "critical", "fatal"]),
+    ];
+    spellings.into_iter().filter(|(level, _)| *level >= min).flat_map(|(_, names)| names.iter().copied()).collect()
 }
 
 /// Default page size, and the largest a caller may ask for.

@@ -16,10 +16,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
-    Artifact, Effect, Error, EventFilter, HypothesisIdeas, Outcome, Page, Result, RunFilter, SideRecord, Store,
-    StoredEvent, apply_new_event, cancel_run, clamp_limit, parse_run_cursor, replaces, replay, reset_run, run_cursor,
-    side_record,
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunFilter,
+    SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit, level_names_at_or_above,
+    parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
 use crate::run::{DEFAULT_QUEUE, EventKey, NewRun, Run, RunId, RunStatus};
@@ -126,6 +127,9 @@ impl MongoStore {
                 // Listing, newest first, with or without a status filter.
                 index(doc! { "createdAt": -1, "_id": -1 }),
                 index(doc! { "status": 1, "createdAt": -1, "_id": -1 }),
+                // Stats: throughput windows.
+                index(doc! { "status": 1, "completedAt": 1 }),
+                index(doc! { "status": 1, "failedAt": 1 }),
             ])
             .await?;
         self.events
@@ -313,6 +317,134 @@ impl MongoStore {
             }
         }
         Ok(())
+    }
+
+    /// One page of a run's events in `_id` order (`direction` 1) or newest first (-1), after
+    /// or before `filter.cursor`. `_id`s are ObjectIds, so their order is the stored order.
+    async fn events_page(&self, run_id: &RunId, filter: &EventFilter, direction: i32) -> Result<Page<StoredEvent>> {
+        let limit = clamp_limit(filter.limit);
+        let mut query = doc! { EVENT_RUN_ID: run_id.as_str() };
+        if let Some(cursor) = &filter.cursor {
+            let position = ObjectId::parse_str(cursor).map_err(|_| Error::InvalidCursor(cursor.clone()))?;
+            let beyond = if direction > 0 { "$gt" } else { "$lt" };
+            query.insert("_id", doc! { beyond: position });
+        }
+        let mut types = Vec::new();
+        if !filter.types.is_empty() {
+            types.push(doc! { "type": { "$in": &filter.types } });
+        }
+        if let Some(min_level) = filter.min_level {
+            let mut names: Vec<Bson> = level_names_at_or_above(min_level).into_iter().map(Bson::from).collect();
+            // `$in` with null also matches a missing field: a line without a level is info.
+            if names.contains(&Bson::from("info")) {
+                names.push(Bson::Null);
+            }
+            types.push(doc! { "type": LOG_EVENT_TYPE, "data.level": { "$in": names } });
+        }
+        if !types.is_empty() {
+            query.insert("$and", types);
+        }
+        let documents: Vec<Document> = self
+            .events
+            .find(query)
+            .sort(doc! { "_id": direction })
+            .limit(limit as i64 + 1)
+            .await?
+            .try_collect()
+            .await?;
+        let mut items = documents.into_iter().map(parse_stored_event).collect::<Result<Vec<_>>>()?;
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|event| event.cursor.clone())
+        });
+        Ok(Page { items, next: next.flatten() })
+    }
+
+    async fn oldest_queued_at(&self) -> Result<Option<Timestamp>> {
+        let oldest = self
+            .runs
+            .clone_with_type::<Document>()
+            .find_one(doc! { "status": RunStatus::Queued.as_str() })
+            .sort(doc! { "createdAt": 1 })
+            .projection(doc! { "createdAt": 1 })
+            .await?;
+        oldest
+            .map(|oldest| oldest.get_datetime("createdAt").map(|at| Timestamp::from_millis(at.timestamp_millis())))
+            .transpose()
+            .map_err(|err| corrupt("oldest queued run", err))
+    }
+
+    /// Held runs whose worker showed a heartbeat, start or claim within the active window
+    /// (`Run::last_seen_at` is the latest of the three).
+    async fn active_runs(&self, now: Timestamp) -> Result<Vec<Run>> {
+        let held: Vec<&str> = HELD_STATUSES.iter().map(|status| status.as_str()).collect();
+        let since = DateTime::from(stats::active_since(now));
+        let recent: Vec<Document> =
+            ["heartbeatAt", "startedAt", "claimedAt"].iter().map(|field| doc! { *field: { "$gte": since } }).collect();
+        Ok(self.runs.find(doc! { "status": { "$in": held }, "$or": recent }).await?.try_collect().await?)
+    }
+
+    async fn finished_since(&self, status: RunStatus, field: &str, now: Timestamp) -> Result<u64> {
+        let since = DateTime::from(stats::throughput_since(now));
+        Ok(self.runs.count_documents(doc! { "status": status.as_str(), field: { "$gte": since } }).await?)
+    }
+
+    /// Completed stages' durations (`duration_s`, else `elapsed_s`, as `Run::completed_stage_durations`),
+    /// grouped by stage on the server, ranked here.
+    async fn stage_durations(&self) -> Result<Vec<StageDurations>> {
+        let pipeline = [
+            doc! { "$project": { "stage": { "$objectToArray": "$stageTiming" } } },
+            doc! { "$unwind": "$stage" },
+            doc! { "$match": { "stage.v.completedAt": { "$type": "date" } } },
+            doc! { "$project": { "name": "$stage.k", "seconds": { "$ifNull": ["$stage.v.duration_s", "$stage.v.elapsed_s"] } } },
+            doc! { "$match": { "seconds": { "$type": "number" } } },
+            doc! { "$group": { "_id": "$name", "seconds": { "$push": "$seconds" } } },
+        ];
+        let groups: Vec<Document> = self.runs.aggregate(pipeline).await?.try_collect().await?;
+        let mut durations = Vec::with_capacity(groups.len());
+        for group in groups {
+            let stage = group.get_str("_id").map_err(|err| corrupt("stage durations", err))?.to_owned();
+            let mut seconds: Vec<f64> = group
+                .get_array("seconds")
+                .map_err(|err| corrupt("stage durations", err))?
+                .iter()
+                .filter_map(bson_number)
+                .collect();
+            seconds.sort_by(f64::total_cmp);
+            durations.extend(StageDurations::from_sorted(stage, &seconds));
+        }
+        Ok(durations)
+    }
+
+    async fn failure_codes(&self) -> Result<Vec<FailureCount>> {
+        let pipeline = [
+            doc! { "$match": { "status": RunStatus::Failed.as_str() } },
+            doc! { "$group": { "_id": { "$ifNull": ["$errorType", stats::UNKNOWN_FAILURE] }, "count": { "$sum": 1 } } },
+            doc! { "$sort": { "count": -1, "_id": 1 } },
+            doc! { "$limit": stats::TOP_FAILURE_CODES as i64 },
+        ];
+        let groups: Vec<Document> = self.runs.aggregate(pipeline).await?.try_collect().await?;
+        groups
+            .into_iter()
+            .map(|group| {
+                let code = group.get_str("_id").map_err(|err| corrupt("failure code", err))?.to_owned();
+                let count = group.get("count").and_then(bson_number).unwrap_or(0.0);
+                Ok(FailureCount { code, count: count as u64 })
+            })
+            .collect()
+    }
+
+    /// The sum of `Run::gpu_interval` over all runs, on the server: from `startedAt` to the
+    /// run's end, else its latest heartbeat, never negative.
+    async fn gpu_seconds(&self) -> Result<f64> {
+        let until = doc! { "$ifNull": ["$completedAt", "$failedAt", "$canceled.at", "$heartbeatAt", "$startedAt"] };
+        let pipeline = [
+            doc! { "$match": { "pod.gpu": { "$type": "string" }, "startedAt": { "$type": "date" } } },
+            doc! { "$project": { "millis": { "$max": [0, { "$subtract": [until, "$startedAt"] }] } } },
+            doc! { "$group": { "_id": Bson::Null, "millis": { "$sum": "$millis" } } },
+        ];
+        let total: Vec<Document> = self.runs.aggregate(pipeline).await?.try_collect().await?;
+        Ok(total.first().and_then(|total| total.get("millis")).and_then(bson_number).unwrap_or(0.0) / 1000.0)
     }
 
     async fn save_side_record(&self, record: SideRecord) -> Result<()> {
@@ -571,23 +703,11 @@ impl Store for MongoStore {
     }
 
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
-        let limit = clamp_limit(filter.limit);
-        let mut query = doc! { EVENT_RUN_ID: run_id.as_str() };
-        if let Some(cursor) = &filter.cursor {
-            let after = ObjectId::parse_str(cursor).map_err(|_| Error::InvalidCursor(cursor.clone()))?;
-            query.insert("_id", doc! { "$gt": after });
-        }
-        if !filter.types.is_empty() {
-            query.insert("type", doc! { "$in": &filter.types });
-        }
-        let documents: Vec<Document> =
-            self.events.find(query).sort(doc! { "_id": 1 }).limit(limit as i64 + 1).await?.try_collect().await?;
-        let mut items = documents.into_iter().map(parse_stored_event).collect::<Result<Vec<_>>>()?;
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(|event| event.cursor.clone())
-        });
-        Ok(Page { items, next: next.flatten() })
+        self.events_page(run_id, filter, 1).await
+    }
+
+    async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
+        self.events_page(run_id, filter, -1).await
     }
 
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
@@ -618,6 +738,42 @@ impl Store for MongoStore {
         }
         counts.sort_by_key(|(status, _)| RunStatus::ALL.iter().position(|s| s == status));
         Ok(counts)
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<Stats> {
+        let parts = stats::Parts {
+            counts: self.counts().await?,
+            oldest_queued_at: self.oldest_queued_at().await?,
+            active_runs: self.active_runs(now).await?,
+            completed: self.finished_since(RunStatus::Completed, "completedAt", now).await?,
+            failed: self.finished_since(RunStatus::Failed, "failedAt", now).await?,
+            stage_durations: self.stage_durations().await?,
+            failure_codes: self.failure_codes().await?,
+            gpu_seconds: self.gpu_seconds().await?,
+        };
+        Ok(Stats::assemble(parts, now))
+    }
+
+    async fn resolve_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {
+        // Ids starting with the prefix sort right after it: read two from there.
+        let ids: Vec<Document> = self
+            .runs
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$gte": prefix } })
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1 })
+            .limit(2)
+            .await?
+            .try_collect()
+            .await?;
+        let mut matches = Vec::new();
+        for id in ids {
+            let id = id.get_str("_id").map_err(|err| corrupt("run id", err))?;
+            if id.starts_with(prefix) {
+                matches.push(RunId::try_from(id.to_owned()).map_err(|reason| corrupt("run id", reason))?);
+            }
+        }
+        Ok(matches)
     }
 
     async fn artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>> {
@@ -762,6 +918,16 @@ async fn insert_all(collection: &Collection<Document>, documents: Vec<Document>)
         return Ok(errors.iter().map(|error| error.index).collect());
     }
     Err(err.into())
+}
+
+/// A BSON number of any width as f64.
+fn bson_number(value: &Bson) -> Option<f64> {
+    match value {
+        Bson::Double(value) => Some(*value),
+        Bson::Int32(value) => Some(f64::from(*value)),
+        Bson::Int64(value) => Some(*value as f64),
+        _ => None,
+    }
 }
 
 fn error_code(err: &mongodb::error::Error) -> Option<i32> {

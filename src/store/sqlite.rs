@@ -19,10 +19,11 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter};
 use serde_json::{Map, Value};
 
+use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
-    Artifact, Effect, Error, EventFilter, HypothesisIdeas, Outcome, Page, Result, RunFilter, SideRecord, Store,
-    StoredEvent, apply_new_event, cancel_run, clamp_limit, parse_run_cursor, replaces, replay, reset_run, run_cursor,
-    side_record,
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunFilter,
+    SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit, level_names_at_or_above,
+    parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
 use crate::run::{NewRun, Run, RunId, RunStatus};
@@ -76,6 +77,32 @@ CREATE TABLE IF NOT EXISTS ideation_requests (
 );
 ";
 
+/// The schema version this build writes (`PRAGMA user_version`). A file of an older version
+/// is migrated on open; 0 is the first release's schema (`SCHEMA` alone).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1: columns derived from each run document (kept by `insert_run` / `save_run`)
+/// and one row per completed stage, so `stats` and the queue's views read indexes rather
+/// than parse documents.
+const MIGRATION_1: &str = "
+ALTER TABLE runs ADD COLUMN seen_at INTEGER;
+ALTER TABLE runs ADD COLUMN finished_at INTEGER;
+ALTER TABLE runs ADD COLUMN error_code TEXT;
+ALTER TABLE runs ADD COLUMN gpu_from INTEGER;
+ALTER TABLE runs ADD COLUMN gpu_until INTEGER;
+CREATE INDEX runs_seen ON runs (status, seen_at);
+CREATE INDEX runs_finished ON runs (status, finished_at);
+CREATE INDEX runs_failures ON runs (status, error_code);
+CREATE INDEX runs_gpu ON runs (gpu_from, gpu_until) WHERE gpu_from IS NOT NULL;
+CREATE TABLE run_stages (
+    run_id      TEXT NOT NULL,
+    stage       TEXT NOT NULL,
+    duration_s  REAL NOT NULL,
+    PRIMARY KEY (run_id, stage)
+) WITHOUT ROWID;
+CREATE INDEX run_stages_duration ON run_stages (stage, duration_s);
+";
+
 /// The embedded store. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -99,8 +126,9 @@ impl SqliteStore {
                     reason: format!("cannot create {}: {err}", parent.display()),
                 })?;
             }
-            let writer = connect(&path)?;
+            let mut writer = connect(&path)?;
             writer.execute_batch(SCHEMA)?;
+            migrate(&mut writer, &path)?;
             Ok(SqliteStore {
                 inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
             })
@@ -158,6 +186,65 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(connection)
 }
 
+/// Brings an older file up to [`SCHEMA_VERSION`] in one transaction (so two processes
+/// opening it at once migrate it once), and refuses a file from a newer build.
+fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Open {
+            path: path.display().to_string(),
+            reason: format!(
+                "it was written by a newer scientist (schema {version}, this build knows {SCHEMA_VERSION}); \
+                 upgrade scientist or pass another --store"
+            ),
+        });
+    }
+    if version < 1 {
+        tx.execute_batch(MIGRATION_1)?;
+        backfill_derived(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Fills the derived columns and stage rows of runs written before they existed.
+fn backfill_derived(tx: &Transaction<'_>) -> Result<()> {
+    let runs: Vec<(String, String)> = {
+        let mut statement = tx.prepare("SELECT id, doc FROM runs")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (id, doc) in runs {
+        let run = parse_run(&id, &doc)?;
+        write_derived(tx, &run)?;
+    }
+    Ok(())
+}
+
+/// Stores what `stats` reads from a run: its derived columns and completed stages.
+fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {
+    let gpu = run.gpu_interval();
+    tx.prepare_cached(
+        "UPDATE runs SET seen_at = ?2, finished_at = ?3, error_code = ?4, gpu_from = ?5, gpu_until = ?6 WHERE id = ?1",
+    )?
+    .execute(params![
+        run.id.as_str(),
+        run.last_seen_at().map(Timestamp::millis),
+        run.finished_at().map(Timestamp::millis),
+        run.error.as_ref().map(|error| error.error_type.as_str()),
+        gpu.map(|(from, _)| from.millis()),
+        gpu.map(|(_, until)| until.millis()),
+    ])?;
+    tx.prepare_cached("DELETE FROM run_stages WHERE run_id = ?1")?.execute([run.id.as_str()])?;
+    let mut insert = tx.prepare_cached("INSERT INTO run_stages (run_id, stage, duration_s) VALUES (?1, ?2, ?3)")?;
+    for (stage, duration_s) in run.completed_stage_durations() {
+        insert.execute(params![run.id.as_str(), stage, duration_s])?;
+    }
+    Ok(())
+}
+
 /// A poisoned lock only means another call panicked mid-way; SQLite rolled its work back.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -193,18 +280,16 @@ fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
     if inserted == 0 {
         return Err(Error::AlreadyExists(run.id.clone()));
     }
-    Ok(())
+    write_derived(tx, run)
 }
 
 /// Writes `run` back, stamping `updatedAt` and bumping its revision.
 fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp) -> Result<()> {
     run.updated_at = now;
     run.rev += 1;
-    tx.execute(
-        "UPDATE runs SET status = ?2, queue = ?3, priority = ?4, doc = ?5 WHERE id = ?1",
-        params![run.id.as_str(), run.status.as_str(), run.queue, run.priority, to_json("run", run)?],
-    )?;
-    Ok(())
+    tx.prepare_cached("UPDATE runs SET status = ?2, queue = ?3, priority = ?4, doc = ?5 WHERE id = ?1")?
+        .execute(params![run.id.as_str(), run.status.as_str(), run.queue, run.priority, to_json("run", run)?])?;
+    write_derived(tx, run)
 }
 
 fn parse_stored_event(pos: i64, received_at: i64, body: &str) -> Result<StoredEvent> {
@@ -333,6 +418,144 @@ fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result
     Ok(outcomes)
 }
 
+/// Everything `stats` needs besides the counts, each from an index.
+fn stats_parts(conn: &Connection, counts: Vec<(RunStatus, u64)>, now: Timestamp) -> Result<stats::Parts> {
+    let oldest_queued_at: Option<i64> =
+        conn.query_row("SELECT MIN(created_at) FROM runs WHERE status = 'QUEUED'", [], |row| row.get(0))?;
+    let held: Vec<SqlValue> = HELD_STATUSES.iter().map(|status| SqlValue::from(status.as_str().to_owned())).collect();
+    let active_sql =
+        format!("SELECT id, doc FROM runs WHERE status IN ({}) AND seen_at >= ?", placeholders(held.len()));
+    let active_values = held.into_iter().chain([SqlValue::from(stats::active_since(now).millis())]);
+    let mut statement = conn.prepare_cached(&active_sql)?;
+    let active_runs = statement
+        .query_map(params_from_iter(active_values), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .map(|row| {
+            let (id, doc) = row?;
+            parse_run(&id, &doc)
+        })
+        .collect::<Result<Vec<Run>>>()?;
+    let finished_since = |status: RunStatus| -> Result<u64> {
+        let count: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM runs WHERE status = ?1 AND finished_at >= ?2",
+            params![status.as_str(), stats::throughput_since(now).millis()],
+            |row| row.get(0),
+        )?;
+        Ok(count.max(0) as u64)
+    };
+    let gpu_millis: f64 =
+        conn.query_row("SELECT TOTAL(gpu_until - gpu_from) FROM runs WHERE gpu_from IS NOT NULL", [], |row| {
+            row.get(0)
+        })?;
+    Ok(stats::Parts {
+        counts,
+        oldest_queued_at: oldest_queued_at.map(Timestamp::from_millis),
+        active_runs,
+        completed: finished_since(RunStatus::Completed)?,
+        failed: finished_since(RunStatus::Failed)?,
+        stage_durations: stage_durations(conn)?,
+        failure_codes: failure_codes(conn)?,
+        gpu_seconds: gpu_millis / 1000.0,
+    })
+}
+
+/// Per stage: the count and maximum, then each percentile by one indexed `OFFSET` read.
+fn stage_durations(conn: &Connection) -> Result<Vec<StageDurations>> {
+    let mut statement =
+        conn.prepare_cached("SELECT stage, COUNT(*), MAX(duration_s) FROM run_stages GROUP BY stage")?;
+    let stages = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, f64>(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut ranked = conn
+        .prepare_cached("SELECT duration_s FROM run_stages WHERE stage = ?1 ORDER BY duration_s LIMIT 1 OFFSET ?2")?;
+    let mut durations = Vec::with_capacity(stages.len());
+    for (stage, count, max_s) in stages {
+        let count = count.max(1) as u64;
+        let mut at = |percentile| -> Result<f64> {
+            let offset = stats::nearest_rank(count, percentile) as i64;
+            Ok(ranked.query_row(params![stage, offset], |row| row.get(0))?)
+        };
+        let (p50_s, p90_s) = (at(50)?, at(90)?);
+        durations.push(StageDurations { stage, count, p50_s, p90_s, max_s });
+    }
+    Ok(durations)
+}
+
+fn failure_codes(conn: &Connection) -> Result<Vec<FailureCount>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT COALESCE(error_code, ?1) AS code, COUNT(*) AS n FROM runs WHERE status = 'FAILED'
+         GROUP BY code ORDER BY n DESC, code LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![stats::UNKNOWN_FAILURE, stats::TOP_FAILURE_CODES as i64], |row| {
+        Ok(FailureCount { code: row.get(0)?, count: row.get::<_, i64>(1)?.max(0) as u64 })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn corrupt_id(id: &str, reason: String) -> Error {
+    Error::Corrupt { what: format!("run id {id:?}"), source: serde::de::Error::custom(reason) }
+}
+
+/// Which way an event listing pages through a run's stored order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+/// One page of a run's events after (forward) or before (backward) `filter.cursor`.
+fn events_page(
+    conn: &Connection,
+    run_id: &RunId,
+    filter: &EventFilter,
+    direction: Direction,
+) -> Result<Page<StoredEvent>> {
+    let limit = clamp_limit(filter.limit);
+    let cursor: Option<i64> = match &filter.cursor {
+        None => None,
+        Some(cursor) => Some(cursor.parse().map_err(|_| Error::InvalidCursor(cursor.clone()))?),
+    };
+    let mut sql = String::from("SELECT pos, received_at, body FROM events WHERE run_id = ?");
+    let mut values = vec![SqlValue::from(run_id.to_string())];
+    if let Some(cursor) = cursor {
+        sql.push_str(if direction == Direction::Forward { " AND pos > ?" } else { " AND pos < ?" });
+        values.push(SqlValue::from(cursor));
+    }
+    if !filter.types.is_empty() {
+        sql.push_str(&format!(" AND type IN ({})", placeholders(filter.types.len())));
+        values.extend(filter.types.iter().cloned().map(SqlValue::from));
+    }
+    if let Some(min_level) = filter.min_level {
+        let names = level_names_at_or_above(min_level);
+        sql.push_str(&format!(
+            " AND type = ? AND COALESCE(json_extract(body, '$.data.level'), 'info') IN ({})",
+            placeholders(names.len())
+        ));
+        values.push(SqlValue::from(LOG_EVENT_TYPE.to_owned()));
+        values.extend(names.into_iter().map(|name| SqlValue::from(name.to_owned())));
+    }
+    sql.push_str(if direction == Direction::Forward { " ORDER BY pos LIMIT ?" } else { " ORDER BY pos DESC LIMIT ?" });
+    values.push(SqlValue::from(limit as i64 + 1));
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement
+        .query_map(params_from_iter(values), |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
+    let mut items = rows
+        .map(|row| {
+            let (pos, received_at, body) = row?;
+            parse_stored_event(pos, received_at, &body)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|event| event.cursor.clone())
+    });
+    Ok(Page { items, next: next.flatten() })
+}
+
+/// `?, ?, …` for an `IN (…)` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run> {
@@ -417,36 +640,12 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
         let (run_id, filter) = (run_id.clone(), filter.clone());
-        self.read(move |conn| {
-            let limit = clamp_limit(filter.limit);
-            let after: i64 = match &filter.cursor {
-                None => 0,
-                Some(cursor) => cursor.parse().map_err(|_| Error::InvalidCursor(cursor.clone()))?,
-            };
-            let mut sql = String::from("SELECT pos, received_at, body FROM events WHERE run_id = ? AND pos > ?");
-            let mut values = vec![SqlValue::from(run_id.to_string()), SqlValue::from(after)];
-            if !filter.types.is_empty() {
-                sql.push_str(&format!(" AND type IN ({})", vec!["?"; filter.types.len()].join(", ")));
-                values.extend(filter.types.iter().cloned().map(SqlValue::from));
-            }
-            sql.push_str(" ORDER BY pos LIMIT ?");
-            values.push(SqlValue::from(limit as i64 + 1));
-            let mut statement = conn.prepare(&sql)?;
-            let rows = statement
-                .query_map(params_from_iter(values), |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
-            let mut items = rows
-                .map(|row| {
-                    let (pos, received_at, body) = row?;
-                    parse_stored_event(pos, received_at, &body)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let next = (items.len() > limit).then(|| {
-                items.truncate(limit);
-                items.last().map(|event| event.cursor.clone())
-            });
-            Ok(Page { items, next: next.flatten() })
-        })
-        .await
+        self.read(move |conn| events_page(conn, &run_id, &filter, Direction::Forward)).await
+    }
+
+    async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
+        let (run_id, filter) = (run_id.clone(), filter.clone());
+        self.read(move |conn| events_page(conn, &run_id, &filter, Direction::Backward)).await
     }
 
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
@@ -490,6 +689,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stats(&self, now: Timestamp) -> Result<Stats> {
+        let counts = self.counts().await?;
+        let parts = self
+            .read(move |conn| {
+                // One read transaction: every figure comes from the same snapshot.
+                let tx = conn.unchecked_transaction()?;
+                let parts = stats_parts(&tx, counts, now)?;
+                tx.finish()?;
+                Ok(parts)
+            })
+            .await?;
+        Ok(Stats::assemble(parts, now))
+    }
+
+    async fn resolve_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {
+        let prefix = prefix.to_owned();
+        self.read(move |conn| {
+            // Ids starting with the prefix sort right after it: read two from there.
+            let mut statement = conn.prepare_cached("SELECT id FROM runs WHERE id >= ?1 ORDER BY id LIMIT 2")?;
+            let ids = statement.query_map([&prefix], |row| row.get::<_, String>(0))?;
+            let mut matches = Vec::new();
+            for id in ids {
+                let id = id?;
+                if id.starts_with(&prefix) {
+                    matches.push(RunId::try_from(id.clone()).map_err(|reason| corrupt_id(&id, reason))?);
+                }
+            }
+            Ok(matches)
+        })
+        .await
+    }
+
     async fn artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>> {
         let run_id = run_id.clone();
         self.read(move |conn| {
@@ -508,5 +739,71 @@ impl Store for SqliteStore {
     async fn hypothesis_ideas(&self, id: &str) -> Result<Option<HypothesisIdeas>> {
         let id = id.to_owned();
         self.read(move |conn| load_hypothesis(conn, &id)).await
+    }
+}
+
+/// What is particular to this backend: opening files written by older versions. The
+/// behaviour both stores share is tested by `tests/store_contract.rs`.
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::run::{Pod, StageTiming};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_millis(1_761_159_600_000 + seconds * 1000)
+    }
+
+    /// A file in the first release's schema (no `user_version`, no derived columns) opens,
+    /// is migrated once, and its runs count in `stats`.
+    #[tokio::test]
+    async fn migrates_a_first_release_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite");
+        let mut run = Run::queued(NewRun::new(json!({"title": "old"})), at(0));
+        run.status = RunStatus::Completed;
+        run.started_at = Some(at(10));
+        run.completed_at = Some(at(70));
+        run.pod = Some(Pod {
+            id: "pod-1".into(),
+            at: crate::run::EventKey { time: at(10), id: "e".into(), source: "s".into() },
+            gpu: Some("A100".into()),
+            region: None,
+            image: None,
+        });
+        let timing = StageTiming { completed_at: Some(at(40)), duration_s: Some(30.0), ..Default::default() };
+        run.stage_timing.insert("Stage_1".into(), timing);
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(SCHEMA).expect("first release schema");
+            connection
+                .execute(
+                    "INSERT INTO runs (id, status, queue, priority, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        run.id.as_str(),
+                        "COMPLETED",
+                        "default",
+                        0,
+                        at(0).millis(),
+                        to_json("run", &run).expect("json")
+                    ],
+                )
+                .expect("insert an old run");
+        }
+        let store = SqliteStore::open(&path).await.expect("migrates");
+        let stats = store.stats(at(100)).await.expect("stats");
+        assert_eq!(stats.by_status.completed, 1);
+        assert_eq!((stats.throughput.completed, stats.gpu_hours), (1, 60.0 / 3600.0));
+        assert_eq!(
+            stats.stage_durations.iter().map(|d| (d.stage.as_str(), d.max_s)).collect::<Vec<_>>(),
+            [("Stage_1", 30.0)]
+        );
+        drop(store);
+        // Opening again is a no-op; a file from a newer build is refused with the fix.
+        SqliteStore::open(&path).await.expect("reopens");
+        Connection::open(&path).expect("open").pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+        let newer = SqliteStore::open(&path).await.err().expect("refused");
+        assert!(newer.to_string().contains("upgrade scientist"), "{newer}");
     }
 }
