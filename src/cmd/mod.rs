@@ -1,10 +1,13 @@
 //! The command line: `Cli`, one thin module per subcommand, and the flag groups they share.
 //! Each module parses its flags, opens what it needs and calls into the library.
 
+pub mod completions;
 pub mod emit;
+mod follow;
 pub mod runs;
 pub mod serve;
 pub mod stats;
+mod view;
 pub mod work;
 
 use std::path::PathBuf;
@@ -13,7 +16,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::run::{RunId, RunStatus};
 use crate::store::{MongoStore, SqliteStore, Store};
+use crate::time::Timestamp;
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -33,11 +38,16 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 6;
     /// `emit`: the token was missing or wrong.
     pub const AUTH: u8 = 7;
+    /// `--follow`: the run ended FAILED.
+    pub const RUN_FAILED: u8 = 8;
+    /// `--follow`: the run ended CANCELED.
+    pub const RUN_CANCELED: u8 = 9;
 }
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure, 2 bad usage or input, 3 not found, 4 not allowed in the run's state;
-emit: 5 event rejected, 6 control plane unreachable, 7 missing or wrong token.
+emit: 5 event rejected, 6 control plane unreachable, 7 missing or wrong token;
+runs show/logs --follow: 0 when the run completed, 8 when it failed, 9 when it was canceled.
 
 Storage: with no MongoDB configured, everything runs on an embedded SQLite file shared by
 serve, work and runs on this machine (see --store). Set MONGODB_URL for many pods.";
@@ -59,10 +69,12 @@ pub enum Command {
     /// List, inspect, create, reset and cancel runs.
     #[command(subcommand)]
     Runs(runs::Command),
-    /// Counts of runs by status.
+    /// Counts by status, active workers, queue depth, throughput, durations, failures, GPU-hours.
     Stats(stats::Args),
     /// Send one event to the control plane.
     Emit(emit::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
 }
 
 /// Where runs are stored; shared by every subcommand that reads or writes them.
@@ -115,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs(command) => runs::run(command).await,
         Command::Stats(args) => stats::run(args).await,
         Command::Emit(args) => emit::run(args).await,
+        Command::Completions(args) => completions::run(args),
     }
 }
 
@@ -135,6 +148,55 @@ pub(crate) fn not_yet(what: &str, issue: u32) -> anyhow::Error {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The time commands compute ages, durations and windows against: `SCIENTIST_NOW` (RFC 3339)
+/// when set, for reproducible output, else the clock. Writes always use the clock.
+pub(crate) fn display_now() -> anyhow::Result<Timestamp> {
+    match std::env::var("SCIENTIST_NOW") {
+        Ok(text) => Timestamp::parse_rfc3339(&text).map_err(|err| {
+            UsageError(format!(
+                "SCIENTIST_NOW={text:?} is not an RFC 3339 time ({err}); unset it or pass e.g. 2025-10-22T19:00:00Z"
+            ))
+            .into()
+        }),
+        Err(_) => Ok(Timestamp::now()),
+    }
+}
+
+/// Why a run named on the command line could not be picked.
+#[derive(Debug, thiserror::Error)]
+pub enum RunLookupError {
+    #[error("run {0} not found: no run id starts with {0:?}; `scientist runs list` shows the ids")]
+    Unknown(String),
+    #[error("run id prefix {typed:?} is ambiguous: it matches {first}, {second} and maybe more; type more characters")]
+    Ambiguous { typed: String, first: RunId, second: RunId },
+}
+
+/// The run an operator means: the exact id when it exists, else the one run whose id starts
+/// with what was typed (like a short git hash).
+pub(crate) async fn resolve_run(store: &dyn Store, typed: &RunId) -> anyhow::Result<RunId> {
+    if store.get(typed).await?.is_some() {
+        return Ok(typed.clone());
+    }
+    let mut matches = store.resolve_prefix(typed.as_str()).await?.into_iter();
+    match (matches.next(), matches.next()) {
+        (Some(only), None) => Ok(only),
+        (Some(first), Some(second)) => {
+            Err(RunLookupError::Ambiguous { typed: typed.to_string(), first, second }.into())
+        }
+        (None, _) => Err(RunLookupError::Unknown(typed.to_string()).into()),
+    }
+}
+
+/// The ending a `--follow` reports through the exit code: FAILED (8) or CANCELED (9).
+#[derive(Debug, thiserror::Error)]
+#[error("run {id} ended {status}{detail}")]
+pub struct RunEnded {
+    pub id: RunId,
+    pub status: RunStatus,
+    /// `: <error type>: <message>` or ` (canceled by …)`, already formatted.
+    pub detail: String,
+}
+
 /// The exit code for an error returned by [`run`].
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use crate::store::Error as StoreError;
@@ -143,6 +205,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     if let Some(failure) = err.downcast_ref::<emit::EmitError>() {
         return failure.exit_code();
+    }
+    match err.downcast_ref::<RunLookupError>() {
+        Some(RunLookupError::Unknown(_)) => return exit::NOT_FOUND,
+        Some(RunLookupError::Ambiguous { .. }) => return exit::USAGE,
+        None => {}
+    }
+    if let Some(ended) = err.downcast_ref::<RunEnded>() {
+        return if ended.status == RunStatus::Canceled { exit::RUN_CANCELED } else { exit::RUN_FAILED };
     }
     match err.downcast_ref::<StoreError>() {
         Some(StoreError::NotFound(_)) => exit::NOT_FOUND,

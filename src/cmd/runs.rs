@@ -1,127 +1,394 @@
-//! `scientist runs …`: list, show, create, reset and cancel runs, on either store.
+//! `scientist runs …`: list, show, follow, read the logs of, create, reset and cancel runs,
+//! on either store. Tables and text come from `view`, live watching from `follow`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use comfy_table::Table;
 
-use super::{StoreArgs, UsageError};
+use super::follow::{self, EventTail, LiveView, Update};
+use super::view::{self, Look};
+use super::{StoreArgs, UsageError, display_now, resolve_run};
+use crate::event::LogLevel;
 use crate::run::{DEFAULT_QUEUE, NewRun, Run, RunId, RunStatus};
-use crate::store::{DEFAULT_LIMIT, RunFilter};
+use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter, Store, StoredEvent};
 use crate::time::Timestamp;
+
+const ID_HELP: &str = "The run id, or a unique prefix of it (like a short git hash)";
+
+const FOLLOW_HELP: &str = "\
+With --follow the command exits when the run ends: 0 when it COMPLETED, 8 when it FAILED,
+9 when it was CANCELED (3 when the run does not exist, 1 when the store fails).";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List runs, newest first.
-    List {
-        #[command(flatten)]
-        store: StoreArgs,
-        /// Only runs in this status (repeatable): QUEUED, SCHEDULED, RUNNING, AWAITING_HUMAN, COMPLETED, FAILED, CANCELED.
-        #[arg(long = "status", value_parser = parse_status)]
-        statuses: Vec<RunStatus>,
-        /// At most this many runs.
-        #[arg(long, default_value_t = DEFAULT_LIMIT)]
-        limit: usize,
-        /// Print JSON (one array of run documents) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one run.
-    Show {
-        #[command(flatten)]
-        store: StoreArgs,
-        /// The run id.
-        id: RunId,
-        /// Print the run document as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List runs, newest first: id, status, stage, progress, nodes, pod, age, duration.
+    #[command(after_help = "Examples:\n  scientist runs list --status RUNNING --status QUEUED\n  \
+                            scientist runs list --limit 500 --json | jq '.[] | select(.errorType == \"OOM\") | ._id'")]
+    List(ListArgs),
+    /// Show everything about one run: pod, stages, timing, error, artifacts, recent logs.
+    #[command(after_help = FOLLOW_HELP)]
+    Show(ShowArgs),
+    /// Print a run's log lines (`ai.run.log` events), oldest first.
+    #[command(after_help = FOLLOW_HELP)]
+    Logs(LogsArgs),
     /// Enqueue a run from an idea file (JSON); prints the new run's id.
-    Create {
-        #[command(flatten)]
-        store: StoreArgs,
-        /// JSON file with the idea/config the pipeline runs (`-` for standard input).
-        #[arg(long)]
-        idea: PathBuf,
-        /// Higher runs first; equal priorities run oldest first.
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        priority: i64,
-        /// The hypothesis this run tests.
-        #[arg(long = "hypothesis")]
-        hypothesis_id: Option<String>,
-        /// Worker pool that may claim it.
-        #[arg(long, default_value = DEFAULT_QUEUE)]
-        queue: String,
-        /// Print the run document as JSON instead of its id.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Put a FAILED or CANCELED run back in the queue.
-    Reset {
-        #[command(flatten)]
-        store: StoreArgs,
-        id: RunId,
-    },
-    /// Cancel a run: at once when queued, through its worker when running.
-    Cancel {
-        #[command(flatten)]
-        store: StoreArgs,
-        id: RunId,
-        /// Why, for the record.
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    Create(CreateArgs),
+    /// Put a FAILED or CANCELED run back in the queue (claim and error cleared, retryCount + 1).
+    Reset(ResetArgs),
+    /// Cancel a run: at once when queued, through its worker when scheduled or running.
+    Cancel(CancelArgs),
 }
 
-fn parse_status(text: &str) -> Result<RunStatus, String> {
-    text.parse()
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only runs in this status (repeatable): QUEUED, SCHEDULED, RUNNING, AWAITING_HUMAN, COMPLETED, FAILED, CANCELED.
+    #[arg(long = "status", value_parser = parse_status)]
+    statuses: Vec<RunStatus>,
+    /// Only runs of this worker pool.
+    #[arg(long)]
+    queue: Option<String>,
+    /// At most this many runs (the newest).
+    #[arg(long, default_value_t = DEFAULT_LIMIT)]
+    limit: usize,
+    /// Print a JSON array of run documents (the stored shape) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(help = ID_HELP)]
+    id: RunId,
+    /// Print the run document as JSON; with --follow, an NDJSON stream of everything new.
+    #[arg(long)]
+    json: bool,
+    /// How many of the latest log lines to show.
+    #[arg(long, default_value_t = 10)]
+    logs: usize,
+    #[command(flatten)]
+    follow: FollowArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(help = ID_HELP)]
+    id: RunId,
+    /// Only lines at or above this level: debug, info, warning (warn), error. A line without a level is info.
+    #[arg(long, value_parser = parse_level)]
+    level: Option<LogLevel>,
+    /// Only lines since this time: a duration ago (`10m`, `2h`, `1d`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    since: Option<Since>,
+    /// Only the last N lines (before following).
+    #[arg(long)]
+    tail: Option<usize>,
+    /// Print NDJSON, one `{"kind":"event",…}` object a line, instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    follow: FollowArgs,
+}
+
+/// `--follow` and its polling interval, shared by `show` and `logs`.
+#[derive(Debug, clap::Args)]
+struct FollowArgs {
+    /// Keep watching until the run ends, then exit with its outcome (see below).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// How often --follow polls the store.
+    #[arg(long, env = "SCIENTIST_FOLLOW_INTERVAL", value_parser = humantime::parse_duration, default_value = follow::DEFAULT_INTERVAL)]
+    interval: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// JSON file with the idea/config the pipeline runs (`-` for standard input).
+    #[arg(long)]
+    idea: PathBuf,
+    /// Higher runs first; equal priorities run oldest first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// The hypothesis this run tests.
+    #[arg(long = "hypothesis")]
+    hypothesis_id: Option<String>,
+    /// Worker pool that may claim it.
+    #[arg(long, default_value = DEFAULT_QUEUE)]
+    queue: String,
+    /// Print the run document as JSON instead of its id.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(help = ID_HELP)]
+    id: RunId,
+    /// Print the run document as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(help = ID_HELP)]
+    id: RunId,
+    /// Why, for the record.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the run document as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::List { store, statuses, limit, json } => {
-            let store = store.open().await?;
-            let page = store.list(&RunFilter { statuses, limit, ..Default::default() }).await?;
-            if json {
-                super::print(serde_json::to_string_pretty(&page.items)?)?;
-            } else {
-                super::print(list_table(&page.items, Timestamp::now()))?;
-            }
-        }
-        Command::Show { store, id, json } => {
-            let store = store.open().await?;
-            let run = store.get(&id).await?.ok_or(crate::store::Error::NotFound(id))?;
-            if json {
-                super::print(serde_json::to_string_pretty(&run)?)?;
-            } else {
-                super::print(show_table(&run))?;
-            }
-        }
-        Command::Create { store, idea, priority, hypothesis_id, queue, json } => {
-            let idea = read_idea(&idea)?;
-            let store = store.open().await?;
-            let new_run = NewRun { hypothesis_id, priority, queue, ..NewRun::new(idea) };
-            let run = store.enqueue(new_run, Timestamp::now()).await?;
-            if json {
-                super::print(serde_json::to_string_pretty(&run)?)?;
-            } else {
-                super::print(run.id)?;
-            }
-        }
-        Command::Reset { store, id } => {
-            let run = store.open().await?.reset(&id, Timestamp::now()).await?;
-            eprintln!("run {} is QUEUED again (retry {})", run.id, run.retry_count);
-        }
-        Command::Cancel { store, id, reason } => {
-            let run = store.open().await?.request_cancel(&id, &operator(), reason, Timestamp::now()).await?;
-            match run.status {
-                RunStatus::Canceled => eprintln!("run {} canceled", run.id),
-                _ => eprintln!("cancel requested: run {}'s worker will stop it", run.id),
-            }
-        }
+        Command::List(args) => list(args).await,
+        Command::Show(args) => show(args).await,
+        Command::Logs(args) => logs(args).await,
+        Command::Create(args) => create(args).await,
+        Command::Reset(args) => reset(args).await,
+        Command::Cancel(args) => cancel(args).await,
+    }
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let store = args.store.open().await?;
+    let filter = RunFilter { statuses: args.statuses, queue: args.queue, ..Default::default() };
+    let runs = newest_runs(store.as_ref(), filter, args.limit).await?;
+    if args.json {
+        super::print(serde_json::to_string_pretty(&runs)?)?;
+    } else {
+        super::print(view::runs_table(&runs, display_now()?, Look::for_stdout()))?;
     }
     Ok(())
+}
+
+/// Up to `limit` runs matching `filter`, newest first, over as many pages as that takes.
+async fn newest_runs(store: &dyn Store, mut filter: RunFilter, limit: usize) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    while runs.len() < limit {
+        filter.limit = (limit - runs.len()).min(MAX_LIMIT);
+        let page = store.list(&filter).await?;
+        runs.extend(page.items);
+        match page.next {
+            Some(next) => filter.cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(runs)
+}
+
+async fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let store = args.store.open().await?;
+    let id = resolve_run(store.as_ref(), &args.id).await?;
+    match (args.follow.follow, args.json) {
+        (false, true) => super::print(serde_json::to_string_pretty(&get_run(store.as_ref(), &id).await?)?)?,
+        (false, false) => super::print(detail(store.as_ref(), &id, args.logs).await?)?,
+        (true, true) => follow_json(store.as_ref(), id, args.follow.interval).await?,
+        (true, false) => follow_live(store.as_ref(), id, args.logs, args.follow.interval).await?,
+    }
+    Ok(())
+}
+
+async fn get_run(store: &dyn Store, id: &RunId) -> anyhow::Result<Run> {
+    Ok(store.get(id).await?.ok_or_else(|| crate::store::Error::NotFound(id.clone()))?)
+}
+
+/// The `runs show` text: the run, its artifacts and its latest `log_lines` log lines.
+async fn detail(store: &dyn Store, id: &RunId, log_lines: usize) -> anyhow::Result<String> {
+    let run = get_run(store, id).await?;
+    let artifacts = store.artifacts(id).await?;
+    let mut logs = Vec::new();
+    if log_lines > 0 {
+        let latest = EventFilter { types: vec![LOG_EVENT_TYPE.into()], limit: log_lines, ..Default::default() };
+        logs = store.list_recent_events(id, &latest).await?.items;
+        logs.reverse();
+    }
+    Ok(view::run_detail(&run, &artifacts, &logs, display_now()?, Look::for_stdout()))
+}
+
+/// `runs show --follow --json`: the run, every event stored after it (NDJSON), the final run.
+async fn follow_json(store: &dyn Store, id: RunId, interval: Duration) -> anyhow::Result<()> {
+    // The cursor first, then the document: nothing stored in between is lost (at worst an
+    // event shows in both).
+    let mut tail = EventTail::from_latest(store, id.clone(), EventFilter::default()).await?;
+    super::print(follow::run_line(&get_run(store, &id).await?)?)?;
+    let run = follow::watch(store, &mut tail, interval, |update| {
+        if let Update::Events(events) = update {
+            for stored in &events {
+                super::print(follow::event_line(stored))?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    super::print(follow::run_line(&run)?)?;
+    follow::outcome(&run)
+}
+
+/// `runs show --follow`: the run's detail, then new log lines on stdout under live bars on
+/// stderr, then one line with how it ended.
+async fn follow_live(store: &dyn Store, id: RunId, log_lines: usize, interval: Duration) -> anyhow::Result<()> {
+    let logs_only = EventFilter { types: vec![LOG_EVENT_TYPE.into()], ..Default::default() };
+    let mut tail = EventTail::from_latest(store, id.clone(), logs_only).await?;
+    super::print(detail(store, &id, log_lines).await?)?;
+    eprintln!("following run {id} until it ends (Ctrl-C stops watching; the run goes on)");
+    let look = Look::for_stdout();
+    let mut live = LiveView::new();
+    let watched = follow::watch(store, &mut tail, interval, |update| {
+        match update {
+            Update::Events(events) => {
+                for line in events.iter().filter_map(|stored| view::log_line(stored, look)) {
+                    live.println(&line)?;
+                }
+            }
+            Update::Run(run) => live.update(run, display_now()?),
+        }
+        Ok(())
+    })
+    .await;
+    live.finish();
+    let run = watched?;
+    let took = run.elapsed_s(display_now()?).map_or(String::new(), |took| format!(" after {}", view::duration(took)));
+    super::print(format!("run {} {}{took}", run.id, run.status))?;
+    follow::outcome(&run)
+}
+
+/// When `--since` starts.
+#[derive(Debug, Clone, Copy)]
+enum Since {
+    Ago(Duration),
+    At(Timestamp),
+}
+
+impl Since {
+    fn resolve(self, now: Timestamp) -> Timestamp {
+        match self {
+            Since::At(at) => at,
+            Since::Ago(ago) => now.plus_seconds(-(ago.as_secs().min(i64::MAX as u64) as i64)),
+        }
+    }
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if let Ok(at) = Timestamp::parse_rfc3339(text) {
+        return Ok(Since::At(at));
+    }
+    humantime::parse_duration(text).map(Since::Ago).map_err(|_| {
+        format!("{text:?} is neither a duration (`10m`, `2h`, `1d`) nor an RFC 3339 time (`2025-10-22T19:00:00Z`)")
+    })
+}
+
+fn parse_level(text: &str) -> Result<LogLevel, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_ascii_lowercase()))
+        .map_err(|_| format!("unknown level {text:?}; expected debug, info, warning (warn) or error"))
+}
+
+async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let store = args.store.open().await?;
+    let store = store.as_ref();
+    let id = resolve_run(store, &args.id).await?;
+    let now = display_now()?;
+    let since = args.since.map(|since| since.resolve(now));
+    let look = Look::for_stdout();
+    let print_lines = |events: &[StoredEvent]| -> anyhow::Result<()> {
+        for stored in events.iter().filter(|stored| since.is_none_or(|since| stored.event.time >= since)) {
+            if args.json {
+                super::print(follow::event_line(stored))?;
+            } else if let Some(line) = view::log_line(stored, look) {
+                super::print(line)?;
+            }
+        }
+        Ok(())
+    };
+    let filter = EventFilter { types: vec![LOG_EVENT_TYPE.into()], min_level: args.level, ..Default::default() };
+    let mut tail = match args.tail {
+        Some(count) => {
+            let mut latest =
+                store.list_recent_events(&id, &EventFilter { limit: count, ..filter.clone() }).await?.items;
+            latest.reverse();
+            print_lines(&latest)?;
+            let cursor = latest.last().map(|stored| stored.cursor.clone());
+            match cursor {
+                Some(cursor) => EventTail::after(store, id.clone(), filter, Some(cursor)),
+                None => EventTail::from_latest(store, id.clone(), filter).await?,
+            }
+        }
+        None => {
+            let mut tail = EventTail::after(store, id.clone(), filter, None);
+            print_lines(&tail.drain().await?)?;
+            tail
+        }
+    };
+    if !args.follow.follow {
+        return Ok(());
+    }
+    let run = follow::watch(store, &mut tail, args.follow.interval, |update| match update {
+        Update::Events(events) => print_lines(&events),
+        Update::Run(_) => Ok(()),
+    })
+    .await?;
+    follow::outcome(&run)
+}
+
+async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    let idea = read_idea(&args.idea)?;
+    let store = args.store.open().await?;
+    let new_run =
+        NewRun { hypothesis_id: args.hypothesis_id, priority: args.priority, queue: args.queue, ..NewRun::new(idea) };
+    let run = store.enqueue(new_run, Timestamp::now()).await?;
+    if args.json {
+        super::print(serde_json::to_string_pretty(&run)?)?;
+    } else {
+        super::print(run.id)?;
+    }
+    Ok(())
+}
+
+async fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let store = args.store.open().await?;
+    let id = resolve_run(store.as_ref(), &args.id).await?;
+    let run = store.reset(&id, Timestamp::now()).await?;
+    if args.json {
+        super::print(serde_json::to_string_pretty(&run)?)?;
+    }
+    eprintln!("run {} is QUEUED again (retry {})", run.id, run.retry_count);
+    Ok(())
+}
+
+async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let store = args.store.open().await?;
+    let id = resolve_run(store.as_ref(), &args.id).await?;
+    let run = store.request_cancel(&id, &operator(), args.reason, Timestamp::now()).await?;
+    if args.json {
+        super::print(serde_json::to_string_pretty(&run)?)?;
+    }
+    match run.status {
+        RunStatus::Canceled => eprintln!("run {} canceled", run.id),
+        _ => eprintln!(
+            "cancel requested: run {}'s worker will stop it (`scientist runs show {} --follow` to watch)",
+            run.id, run.id
+        ),
+    }
+    Ok(())
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    text.parse()
 }
 
 fn read_idea(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
@@ -138,64 +405,4 @@ fn read_idea(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
 /// Who an operator action is recorded as.
 fn operator() -> String {
     std::env::var("USER").map(|user| format!("operator:{user}")).unwrap_or_else(|_| "operator".into())
-}
-
-fn list_table(runs: &[Run], now: Timestamp) -> Table {
-    let mut table = Table::new();
-    table.set_header(["id", "status", "stage", "progress", "good/buggy", "pod", "age"]);
-    for run in runs {
-        let (stage, progress, nodes) = match &run.current_stage {
-            Some(stage) => (
-                stage.name.to_string(),
-                format!("{:.0}%", stage.progress * 100.0),
-                format!("{}/{}", stage.good_nodes, stage.buggy_nodes),
-            ),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
-        let pod = run.pod.as_ref().map_or("-".into(), |pod| pod.id.clone());
-        let age = human_duration(now.seconds_since(run.created_at));
-        table.add_row([run.id.to_string(), run.status.to_string(), stage, progress, nodes, pod, age]);
-    }
-    table
-}
-
-fn show_table(run: &Run) -> Table {
-    let mut table = Table::new();
-    let mut row = |name: &str, value: String| {
-        table.add_row([name.to_owned(), value]);
-    };
-    row("id", run.id.to_string());
-    row("status", run.status.to_string());
-    row("queue", format!("{} (priority {})", run.queue, run.priority));
-    row("attempt", format!("{} (retries {})", run.attempt, run.retry_count));
-    if let Some(worker) = &run.claimed_by {
-        row("claimed by", worker.clone());
-    }
-    if let Some(stage) = &run.current_stage {
-        row(
-            "stage",
-            format!(
-                "{} {:.0}% ({}/{} iterations)",
-                stage.name,
-                stage.progress * 100.0,
-                stage.iteration,
-                stage.max_iterations
-            ),
-        );
-    }
-    if let Some(error) = &run.error {
-        row("error", format!("{}: {}", error.error_type, error.message));
-    }
-    row("created", run.created_at.to_string());
-    table
-}
-
-fn human_duration(seconds: f64) -> String {
-    let seconds = seconds.max(0.0) as u64;
-    match seconds {
-        0..60 => format!("{seconds}s"),
-        60..3600 => format!("{}m", seconds / 60),
-        3600..86400 => format!("{}h{}m", seconds / 3600, seconds % 3600 / 60),
-        _ => format!("{}d{}h", seconds / 86400, seconds % 86400 / 3600),
-    }
 }

@@ -1,34 +1,31 @@
-//! `scientist stats`: counts by status. Throughput, workers and durations arrive with issue 5.
+//! `scientist stats`: the store's figures (`Store::stats`) as tables, or as JSON for scripts.
 
-use comfy_table::Table;
-
-use super::StoreArgs;
+use super::view::{self, Look};
+use super::{StoreArgs, display_now};
 
 /// Flags of `scientist stats`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Active workers are those whose run showed a heartbeat, start or claim in the last 5 minutes.
+Throughput counts runs finished in the last 24 hours. Stage durations are nearest-rank
+percentiles over every completed stage. GPU-hours count one GPU per run, from its start to its
+end (or its latest heartbeat while it runs). The --json shape is documented in the README.")]
 pub struct Args {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// Print JSON instead of a table.
+    /// Print the figures as one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = args.store.open().await?;
-    let counts = store.counts().await?;
+    let stats = store.stats(display_now()?).await?;
     if args.json {
-        let by_status: serde_json::Map<String, serde_json::Value> =
-            counts.iter().map(|(status, n)| (status.to_string(), (*n).into())).collect();
-        super::print(serde_json::json!({ "byStatus": by_status }))?;
-        return Ok(());
+        super::print(serde_json::to_string_pretty(&stats)?)?;
+    } else {
+        super::print(view::stats_view(&stats, Look::for_stdout()))?;
     }
-    let mut table = Table::new();
-    table.set_header(["status", "runs"]);
-    for (status, n) in counts {
-        table.add_row([status.to_string(), n.to_string()]);
-    }
-    super::print(table)?;
     Ok(())
 }

@@ -1,0 +1,182 @@
+//! `--follow`: watches a run by polling the store (the run's event cursor and its document)
+//! until the run ends. Polling works the same on both stores and needs no server; one round
+//! is two or three indexed reads, so the default of one round a second costs nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use super::RunEnded;
+use super::view::duration;
+use crate::run::{Run, RunId, RunStatus};
+use crate::store::{EventFilter, Store, StoredEvent};
+use crate::time::Timestamp;
+
+/// Default pause between two rounds of polling.
+pub(crate) const DEFAULT_INTERVAL: &str = "1s";
+
+/// The events of one run that came after a cursor, read page by page.
+pub(crate) struct EventTail<'a> {
+    store: &'a dyn Store,
+    run_id: RunId,
+    filter: EventFilter,
+}
+
+impl<'a> EventTail<'a> {
+    /// A tail after `cursor` (`None`: from the run's first event).
+    pub fn after(store: &'a dyn Store, run_id: RunId, filter: EventFilter, cursor: Option<String>) -> Self {
+        Self { store, run_id, filter: EventFilter { cursor, ..filter } }
+    }
+
+    /// A tail that starts after the newest matching event stored now.
+    pub async fn from_latest(store: &'a dyn Store, run_id: RunId, filter: EventFilter) -> anyhow::Result<Self> {
+        let newest = EventFilter { limit: 1, cursor: None, ..filter.clone() };
+        let page = store.list_recent_events(&run_id, &newest).await?;
+        let cursor = page.items.first().map(|stored| stored.cursor.clone());
+        Ok(Self::after(store, run_id, filter, cursor))
+    }
+
+    /// Every matching event stored since the last call, oldest first.
+    pub async fn drain(&mut self) -> anyhow::Result<Vec<StoredEvent>> {
+        let mut events = Vec::new();
+        loop {
+            let page = self.store.list_events(&self.run_id, &self.filter).await?;
+            if let Some(last) = page.items.last() {
+                self.filter.cursor = Some(last.cursor.clone());
+            }
+            events.extend(page.items);
+            if page.next.is_none() {
+                return Ok(events);
+            }
+        }
+    }
+}
+
+/// What one polling round found.
+pub(crate) enum Update<'r> {
+    Events(Vec<StoredEvent>),
+    Run(&'r Run),
+}
+
+/// Polls every `interval` until the run is terminal. `on_update` sees the new events, then
+/// the run document, each round; after the terminal document comes one last drain, so
+/// events stored before the run ended are never missed. Returns the final document.
+pub(crate) async fn watch(
+    store: &dyn Store,
+    tail: &mut EventTail<'_>,
+    interval: Duration,
+    mut on_update: impl FnMut(Update<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<Run> {
+    loop {
+        on_update(Update::Events(tail.drain().await?))?;
+        let run = store.get(&tail.run_id).await?.ok_or_else(|| crate::store::Error::NotFound(tail.run_id.clone()))?;
+        on_update(Update::Run(&run))?;
+        if run.status.is_terminal() {
+            on_update(Update::Events(tail.drain().await?))?;
+            return Ok(run);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// The exit a `--follow` ends with: Ok for COMPLETED, [`RunEnded`] (exit 8 or 9) otherwise.
+pub(crate) fn outcome(run: &Run) -> anyhow::Result<()> {
+    let detail = match run.status {
+        RunStatus::Completed => return Ok(()),
+        RunStatus::Failed => run.error.as_ref().map_or(String::new(), |e| format!(": {}: {}", e.error_type, e.message)),
+        _ => run.canceled.as_ref().map_or(String::new(), |canceled| {
+            let by = canceled.by.as_deref().map_or(String::new(), |by| format!(" by {by}"));
+            let reason = canceled.reason.as_deref().map_or(String::new(), |reason| format!(": {reason}"));
+            format!("{by}{reason}")
+        }),
+    };
+    Err(RunEnded { id: run.id.clone(), status: run.status, detail }.into())
+}
+
+/// One NDJSON line of `runs show --follow --json` (and `runs logs --json`).
+pub(crate) fn event_line(stored: &StoredEvent) -> Value {
+    json!({
+        "kind": "event",
+        "cursor": stored.cursor,
+        "receivedAt": stored.received_at,
+        "event": Value::Object(stored.event.to_json()),
+    })
+}
+
+pub(crate) fn run_line(run: &Run) -> anyhow::Result<Value> {
+    Ok(json!({ "kind": "run", "run": serde_json::to_value(run)? }))
+}
+
+/// The live part of `runs show --follow` on stderr: a status line and one bar per stage.
+/// indicatif draws nothing when stderr is not a terminal; log lines still reach stdout.
+pub(crate) struct LiveView {
+    multi: MultiProgress,
+    header: ProgressBar,
+    stages: BTreeMap<String, ProgressBar>,
+}
+
+impl LiveView {
+    pub fn new() -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let header = multi.add(ProgressBar::new_spinner());
+        header.set_style(
+            ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        header.enable_steady_tick(Duration::from_millis(120));
+        Self { multi, header, stages: BTreeMap::new() }
+    }
+
+    /// Prints `line` on stdout above the bars.
+    pub fn println(&self, line: &str) -> anyhow::Result<()> {
+        self.multi.suspend(|| super::print(line))?;
+        Ok(())
+    }
+
+    pub fn update(&mut self, run: &Run, now: Timestamp) {
+        let heartbeat = run
+            .heartbeat_at
+            .map_or(String::new(), |at| format!(" · heartbeat {} ago", duration(now.seconds_since(at))));
+        let pod = run.pod.as_ref().map_or(String::new(), |pod| format!(" · {}", pod.id));
+        let elapsed = run.elapsed_s(now).map_or(String::new(), |elapsed| format!(" · {}", duration(elapsed)));
+        self.header.set_message(format!("{} {}{pod}{elapsed}{heartbeat}", run.id, run.status));
+        let Some(current) = &run.current_stage else { return };
+        for (name, timing) in &run.stage_timing {
+            if timing.completed_at.is_some() {
+                self.stage_bar(name).finish_with_message("done");
+            }
+        }
+        let bar = self.stage_bar(current.name.as_str());
+        if !bar.is_finished() {
+            bar.set_position((current.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+            let eta = current.eta_seconds.map_or(String::new(), |eta| format!(" · ETA {}", duration(eta)));
+            bar.set_message(format!("iteration {}/{}{eta}", current.iteration, current.max_iterations));
+        }
+    }
+
+    fn stage_bar(&mut self, name: &str) -> ProgressBar {
+        let multi = &self.multi;
+        self.stages
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let bar = multi.add(ProgressBar::new(1000));
+                let style = ProgressStyle::with_template("  {prefix:8} [{bar:30}] {percent:>3}% {msg}")
+                    .map(|style| style.progress_chars("█▉░"))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+                bar.set_style(style);
+                bar.set_prefix(name.to_owned());
+                bar
+            })
+            .clone()
+    }
+
+    /// Removes the bars; what was printed on stdout stays.
+    pub fn finish(self) {
+        self.header.finish_and_clear();
+        for bar in self.stages.values() {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}

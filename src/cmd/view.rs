@@ -1,0 +1,447 @@
+//! What runs, logs and stats look like at a terminal: comfy-table tables and plain text.
+//! Colours only when stdout is a terminal and `NO_COLOR` is unset. Pure: data and `now` in,
+//! text out, so snapshot tests pin every character.
+
+use std::io::IsTerminal;
+
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
+use serde_json::Value;
+
+use crate::event::{LogLevel, Payload};
+use crate::run::{Run, RunStatus, Stage};
+use crate::store::stats::Stats;
+use crate::store::{Artifact, StoredEvent};
+use crate::time::Timestamp;
+
+/// How output is drawn: with colour or not, and how wide.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look {
+    pub color: bool,
+    /// Table width from `COLUMNS`; unset means comfy-table asks the terminal (or does not wrap).
+    pub width: Option<u16>,
+}
+
+impl Look {
+    pub fn for_stdout() -> Look {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+        let width = std::env::var("COLUMNS").ok().and_then(|columns| columns.parse().ok());
+        Look { color: std::io::stdout().is_terminal() && !no_color, width }
+    }
+
+    /// A borderless table (kubectl-like, so `awk '{print $1}'` works) with upper-case headers.
+    fn table<const N: usize>(&self, header: [&str; N]) -> Table {
+        let mut table = self.bare_table();
+        table.set_header(header);
+        table
+    }
+
+    /// A borderless table without a header, for `name  value` lists.
+    fn bare_table(&self) -> Table {
+        let mut table = Table::new();
+        table.load_style(presets::NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
+        if self.color {
+            table.enforce_styling();
+        }
+        if let Some(width) = self.width {
+            table.set_width(width);
+        }
+        table
+    }
+
+    fn status_cell(&self, status: RunStatus) -> Cell {
+        let cell = Cell::new(status);
+        if self.color { cell.fg(status_color(status)) } else { cell }
+    }
+
+    /// `text` in `color` (ANSI) when colour is on.
+    fn paint(&self, text: &str, color: Ansi) -> String {
+        if self.color { format!("\x1b[{}m{text}\x1b[0m", color as u8) } else { text.to_owned() }
+    }
+
+    fn title(&self, text: &str) -> String {
+        self.paint(text, Ansi::Bold)
+    }
+}
+
+/// The few ANSI styles used outside tables.
+#[derive(Clone, Copy)]
+enum Ansi {
+    Bold = 1,
+    Red = 31,
+    Green = 32,
+    Yellow = 33,
+    Blue = 34,
+    Grey = 90,
+}
+
+fn status_color(status: RunStatus) -> Color {
+    match status {
+        RunStatus::Queued => Color::Grey,
+        RunStatus::Scheduled => Color::Cyan,
+        RunStatus::Running => Color::Blue,
+        RunStatus::AwaitingHuman => Color::Magenta,
+        RunStatus::Completed => Color::Green,
+        RunStatus::Failed => Color::Red,
+        RunStatus::Canceled => Color::Yellow,
+    }
+}
+
+fn status_ansi(status: RunStatus) -> Ansi {
+    match status {
+        RunStatus::Queued | RunStatus::Scheduled => Ansi::Grey,
+        RunStatus::Running | RunStatus::AwaitingHuman => Ansi::Blue,
+        RunStatus::Completed => Ansi::Green,
+        RunStatus::Failed => Ansi::Red,
+        RunStatus::Canceled => Ansi::Yellow,
+    }
+}
+
+/// The table's text: columns two spaces apart, no trailing blanks.
+fn render(table: &mut Table) -> String {
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table.trim_fmt()
+}
+
+/// `runs list`: one row per run, newest first as given.
+pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
+    if runs.is_empty() {
+        return "no runs match (`scientist runs create --idea FILE` enqueues one)".into();
+    }
+    let mut table = look.table(["ID", "STATUS", "STAGE", "PROGRESS", "GOOD/BUGGY", "POD", "AGE", "DURATION"]);
+    for run in runs {
+        let current = run.current_stage.as_ref();
+        table.add_row(vec![
+            Cell::new(&run.id),
+            look.status_cell(run.status),
+            Cell::new(current.map_or("-".into(), |stage| stage.name.to_string())),
+            Cell::new(current.map_or("-".into(), |stage| percent(stage.progress))),
+            Cell::new(current.map_or("-".into(), |stage| format!("{}/{}", stage.good_nodes, stage.buggy_nodes))),
+            Cell::new(run.pod.as_ref().map_or("-", |pod| pod.id.as_str())),
+            Cell::new(duration(now.seconds_since(run.created_at))),
+            Cell::new(run.elapsed_s(now).map_or("-".into(), duration)),
+        ]);
+    }
+    render(&mut table)
+}
+
+/// `runs show`: everything about one run, in sections.
+pub(crate) fn run_detail(
+    run: &Run,
+    artifacts: &[Artifact],
+    logs: &[StoredEvent],
+    now: Timestamp,
+    look: Look,
+) -> String {
+    let mut sections = vec![summary(run, now, look)];
+    if !run.stage_timing.is_empty() || run.current_stage.is_some() {
+        sections.push(stages(run, look));
+    }
+    if let Some(error) = error_panel(run, look) {
+        sections.push(error);
+    }
+    if !artifacts.is_empty() {
+        sections.push(artifacts_table(artifacts, look));
+    }
+    if !logs.is_empty() {
+        let lines: Vec<String> = logs.iter().filter_map(|stored| log_line(stored, look)).collect();
+        sections.push(format!("{}\n{}", look.title(&format!("Recent logs (last {})", lines.len())), lines.join("\n")));
+    }
+    sections.join("\n\n")
+}
+
+fn summary(run: &Run, now: Timestamp, look: Look) -> String {
+    let heading = format!(
+        "{} {}",
+        look.title(&format!("Run {}", run.id)),
+        look.paint(run.status.as_str(), status_ansi(run.status))
+    );
+    let mut table = look.bare_table();
+    let mut row = |name: &str, value: String| {
+        table.add_row(vec![name.to_owned(), value]);
+    };
+    row("queue", format!("{} (priority {})", run.queue, run.priority));
+    let mut attempt = format!("{} (retries {})", run.attempt, run.retry_count);
+    if let Some(worker) = &run.claimed_by {
+        attempt.push_str(&format!(", claimed by {worker}"));
+    }
+    row("attempt", attempt);
+    if let Some(hypothesis) = &run.hypothesis_id {
+        row("hypothesis", hypothesis.clone());
+    }
+    if let Some(pod) = &run.pod {
+        let facts: Vec<&str> = [Some(pod.id.as_str()), pod.gpu.as_deref(), pod.region.as_deref(), pod.image.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        row("pod", facts.join(" · "));
+    }
+    row("created", moment(run.created_at, now));
+    if let Some(started_at) = run.started_at {
+        row("started", moment(started_at, now));
+    }
+    if let Some(finished_at) = run.finished_at() {
+        row("finished", moment(finished_at, now));
+    }
+    if let Some(elapsed) = run.elapsed_s(now) {
+        row("duration", duration(elapsed));
+    }
+    if let Some(heartbeat_at) = run.heartbeat_at {
+        row("heartbeat", moment(heartbeat_at, now));
+    }
+    if let Some(resources) = &run.resources {
+        let sample: Vec<String> =
+            resources.sample.iter().map(|(name, value)| format!("{name}={}", scalar(value))).collect();
+        row("resources", sample.join(" "));
+    }
+    if let Some(current) = &run.current_stage {
+        let best = current.best_metric.as_deref().unwrap_or("-");
+        row("best metric", best.to_owned());
+        row(
+            "nodes",
+            format!("{} good, {} buggy, {} total", current.good_nodes, current.buggy_nodes, current.total_nodes),
+        );
+    }
+    if let Some(request) = &run.cancel_requested.as_ref().filter(|_| !run.status.is_terminal()) {
+        row("cancel", format!("requested by {} {}{}", request.by, moment(request.at, now), reason(&request.reason)));
+    }
+    if let Some(canceled) = &run.canceled {
+        let by = canceled.by.as_deref().unwrap_or("unknown");
+        row("canceled", format!("by {by} {}{}", moment(canceled.at, now), reason(&canceled.reason)));
+    }
+    format!("{heading}\n{}", render(&mut table))
+}
+
+fn reason(reason: &Option<String>) -> String {
+    reason.as_ref().map_or(String::new(), |reason| format!(": {reason}"))
+}
+
+/// Width of a stage's progress bar, in characters.
+const BAR_WIDTH: usize = 20;
+
+fn stages(run: &Run, look: Look) -> String {
+    let current = run.current_stage.as_ref();
+    let mut names: Vec<String> = run.stage_timing.keys().cloned().collect();
+    if let Some(current) = current.filter(|current| !run.stage_timing.contains_key(current.name.as_str())) {
+        names.push(current.name.to_string());
+    }
+    names.sort_by_key(|name| (stage_order(name), name.clone()));
+    let mut table = look.table(["STAGE", "", "PROGRESS", "ITERATIONS", "ELAPSED", "DURATION", "ETA"]);
+    for name in names {
+        let timing = run.stage_timing.get(&name);
+        let completed = timing.is_some_and(|timing| timing.completed_at.is_some());
+        let live = current.filter(|current| current.name.as_str() == name);
+        let progress = if completed { Some(1.0) } else { live.map(|current| current.progress) };
+        let description = Stage::try_from(name.clone()).map_or("", |stage| stage.description());
+        let elapsed = timing.and_then(|timing| timing.elapsed_s);
+        let took = timing.filter(|_| completed).and_then(|timing| timing.duration_s.or(timing.elapsed_s));
+        let eta = live.filter(|_| !completed && !run.status.is_terminal()).and_then(|current| current.eta_seconds);
+        table.add_row(vec![
+            name.clone(),
+            description.to_owned(),
+            progress.map_or("-".into(), |progress| format!("{} {:>4}", bar(progress), percent(progress))),
+            live.map_or("-".into(), |current| format!("{}/{}", current.iteration, current.max_iterations)),
+            elapsed.map_or("-".into(), duration),
+            took.map_or("-".into(), duration),
+            eta.map_or("-".into(), duration),
+        ]);
+    }
+    format!("{}\n{}", look.title("Stages"), render(&mut table))
+}
+
+/// Pipeline order for known stage names; unknown names after them.
+fn stage_order(name: &str) -> usize {
+    Stage::try_from(name.to_owned()).map_or(Stage::ALL.len(), |stage| stage as usize)
+}
+
+fn bar(progress: f64) -> String {
+    let filled = ((progress.clamp(0.0, 1.0) * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
+    format!("{}{}", "█".repeat(filled), "░".repeat(BAR_WIDTH - filled))
+}
+
+/// The last lines of a traceback shown in the error panel.
+const TRACEBACK_LINES: usize = 8;
+
+fn error_panel(run: &Run, look: Look) -> Option<String> {
+    let error = run.error.as_ref()?;
+    let mut lines =
+        vec![look.title("Error"), look.paint(&format!("{}: {}", error.error_type, error.message), Ansi::Red)];
+    let retry = if error.retryable { "retryable (`scientist runs reset` queues it again)" } else { "not retryable" };
+    let stage = error.stage.as_deref().map_or(String::new(), |stage| format!("in {stage}, "));
+    lines.push(format!("{stage}{retry}, failed at {}", error.failed_at));
+    if let Some(traceback) = &error.traceback {
+        let all: Vec<&str> = traceback.lines().collect();
+        let tail = &all[all.len().saturating_sub(TRACEBACK_LINES)..];
+        lines.push(format!("traceback (last {} of {} lines):", tail.len(), all.len()));
+        lines.extend(tail.iter().map(|line| format!("  {line}")));
+    }
+    Some(lines.join("\n"))
+}
+
+fn artifacts_table(artifacts: &[Artifact], look: Look) -> String {
+    let mut table = look.table(["KEY", "KIND", "SIZE", "REGISTERED"]);
+    for artifact in artifacts {
+        table.add_row(vec![
+            artifact.key.clone(),
+            artifact.kind.clone().unwrap_or_else(|| "-".into()),
+            artifact.bytes.map_or("-".into(), bytes),
+            artifact.registered_at.to_string(),
+        ]);
+    }
+    format!("{}\n{}", look.title(&format!("Artifacts ({})", artifacts.len())), render(&mut table))
+}
+
+/// One `ai.run.log` event as a line: time, level, source, message. `None` for other types.
+pub(crate) fn log_line(stored: &StoredEvent, look: Look) -> Option<String> {
+    let Payload::Log(log) = &stored.event.payload else { return None };
+    // A line without a level is info, as the level filter reads it.
+    let level = log.level.unwrap_or(LogLevel::Info);
+    let (name, color) = match level {
+        LogLevel::Debug => ("DEBUG", Ansi::Grey),
+        LogLevel::Info => ("INFO ", Ansi::Blue),
+        LogLevel::Warning => ("WARN ", Ansi::Yellow),
+        LogLevel::Error => ("ERROR", Ansi::Red),
+    };
+    let source = log.source.as_deref().map_or(String::new(), |source| format!("[{source}] "));
+    Some(format!("{} {} {source}{}", stored.event.time, look.paint(name, color), log.message))
+}
+
+/// `stats`: the headline figures, then one table per breakdown.
+pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
+    let mut sections = Vec::new();
+    let mut headline = look.bare_table();
+    let queue = match (stats.queue.oldest_age_s, stats.queue.oldest_created_at) {
+        (Some(age), Some(created_at)) => {
+            format!("{} queued, oldest waiting {} (since {created_at})", stats.queue.depth, duration(age))
+        }
+        _ => "empty".into(),
+    };
+    let throughput = &stats.throughput;
+    headline.add_row(vec!["runs".to_owned(), stats.total_runs.to_string()]);
+    headline.add_row(vec!["queue".to_owned(), queue]);
+    headline.add_row(vec![
+        "throughput".to_owned(),
+        format!(
+            "{} completed ({:.2}/h), {} failed in the last {}h",
+            throughput.completed, throughput.completed_per_hour, throughput.failed, throughput.window_hours
+        ),
+    ]);
+    headline.add_row(vec!["GPU-hours".to_owned(), format!("{:.2}", stats.gpu_hours)]);
+    sections.push(format!("{}\n{}", look.title(&format!("Stats at {}", stats.generated_at)), render(&mut headline)));
+
+    let mut by_status = look.table(["STATUS", "RUNS"]);
+    for status in RunStatus::ALL {
+        by_status.add_row(vec![look.status_cell(status), Cell::new(stats.by_status.get(status))]);
+    }
+    sections.push(render(&mut by_status));
+
+    let workers = if stats.active_workers.is_empty() {
+        "none seen in the last 5 minutes".to_owned()
+    } else {
+        let mut table = look.table(["WORKER", "RUN", "STATUS", "STAGE", "PROGRESS", "GPU", "LAST SEEN"]);
+        for worker in &stats.active_workers {
+            table.add_row(vec![
+                Cell::new(&worker.worker),
+                Cell::new(&worker.run_id),
+                look.status_cell(worker.status),
+                Cell::new(worker.stage.map_or("-".into(), |stage| stage.to_string())),
+                Cell::new(worker.progress.map_or("-".into(), percent)),
+                Cell::new(worker.gpu.as_deref().unwrap_or("-")),
+                Cell::new(format!("{} ago", duration(stats.generated_at.seconds_since(worker.last_seen_at)))),
+            ]);
+        }
+        render(&mut table)
+    };
+    sections.push(format!("{}\n{workers}", look.title(&format!("Active workers ({})", stats.active_workers.len()))));
+
+    if !stats.stage_durations.is_empty() {
+        let mut table = look.table(["STAGE", "RUNS", "P50", "P90", "MAX"]);
+        for stage in &stats.stage_durations {
+            table.add_row(vec![
+                stage.stage.clone(),
+                stage.count.to_string(),
+                duration(stage.p50_s),
+                duration(stage.p90_s),
+                duration(stage.max_s),
+            ]);
+        }
+        sections.push(format!("{}\n{}", look.title("Stage durations"), render(&mut table)));
+    }
+    if !stats.failure_codes.is_empty() {
+        let mut table = look.table(["CODE", "RUNS"]);
+        for failure in &stats.failure_codes {
+            table.add_row(vec![failure.code.clone(), failure.count.to_string()]);
+        }
+        sections.push(format!("{}\n{}", look.title("Most common failures"), render(&mut table)));
+    }
+    sections.join("\n\n")
+}
+
+fn percent(progress: f64) -> String {
+    format!("{:.0}%", progress.clamp(0.0, 1.0) * 100.0)
+}
+
+/// A time and how long ago it was: `2025-10-22T19:00:00.000Z (6m40s ago)`.
+fn moment(at: Timestamp, now: Timestamp) -> String {
+    let seconds = now.seconds_since(at);
+    if seconds >= 0.0 {
+        format!("{at} ({} ago)", duration(seconds))
+    } else {
+        format!("{at} (in {})", duration(-seconds))
+    }
+}
+
+/// A short human duration: `45s`, `6m40s`, `2h05m`, `3d04h`.
+pub(crate) fn duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).round() as u64;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        3600..86400 => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d{:02}h", seconds / 86400, seconds % 86400 / 3600),
+    }
+}
+
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// A JSON value as it reads in a `name=value` list: strings bare, numbers as written.
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_short() {
+        let cases =
+            [(0.0, "0s"), (59.4, "59s"), (60.0, "1m00s"), (400.0, "6m40s"), (7500.0, "2h05m"), (273_600.0, "3d04h")];
+        for (seconds, text) in cases {
+            assert_eq!(duration(seconds), text);
+        }
+    }
+
+    #[test]
+    fn sizes_and_bars() {
+        assert_eq!(
+            (bytes(512), bytes(1536), bytes(5 * 1024 * 1024)),
+            ("512 B".into(), "1.5 KiB".into(), "5.0 MiB".into())
+        );
+        assert_eq!(bar(0.5).chars().filter(|c| *c == '█').count(), 10);
+        assert_eq!(bar(2.0).chars().count(), BAR_WIDTH);
+    }
+}
