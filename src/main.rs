@@ -25,13 +25,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `LOG_LEVEL` (or `RUST_LOG`) picks the level, `warn` by default.
+/// Logs go to stderr; `LOG_LEVEL` (or `RUST_LOG`) picks the level, `warn` by default, and
+/// `LOG_FORMAT=json` makes them one JSON object a line for log collectors.
 fn init_tracing() {
     let filter = std::env::var("LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        _ => logs.init(),
+    }
 }
 
 /// `scientist runs list | head` closes our stdout early; that is not an error.

@@ -7,7 +7,7 @@ mod common;
 mod test_server;
 
 use reqwest::StatusCode;
-use scientist::server::{self, MAX_BODY_BYTES};
+use scientist::server::{self, MAX_BODY_BYTES, Tokens};
 use serde_json::{Value, json};
 use test_server::TestServer;
 
@@ -114,13 +114,30 @@ async fn every_rejection_says_why() {
     }
     let (status, answer) = server.post("/api/ingest/events", "application/json", "[]").await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{answer}");
-    let (status, _) = server.post("/api/ingest/events", "application/x-ndjson", vec![b'x'; MAX_BODY_BYTES + 1]).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let oversize = oversize_request(&server, "/api/ingest/events").await;
+    assert!(oversize.starts_with("HTTP/1.1 413"), "{oversize}");
+    assert!(oversize.contains(&format!("larger than {MAX_BODY_BYTES} bytes")), "{oversize}");
     let too_many =
         (0..=server::MAX_BATCH_EVENTS).map(|n| SEED_EVENT.replace("test-123", &format!("n{n}"))).collect::<Vec<_>>();
     let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", too_many.join("\n")).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(answer["error"].as_str().unwrap_or("").contains("split it"), "{answer}");
+}
+
+/// Announces a body one byte over the limit and reads the answer without sending it: the
+/// server must refuse on the length alone (a client writing 4 MiB could not read an early
+/// answer reliably).
+async fn oversize_request(server: &TestServer, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        MAX_BODY_BYTES + 1
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
 }
 
 #[tokio::test]
@@ -149,11 +166,15 @@ async fn tokens_guard_everything_but_health() {
 
 /// Runs the built `scientist emit …` against `server` (off the async runtime: it blocks).
 async fn emit(server_url: String, args: &[&str], token: Option<&str>) -> std::process::Output {
+    emit_with_input(server_url, args, token, "").await
+}
+
+async fn emit_with_input(server_url: String, args: &[&str], token: Option<&str>, stdin: &str) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let token = token.map(str::to_owned);
+    let (token, stdin) = (token.map(str::to_owned), stdin.to_owned());
     tokio::task::spawn_blocking(move || {
         let mut command = assert_cmd::Command::cargo_bin("scientist").expect("binary is built");
-        command.env_clear().env("SCIENTIST_SERVER", server_url).arg("emit").args(args);
+        command.env_clear().env("SCIENTIST_SERVER", server_url).arg("emit").args(args).write_stdin(stdin);
         if let Some(token) = token {
             command.env("SCIENTIST_TOKEN", token);
         }
@@ -202,15 +223,68 @@ async fn emit_exit_codes_tell_rejected_unreachable_and_auth_apart() {
     assert!(text(&no_token.stderr).contains("set SCIENTIST_TOKEN"), "{}", text(&no_token.stderr));
     let ok = emit(server.url(""), &["ai.run.heartbeat", "--run", "r1"], Some("tok")).await;
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
-    // The batch endpoint refuses a single structured event (415): rejected by the server.
-    let batch_url = server.url("/api/ingest/events");
-    let refused =
-        emit(server.url(""), &["ai.run.heartbeat", "--run", "r1", "--emit-url", &batch_url], Some("tok")).await;
+    // Valid here, too large for the server (413): rejected, resending will not help.
+    let huge = format!(r#"{{"message": "{}"}}"#, "x".repeat(MAX_BODY_BYTES));
+    let args = ["ai.run.log", "--run", "r1", "--data", "-"];
+    let refused = emit_with_input(server.url(""), &args, Some("tok"), &huge).await;
     assert_eq!(refused.status.code(), Some(5), "{}", text(&refused.stderr));
-    assert!(text(&refused.stderr).contains("rejected the event (415)"), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("rejected the event (413)"), "{}", text(&refused.stderr));
     // A port nothing listens on: bind one, note it, close it.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
     let down = emit(format!("http://{closed}"), &["ai.run.heartbeat", "--run", "r1"], Some("tok")).await;
     assert_eq!(down.status.code(), Some(6), "{}", text(&down.stderr));
     assert!(text(&down.stderr).contains("nothing was stored, send it again"), "{}", text(&down.stderr));
+}
+
+#[tokio::test]
+async fn emit_batch_fills_envelopes_sends_good_lines_and_names_bad_ones() {
+    let server = TestServer::start(&[]).await;
+    let lines = [
+        r#"{"type": "ai.run.enqueued", "data": {"priority": 3}}"#,
+        "not json",
+        r#"{"type": "ai.run.stage_started", "data": {"stage": "Stage_9"}}"#,
+        r#"{"type": "ai.run.stage_started", "data": {"stage": "Stage_1"}}"#,
+    ];
+    let args = ["--batch", "-", "--run", "r-batch", "--json"];
+    let output = emit_with_input(server.url(""), &args, None, &lines.join("\n")).await;
+    assert_eq!(output.status.code(), Some(5), "bad lines make it exit 5: {}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("2 accepted, 0 duplicate, 2 rejected"), "{stderr}");
+    assert!(stderr.contains("line 2: invalid JSON") && stderr.contains("line 3:"), "{stderr}");
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("--json prints the answer");
+    let lines: Vec<u64> =
+        answer["rejected"].as_array().into_iter().flatten().filter_map(|r| r["line"].as_u64()).collect();
+    assert_eq!(lines, [2, 3]);
+    let run = server.store.get(&"r-batch".parse().expect("id")).await.expect("get").expect("created by line 1");
+    assert_eq!((run.priority, run.current_stage.map(|stage| stage.name.as_str())), (3, Some("Stage_1")));
+}
+
+#[tokio::test]
+async fn emit_spool_keeps_events_through_an_outage_and_sends_them_in_order() {
+    let spool = tempfile::tempdir().expect("temp dir");
+    let spool_dir = spool.path().to_str().expect("utf-8 path").to_owned();
+    // Where the control plane will be, once it is up.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let url = format!("http://{addr}");
+    for message in ["one", "two"] {
+        let data = format!(r#"{{"message": "{message}"}}"#);
+        let args = ["ai.run.log", "--run", "r-sp", "--data", &data, "--spool", "--spool-dir", &spool_dir];
+        let kept = emit(url.clone(), &args, None).await;
+        assert_eq!(kept.status.code(), Some(0), "kept, not failed: {}", text(&kept.stderr));
+        assert!(text(&kept.stderr).contains("the next emit or worker sends them"), "{}", text(&kept.stderr));
+    }
+    assert_eq!(std::fs::read_dir(spool.path()).expect("spool").count(), 2);
+    let down = emit(url.clone(), &["ai.run.heartbeat", "--run", "r-sp", "--spool-dir", &spool_dir], None).await;
+    assert_eq!(down.status.code(), Some(6), "without --spool an outage is an error: {}", text(&down.stderr));
+
+    let server = TestServer::listening(Tokens::default(), addr).await;
+    let data = r#"{"message": "three"}"#;
+    let sent = emit(url, &["ai.run.log", "--run", "r-sp", "--data", data, "--spool-dir", &spool_dir], None).await;
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    assert!(text(&sent.stderr).contains("sent 2 event(s) kept"), "{}", text(&sent.stderr));
+    assert_eq!(std::fs::read_dir(spool.path()).expect("spool").count(), 0, "the spool is empty once delivered");
+    let page = server.store.list_events(&"r-sp".parse().expect("id"), &Default::default()).await.expect("events");
+    let messages: Vec<String> =
+        page.items.iter().map(|stored| stored.event.to_json()["data"]["message"].to_string()).collect();
+    assert_eq!(messages, [r#""one""#, r#""two""#, r#""three""#], "delivered in the order they were emitted");
 }

@@ -1,35 +1,57 @@
-//! `scientist emit TYPE --run ID`: build one valid event and send it to the control plane.
-//! Batching, retries and the disk spool of the pod side arrive with `emit/` (issue 4, 6).
+//! `scientist emit TYPE --run ID` builds one valid event and sends it; `--batch FILE`
+//! sends NDJSON. With `--spool`, what cannot be delivered now is kept on disk; every
+//! `emit` first sends what earlier ones kept, oldest first.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::{Map, Value, json};
 
 use super::{UsageError, exit};
-use crate::event::{self, EventId};
+use crate::emit::{self, Client, DrainError, Spool};
+use crate::event;
+use crate::event::wire::Rejected;
 use crate::run::RunId;
 use crate::time::Timestamp;
 
+pub use crate::emit::SendError as EmitError;
+
+/// An event as a JSON object, ready to send.
+type EventObject = Map<String, Value>;
+
 /// Flags of `scientist emit`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  scientist emit ai.run.stage_progress --run R1 --data '{\"stage\": \"Stage_1\", \"progress\": 0.4}'
+  scientist emit ai.run.log --run R1 --data @line.json --spool
+  scientist emit --batch events.ndjson --run R1     # lines may leave out id, time, source, subject
+
+Exit codes: 0 accepted (or kept in the spool with --spool), 2 invalid before sending,
+5 rejected by the control plane, 6 unreachable, 7 missing or wrong token.")]
 pub struct Args {
     /// Event type, e.g. ai.run.stage_progress (see SPEC's table; unknown ai.* types are stored).
-    pub event_type: String,
+    #[arg(required_unless_present = "batch")]
+    pub event_type: Option<String>,
 
-    /// The run the event is about.
-    #[arg(long = "run")]
-    pub run_id: RunId,
+    /// The run the event is about (with --batch: for lines that name none).
+    #[arg(long = "run", required_unless_present = "batch")]
+    pub run_id: Option<RunId>,
 
     /// The event's data: a JSON object, `@FILE` to read it from a file, or `-` for stdin.
-    #[arg(long, default_value = "{}")]
+    #[arg(long, default_value = "{}", conflicts_with = "batch")]
     pub data: String,
+
+    /// Send an NDJSON file (`-` for stdin) of events instead; missing id, time, source and
+    /// specversion are filled in, bad lines are reported by number and the rest is sent.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["event_type", "seq"])]
+    pub batch: Option<String>,
 
     /// Control plane URL [default: http://127.0.0.1:8080].
     #[arg(long, env = "SCIENTIST_SERVER")]
     pub server: Option<String>,
 
-    /// Full ingest URL; a worker sets it for its child process and it wins over --server.
+    /// Ingest API base URL; a worker sets it for its child process and it wins over --server.
     #[arg(long, env = "SCIENTIST_EMIT_URL")]
     pub emit_url: Option<String>,
 
@@ -49,20 +71,18 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_ATTEMPT")]
     pub attempt: Option<u32>,
 
+    /// Keep events that cannot be delivered now on disk (exit 0); the next `emit` or
+    /// worker sends them.
+    #[arg(long)]
+    pub spool: bool,
+
+    /// The spool directory [default: <data dir>/scientist/spool].
+    #[arg(long, env = "SCIENTIST_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
     /// Print the server's answer as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Why an event was not accepted; each maps to its own exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum EmitError {
-    #[error("the control plane rejected the event ({status}): {message}")]
-    Rejected { status: u16, message: String },
-    #[error("the control plane at {url} refused the token ({status}): set SCIENTIST_TOKEN or --token")]
-    Auth { url: String, status: u16 },
-    #[error("the control plane at {url} could not take the event: {reason}; nothing was stored, send it again")]
-    Unreachable { url: String, reason: String },
 }
 
 impl EmitError {
@@ -76,41 +96,180 @@ impl EmitError {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let data = read_data(&args.data)?;
-    let object = build(&args, data);
-    // Validate here too, so a bad event fails fast with the same message the server gives.
-    event::from_json_object(object.clone(), Timestamp::now())
-        .map_err(|err| UsageError(format!("the event is invalid: {err}")))?;
-    let url = match (&args.emit_url, &args.server) {
-        (Some(url), _) => url.clone(),
-        (None, Some(server)) => format!("{}/api/ingest/event", server.trim_end_matches('/')),
-        (None, None) => "http://127.0.0.1:8080/api/ingest/event".to_owned(),
+    let source = args.source.clone().unwrap_or_else(emit::default_source);
+    let (events, invalid) = match &args.batch {
+        Some(batch) => read_batch(batch, &args, &source)?,
+        None => (vec![single(&args, &source)?], Vec::new()),
     };
-    let mut request = reqwest::Client::new()
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/cloudevents+json")
-        .body(Value::Object(object).to_string());
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
+    let base = match (&args.emit_url, &args.server) {
+        (Some(url), _) | (None, Some(url)) => url.clone(),
+        (None, None) => "http://127.0.0.1:8080".to_owned(),
+    };
+    let client = Client::new(&base, args.token.clone())?;
+    let spool = spool_for(&args)?;
+    let backlog = match &spool {
+        Some(spool) => drain(spool, &client).await?,
+        None => Ok(()),
+    };
+    let sent = match backlog {
+        // Behind older events that are still waiting: queue up after them.
+        Err(err) if args.spool => Err(err),
+        _ => send(&client, &events, args.batch.is_some()).await,
+    };
+    let answer = match sent {
+        Ok(answer) => answer,
+        Err(err) if args.spool && err.is_retryable() => {
+            let spool = spool.context("no spool directory: pass --spool-dir")?;
+            let path = spool.keep(&events).with_context(|| format!("keeping events in {}", spool.dir().display()))?;
+            eprintln!(
+                "kept {} event(s) in {} ({err}); the next emit or worker sends them",
+                events.len(),
+                path.display()
+            );
+            if args.json {
+                super::print(json!({ "spooled": events.len(), "path": path }))?;
+            }
+            // A wrong token will not fix itself: say so with its exit code, the events are safe.
+            return match err {
+                EmitError::Auth { .. } => Err(err.into()),
+                _ => Ok(()),
+            };
+        }
+        Err(err) => return Err(err.into()),
+    };
+    report(&args, &answer, &invalid)
+}
+
+/// The spool to drain and keep in: the named or default directory; with no `--spool`,
+/// only when it already exists (nothing is created for a plain emit).
+fn spool_for(args: &Args) -> anyhow::Result<Option<Spool>> {
+    let Some(dir) = args.spool_dir.clone().or_else(Spool::default_dir) else { return Ok(None) };
+    if !args.spool && !dir.is_dir() {
+        return Ok(None);
     }
-    let unreachable = |reason: String| EmitError::Unreachable { url: url.clone(), reason };
-    let response = request.send().await.map_err(|err| unreachable(err.to_string()))?;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    let message = answer.get("error").and_then(Value::as_str).unwrap_or("no reason given").to_owned();
-    match status.as_u16() {
-        200..=299 => {}
-        401 | 403 => return Err(EmitError::Auth { url, status: status.as_u16() }.into()),
-        400..=499 => return Err(EmitError::Rejected { status: status.as_u16(), message }.into()),
-        _ => return Err(unreachable(format!("{status}: {message}")).into()),
+    Ok(Some(Spool::open(&dir).with_context(|| format!("opening the spool {}", dir.display()))?))
+}
+
+/// Sends what earlier emits kept. Ok(Err) when the control plane cannot take them now.
+async fn drain(spool: &Spool, client: &Client) -> anyhow::Result<Result<(), EmitError>> {
+    match spool.drain(client).await {
+        Ok(drained) => {
+            if drained.delivered + drained.refused > 0 {
+                eprintln!("sent {} event(s) kept in {} earlier", drained.delivered, spool.dir().display());
+            }
+            if drained.refused > 0 {
+                eprintln!("warning: the control plane refused {} spooled event(s); see the log", drained.refused);
+            }
+            Ok(Ok(()))
+        }
+        Err(DrainError::Send(err)) => Ok(Err(err)),
+        Err(DrainError::Io(err)) => Err(err).with_context(|| format!("reading the spool {}", spool.dir().display())),
+    }
+}
+
+async fn send(client: &Client, events: &[Map<String, Value>], batch: bool) -> Result<Value, EmitError> {
+    let answer = match events.first() {
+        Some(event) if !batch => serde_json::to_value(client.send_one(event).await?),
+        _ => serde_json::to_value(client.send_batch(events).await?),
+    };
+    Ok(answer.unwrap_or_default())
+}
+
+fn report(args: &Args, answer: &Value, invalid: &[Rejected]) -> anyhow::Result<()> {
+    let mut answer = answer.clone();
+    // Lines refused before sending join the server's list, in line order.
+    if let Some(rejected) = answer.get_mut("rejected").and_then(Value::as_array_mut) {
+        rejected.extend(invalid.iter().map(|line| json!({ "line": line.line, "reason": line.reason })));
+        rejected.sort_by_key(|line| line["line"].as_u64());
     }
     if args.json {
         super::print(&answer)?;
-    } else {
-        let outcome = answer.get("outcome").and_then(Value::as_str).unwrap_or("accepted");
-        eprintln!("{} {}: {outcome}", args.event_type, answer.get("id").and_then(Value::as_str).unwrap_or_default());
+    }
+    let count = |name: &str| answer.get(name).and_then(Value::as_u64).unwrap_or(0);
+    match (&args.event_type, &args.batch) {
+        (Some(event_type), None) => {
+            let outcome = answer.get("outcome").and_then(Value::as_str).unwrap_or("accepted");
+            let id = answer.get("id").and_then(Value::as_str).unwrap_or_default();
+            eprintln!("{event_type} {id}: {outcome}");
+        }
+        _ => {
+            let rejected = answer.get("rejected").and_then(Value::as_array).cloned().unwrap_or_default();
+            eprintln!("{} accepted, {} duplicate, {} rejected", count("accepted"), count("duplicate"), rejected.len());
+            for line in &rejected {
+                eprintln!("  line {}: {}", line["line"], line["reason"].as_str().unwrap_or_default());
+            }
+            if !rejected.is_empty() {
+                let message = format!("{} line(s) rejected; the others were sent", rejected.len());
+                return Err(EmitError::Rejected { status: 400, message }.into());
+            }
+        }
     }
     Ok(())
+}
+
+/// The one event of `emit TYPE --run ID`, validated here so a bad event fails fast with
+/// the same message the server gives.
+fn single(args: &Args, source: &str) -> anyhow::Result<Map<String, Value>> {
+    let (Some(event_type), Some(run_id)) = (&args.event_type, &args.run_id) else {
+        return Err(UsageError("give an event TYPE and --run ID, or --batch FILE".into()).into());
+    };
+    let mut data = read_data(&args.data)?;
+    data.insert("run_id".into(), Value::from(run_id.as_str()));
+    let mut object = Map::new();
+    object.insert("type".into(), Value::from(event_type.as_str()));
+    object.insert("subject".into(), Value::from(format!("run/{run_id}")));
+    object.insert("data".into(), Value::Object(data));
+    if let Some(seq) = args.seq {
+        object.insert("seq".into(), json!(seq));
+    }
+    if let Some(attempt) = args.attempt {
+        object.insert("attempt".into(), json!(attempt));
+    }
+    emit::fill_envelope(&mut object, source);
+    event::from_json_object(object.clone(), Timestamp::now())
+        .map_err(|err| UsageError(format!("the event is invalid: {err}")))?;
+    Ok(object)
+}
+
+/// The lines of `--batch`: each completed like a single event and checked; the good ones
+/// to send and the bad ones with their line numbers.
+fn read_batch(batch: &str, args: &Args, source: &str) -> anyhow::Result<(Vec<EventObject>, Vec<Rejected>)> {
+    let text = match batch {
+        "-" => std::io::read_to_string(std::io::stdin()).context("reading the batch from standard input")?,
+        file => std::fs::read_to_string(Path::new(file)).with_context(|| format!("reading the batch file {file}"))?,
+    };
+    let (mut events, mut invalid) = (Vec::new(), Vec::new());
+    for (index, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+        let reject = |reason: String| Rejected { line: index + 1, reason };
+        let mut object = match serde_json::from_str(line) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => {
+                invalid.push(reject("not a JSON object".into()));
+                continue;
+            }
+            Err(err) => {
+                invalid.push(reject(format!("invalid JSON: {err}")));
+                continue;
+            }
+        };
+        let names_a_run = object.contains_key("subject")
+            || object.get("data").and_then(|data| data.get("run_id")).is_some_and(|id| !id.is_null());
+        if let (false, Some(run_id)) = (names_a_run, &args.run_id) {
+            object.insert("subject".into(), Value::from(format!("run/{run_id}")));
+        }
+        if let Some(attempt) = args.attempt {
+            object.entry("attempt").or_insert(json!(attempt));
+        }
+        emit::fill_envelope(&mut object, source);
+        match event::from_json_object(object.clone(), Timestamp::now()) {
+            Ok(_) => events.push(object),
+            Err(err) => invalid.push(reject(err.to_string())),
+        }
+    }
+    if events.is_empty() && invalid.is_empty() {
+        return Err(UsageError(format!("the batch {batch} has no events: give one JSON event a line")).into());
+    }
+    Ok((events, invalid))
 }
 
 /// The event's data from `--data`: inline JSON, `@FILE`, or `-` for stdin.
@@ -131,40 +290,4 @@ fn read_data(data: &str) -> anyhow::Result<Map<String, Value>> {
         }
         Err(err) => Err(UsageError(format!("the data from {origin} is not valid JSON: {err}")).into()),
     }
-}
-
-fn build(args: &Args, mut data: Map<String, Value>) -> Map<String, Value> {
-    data.insert("run_id".into(), Value::from(args.run_id.as_str()));
-    let source = args.source.clone().unwrap_or_else(default_source);
-    let mut object = json!({
-        "specversion": "1.0",
-        "id": EventId::generate().to_string(),
-        "source": source,
-        "type": args.event_type,
-        "subject": format!("run/{}", args.run_id),
-        "time": Timestamp::now().to_string(),
-        "datacontenttype": "application/json",
-        "data": data,
-    });
-    if let Some(seq) = args.seq {
-        object["seq"] = json!(seq);
-    }
-    if let Some(attempt) = args.attempt {
-        object["attempt"] = json!(attempt);
-    }
-    match object {
-        Value::Object(object) => object,
-        _ => unreachable!("built as an object literal"),
-    }
-}
-
-/// `pod://<pod id>`, from RUNPOD_POD_ID or the host name.
-fn default_source() -> String {
-    let pod = std::env::var("RUNPOD_POD_ID")
-        .ok()
-        .filter(|id| !id.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|name| name.trim().to_owned()))
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    format!("pod://{pod}")
 }

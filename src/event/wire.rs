@@ -16,7 +16,7 @@ pub struct Batch {
 }
 
 /// One rejected line of a batch.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rejected {
     pub line: usize,
     pub reason: String,

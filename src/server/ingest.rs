@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, MAX_BATCH_EVENTS};
@@ -15,14 +15,14 @@ use crate::store::Outcome;
 use crate::time::Timestamp;
 
 /// The answer to one event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventAnswer {
     pub id: String,
     pub outcome: Outcome,
 }
 
 /// The answer to a batch: counts by outcome, and each rejected line with its reason.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchAnswer {
     /// Stored: applied, stale (fenced) or orphan (run not created yet).
     pub accepted: usize,

@@ -104,16 +104,14 @@ pub(super) async fn record_latency(State(state): State<AppState>, request: Reque
 }
 
 pub(super) async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let counts = state.store.counts().await?;
+    let stats = state.store.stats(Timestamp::now()).await?;
     let metrics = &state.metrics;
     for status in RunStatus::ALL {
-        let count = counts.iter().find(|(counted, _)| *counted == status).map_or(0, |(_, n)| *n);
+        let count = stats.by_status.get(status);
         metrics.runs.get_or_create(&StatusLabel { status: status.as_str() }).set(count as i64);
-        if status == RunStatus::Queued {
-            metrics.queue_depth.set(count as i64);
-        }
     }
-    let _ = (&metrics.oldest_queued_age, Timestamp::now());
+    metrics.queue_depth.set(stats.queue.depth as i64);
+    metrics.oldest_queued_age.set(stats.queue.oldest_age_s.unwrap_or(0.0));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics.registry)
         .map_err(|_| ApiError::Internal("the metrics could not be encoded".into()))?;

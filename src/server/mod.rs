@@ -27,6 +27,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Scope, Tokens};
+pub use ingest::{BatchAnswer, EventAnswer};
 pub use queue::WorkerMode;
 
 use crate::store::Store;
@@ -119,6 +120,7 @@ pub fn router(state: AppState) -> Router {
     router
         .route_layer(middleware::from_fn_with_state(state.clone(), metrics::record_latency))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::map_response(explain_too_large))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -148,6 +150,18 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "error": err.to_string() })))
         }
     }
+}
+
+/// The body limit answers 413 in plain text; say what to do instead, in our error shape.
+async fn explain_too_large(response: axum::response::Response) -> axum::response::Response {
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value == "application/json");
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return response;
+    }
+    let message = format!(
+        "the request body is larger than {MAX_BODY_BYTES} bytes: send smaller batches, and large content as artifacts"
+    );
+    axum::response::IntoResponse::into_response(error::ApiError::TooLarge(message))
 }
 
 async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {

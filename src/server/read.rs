@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::error::extract::{Path, Query};
 use crate::event::payload::LogLevel;
 use crate::run::{Run, RunId, RunStatus};
-use crate::store::{self, Artifact, EventFilter, Page, RunFilter, StoredEvent};
+use crate::store::{self, Artifact, EventFilter, Page, RunFilter, Stats, StoredEvent};
 use crate::time::Timestamp;
 
 #[derive(Debug, Deserialize)]
@@ -102,10 +102,9 @@ pub(super) async fn artifacts(
     Ok(Json(state.store.artifacts(&id).await?))
 }
 
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = state.store.counts().await?;
-    let by_status: Map<String, Value> = counts.iter().map(|(status, n)| (status.to_string(), (*n).into())).collect();
-    Ok(Json(serde_json::json!({ "byStatus": by_status })))
+/// The same document as `scientist stats --json`.
+pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(state.store.stats(Timestamp::now()).await?))
 }
 
 fn comma_list(text: Option<&str>) -> impl Iterator<Item = &str> {

@@ -27,10 +27,15 @@ impl TestServer {
     }
 
     pub async fn with_tokens(tokens: Tokens) -> TestServer {
+        Self::listening(tokens, "127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// A server on `addr`, e.g. where a client was told to send before it existed.
+    pub async fn listening(tokens: Tokens, addr: SocketAddr) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server::run(listener, AppState::new(store.clone(), tokens), async {

@@ -1,0 +1,163 @@
+//! `serve` is stateless: two `scientist serve` processes (the built binary) on one MongoDB,
+//! receiving interleaved events for the same runs at the same time, lose no update.
+
+#[path = "common/stores.rs"]
+#[allow(dead_code)] // only `mongo_url` is used here
+mod stores;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// A `scientist serve` process on an OS-chosen loopback port; killed when dropped.
+struct ServeProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServeProcess {
+    fn start(mongodb_url: &str, database: &str) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scientist"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("MONGODB_URL", mongodb_url)
+            .env("SCIENTIST_MONGODB_DB", database)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start scientist serve");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
+            .expect("serve says where it listens");
+        // Keep reading so that the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ServeProcess { child, url }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event(run: &str, seq: u64, attempt: u64, ty: &str, data: Value) -> Value {
+    json!({"specversion": "1.0", "id": format!("{run}-{seq}"), "source": "pod://replica-test", "type": ty,
+           "subject": format!("run/{run}"), "seq": seq, "attempt": attempt, "data": data})
+}
+
+/// The events of one run: a start, then nodes, metrics and progress, numbered by `seq`.
+fn run_events(run: &str, attempt: u64) -> Vec<Value> {
+    let mut events = vec![event(run, 1, attempt, "ai.run.started", json!({"pod_id": "replica-test"}))];
+    for n in 0..16 {
+        let seq = events.len() as u64 + 1;
+        events.push(match n % 3 {
+            0 => {
+                event(run, seq, attempt, "ai.node.created", json!({"node_id": format!("node-{n}"), "stage": "Stage_1"}))
+            }
+            1 => event(
+                run,
+                seq,
+                attempt,
+                "ai.run.stage_metric",
+                json!({"name": format!("metric-{n}"), "value": n, "step": n}),
+            ),
+            _ => event(run, seq, attempt, "ai.run.stage_progress", json!({"stage": "Stage_1", "iteration": n})),
+        });
+    }
+    events
+}
+
+#[tokio::test]
+async fn two_servers_on_one_mongodb_lose_no_interleaved_update() {
+    let mongodb_url = stores::mongo_url();
+    let database = format!("scientist_replicas_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let servers = [ServeProcess::start(&mongodb_url, &database), ServeProcess::start(&mongodb_url, &database)];
+    let client = reqwest::Client::new();
+    let runs = ["rep-1", "rep-2", "rep-3"];
+    for run in runs {
+        let created =
+            client.post(format!("{}/api/runs", servers[0].url)).json(&json!({"id": run, "idea": {}})).send().await;
+        assert_eq!(created.expect("enqueue").status(), 201);
+    }
+    let mut attempts = Vec::new();
+    for _ in runs {
+        let claimed =
+            client.post(format!("{}/api/queue/claim", servers[1].url)).json(&json!({"worker": "pod-r"})).send();
+        let claimed: Value = claimed.await.expect("claim").json().await.expect("run");
+        attempts.push((claimed["_id"].as_str().expect("id").to_owned(), claimed["attempt"].as_u64().expect("attempt")));
+    }
+
+    // Each run's events alternate between the two servers, both halves sent at once.
+    let mut sends = Vec::new();
+    for (run, attempt) in &attempts {
+        let events = run_events(run, *attempt);
+        for (half, server) in servers.iter().enumerate() {
+            let url = format!("{}/api/ingest/event", server.url);
+            let mine: Vec<Value> = events.iter().skip(half).step_by(2).cloned().collect();
+            let client = client.clone();
+            sends.push(tokio::spawn(async move {
+                for event in mine {
+                    let response = client.post(&url).header("content-type", "application/cloudevents+json");
+                    let answer: Value =
+                        response.body(event.to_string()).send().await.expect("send").json().await.expect("answer");
+                    assert_eq!(answer["outcome"], "applied", "{event}: {answer}");
+                }
+            }));
+        }
+    }
+    for send in sends {
+        send.await.expect("sender");
+    }
+
+    for (run, attempt) in &attempts {
+        let expected = run_events(run, *attempt);
+        for server in &servers {
+            let got: Value = client
+                .get(format!("{}/api/runs/{run}", server.url))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("run");
+            assert_eq!(got["status"], "RUNNING", "{got}");
+            assert_eq!(got["lastEventSeq"].as_u64(), Some(expected.len() as u64), "{run}: every seq applied");
+            let count = |ty: &str| expected.iter().filter(|event| event["type"] == ty).count();
+            assert_eq!(got["nodes"].as_array().map(Vec::len), Some(count("ai.node.created")), "{run}: nodes");
+            assert_eq!(got["metrics"].as_array().map(Vec::len), Some(count("ai.run.stage_metric")), "{run}: metrics");
+            let events: Value = client
+                .get(format!("{}/api/runs/{run}/events?limit=1000", server.url))
+                .send()
+                .await
+                .expect("events")
+                .json()
+                .await
+                .expect("page");
+            assert_eq!(
+                events["items"].as_array().map(Vec::len),
+                Some(expected.len()),
+                "{run}: every event stored once"
+            );
+        }
+    }
+    // A repeat through the other server is a duplicate.
+    let repeat = run_events(&attempts[0].0, attempts[0].1).remove(3);
+    let answer: Value = client
+        .post(format!("{}/api/ingest/event", servers[1].url))
+        .header("content-type", "application/cloudevents+json")
+        .body(repeat.to_string())
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("answer");
+    assert_eq!(answer["outcome"], "duplicate");
+    let store = scientist::store::MongoStore::connect(&mongodb_url, Some(&database)).await.expect("connect");
+    store.drop_database().await.expect("drop the test database");
+}
