@@ -22,7 +22,7 @@ fn help_lists_every_subcommand_and_the_exit_codes() {
     let store = tempfile::tempdir().expect("temp dir");
     let assert = scientist(&store).arg("--help").assert().success();
     let help = String::from_utf8(assert.get_output().stdout.clone()).expect("utf-8");
-    for subcommand in ["serve", "work", "runs", "stats", "emit"] {
+    for subcommand in ["serve", "work", "runs", "stats", "emit", "completions"] {
         assert!(help.contains(&format!("\n  {subcommand} ")), "{subcommand} missing from:\n{help}");
     }
     assert!(help.contains("Exit codes: 0 success"), "{help}");
@@ -44,7 +44,7 @@ fn create_then_list_show_cancel_and_reset() {
     assert_eq!(run["idea"]["Title"], "warm-up ablation");
 
     scientist(&store).args(["runs", "cancel", &id]).assert().success().stderr(contains("canceled"));
-    scientist(&store).args(["stats", "--json"]).assert().success().stdout(contains(r#""CANCELED":1"#));
+    scientist(&store).args(["stats", "--json"]).assert().success().stdout(contains(r#""CANCELED": 1"#));
     scientist(&store).args(["runs", "reset", &id]).assert().success().stderr(contains("QUEUED again"));
     scientist(&store)
         .args(["runs", "list", "--status", "queued", "--json"])
@@ -100,4 +100,42 @@ fn serve_refuses_a_public_address_without_a_token() {
         .assert()
         .code(2)
         .stderr(contains("refusing to listen on 0.0.0.0:0 without a token").and(contains("Set SCIENTIST_TOKEN")));
+}
+
+#[test]
+fn follow_exit_codes_are_in_the_help() {
+    let store = tempfile::tempdir().expect("temp dir");
+    scientist(&store).arg("--help").assert().success().stdout(contains("8 when it failed, 9 when it was canceled"));
+    for command in ["show", "logs"] {
+        scientist(&store)
+            .args(["runs", command, "--help"])
+            .assert()
+            .success()
+            .stdout(contains("0 when it COMPLETED, 8 when it FAILED").and(contains("unique prefix")));
+    }
+}
+
+#[test]
+fn completions_for_each_shell() {
+    let store = tempfile::tempdir().expect("temp dir");
+    for (shell, marker) in [("bash", "_scientist()"), ("zsh", "#compdef scientist"), ("fish", "complete -c scientist")]
+    {
+        scientist(&store)
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(contains(marker).and(contains("runs")).and(contains("logs")));
+    }
+    scientist(&store).args(["completions", "tcsh"]).assert().code(2).stderr(contains("possible values: bash"));
+}
+
+#[test]
+fn a_bad_clock_override_is_a_usage_error() {
+    let store = tempfile::tempdir().expect("temp dir");
+    scientist(&store)
+        .env("SCIENTIST_NOW", "yesterday")
+        .arg("stats")
+        .assert()
+        .code(2)
+        .stderr(contains("SCIENTIST_NOW=\"yesterday\" is not an RFC 3339 time"));
 }

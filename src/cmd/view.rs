@@ -196,12 +196,13 @@ fn summary(run: &Run, now: Timestamp, look: Look) -> String {
         row("resources", sample.join(" "));
     }
     if let Some(current) = &run.current_stage {
-        let best = current.best_metric.as_deref().unwrap_or("-");
-        row("best metric", best.to_owned());
-        row(
-            "nodes",
-            format!("{} good, {} buggy, {} total", current.good_nodes, current.buggy_nodes, current.total_nodes),
-        );
+        if let Some(best) = &current.best_metric {
+            row("best metric", best.clone());
+        }
+        if current.total_nodes + current.good_nodes + current.buggy_nodes > 0 {
+            let (good, buggy, total) = (current.good_nodes, current.buggy_nodes, current.total_nodes);
+            row("nodes", format!("{good} good, {buggy} buggy, {total} total"));
+        }
     }
     if let Some(request) = &run.cancel_requested.as_ref().filter(|_| !run.status.is_terminal()) {
         row("cancel", format!("requested by {} {}{}", request.by, moment(request.at, now), reason(&request.reason)));
@@ -241,7 +242,8 @@ fn stages(run: &Run, look: Look) -> String {
             name.clone(),
             description.to_owned(),
             progress.map_or("-".into(), |progress| format!("{} {:>4}", bar(progress), percent(progress))),
-            live.map_or("-".into(), |current| format!("{}/{}", current.iteration, current.max_iterations)),
+            live.filter(|current| current.max_iterations > 0)
+                .map_or("-".into(), |current| format!("{}/{}", current.iteration, current.max_iterations)),
             elapsed.map_or("-".into(), duration),
             took.map_or("-".into(), duration),
             eta.map_or("-".into(), duration),

@@ -16,6 +16,8 @@ enum Backend {
     Mongo { url: String, database: String, handle: MongoStore },
 }
 
+// Each test crate uses some of these helpers.
+#[allow(dead_code)]
 impl TestStore {
     pub async fn sqlite() -> TestStore {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -39,6 +41,18 @@ impl TestStore {
             }
             Backend::Mongo { url, database, .. } => {
                 Arc::new(MongoStore::connect(url, Some(database)).await.expect("second MongoDB client"))
+            }
+        }
+    }
+
+    /// The environment that points the `scientist` binary at this store.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        match &self.backend {
+            Backend::Sqlite { dir } => {
+                vec![("SCIENTIST_STORE", dir.path().join("scientist.sqlite").display().to_string())]
+            }
+            Backend::Mongo { url, database, .. } => {
+                vec![("MONGODB_URL", url.clone()), ("SCIENTIST_MONGODB_DB", database.clone())]
             }
         }
     }
