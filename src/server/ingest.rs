@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, MAX_BATCH_EVENTS};
-use crate::event::wire::{self, Rejected};
+use crate::event::Event;
+use crate::event::wire::{self, Batch, Rejected};
 use crate::store::Outcome;
 use crate::time::Timestamp;
 
@@ -49,45 +50,32 @@ impl AppState {
     }
 }
 
-pub(super) async fn one(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<EventAnswer>), ApiError> {
-    let now = Timestamp::now();
-    let media_type = media_type(&headers);
-    let event = if headers.contains_key("ce-specversion") {
+/// The one event of a `POST /api/ingest/event` request: binary mode when it has `ce-*`
+/// headers, else structured mode. Shared with the worker's local endpoint.
+pub fn parse_event(headers: &HeaderMap, body: &[u8], now: Timestamp) -> Result<Event, ApiError> {
+    let media_type = media_type(headers);
+    if headers.contains_key("ce-specversion") {
         let ce_headers = headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
         let content_type = (!media_type.is_empty()).then_some(media_type.as_str());
-        wire::parse_binary(ce_headers, content_type, &body, now)
+        wire::parse_binary(ce_headers, content_type, body, now)
     } else if media_type == "application/cloudevents+json" || media_type == "application/json" {
-        wire::parse_structured(&body, now)
+        wire::parse_structured(body, now)
     } else {
         return Err(ApiError::UnsupportedMediaType(format!(
             "content type {media_type:?} is not an event: send application/cloudevents+json (structured mode), \
              ce-* headers (binary mode), or a batch to /api/ingest/events"
         )));
     }
-    .map_err(|err| {
-        state.metrics.count_ingested(&[], 1);
-        ApiError::BadRequest(err.to_string())
-    })?;
-    let id = event.id.to_string();
-    let outcomes = state.record(state.store.apply_events(vec![event], now).await?, 0);
-    let outcome = outcomes.first().copied().ok_or_else(|| ApiError::BadRequest("no event in the request".into()))?;
-    Ok((StatusCode::ACCEPTED, Json(EventAnswer { id, outcome })))
+    .map_err(|err| ApiError::BadRequest(err.to_string()))
 }
 
-pub(super) async fn batch(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
-    let now = Timestamp::now();
-    let parsed = match media_type(&headers).as_str() {
-        "application/x-ndjson" | "application/ndjson" => wire::parse_ndjson(&body, now),
+/// The events of a `POST /api/ingest/events` request, good lines and rejected ones, within
+/// `MAX_BATCH_EVENTS`. Shared with the worker's local endpoint.
+pub fn parse_batch(headers: &HeaderMap, body: &[u8], now: Timestamp) -> Result<Batch, ApiError> {
+    let parsed = match media_type(headers).as_str() {
+        "application/x-ndjson" | "application/ndjson" => wire::parse_ndjson(body, now),
         "application/cloudevents-batch+json" => {
-            wire::parse_json_batch(&body, now).map_err(|err| ApiError::BadRequest(err.to_string()))?
+            wire::parse_json_batch(body, now).map_err(|err| ApiError::BadRequest(err.to_string()))?
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
@@ -102,6 +90,29 @@ pub(super) async fn batch(
             "the batch has {total} events; the limit is {MAX_BATCH_EVENTS}: split it and send the parts"
         )));
     }
+    Ok(parsed)
+}
+
+pub(super) async fn one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<EventAnswer>), ApiError> {
+    let now = Timestamp::now();
+    let event = parse_event(&headers, &body, now).inspect_err(|_| state.metrics.count_ingested(&[], 1))?;
+    let id = event.id.to_string();
+    let outcomes = state.record(state.store.apply_events(vec![event], now).await?, 0);
+    let outcome = outcomes.first().copied().ok_or_else(|| ApiError::BadRequest("no event in the request".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(EventAnswer { id, outcome })))
+}
+
+pub(super) async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
+    let now = Timestamp::now();
+    let parsed = parse_batch(&headers, &body, now)?;
     let events = parsed.events.into_iter().map(|(_, event)| event).collect();
     let outcomes = state.record(state.store.apply_events(events, now).await?, parsed.rejected.len());
     let mut answer = BatchAnswer { rejected: parsed.rejected, ..BatchAnswer::default() };

@@ -28,7 +28,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Scope, Tokens};
-pub use ingest::{BatchAnswer, EventAnswer};
+pub use error::ApiError;
+pub use ingest::{BatchAnswer, EventAnswer, parse_batch, parse_event};
 pub use queue::WorkerMode;
 
 use crate::store::Store;
