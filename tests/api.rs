@@ -467,3 +467,20 @@ async fn the_live_tail_streams_new_events_and_ends_with_the_run() {
     let (status, _) = api.get("/api/runs/absent/events/stream").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn shutting_down_ends_open_live_tails() {
+    let api = Api::open().await;
+    api.post("/api/runs", json!({"id": "r-open", "idea": {}})).await;
+    api.ingest(&[event("o1", "ai.run.log", "r-open", None, json!({"message": "still running"}))]).await;
+    let mut stream =
+        api.server.client().get(api.server.url("/api/runs/r-open/events/stream")).send().await.expect("tail");
+    let mut buffer = String::new();
+    assert_eq!(next_frames(&mut stream, &mut buffer, 1).await[0].1["event"]["id"], "o1");
+    // The run is still queued, so only the shutdown can end this stream.
+    let deadline = std::time::Duration::from_secs(20);
+    let stopped = tokio::time::timeout(deadline, api.server.shut_down()).await;
+    assert!(matches!(stopped, Ok(Ok(()))), "the server stopped despite an open tail: {stopped:?}");
+    let rest = tokio::time::timeout(deadline, stream.text()).await.expect("the tail ended").unwrap_or_default();
+    assert!(!rest.contains("data:"), "{rest}");
+}

@@ -56,12 +56,15 @@ pub struct AppState {
     metrics: Arc<metrics::Metrics>,
     /// Bumped after each commit of ingested events; wakes this process's live tails.
     stored: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Set when the server begins to shut down: live tails end so that it can.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, tokens: Tokens) -> Self {
         let (stored, _) = tokio::sync::watch::channel(0);
-        AppState { store, tokens, metrics: Arc::default(), stored: Arc::new(stored) }
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        AppState { store, tokens, metrics: Arc::default(), stored: Arc::new(stored), stopping: Arc::new(stopping) }
     }
 }
 
@@ -129,7 +132,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` completes, then finishes the requests in flight.
+/// Serves on `listener` until `shutdown` completes, then finishes the requests in flight
+/// (live tails end at once).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -142,6 +146,11 @@ pub async fn run(
             tracing::warn!(error = %err, "could not set TCP_NODELAY");
         }
     });
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 

@@ -37,8 +37,8 @@ pub(super) async fn stream(
     }
     // A missing run is a 404 now, not an empty stream that never ends.
     state.store.get(&id).await?.ok_or_else(|| store::Error::NotFound(id.clone()))?;
-    let woken = state.stored.subscribe();
-    let tail = Tail { store: state.store, id, filter, woken, pending: VecDeque::new(), ended: false };
+    let (woken, stopping) = (state.stored.subscribe(), state.stopping.subscribe());
+    let tail = Tail { store: state.store, id, filter, woken, stopping, pending: VecDeque::new(), ended: false };
     Ok(Sse::new(futures_util::stream::unfold(tail, Tail::next)).keep_alive(KeepAlive::default()))
 }
 
@@ -48,8 +48,10 @@ struct Tail {
     filter: EventFilter,
     /// Changes whenever this process stores events.
     woken: tokio::sync::watch::Receiver<u64>,
+    /// Becomes true when the server shuts down.
+    stopping: tokio::sync::watch::Receiver<bool>,
     pending: VecDeque<StoredEvent>,
-    /// Set after a store error: the error is the last item.
+    /// Set after a store error or on shutdown: nothing more is sent.
     ended: bool,
 }
 
@@ -89,7 +91,11 @@ impl Tail {
     }
 
     async fn wait(&mut self) {
-        let _ = tokio::time::timeout(POLL_INTERVAL, self.woken.changed()).await;
+        tokio::select! {
+            _ = self.woken.changed() => {}
+            _ = self.stopping.wait_for(|stopping| *stopping) => self.ended = true,
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
     }
 }
 

@@ -16,7 +16,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     client: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,10 +39,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::run(listener, AppState::new(store.clone(), tokens), async {
+        let serving = tokio::spawn(server::run(listener, AppState::new(store.clone(), tokens), async {
             let _ = stopped.await;
         }));
-        TestServer { addr, store, client: reqwest::Client::new(), _stop: stop, _dir: dir }
+        TestServer { addr, store, client: reqwest::Client::new(), stop, serving, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -65,6 +66,12 @@ impl TestServer {
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    /// Shuts the server down as `serve` does on SIGTERM and waits until it has stopped.
+    pub async fn shut_down(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        self.serving.await.expect("server task")
     }
 
     pub fn client(&self) -> &reqwest::Client {
