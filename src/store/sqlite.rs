@@ -418,6 +418,42 @@ fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result
     Ok(outcomes)
 }
 
+/// The newest-first query of `list`, and its values. Each status is read on its own, in
+/// index order and limited, then merged: SQLite cannot walk `status IN (…)` of the
+/// (status, created_at) index in created_at order, and would sort every matching run.
+fn list_query(filter: &RunFilter, limit: usize) -> Result<(String, Vec<SqlValue>)> {
+    let mut conditions = String::new();
+    let mut condition_values: Vec<SqlValue> = Vec::new();
+    if let Some(queue) = &filter.queue {
+        conditions.push_str(" AND queue = ?");
+        condition_values.push(SqlValue::from(queue.clone()));
+    }
+    if let Some(cursor) = &filter.cursor {
+        let (millis, id) = parse_run_cursor(cursor)?;
+        conditions.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
+        condition_values.extend([SqlValue::from(millis), SqlValue::from(millis), SqlValue::from(id)]);
+    }
+    let newest = "ORDER BY created_at DESC, id DESC LIMIT ?";
+    let page = SqlValue::from(limit as i64 + 1);
+    let statuses: Vec<Option<RunStatus>> = match filter.statuses.as_slice() {
+        [] => vec![None],
+        statuses => statuses.iter().copied().map(Some).collect(),
+    };
+    let mut parts = Vec::new();
+    let mut values = Vec::new();
+    for status in statuses {
+        let status_condition = if status.is_some() { " AND status = ?" } else { "" };
+        parts.push(format!(
+            "SELECT * FROM (SELECT id, doc, created_at FROM runs WHERE 1 = 1{status_condition}{conditions} {newest})"
+        ));
+        values.extend(status.map(|status| SqlValue::from(status.as_str().to_owned())));
+        values.extend(condition_values.iter().cloned());
+        values.push(page.clone());
+    }
+    values.push(page);
+    Ok((format!("SELECT id, doc FROM ({}) {newest}", parts.join(" UNION ALL ")), values))
+}
+
 /// Everything `stats` needs besides the counts, each from an index.
 fn stats_parts(conn: &Connection, counts: Vec<(RunStatus, u64)>, now: Timestamp) -> Result<stats::Parts> {
     let oldest_queued_at: Option<i64> =
@@ -576,23 +612,7 @@ impl Store for SqliteStore {
         let filter = filter.clone();
         self.read(move |conn| {
             let limit = clamp_limit(filter.limit);
-            let mut sql = String::from("SELECT id, doc FROM runs WHERE 1 = 1");
-            let mut values: Vec<SqlValue> = Vec::new();
-            if !filter.statuses.is_empty() {
-                sql.push_str(&format!(" AND status IN ({})", vec!["?"; filter.statuses.len()].join(", ")));
-                values.extend(filter.statuses.iter().map(|status| SqlValue::from(status.as_str().to_owned())));
-            }
-            if let Some(queue) = &filter.queue {
-                sql.push_str(" AND queue = ?");
-                values.push(SqlValue::from(queue.clone()));
-            }
-            if let Some(cursor) = &filter.cursor {
-                let (millis, id) = parse_run_cursor(cursor)?;
-                sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
-                values.extend([SqlValue::from(millis), SqlValue::from(millis), SqlValue::from(id)]);
-            }
-            sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
-            values.push(SqlValue::from(limit as i64 + 1));
+            let (sql, values) = list_query(&filter, limit)?;
             let mut statement = conn.prepare(&sql)?;
             let rows = statement
                 .query_map(params_from_iter(values), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
