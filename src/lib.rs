@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod emit;
 pub mod event;
+pub mod gpu;
 pub mod monitor;
 pub mod queue;
 pub mod reduce;
@@ -15,3 +16,4 @@ pub mod run;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod worker;

@@ -1,9 +1,230 @@
-//! `scientist work`: not built yet (issue 6); the flags arrive with it.
+//! `scientist work`: the pod worker. Parses its flags, opens the queue (the store, or the
+//! control plane's queue endpoints), the event stream and the child's local endpoint, turns
+//! signals into directives and hands over to `worker::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use super::{StoreArgs, UsageError};
+use crate::emit::{Client, EventStream, HttpSink, LocalEndpoint, Sink, StoreSink, StreamConfig};
+use crate::gpu::Gpus;
+use crate::worker::{self, Directive, Pipeline, PodFacts, PodId, Queue};
+
+const AFTER_HELP: &str = "\
+The pipeline config (--config) is TOML: one command for the whole run, or a command per stage
+(Stage_1..Stage_4, plots, paper, validation), each with an optional timeout:
+
+    [[stage]]
+    name = \"Stage_1\"
+    command = 'python3 \"$SCIENTIST_CONFIG_DIR/stage.py\"'    # a string runs through sh -c
+    timeout = \"2h\"
+
+See examples/pipeline.toml. Each command runs in the run's directory, in a process group of
+its own, with SCIENTIST_RUN_ID, SCIENTIST_RUN_DIR, SCIENTIST_STAGE, SCIENTIST_ATTEMPT,
+SCIENTIST_CONFIG_DIR, and SCIENTIST_EMIT_URL + SCIENTIST_TOKEN: the worker's local endpoint,
+where `scientist emit` (or an HTTP POST to /api/ingest/event) joins the worker's event stream.
+
+Where runs come from: the store (--store, or MONGODB_URL), or with only --server and a token,
+the control plane's queue endpoints (a pod without database credentials).
+
+Signals: SIGTERM or SIGINT stops the current run (SIGTERM to its processes, SIGKILL after
+--grace), reports it failed with code WORKER_SHUTDOWN (retryable), flushes events and exits 0;
+a second one skips the waiting. SIGUSR1 (or --drain-file appearing) lets the current run
+finish, then exits 0.
+
+Exit codes: 0 stopped or drained as asked, 1 failure, 2 bad flags or config, 7 wrong token.";
 
 /// Flags of `scientist work`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// The pipeline to run for each claimed run (TOML; see examples/pipeline.toml).
+    #[arg(long, env = "SCIENTIST_WORK_CONFIG", value_name = "PATH")]
+    pub config: PathBuf,
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    Err(super::not_yet("work", 6))
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Claim and report through this control plane instead of a store (needs a token
+    /// beyond loopback). Used when neither --store nor MONGODB_URL is set.
+    #[arg(long, env = "SCIENTIST_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Bearer token for --server (ingest scope).
+    #[arg(long, env = "SCIENTIST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// This pod's id, recorded as claimedBy and in event sources [default: the host name].
+    #[arg(long, env = "RUNPOD_POD_ID")]
+    pub pod_id: Option<String>,
+
+    /// The queue (pool) to claim from.
+    #[arg(long, env = "SCIENTIST_QUEUE", default_value = crate::run::DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// What to serve: experiment runs (ideation and hybrid are not in this version).
+    #[arg(long, value_enum, default_value_t = Mode::Experiment)]
+    pub mode: Mode,
+
+    /// Time between claims while the queue is empty (±20% jitter), e.g. 10s, 1m.
+    #[arg(long, env = "SCIENTIST_POLL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+
+    /// Run one job and exit (at once when nothing is queued).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Time a stopped run's processes get between SIGTERM and SIGKILL.
+    #[arg(long, env = "SCIENTIST_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+
+    /// Time between heartbeats (GPU and process figures) while a run goes.
+    #[arg(long, env = "SCIENTIST_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// How often the worker checks its run for an operator's cancel.
+    #[arg(long, env = "SCIENTIST_CANCEL_POLL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub cancel_poll: Duration,
+
+    /// A file whose appearance asks the worker to finish its run and exit.
+    #[arg(long, env = "SCIENTIST_DRAIN_FILE", value_name = "PATH")]
+    pub drain_file: Option<PathBuf>,
+
+    /// Where run directories are made [default: the config's runs_dir, else <data dir>/scientist/runs].
+    #[arg(long, env = "SCIENTIST_RUNS_DIR", value_name = "PATH")]
+    pub runs_dir: Option<PathBuf>,
+
+    /// The worker's event spool: every event is kept here until acknowledged
+    /// [default: <data dir>/scientist/worker-spool/<pod id>].
+    #[arg(long, env = "SCIENTIST_WORKER_SPOOL", value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Address of the local endpoint the child reports through (loopback; port 0 picks one).
+    #[arg(long, env = "SCIENTIST_EMIT_LISTEN", default_value = "127.0.0.1:0")]
+    pub emit_listen: SocketAddr,
+
+    /// How long the worker keeps trying to deliver events when it exits; what is left
+    /// stays in the spool.
+    #[arg(long, env = "SCIENTIST_FLUSH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub flush_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Experiment,
+    Ideation,
+    Hybrid,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.mode != Mode::Experiment {
+        return Err(super::not_yet("work --mode ideation/hybrid", 6));
+    }
+    if !args.emit_listen.ip().is_loopback() {
+        return Err(UsageError(format!(
+            "--emit-listen {} is not a loopback address: the child's endpoint must not be reachable from outside",
+            args.emit_listen
+        ))
+        .into());
+    }
+    let pipeline = Pipeline::load(&args.config).map_err(|err| UsageError(err.to_string()))?;
+    let pod = PodId::resolve(args.pod_id.as_deref());
+    let data_dir = || dirs::data_dir().map(|dir| dir.join("scientist"));
+    let runs_dir = args
+        .runs_dir
+        .clone()
+        .or_else(|| pipeline.runs_dir.clone())
+        .or_else(|| data_dir().map(|dir| dir.join("runs")))
+        .context("no data directory (is HOME set?): pass --runs-dir")?;
+    let spool_dir = args
+        .spool_dir
+        .clone()
+        .or_else(|| data_dir().map(|dir| dir.join("worker-spool").join(pod.as_str())))
+        .context("no data directory (is HOME set?): pass --spool-dir")?;
+    let (queue, sink) = open_queue(&args).await?;
+    let stream = EventStream::open(StreamConfig::new(spool_dir, pod.source()), sink)?;
+    let endpoint = LocalEndpoint::start(args.emit_listen)
+        .await
+        .with_context(|| format!("starting the local event endpoint on {}", args.emit_listen))?;
+    let facts = PodFacts::detect(Gpus::open());
+    let (directives, control) = watch::channel(Directive::Work);
+    tokio::spawn(relay_signals(directives));
+    eprintln!(
+        "scientist work: pod {pod}, queue {:?}, {}; children report to {}",
+        args.queue,
+        facts.gpu_facts().summary().unwrap_or_else(|| "no GPU".into()),
+        endpoint.url()
+    );
+    let config = worker::Config {
+        pod,
+        queue: args.queue.clone(),
+        poll: args.poll,
+        once: args.once,
+        grace: args.grace,
+        cancel_poll: args.cancel_poll,
+        heartbeat: args.heartbeat,
+        flush_timeout: args.flush_timeout,
+        runs_dir,
+        pipeline,
+        drain_file: args.drain_file.clone(),
+    };
+    worker::run(config, queue, stream, endpoint, facts, control).await?;
+    Ok(())
+}
+
+/// The store when one is configured, else the control plane named by --server.
+async fn open_queue(args: &Args) -> anyhow::Result<(Queue, Arc<dyn Sink>)> {
+    let store_configured = args.store.store.is_some() || args.store.mongodb_url.is_some();
+    match (&args.server, store_configured) {
+        (Some(server), false) => {
+            let client = Client::new(server, args.token.clone())?;
+            Ok((Queue::Http(client.clone()), Arc::new(HttpSink::new(client))))
+        }
+        _ => {
+            let store = args.store.open().await?;
+            let name = if args.store.mongodb_url.is_some() { "MongoDB" } else { "the embedded store" };
+            Ok((Queue::Store(store.clone()), Arc::new(StoreSink::new(store, name))))
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: stop (a second one: stop now). SIGUSR1: drain.
+async fn relay_signals(directives: watch::Sender<Directive>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut user1)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1()))
+    else {
+        tracing::error!("cannot listen for signals; stop the worker with SIGKILL");
+        return;
+    };
+    loop {
+        let stop = tokio::select! {
+            _ = terminate.recv() => true,
+            _ = interrupt.recv() => true,
+            _ = user1.recv() => false,
+        };
+        directives.send_modify(|directive| {
+            *directive = match (stop, *directive) {
+                (true, Directive::Stop | Directive::StopNow) => Directive::StopNow,
+                (true, _) => Directive::Stop,
+                (false, Directive::Work) => Directive::Drain,
+                (false, other) => other,
+            };
+            eprintln!(
+                "scientist work: {}",
+                match *directive {
+                    Directive::StopNow => "stopping now",
+                    Directive::Stop =>
+                        "stopping: the current run is stopped and reported; a second signal skips the waiting",
+                    Directive::Drain => "draining: the current run finishes, nothing new is claimed",
+                    Directive::Work => "working",
+                }
+            );
+        });
+    }
 }

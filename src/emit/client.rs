@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::event::wire::Rejected;
-use crate::server::{BatchAnswer, EventAnswer, MAX_BATCH_EVENTS, MAX_BODY_BYTES};
+use crate::server::{BatchAnswer, MAX_BATCH_EVENTS, MAX_BODY_BYTES};
 
 /// Why events were not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,15 @@ impl SendError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, SendError::Rejected { .. })
     }
+}
+
+/// The answer to one event: the control plane's outcome (`applied`, `duplicate`, `stale`,
+/// `orphan`), or `spooled` from a worker's local endpoint (kept on the pod's disk, in its
+/// ordered stream to the control plane).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    pub id: String,
+    pub outcome: String,
 }
 
 /// A connection-reusing client of one ingest API.
@@ -56,7 +65,7 @@ impl Client {
     }
 
     /// Sends one event in structured mode.
-    pub async fn send_one(&self, event: &Map<String, Value>) -> Result<EventAnswer, SendError> {
+    pub async fn send_one(&self, event: &Map<String, Value>) -> Result<Receipt, SendError> {
         let body = Value::Object(event.clone()).to_string();
         if body.len() > MAX_BODY_BYTES {
             // The server would answer 413 before reading it all; say so without sending.
@@ -70,19 +79,27 @@ impl Client {
     /// rejected line numbers count from 1 at the first event given. An event too large to
     /// send at all is rejected here.
     pub async fn send_batch(&self, events: &[Map<String, Value>]) -> Result<BatchAnswer, SendError> {
+        let lines: Vec<String> = events.iter().map(|event| Value::Object(event.clone()).to_string()).collect();
+        self.send_lines(&lines).await
+    }
+
+    /// Sends events already serialized (one JSON object each, no newline), as
+    /// [`send_batch`](Self::send_batch) does: the worker's spool keeps them in this form.
+    pub async fn send_lines<L: AsRef<str>>(&self, events: &[L]) -> Result<BatchAnswer, SendError> {
         let mut total = BatchAnswer::default();
         let mut body = String::new();
         let mut lines = Vec::new(); // the 1-based line of each event in `body`
         for (index, event) in events.iter().enumerate() {
-            let line = Value::Object(event.clone()).to_string() + "\n";
-            if line.len() > MAX_BODY_BYTES {
-                total.rejected.push(Rejected { line: index + 1, reason: too_large(line.len()) });
+            let event = event.as_ref();
+            if event.len() + 1 > MAX_BODY_BYTES {
+                total.rejected.push(Rejected { line: index + 1, reason: too_large(event.len() + 1) });
                 continue;
             }
-            if lines.len() == MAX_BATCH_EVENTS || body.len() + line.len() > MAX_BODY_BYTES {
+            if lines.len() == MAX_BATCH_EVENTS || body.len() + event.len() + 1 > MAX_BODY_BYTES {
                 self.send_part(&mut total, std::mem::take(&mut body), std::mem::take(&mut lines)).await?;
             }
-            body.push_str(&line);
+            body.push_str(event);
+            body.push('\n');
             lines.push(index + 1);
         }
         if !lines.is_empty() {
@@ -90,6 +107,31 @@ impl Client {
         }
         total.rejected.sort_by_key(|rejected| rejected.line);
         Ok(total)
+    }
+
+    /// A JSON request to another endpoint of the API (the queue endpoints): `Ok(None)` for
+    /// an answer without a body (204), failures sorted as for events.
+    pub async fn request_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, SendError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|err| self.unreachable(describe(&err)))?;
+        let status = response.status().as_u16();
+        if status == 204 {
+            return Ok(None);
+        }
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        check_status(&url, status, answer).map(Some)
     }
 
     async fn send_part(&self, total: &mut BatchAnswer, body: String, lines: Vec<usize>) -> Result<(), SendError> {
@@ -117,18 +159,24 @@ impl Client {
         let response = request.send().await.map_err(|err| self.unreachable(describe(&err)))?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
-        let message = || answer.get("error").and_then(Value::as_str).unwrap_or("no reason given").to_owned();
-        match status {
-            200..=299 => Ok(answer),
-            401 | 403 => Err(SendError::Auth { url, status }),
-            400 | 413 | 415 | 422 => Err(SendError::Rejected { status, message: message() }),
-            // Anything else (a wrong URL's 404, a 5xx, a proxy's 502) may pass later.
-            _ => Err(SendError::Unreachable { url, reason: format!("HTTP {status}: {}", message()) }),
-        }
+        check_status(&url, status, answer)
     }
 
     fn unreachable(&self, reason: String) -> SendError {
         SendError::Unreachable { url: self.base.clone(), reason }
+    }
+}
+
+/// Sorts an answer by status: 2xx is the answer, the rest an error that says whether
+/// sending again can help.
+fn check_status(url: &str, status: u16, answer: Value) -> Result<Value, SendError> {
+    let message = || answer.get("error").and_then(Value::as_str).unwrap_or("no reason given").to_owned();
+    match status {
+        200..=299 => Ok(answer),
+        401 | 403 => Err(SendError::Auth { url: url.to_owned(), status }),
+        400 | 413 | 415 | 422 => Err(SendError::Rejected { status, message: message() }),
+        // Anything else (a wrong URL's 404, a 5xx, a proxy's 502) may pass later.
+        _ => Err(SendError::Unreachable { url: url.to_owned(), reason: format!("HTTP {status}: {}", message()) }),
     }
 }
 

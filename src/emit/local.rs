@@ -1,0 +1,214 @@
+//! A worker's local endpoint: the ingest API (`POST /api/ingest/event`, `/api/ingest/events`)
+//! on a loopback port, through which the child process (`scientist emit` with
+//! `SCIENTIST_EMIT_URL`, or plain HTTP) joins the worker's ordered, sequenced, spooled
+//! stream. An event is answered 202 `spooled` once it is synced to the worker's spool: the
+//! child never waits for the control plane, whatever state it is in.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::stream::{Draft, RunStream};
+use crate::event::wire::Rejected;
+use crate::event::{Event, EventId};
+use crate::server::{self, MAX_BODY_BYTES};
+use crate::time::Timestamp;
+
+/// What the child reported about itself through the endpoint, for the worker's verdict.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reported {
+    /// The stage of its latest `ai.run.stage_started`.
+    pub stage: Option<String>,
+    /// The type of a terminal event it sent (`ai.run.failed`, …): the worker then does not
+    /// send its own.
+    pub terminal: Option<String>,
+}
+
+/// The run whose events the endpoint takes now.
+struct Attached {
+    stream: RunStream,
+    reported: Arc<Mutex<Reported>>,
+}
+
+#[derive(Clone)]
+struct LocalState {
+    /// The child's bearer token: keeps other local users' processes out of the stream.
+    token: Arc<str>,
+    attached: Arc<Mutex<Option<Attached>>>,
+}
+
+/// The running endpoint; stops when dropped.
+pub struct LocalEndpoint {
+    url: String,
+    state: LocalState,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LocalEndpoint {
+    /// Listens on `addr` (a loopback address; port 0 picks a free one).
+    pub async fn start(addr: SocketAddr) -> std::io::Result<LocalEndpoint> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let state = LocalState { token: Arc::from(EventId::generate().0), attached: Arc::default() };
+        let router = Router::new()
+            .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+            .route("/api/ingest/event", post(one))
+            .route("/api/ingest/events", post(batch))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(state.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let serving = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(err) = serving.await {
+                tracing::error!(error = %err, "the local event endpoint stopped");
+            }
+        });
+        Ok(LocalEndpoint { url, state, _stop: stop })
+    }
+
+    /// The base URL to give the child as `SCIENTIST_EMIT_URL`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bearer token to give the child as `SCIENTIST_TOKEN`.
+    pub fn token(&self) -> &str {
+        &self.state.token
+    }
+
+    /// Takes events for `stream`'s run from now on; returns what the child reports.
+    pub fn attach(&self, stream: RunStream) -> Arc<Mutex<Reported>> {
+        let reported = Arc::new(Mutex::new(Reported::default()));
+        *lock(&self.state.attached) = Some(Attached { stream, reported: reported.clone() });
+        reported
+    }
+
+    /// Refuses events until the next [`attach`](Self::attach).
+    pub fn detach(&self) {
+        *lock(&self.state.attached) = None;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An error answer in the control plane's shape.
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+impl LocalState {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) {
+            return Ok(());
+        }
+        Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send `Authorization: Bearer $SCIENTIST_TOKEN` (the worker sets it for its child)",
+        ))
+    }
+
+    /// The attached run's stream, or why there is none.
+    fn stream(&self) -> Result<(RunStream, Arc<Mutex<Reported>>), Response> {
+        match lock(&self.attached).as_ref() {
+            Some(attached) => Ok((attached.stream.clone(), attached.reported.clone())),
+            None => Err(refuse(StatusCode::CONFLICT, "this worker is not running a run now; nothing to report to")),
+        }
+    }
+}
+
+/// Checks that the event is about the attached run and notes what it reports.
+fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Result<Draft, String> {
+    if event.run_id.as_ref() != Some(stream.run_id()) {
+        let named = event.run_id.as_ref().map_or("none".to_owned(), ToString::to_string);
+        return Err(format!(
+            "this worker runs run {}; the event names run {named}: send events about other runs to the control plane",
+            stream.run_id()
+        ));
+    }
+    let mut reported = lock(reported);
+    match event.event_type.as_str() {
+        "ai.run.stage_started" => {
+            if let Some(stage) = event.data.get("stage").and_then(Value::as_str) {
+                reported.stage = Some(stage.to_owned());
+            }
+        }
+        terminal @ ("ai.run.completed" | "ai.run.failed" | "ai.run.canceled") => {
+            reported.terminal.get_or_insert_with(|| terminal.to_owned());
+        }
+        _ => {}
+    }
+    Ok(Draft::from_object(event.to_json()))
+}
+
+async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = state.authorize(&headers) {
+        return refused;
+    }
+    let event = match server::parse_event(&headers, &body, Timestamp::now()) {
+        Ok(event) => event,
+        Err(err) => return err.into_response(),
+    };
+    let (stream, reported) = match state.stream() {
+        Ok(found) => found,
+        Err(refused) => return refused,
+    };
+    let id = event.id.to_string();
+    let draft = match admit(&event, &stream, &reported) {
+        Ok(draft) => draft,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
+    match stream.emit_synced(draft).await {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "outcome": "spooled" }))).into_response(),
+        Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+    }
+}
+
+async fn batch(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = state.authorize(&headers) {
+        return refused;
+    }
+    let parsed = match server::parse_batch(&headers, &body, Timestamp::now()) {
+        Ok(parsed) => parsed,
+        Err(err) => return err.into_response(),
+    };
+    let (stream, reported) = match state.stream() {
+        Ok(found) => found,
+        Err(refused) => return refused,
+    };
+    let mut rejected = parsed.rejected;
+    let mut drafts = Vec::new();
+    for (line, event) in &parsed.events {
+        match admit(event, &stream, &reported) {
+            Ok(draft) => drafts.push(draft),
+            Err(reason) => rejected.push(Rejected { line: *line, reason }),
+        }
+    }
+    rejected.sort_by_key(|rejected| rejected.line);
+    let spooled = drafts.len();
+    if let Err(err) = stream.emit_all_synced(drafts).await {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+    }
+    let answer = json!({
+        "accepted": spooled, "spooled": spooled,
+        "applied": 0, "duplicate": 0, "stale": 0, "orphan": 0,
+        "rejected": rejected,
+    });
+    (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
+}

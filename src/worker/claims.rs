@@ -1,0 +1,90 @@
+//! Where a worker claims runs and checks on its claim: the store itself (the embedded file,
+//! or MongoDB with the pod's credentials), or the control plane's queue endpoints for a pod
+//! that holds no database credentials. Both end in the same `Store::claim`.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::emit::{Client, SendError};
+use crate::queue::fence;
+use crate::run::{CancelRequest, Run, RunId, RunStatus};
+use crate::store::{self, Store};
+use crate::time::Timestamp;
+
+#[derive(Clone)]
+pub enum Queue {
+    Store(Arc<dyn Store>),
+    /// `POST /api/queue/claim` and `GET /api/queue/runs/{id}?attempt=N`.
+    Http(Client),
+}
+
+/// Where a claimed run stands, as its worker needs to know.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimState {
+    pub status: RunStatus,
+    /// Whether the worker's attempt is still the run's live claim; when false it must stop.
+    pub live: bool,
+    #[serde(default)]
+    pub cancel_requested: Option<CancelRequest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the store could not be reached")]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error(
+        "the control plane's answer is not what a worker expects ({0}); are --server and this worker the same version?"
+    )]
+    Answer(String),
+    #[error("run {0} is gone from the store")]
+    Gone(RunId),
+}
+
+impl Error {
+    /// A wrong token will not fix itself: the worker stops instead of polling forever.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Error::Send(SendError::Auth { .. }))
+    }
+}
+
+impl Queue {
+    /// Claims the next run of `queue` for `worker`, if one waits.
+    pub async fn claim(&self, worker: &str, queue: &str) -> Result<Option<Run>, Error> {
+        match self {
+            Queue::Store(store) => Ok(store.claim(worker, queue, Timestamp::now()).await?),
+            Queue::Http(client) => {
+                let body = json!({ "worker": worker, "queue": queue, "mode": "experiment" });
+                match client.request_json(reqwest::Method::POST, "/api/queue/claim", Some(&body)).await? {
+                    None => Ok(None),
+                    Some(answer) => {
+                        serde_json::from_value(answer).map(Some).map_err(|err| Error::Answer(err.to_string()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where the run of claim `attempt` stands now.
+    pub async fn check(&self, run_id: &RunId, attempt: u32) -> Result<ClaimState, Error> {
+        match self {
+            Queue::Store(store) => {
+                let run = store.get(run_id).await?.ok_or_else(|| Error::Gone(run_id.clone()))?;
+                let live = fence::admits(&run, Some(attempt)) && !run.status.is_terminal();
+                Ok(ClaimState { status: run.status, live, cancel_requested: run.cancel_requested })
+            }
+            Queue::Http(client) => {
+                let path = format!("/api/queue/runs/{run_id}?attempt={attempt}");
+                let answer = client
+                    .request_json(reqwest::Method::GET, &path, None)
+                    .await?
+                    .ok_or_else(|| Error::Answer("an empty answer".into()))?;
+                serde_json::from_value(answer).map_err(|err| Error::Answer(err.to_string()))
+            }
+        }
+    }
+}

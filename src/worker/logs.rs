@@ -1,0 +1,189 @@
+//! Turns a child's output lines into log records: a level detected from the text, and a
+//! Python traceback kept together as one record instead of a dozen unrelated lines.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+
+use super::lines::Piece;
+use crate::event::LogLevel;
+
+/// An open traceback with no new line for this long is reported as it stands.
+pub const TRACEBACK_QUIET: Duration = Duration::from_secs(1);
+
+/// A traceback longer than this is reported in parts (deep recursion prints thousands).
+const MAX_TRACEBACK_LINES: usize = 400;
+
+const TRACEBACK_START: &str = "Traceback (most recent call last):";
+
+/// One record to report as an `ai.run.log` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub message: String,
+    pub level: LogLevel,
+    /// A whole traceback (several lines).
+    pub traceback: bool,
+}
+
+static ANSI: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07").expect("static regex is valid"));
+static ERROR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"\b(?:ERROR|CRITICAL|FATAL)\b|\b[A-Z][A-Za-z0-9_.]*(?:Error|Exception)\b:?|^(?:error|fatal)\b|(?i:out of memory)|Segmentation fault|^Killed\b",
+    )
+    .expect("static regex is valid")
+});
+static WARNING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:WARNING|WARN)\b|\b[A-Z][A-Za-z0-9_.]*Warning\b:|^warning\b").expect("static regex is valid")
+});
+static DEBUG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(?:DEBUG|TRACE)\b").expect("static regex is valid"));
+
+/// The level a line announces; `info` when it announces none.
+pub fn level_of(line: &str) -> LogLevel {
+    if ERROR.is_match(line) {
+        LogLevel::Error
+    } else if WARNING.is_match(line) {
+        LogLevel::Warning
+    } else if DEBUG.is_match(line) {
+        LogLevel::Debug
+    } else {
+        LogLevel::Info
+    }
+}
+
+/// Colour and cursor escape codes removed: logs are read in a browser, not a terminal.
+pub fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
+    ANSI.replace_all(text, "")
+}
+
+/// Groups the lines of one output stream (tracebacks go to stderr, so one per stream).
+#[derive(Debug, Default)]
+pub struct Grouper {
+    traceback: Vec<String>,
+    last_line_at: Option<Instant>,
+}
+
+impl Grouper {
+    pub fn push(&mut self, piece: Piece, now: Instant, out: &mut Vec<Record>) {
+        let (text, in_place) = match piece {
+            Piece::Line(text) => (text, false),
+            Piece::Progress(text) => (text, true),
+        };
+        let text = strip_ansi(&text).into_owned();
+        if in_place {
+            // A progress bar ends no traceback, but it is its own record.
+            out.push(Record { level: level_of(&text), message: text, traceback: false });
+            return;
+        }
+        self.last_line_at = Some(now);
+        if text.trim_start().starts_with(TRACEBACK_START) {
+            self.flush(out);
+            self.traceback.push(text);
+            return;
+        }
+        if self.traceback.is_empty() {
+            if !text.trim().is_empty() {
+                out.push(Record { level: level_of(&text), message: text, traceback: false });
+            }
+            return;
+        }
+        // Inside a traceback every frame line is indented; the first line that is not is
+        // the exception itself, which ends it.
+        let ends = !text.is_empty() && !text.starts_with([' ', '\t']);
+        self.traceback.push(text);
+        if ends || self.traceback.len() >= MAX_TRACEBACK_LINES {
+            self.flush(out);
+        }
+    }
+
+    /// Reports a traceback that stopped growing.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Record>) {
+        if self.last_line_at.is_some_and(|at| now.duration_since(at) >= TRACEBACK_QUIET) {
+            self.flush(out);
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<Record>) {
+        self.flush(out);
+    }
+
+    fn flush(&mut self, out: &mut Vec<Record>) {
+        if self.traceback.is_empty() {
+            return;
+        }
+        while self.traceback.last().is_some_and(|line| line.trim().is_empty()) {
+            self.traceback.pop();
+        }
+        let message = std::mem::take(&mut self.traceback).join("\n");
+        out.push(Record { message, level: LogLevel::Error, traceback: true });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        let cases = [
+            ("ERROR:root:failed to load", LogLevel::Error),
+            ("ValueError: bad shape", LogLevel::Error),
+            ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", LogLevel::Error),
+            ("2025-10-22 12:00:00 WARNING something odd", LogLevel::Warning),
+            ("/x.py:3: UserWarning: deprecated", LogLevel::Warning),
+            ("DEBUG loading shard 3", LogLevel::Debug),
+            ("epoch 3 loss 0.12", LogLevel::Info),
+            ("Mean Squared Error: 0.12", LogLevel::Info),
+            ("0 errors", LogLevel::Info),
+        ];
+        for (line, level) in cases {
+            assert_eq!(level_of(line), level, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_traceback_is_one_record() {
+        let lines = [
+            "step 1",
+            "Traceback (most recent call last):",
+            "  File \"train.py\", line 3, in <module>",
+            "    main()",
+            "    ~~~~^^",
+            "ZeroDivisionError: division by zero",
+            "after",
+        ];
+        let mut grouper = Grouper::default();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for line in lines {
+            grouper.push(Piece::Line(line.into()), now, &mut out);
+        }
+        grouper.finish(&mut out);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out[1].traceback);
+        assert_eq!(out[1].level, LogLevel::Error);
+        assert_eq!(out[1].message.lines().count(), 5);
+        assert!(out[1].message.ends_with("ZeroDivisionError: division by zero"));
+        assert_eq!(out[2].message, "after");
+    }
+
+    #[test]
+    fn an_unfinished_traceback_is_reported_when_output_goes_quiet() {
+        let mut grouper = Grouper::default();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        grouper.push(Piece::Line(TRACEBACK_START.into()), now, &mut out);
+        grouper.push(Piece::Line("  File \"x.py\", line 1".into()), now, &mut out);
+        grouper.tick(now + Duration::from_millis(100), &mut out);
+        assert!(out.is_empty());
+        grouper.tick(now + TRACEBACK_QUIET, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].traceback);
+    }
+
+    #[test]
+    fn colours_are_removed() {
+        assert_eq!(strip_ansi("\x1b[31mred\x1b[0m plain"), "red plain");
+    }
+}

@@ -1,0 +1,171 @@
+//! The body of `scientist work`: claim a run, run its pipeline as supervised child
+//! processes, report everything through one ordered, spooled event stream, repeat.
+//!
+//! `claims` (where runs come from), `supervise` (one run), `child` (process groups),
+//! `relay` + `lines` + `logs` (output to log events), `outcome` (failure codes),
+//! `heartbeat`, `rundir`, `pipeline` (the TOML config), `identity`. The event stream and
+//! the child's local endpoint live in `emit`. Signals are `cmd::work`'s business: this
+//! module only sees [`Directive`]s.
+
+pub mod child;
+pub mod claims;
+pub mod heartbeat;
+pub mod identity;
+pub mod lines;
+pub mod logs;
+pub mod outcome;
+pub mod pipeline;
+pub mod relay;
+pub mod rundir;
+pub mod supervise;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use claims::Queue;
+pub use heartbeat::PodFacts;
+pub use identity::PodId;
+pub use pipeline::Pipeline;
+pub use supervise::{StopReason, Verdict};
+
+use crate::emit::{EventStream, LocalEndpoint};
+
+/// What the worker is asked to do, from its signals and drain file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directive {
+    /// Claim and run.
+    Work,
+    /// Finish the current run, claim nothing more, exit.
+    Drain,
+    /// Stop the current run (SIGTERM, grace, SIGKILL), report it, flush, exit.
+    Stop,
+    /// As `Stop`, without waiting out the grace period or the flush.
+    StopNow,
+}
+
+/// The worker's settings, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pod: PodId,
+    /// The queue (pool) to claim from.
+    pub queue: String,
+    /// Time between claims when the queue is empty (±20% jitter).
+    pub poll: Duration,
+    /// Run one job, then exit (also at once when nothing is queued).
+    pub once: bool,
+    /// Between SIGTERM and SIGKILL when a run is stopped.
+    pub grace: Duration,
+    /// How often the claim is checked for a cancel request.
+    pub cancel_poll: Duration,
+    pub heartbeat: Duration,
+    /// How long the worker tries to deliver what is left when it exits.
+    pub flush_timeout: Duration,
+    pub runs_dir: PathBuf,
+    pub pipeline: Pipeline,
+    /// A file whose appearance asks for a drain.
+    pub drain_file: Option<PathBuf>,
+}
+
+/// What a worker did before it exited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub verdicts: Vec<Verdict>,
+    /// Events left in the spool for the next start.
+    pub undelivered: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Claim(#[from] claims::Error),
+}
+
+/// What a run's supervision borrows from the worker.
+pub(crate) struct Context<'a> {
+    pub config: &'a Config,
+    pub queue: &'a Queue,
+    pub stream: &'a EventStream,
+    pub endpoint: &'a LocalEndpoint,
+    pub facts: &'a PodFacts,
+    pub control: watch::Receiver<Directive>,
+}
+
+/// Claims and runs until told to stop or drain (or after one run with `once`), then
+/// delivers what it can of the stream and returns.
+pub async fn run(
+    config: Config,
+    queue: Queue,
+    stream: EventStream,
+    endpoint: LocalEndpoint,
+    facts: PodFacts,
+    mut control: watch::Receiver<Directive>,
+) -> Result<Summary, Error> {
+    let mut summary = Summary::default();
+    let mut claim_failing = false;
+    let result = loop {
+        if *control.borrow() != Directive::Work || drain_requested(&config) {
+            break Ok(());
+        }
+        match queue.claim(config.pod.as_str(), &config.queue).await {
+            Ok(Some(run)) => {
+                claim_failing = false;
+                let context = Context {
+                    config: &config,
+                    queue: &queue,
+                    stream: &stream,
+                    endpoint: &endpoint,
+                    facts: &facts,
+                    control: control.clone(),
+                };
+                summary.verdicts.push(supervise::supervise(&context, run).await);
+                if config.once {
+                    break Ok(());
+                }
+                // Look for the next run at once: a busy queue is not polled.
+                continue;
+            }
+            Ok(None) if config.once => {
+                eprintln!("scientist work: no run queued in {:?}; --once exits", config.queue);
+                break Ok(());
+            }
+            Ok(None) => claim_failing = false,
+            Err(err) if err.is_auth() => break Err(err.into()),
+            Err(err) => {
+                if !claim_failing {
+                    eprintln!(
+                        "scientist work: cannot claim runs ({}); retrying every poll",
+                        crate::emit::error_chain(&err)
+                    );
+                }
+                claim_failing = true;
+            }
+        }
+        let pause = config.poll.mul_f64(0.8 + 0.4 * crate::emit::random_fraction());
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            // Cancel-safe: only wakes the loop, which reads the directive again.
+            _ = control.changed() => {}
+        }
+    };
+    let within = if *control.borrow() == Directive::StopNow { Duration::ZERO } else { config.flush_timeout };
+    drop(endpoint);
+    let closing = stream.close(within).await;
+    summary.undelivered = closing.undelivered;
+    if closing.undelivered > 0 {
+        eprintln!(
+            "scientist work: {} event(s) not delivered yet; they stay in the spool and the next start sends them",
+            closing.undelivered
+        );
+    }
+    result.map(|()| summary)
+}
+
+fn drain_requested(config: &Config) -> bool {
+    let requested = config.drain_file.as_ref().is_some_and(|file| file.exists());
+    if requested {
+        eprintln!("scientist work: drain file found; claiming nothing more");
+    }
+    requested
+}

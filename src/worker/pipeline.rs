@@ -1,0 +1,197 @@
+//! The pipeline a worker runs for each claimed run, read from a TOML file (`--config`):
+//! one command for the whole run, or one command per stage, each with an optional timeout.
+//! `examples/pipeline.toml` is the documented example.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::run::Stage;
+
+/// A command: a string runs through `sh -c` (so `$VARIABLES` and pipes work), a list runs
+/// as given (program, then arguments).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// The program and its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(line) => vec!["sh".into(), "-c".into(), line.clone()],
+            Command::Argv(argv) => argv.clone(),
+        }
+    }
+
+    /// How it reads in messages.
+    pub fn display(&self) -> String {
+        match self {
+            Command::Shell(line) => line.clone(),
+            Command::Argv(argv) => argv.join(" "),
+        }
+    }
+}
+
+/// One child process of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The stage it is (`None` for a whole-run command: the pipeline reports its stages).
+    pub stage: Option<Stage>,
+    pub command: Command,
+    pub timeout: Option<Duration>,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub steps: Vec<Step>,
+    /// Extra environment for every step.
+    pub env: BTreeMap<String, String>,
+    /// Where run directories are made, if the file says (relative to the file).
+    pub runs_dir: Option<PathBuf>,
+    /// The directory of the config file, given to the child as `SCIENTIST_CONFIG_DIR`.
+    pub config_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the pipeline config {path}: {source}; pass --config PATH (see examples/pipeline.toml)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the pipeline config {path} is invalid: {reason} (see examples/pipeline.toml)")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    command: Option<Command>,
+    timeout: Option<String>,
+    runs_dir: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default, rename = "stage")]
+    stages: Vec<RawStage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    command: Command,
+    timeout: Option<String>,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Pipeline, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let config_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let config_dir = std::fs::canonicalize(&config_dir).unwrap_or(config_dir);
+        Pipeline::parse(&text, &config_dir).map_err(|reason| Error::Invalid { path: path.to_owned(), reason })
+    }
+
+    /// Parses a config whose relative paths are relative to `config_dir`.
+    pub fn parse(text: &str, config_dir: &Path) -> Result<Pipeline, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| err.to_string().trim_end().to_owned())?;
+        let steps = match (raw.command, raw.stages.is_empty()) {
+            (Some(_), false) => {
+                return Err("give either `command` (one for the whole run) or [[stage]] tables, not both".into());
+            }
+            (None, true) => {
+                return Err(
+                    "no command: set `command = \"...\"`, or add [[stage]] tables with `name` and `command`".into()
+                );
+            }
+            (Some(command), true) => {
+                check_command(&command, "command")?;
+                vec![Step { stage: None, command, timeout: parse_timeout(raw.timeout.as_deref(), "timeout")? }]
+            }
+            (None, false) => {
+                if raw.timeout.is_some() {
+                    return Err("a top-level `timeout` goes with `command`; give each [[stage]] its own".into());
+                }
+                let mut steps: Vec<Step> = Vec::new();
+                for (index, stage) in raw.stages.into_iter().enumerate() {
+                    let at = format!("stage {} ({})", index + 1, stage.name);
+                    let name = Stage::try_from(stage.name.clone()).map_err(|err| format!("{at}: {err}"))?;
+                    if steps.iter().any(|step| step.stage == Some(name)) {
+                        return Err(format!("{at}: stage {name} appears twice"));
+                    }
+                    check_command(&stage.command, &format!("{at}: command"))?;
+                    let timeout = parse_timeout(stage.timeout.as_deref(), &format!("{at}: timeout"))?;
+                    steps.push(Step { stage: Some(name), command: stage.command, timeout });
+                }
+                steps
+            }
+        };
+        if let Some(name) = raw.env.keys().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
+            return Err(format!("[env]: {name:?} is not a valid variable name"));
+        }
+        let runs_dir = raw.runs_dir.map(|dir| if dir.is_relative() { config_dir.join(dir) } else { dir });
+        Ok(Pipeline { steps, env: raw.env, runs_dir, config_dir: config_dir.to_owned() })
+    }
+}
+
+fn check_command(command: &Command, at: &str) -> Result<(), String> {
+    let empty = match command {
+        Command::Shell(line) => line.trim().is_empty(),
+        Command::Argv(argv) => argv.first().is_none_or(|program| program.is_empty()),
+    };
+    if empty { Err(format!("{at} is empty")) } else { Ok(()) }
+}
+
+fn parse_timeout(text: Option<&str>, at: &str) -> Result<Option<Duration>, String> {
+    text.map(|text| {
+        humantime::parse_duration(text)
+            .map_err(|err| format!("{at} {text:?} is not a duration like \"90m\" or \"2h\": {err}"))
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_with_timeouts() {
+        let text = r#"
+            runs_dir = "runs"
+            [env]
+            PYTHONUNBUFFERED = "1"
+            [[stage]]
+            name = "Stage_1"
+            command = ["python3", "train.py"]
+            timeout = "2h"
+            [[stage]]
+            name = "Stage_2_baseline_tuning"
+            command = "python3 tune.py | tee tune.log"
+        "#;
+        let pipeline = Pipeline::parse(text, Path::new("/cfg")).expect("valid");
+        assert_eq!(pipeline.steps.len(), 2);
+        assert_eq!(pipeline.steps[0].stage, Some(Stage::Stage1));
+        assert_eq!(pipeline.steps[0].timeout, Some(Duration::from_secs(7200)));
+        assert_eq!(pipeline.steps[1].stage, Some(Stage::Stage2));
+        assert_eq!(pipeline.steps[1].command.argv()[..2], ["sh", "-c"]);
+        assert_eq!(pipeline.runs_dir, Some(PathBuf::from("/cfg/runs")));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("", "no command"),
+            ("command = \"a\"\n[[stage]]\nname = \"Stage_1\"\ncommand = \"b\"", "not both"),
+            ("[[stage]]\nname = \"Stage_9\"\ncommand = \"b\"", "unknown stage \"Stage_9\""),
+            ("command = \"a\"\ntimeout = \"soon\"", "not a duration"),
+            ("command = []", "command is empty"),
+            ("comand = \"a\"", "unknown field `comand`"),
+        ];
+        for (text, expected) in cases {
+            let err = Pipeline::parse(text, Path::new("/")).expect_err(text);
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Relays one of the child's output streams into `ai.run.log` events. It never stops
+//! reading the pipe: when the event stream's queue is full, records wait in a buffer here
+//! (bounded; beyond it lines are counted and dropped, and the count is reported), so the
+//! experiment is never slowed or stalled by its reporting.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::lines::Splitter;
+use super::logs::{Grouper, Record};
+use super::outcome::Tail;
+use crate::emit::{Draft, RunStream};
+
+/// A rewritten line (progress bar) is reported at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often stalled progress bars and unfinished tracebacks are looked at.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Records that may wait here while the stream's queue is full (about 100 MB at worst).
+const BUFFER_RECORDS: usize = 200_000;
+
+const READ_BYTES: usize = 64 * 1024;
+
+/// What a relay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    pub records: u64,
+    pub dropped: u64,
+}
+
+/// Reads `reader` (the child's `source`, "stdout" or "stderr") to its end.
+pub async fn relay(
+    mut reader: impl AsyncRead + Unpin,
+    source: &'static str,
+    stream: RunStream,
+    tail: Arc<Mutex<Tail>>,
+) -> Relayed {
+    let mut splitter = Splitter::new(PROGRESS_INTERVAL);
+    let mut grouper = Grouper::default();
+    let mut outbox =
+        Outbox { stream: &stream, waiting: VecDeque::new(), relayed: Relayed::default(), unreported_drops: 0 };
+    let mut buffer = vec![0u8; READ_BYTES];
+    let mut pieces = Vec::new();
+    let mut records = Vec::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            // Cancel-safe: `read` loses no data when another branch wins.
+            read = reader.read(&mut buffer), if open => {
+                let now = std::time::Instant::now();
+                match read {
+                    Ok(0) | Err(_) => {
+                        open = false;
+                        splitter.finish(&mut pieces);
+                        for piece in pieces.drain(..) {
+                            grouper.push(piece, now, &mut records);
+                        }
+                        grouper.finish(&mut records);
+                    }
+                    Ok(read) => {
+                        splitter.feed(&buffer[..read], now, &mut pieces);
+                        for piece in pieces.drain(..) {
+                            grouper.push(piece, now, &mut records);
+                        }
+                    }
+                }
+            }
+            _ = tick.tick(), if open => {
+                let now = std::time::Instant::now();
+                splitter.tick(now, &mut pieces);
+                for piece in pieces.drain(..) {
+                    grouper.push(piece, now, &mut records);
+                }
+                grouper.tick(now, &mut records);
+            }
+            // Cancel-safe: a permit not used is given back.
+            permit = stream.reserve(), if !outbox.waiting.is_empty() => {
+                match permit {
+                    Ok(permit) => outbox.send_waiting(permit),
+                    // The stream is gone (the worker is exiting): nothing more can be reported.
+                    Err(_) => break,
+                }
+            }
+            else => break,
+        }
+        if !records.is_empty() {
+            let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for record in &records {
+                tail.observe(record);
+            }
+        }
+        for record in records.drain(..) {
+            outbox.push(draft(record, source));
+        }
+    }
+    outbox.relayed
+}
+
+fn draft(record: Record, source: &str) -> Draft {
+    let mut data = Map::new();
+    data.insert("message".into(), Value::from(record.message));
+    data.insert("level".into(), serde_json::to_value(record.level).unwrap_or(Value::Null));
+    data.insert("source".into(), Value::from(source));
+    Draft::new("ai.run.log", data)
+}
+
+/// Records on their way to the stream, in order.
+struct Outbox<'a> {
+    stream: &'a RunStream,
+    waiting: VecDeque<Draft>,
+    relayed: Relayed,
+    /// Dropped since the last report of drops.
+    unreported_drops: u64,
+}
+
+impl Outbox<'_> {
+    fn push(&mut self, draft: Draft) {
+        self.relayed.records += 1;
+        if self.waiting.is_empty() {
+            match self.stream.try_emit(draft) {
+                Ok(()) => return,
+                Err(draft) => self.waiting.push_back(draft),
+            }
+        } else if self.waiting.len() < BUFFER_RECORDS {
+            self.waiting.push_back(draft);
+        } else {
+            self.relayed.dropped += 1;
+            self.unreported_drops += 1;
+        }
+    }
+
+    /// Sends what waits, as far as the queue has room.
+    fn send_waiting(&mut self, permit: crate::emit::stream::RunPermit<'_>) {
+        let Some(first) = self.waiting.pop_front() else { return };
+        permit.emit(first);
+        while let Some(draft) = self.waiting.pop_front() {
+            if let Err(draft) = self.stream.try_emit(draft) {
+                self.waiting.push_front(draft);
+                return;
+            }
+        }
+        if self.unreported_drops > 0 {
+            let message = format!(
+                "scientist: {} output lines were dropped because the event stream fell behind the child",
+                self.unreported_drops
+            );
+            let record = Record { message, level: crate::event::LogLevel::Warning, traceback: false };
+            self.unreported_drops = 0;
+            self.waiting.push_back(draft(record, "worker"));
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! One claimed run, start to end: the run directory, `ai.run.started`, each step of the
+//! pipeline as a supervised child (stage events around it, output relayed, timeout), the
+//! claim watched for an operator's cancel or a lost claim, and the one terminal event.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use super::child::{self, Child, Launch, Stopped};
+use super::outcome::{self, Ending, Failure, Tail};
+use super::pipeline::Step;
+use super::relay::relay;
+use super::{Context, Directive, heartbeat, rundir};
+use crate::emit::{Draft, Reported, RunStream};
+use crate::run::{Run, RunId, RunStatus};
+
+/// After a stage's processes are gone, its output pipes close; a process that escaped the
+/// group may hold them open, so the relays get this long to finish.
+const RELAY_DRAIN: Duration = Duration::from_secs(5);
+
+/// Variables of the worker's environment the child does not inherit: the worker's
+/// credentials. (`SCIENTIST_TOKEN` is replaced by the local endpoint's token.)
+const ENV_REMOVED: &[&str] = &["SCIENTIST_TOKEN_FILE", "MONGODB_URL", "SCIENTIST_SERVER"];
+
+/// Why a run stops before its pipeline ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// An operator asked (`scientist runs cancel`).
+    Canceled { by: String, reason: Option<String> },
+    /// The claim is no longer this worker's (reset, reclaimed, or finished elsewhere).
+    ClaimLost(RunStatus),
+    /// The worker was told to stop (SIGTERM/SIGINT).
+    Shutdown,
+}
+
+/// How a run ended, for the worker's summary and the tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Completed,
+    Failed(Failure),
+    Stopped(StopReason),
+}
+
+/// How one step ended.
+enum StepEnd {
+    Done,
+    Failed(Failure),
+    Stopped(StopReason),
+}
+
+/// Runs `run` to its end and reports it.
+pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
+    let run_id = run.id.clone();
+    let started = Instant::now();
+    let stream = match context.stream.begin(&run_id, run.attempt, run.last_event_seq).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(run = %run_id, error = %err, "cannot report the run");
+            return Verdict::Stopped(StopReason::Shutdown);
+        }
+    };
+    eprintln!("scientist work: running {run_id} (attempt {})", run.attempt);
+    let mut started_data = Map::new();
+    started_data.insert("pod_id".into(), Value::from(context.config.pod.as_str()));
+    for (name, value) in context.facts.started_fields() {
+        started_data.insert(name.into(), value);
+    }
+    emit(&stream, Draft::new("ai.run.started", started_data)).await;
+
+    let verdict = match rundir::prepare(&context.config.runs_dir, &run) {
+        Ok(dir) => {
+            let reported = context.endpoint.attach(stream.clone());
+            let group = Arc::new(AtomicI32::new(0));
+            let beats = tokio::spawn(heartbeat::beat(
+                stream.clone(),
+                context.config.heartbeat,
+                context.facts.clone(),
+                group.clone(),
+            ));
+            let watcher = watch_claim(context, &run_id, run.attempt);
+            tokio::pin!(watcher);
+            let mut verdict = Verdict::Completed;
+            for step in &context.config.pipeline.steps {
+                let steps = Steps { context, stream: &stream, dir: &dir, run: &run, group: &group };
+                match steps.run(step, &mut watcher).await {
+                    StepEnd::Done => {}
+                    StepEnd::Failed(failure) => {
+                        let stage =
+                            step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(&reported).stage.clone());
+                        verdict = Verdict::Failed(failure);
+                        report_failure(&stream, &verdict, stage, &reported).await;
+                        break;
+                    }
+                    StepEnd::Stopped(reason) => {
+                        let stage =
+                            step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(&reported).stage.clone());
+                        verdict = Verdict::Stopped(reason);
+                        report_failure(&stream, &verdict, stage, &reported).await;
+                        break;
+                    }
+                }
+            }
+            beats.abort();
+            context.endpoint.detach();
+            if verdict == Verdict::Completed && lock(&reported).terminal.is_none() {
+                let data = json!({ "duration_s": started.elapsed().as_secs_f64() });
+                emit(&stream, Draft::new("ai.run.completed", object(data))).await;
+            }
+            verdict
+        }
+        Err(err) => {
+            let message =
+                format!("cannot prepare the run directory under {}: {err}", context.config.runs_dir.display());
+            let verdict =
+                Verdict::Failed(Failure { code: "WORKER_ERROR".into(), message, traceback: None, retryable: true });
+            report_failure(&stream, &verdict, None, &Arc::default()).await;
+            verdict
+        }
+    };
+    let said = match &verdict {
+        Verdict::Completed => "completed".to_owned(),
+        Verdict::Failed(failure) => format!("failed ({}: {})", failure.code, failure.message),
+        Verdict::Stopped(StopReason::Canceled { by, .. }) => format!("canceled by {by}"),
+        Verdict::Stopped(StopReason::ClaimLost(status)) => format!("stopped: the claim was lost (run is {status})"),
+        Verdict::Stopped(StopReason::Shutdown) => "stopped: the worker is shutting down".to_owned(),
+    };
+    eprintln!("scientist work: run {run_id} {said} after {:.1} s", started.elapsed().as_secs_f64());
+    verdict
+}
+
+/// The terminal event of a run that did not complete, unless the child already sent one
+/// (its own code, e.g. ALL_NODES_BUGGY, wins) or the claim is no longer ours.
+async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<String>, reported: &Arc<Mutex<Reported>>) {
+    if lock(reported).terminal.is_some() {
+        return;
+    }
+    let draft = match verdict {
+        Verdict::Completed | Verdict::Stopped(StopReason::ClaimLost(_)) => return,
+        Verdict::Failed(failure) => failed_event(failure, stage),
+        Verdict::Stopped(StopReason::Canceled { by, reason }) => {
+            Draft::new("ai.run.canceled", object(json!({ "by": by, "reason": reason })))
+        }
+        Verdict::Stopped(StopReason::Shutdown) => {
+            let failure = Failure {
+                code: "WORKER_SHUTDOWN".into(),
+                message: "the worker was stopped (SIGTERM or SIGINT) while the run was going; it can be retried".into(),
+                traceback: None,
+                retryable: true,
+            };
+            failed_event(&failure, stage)
+        }
+    };
+    emit(stream, draft).await;
+}
+
+fn failed_event(failure: &Failure, stage: Option<String>) -> Draft {
+    let data = json!({
+        "stage": stage,
+        "code": failure.code,
+        "message": failure.message,
+        "traceback": failure.traceback,
+        "retryable": failure.retryable,
+    });
+    Draft::new("ai.run.failed", object(data))
+}
+
+/// One step's child, from spawn to the last line of its output.
+struct Steps<'a> {
+    context: &'a Context<'a>,
+    stream: &'a RunStream,
+    dir: &'a std::path::Path,
+    run: &'a Run,
+    /// The process group of the running step (0: none), for heartbeats.
+    group: &'a Arc<AtomicI32>,
+}
+
+impl Steps<'_> {
+    async fn run(&self, step: &Step, watcher: &mut (impl Future<Output = StopReason> + Unpin)) -> StepEnd {
+        let started = Instant::now();
+        if let Some(stage) = step.stage {
+            let data = json!({ "stage": stage.as_str(), "desc": stage.description() });
+            emit(self.stream, Draft::new("ai.run.stage_started", object(data))).await;
+        }
+        let env = self.child_env(step);
+        let launch = Launch { dir: self.dir, env: &env, env_removed: ENV_REMOVED };
+        let argv = step.command.argv();
+        let (mut child, stdout, stderr) = match Child::spawn(&argv, &launch) {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                let message = format!("cannot start `{}`: {err}", step.command.display());
+                return StepEnd::Failed(Failure {
+                    code: "SPAWN_FAILED".into(),
+                    message,
+                    traceback: None,
+                    retryable: false,
+                });
+            }
+        };
+        // Heartbeats sample this group's processes.
+        self.group.store(child.pgid(), Ordering::Relaxed);
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let relays = [
+            tokio::spawn(relay(stdout, "stdout", self.stream.clone(), tail.clone())),
+            tokio::spawn(relay(stderr, "stderr", self.stream.clone(), tail.clone())),
+        ];
+        let deadline = step.timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        enum Ended {
+            Exited(std::io::Result<std::process::ExitStatus>),
+            TimedOut,
+            Stopped(StopReason),
+        }
+        let ended = tokio::select! {
+            // Cancel-safe: waiting on a child can be resumed.
+            status = child.wait() => Ended::Exited(status),
+            () = timeout => Ended::TimedOut,
+            // Not cancelled: the watcher is polled by reference and lives for the whole run.
+            reason = &mut *watcher => Ended::Stopped(reason),
+        };
+        let pgid = child.pgid();
+        match &ended {
+            Ended::Exited(_) => {
+                if child::group_alive(pgid) {
+                    tracing::warn!(pgid, "the stage's command exited but left processes in its group; stopping them");
+                    self.stop(pgid).await;
+                }
+            }
+            _ => {
+                self.stop(pgid).await;
+                // Reaps the leader; its status no longer matters.
+                let _ = child.wait().await;
+            }
+        }
+        self.group.store(0, Ordering::Relaxed);
+        for relay in relays {
+            if tokio::time::timeout(RELAY_DRAIN, relay).await.is_err() {
+                tracing::warn!("a process outside the stage's group holds its output open; stopped relaying it");
+            }
+        }
+        let tail = lock(&tail).clone();
+        let ending = match ended {
+            Ended::Stopped(reason) => return StepEnd::Stopped(reason),
+            Ended::TimedOut => Ending::TimedOut(step.timeout.unwrap_or_default()),
+            Ended::Exited(Ok(status)) => ending_of(status),
+            Ended::Exited(Err(err)) => {
+                let message = format!("lost track of the stage's process: {err}");
+                return StepEnd::Failed(Failure {
+                    code: "WORKER_ERROR".into(),
+                    message,
+                    traceback: None,
+                    retryable: true,
+                });
+            }
+        };
+        if let Some(failure) = outcome::judge(&ending, &tail) {
+            return StepEnd::Failed(failure);
+        }
+        if let Some(stage) = step.stage {
+            let data = json!({ "stage": stage.as_str(), "duration_s": started.elapsed().as_secs_f64() });
+            emit(self.stream, Draft::new("ai.run.stage_completed", object(data))).await;
+        }
+        StepEnd::Done
+    }
+
+    /// Stops the step's process group: SIGTERM, then SIGKILL after the grace period (at
+    /// once on a second signal to the worker).
+    async fn stop(&self, pgid: i32) {
+        let mut control = self.context.control.clone();
+        let hurry = async move {
+            let _ = control.wait_for(|directive| *directive == Directive::StopNow).await;
+        };
+        match child::stop_group(pgid, self.context.config.grace, hurry).await {
+            Stopped::Terminated => {}
+            Stopped::Killed => eprintln!(
+                "scientist work: the stage's processes outlived the grace period of {}; killed them",
+                humantime::format_duration(self.context.config.grace)
+            ),
+            Stopped::Stuck => {
+                tracing::error!(pgid, "processes of the stage survive SIGKILL (stuck in the kernel?); leaving them")
+            }
+        }
+    }
+
+    /// The child's environment besides what it inherits (see `ENV_REMOVED`).
+    fn child_env(&self, step: &Step) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        // Python block-buffers a pipe; line buffering makes logs arrive as they happen.
+        if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+            env.insert("PYTHONUNBUFFERED".into(), "1".into());
+        }
+        env.extend(self.context.config.pipeline.env.clone());
+        let mut set = |name: &str, value: String| {
+            env.insert(name.into(), value);
+        };
+        set("SCIENTIST_RUN_ID", self.run.id.to_string());
+        set("SCIENTIST_RUN_DIR", self.dir.display().to_string());
+        set("SCIENTIST_ATTEMPT", self.run.attempt.to_string());
+        set("SCIENTIST_EMIT_URL", self.context.endpoint.url().to_owned());
+        set("SCIENTIST_TOKEN", self.context.endpoint.token().to_owned());
+        set("SCIENTIST_CONFIG_DIR", self.context.config.pipeline.config_dir.display().to_string());
+        if let Some(stage) = step.stage {
+            set("SCIENTIST_STAGE", stage.as_str().to_owned());
+        }
+        env
+    }
+}
+
+fn ending_of(status: std::process::ExitStatus) -> Ending {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Ending::Exited(code),
+        (None, Some(signal)) => Ending::Signaled(signal),
+        (None, None) => Ending::Exited(-1),
+    }
+}
+
+/// Completes when the run must stop: an operator's cancel, a lost claim, or the worker
+/// shutting down. Checks the claim every `cancel_poll`; a failed check changes nothing
+/// (unreachable is not dead).
+async fn watch_claim(context: &Context<'_>, run_id: &RunId, attempt: u32) -> StopReason {
+    let mut control = context.control.clone();
+    let mut ticks = tokio::time::interval(context.config.cancel_poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            // Cancel-safe: wait_for can be called again.
+            _ = control.wait_for(|directive| matches!(directive, Directive::Stop | Directive::StopNow)) => {
+                return StopReason::Shutdown;
+            }
+        }
+        match context.queue.check(run_id, attempt).await {
+            Ok(state) => {
+                failing = false;
+                if !state.live {
+                    return StopReason::ClaimLost(state.status);
+                }
+                if let Some(request) = state.cancel_requested {
+                    return StopReason::Canceled { by: request.by, reason: request.reason };
+                }
+            }
+            Err(err) if !failing => {
+                tracing::warn!(run = %run_id, error = %err, "cannot check the claim; the run goes on");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Queues a worker event; a stream that is gone means the worker is exiting, and the
+/// spool already holds everything before this.
+async fn emit(stream: &RunStream, draft: Draft) {
+    if let Err(err) = stream.emit(draft).await {
+        tracing::warn!(error = %err, "could not queue a worker event");
+    }
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
