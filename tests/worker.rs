@@ -1,0 +1,552 @@
+//! `scientist work` end to end: the built binary, real child pipelines from `examples/`,
+//! a real SQLite store, and for the outage test a real `scientist serve` on a real socket.
+//! Every wait is on a condition with a deadline; nothing sleeps for a fixed time.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scientist::event::{Event, LogLevel, Payload};
+use scientist::run::{NewRun, Run, RunId, RunStatus};
+use scientist::store::{EventFilter, SqliteStore, Store};
+use scientist::time::Timestamp;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scientist");
+const POD: &str = "test-pod";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// A pod's worth of directories around one SQLite store.
+struct Pod {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+}
+
+impl Pod {
+    async fn new() -> Pod {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
+        Pod { dir, store }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn enqueue(&self) -> RunId {
+        let idea = json!({"title": "toy idea", "hypothesis": "a smaller learning rate helps"});
+        self.store.enqueue(NewRun::new(idea), Timestamp::now()).await.expect("enqueue").id
+    }
+
+    async fn run(&self, id: &RunId) -> Run {
+        self.store.get(id).await.expect("get").expect("run exists")
+    }
+
+    /// A pipeline config in the pod's directory, for the given `[[stage]]` tables.
+    fn config(&self, text: &str) -> PathBuf {
+        let path = self.path("pipeline.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// `scientist work` on the store, with short polls; `PATH` finds `scientist emit`.
+    fn worker(&self, config: &Path) -> Command {
+        let mut command = self.bare_worker(config);
+        command.env("SCIENTIST_STORE", self.path("store.sqlite"));
+        command
+    }
+
+    /// `scientist work` with no store configured (for --server).
+    fn bare_worker(&self, config: &Path) -> Command {
+        let bin_dir = Path::new(BIN).parent().expect("bin dir");
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let mut command = Command::new(BIN);
+        command
+            .arg("work")
+            .arg("--config")
+            .arg(config)
+            .env("PATH", path)
+            .env("HOME", self.dir.path())
+            .env("RUNPOD_POD_ID", POD)
+            .env("SCIENTIST_RUNS_DIR", self.path("runs"))
+            .env("SCIENTIST_WORKER_SPOOL", self.path("spool"))
+            .env("SCIENTIST_POLL", "100ms")
+            .env("SCIENTIST_CANCEL_POLL", "100ms")
+            .env("SCIENTIST_HEARTBEAT", "300ms")
+            .env("SCIENTIST_TOKEN", "the-workers-own-secret-token")
+            .env("LOG_LEVEL", "warn")
+            .env_remove("MONGODB_URL")
+            .env_remove("SCIENTIST_STORE")
+            .env_remove("SCIENTIST_SERVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// The run's directory, once the worker made it.
+    async fn run_dir(&self, id: &RunId) -> PathBuf {
+        let runs = self.path("runs");
+        let suffix = format!("_{id}");
+        wait_for("the run directory", Duration::from_secs(30), || {
+            let found = std::fs::read_dir(&runs)
+                .ok()?
+                .filter_map(Result::ok)
+                .find(|entry| entry.file_name().to_str().is_some_and(|name| name.ends_with(&suffix)));
+            found.map(|entry| entry.path())
+        })
+        .await
+    }
+
+    /// Every stored event of the run, in stored order.
+    async fn events(&self, id: &RunId) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut cursor = None;
+        loop {
+            let filter = EventFilter { limit: 1000, cursor: cursor.clone(), ..EventFilter::default() };
+            let page = self.store.list_events(id, &filter).await.expect("list events");
+            events.extend(page.items.into_iter().map(|stored| stored.event));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return events,
+            }
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, failing the test after `within`.
+async fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for the worker to exit and returns its status and stderr.
+async fn finish(child: Child, within: Duration) -> (std::process::ExitStatus, String) {
+    let output = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}"))
+        .expect("worker output");
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn count(events: &[Event], event_type: &str) -> usize {
+    events.iter().filter(|event| event.event_type == event_type).count()
+}
+
+fn logs(events: &[Event]) -> Vec<(String, Option<LogLevel>)> {
+    events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Payload::Log(log) => Some((log.message.clone(), log.level)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Whether a process is gone (a zombie waiting for a reaper counts as gone).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn a_four_stage_pipeline_reports_stages_nodes_progress_logs_and_completes() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let worker = pod.worker(&examples().join("pipeline.toml")).arg("--once").spawn().expect("start worker");
+    let (status, stderr) = finish(worker, Duration::from_secs(120)).await;
+    assert!(status.success(), "worker failed: {stderr}");
+
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{stderr}");
+    assert_eq!(run.claimed_by.as_deref(), Some(POD));
+    assert_eq!(run.pod.as_ref().map(|pod| pod.id.as_str()), Some(POD));
+    for stage in ["Stage_1", "Stage_2", "Stage_3", "Stage_4"] {
+        let timing = run.stage_timing.get(stage).unwrap_or_else(|| panic!("no timing for {stage}"));
+        assert!(timing.completed_at.is_some() && timing.duration_s.is_some(), "{stage}: {timing:?}");
+    }
+    assert_eq!(run.nodes.len(), 12, "3 nodes per stage");
+    let current = run.current_stage.as_ref().expect("current stage");
+    assert_eq!((current.name.as_str(), current.progress, current.good_nodes), ("Stage_4", 1.0, 3));
+    assert!(run.heartbeat_at.is_some(), "heartbeats arrived");
+
+    let events = pod.events(&id).await;
+    assert_eq!(count(&events, "ai.run.started"), 1);
+    assert_eq!(count(&events, "ai.run.stage_started"), 4);
+    assert_eq!(count(&events, "ai.run.stage_completed"), 4);
+    assert_eq!(count(&events, "ai.node.created"), 12);
+    assert_eq!(count(&events, "ai.run.stage_progress"), 12);
+    assert_eq!(count(&events, "ai.run.completed"), 1);
+    assert!(count(&events, "ai.run.heartbeat") >= 1);
+    // One metric per stage came through `scientist emit` on SCIENTIST_EMIT_URL.
+    let via_emit = events.iter().filter(|event| event.data.get("via") == Some(&json!("scientist emit"))).count();
+    assert_eq!(via_emit, 4);
+    // One ordered stream: every event carries the claim's attempt, and seq grows in stored order.
+    assert!(events.iter().all(|event| event.attempt == Some(1)), "every event is stamped with the attempt");
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq.expect("seq")).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "seq grows in stored order: {seqs:?}");
+    assert_eq!(events.last().map(|event| event.event_type.as_str()), Some("ai.run.completed"));
+
+    let lines = logs(&events);
+    assert!(lines.iter().any(|(line, _)| line == "Stage_2: iteration 3/3 done, metric 0.80"));
+    // The progress bar redrew 11 times in ~60 ms: its first state and its final one are kept.
+    let bar: Vec<&String> =
+        lines.iter().map(|(line, _)| line).filter(|line| line.starts_with("Stage_1 iter 1:")).collect();
+    assert!((1..=3).contains(&bar.len()), "{bar:?}");
+    assert_eq!(bar.last().map(|line| line.contains("100%")), Some(true));
+    // Secrets never leave the pod: neither the child's nor the worker's token.
+    let everything = serde_json::to_string(&events.iter().map(Event::to_json).collect::<Vec<_>>()).expect("json");
+    assert!(!everything.contains("sk-toy-"), "a secret from the child's output leaked");
+    assert!(!everything.contains("the-workers-own-secret-token"));
+    assert!(lines.iter().any(|(line, _)| line.contains("OPENAI_API_KEY=[REDACTED]")));
+
+    let dir = pod.run_dir(&id).await;
+    assert!(dir.join("idea.json").is_file());
+    assert!(dir.join("Stage_4").join("result.json").is_file());
+    let spooled: Vec<_> = std::fs::read_dir(pod.path("spool"))
+        .expect("spool")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("seg-"))
+        .collect();
+    assert!(spooled.is_empty(), "every acknowledged event left the spool");
+}
+
+#[tokio::test]
+async fn a_failing_stage_reports_its_code_stage_and_traceback() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let worker = pod
+        .worker(&examples().join("pipeline.toml"))
+        .arg("--once")
+        .env("TOY_FAIL_STAGE", "Stage_2")
+        .spawn()
+        .expect("start worker");
+    let (status, stderr) = finish(worker, Duration::from_secs(120)).await;
+    assert!(status.success(), "a failed run is not a failed worker: {stderr}");
+
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.expect("error");
+    assert_eq!(error.error_type, "EXIT_1");
+    assert_eq!(error.stage.as_deref(), Some("Stage_2"));
+    assert!(!error.retryable);
+    assert!(error.message.contains("ZeroDivisionError: division by zero"), "{}", error.message);
+    let traceback = error.traceback.expect("traceback");
+    assert!(traceback.starts_with("Traceback (most recent call last):"), "{traceback}");
+    assert!(traceback.contains("toy_stage.py") && traceback.ends_with("ZeroDivisionError: division by zero"));
+
+    let events = pod.events(&id).await;
+    assert_eq!(count(&events, "ai.run.stage_started"), 2, "Stage_3 never started");
+    assert_eq!(count(&events, "ai.run.stage_completed"), 1);
+    let lines = logs(&events);
+    let block = lines.iter().find(|(line, _)| line.starts_with("Traceback")).expect("the traceback as a log record");
+    assert_eq!(block.1, Some(LogLevel::Error));
+    assert!(block.0.lines().count() >= 4, "the traceback is one record: {}", block.0);
+    let warning = lines.iter().find(|(line, _)| line.contains("the loss diverged")).expect("warning line");
+    assert_eq!(warning.1, Some(LogLevel::Warning));
+}
+
+#[tokio::test]
+async fn an_operator_cancel_kills_a_process_group_that_ignores_sigterm() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let stubborn = examples().join("pipeline/stubborn.sh");
+    let config =
+        pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = [{:?}]\n", stubborn.display().to_string()));
+    let grace = Duration::from_secs(1);
+    let worker = pod.worker(&config).args(["--once", "--grace", "1s"]).spawn().expect("start worker");
+    let dir = pod.run_dir(&id).await;
+    let pids: Vec<i32> = wait_for("the stage's pids", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(dir.join("pids")).ok()?;
+        Some(text.split_whitespace().filter_map(|pid| pid.parse().ok()).collect())
+    })
+    .await;
+    assert_eq!(pids.len(), 2, "the stage and its helper");
+
+    let cancel = Command::new(BIN)
+        .args(["runs", "cancel", id.as_str(), "--reason", "wrong dataset"])
+        .env("SCIENTIST_STORE", pod.path("store.sqlite"))
+        .env_remove("MONGODB_URL")
+        .output()
+        .await
+        .expect("runs cancel");
+    assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+
+    // The worker sends SIGTERM (which the stage notes and ignores), then SIGKILL to the group.
+    wait_for("SIGTERM to reach the stage", Duration::from_secs(10), || dir.join("terms").exists().then_some(())).await;
+    let termed = Instant::now();
+    wait_for("the whole process group to be gone", grace + Duration::from_secs(1), || {
+        pids.iter().all(|pid| gone(*pid)).then_some(())
+    })
+    .await;
+    assert!(termed.elapsed() >= grace.mul_f64(0.9), "SIGKILL came before the grace period ended");
+
+    let (status, stderr) = finish(worker, Duration::from_secs(30)).await;
+    assert!(status.success(), "{stderr}");
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Canceled);
+    let canceled = run.canceled.expect("cancellation");
+    assert_eq!(canceled.reason.as_deref(), Some("wrong dataset"));
+    assert_eq!(count(&pod.events(&id).await, "ai.run.canceled"), 1);
+}
+
+#[tokio::test]
+async fn sigterm_to_the_worker_fails_the_run_retryably_flushes_and_exits_0() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let sleeper = examples().join("pipeline/sleeper.sh");
+    let config =
+        pod.config(&format!("[[stage]]\nname = \"Stage_3\"\ncommand = [{:?}]\n", sleeper.display().to_string()));
+    let worker = pod.worker(&config).spawn().expect("start worker");
+    let dir = pod.run_dir(&id).await;
+    wait_for("the stage to start", Duration::from_secs(30), || dir.join("started").exists().then_some(())).await;
+    signal(worker.id().expect("pid"), libc::SIGTERM);
+    let (status, stderr) = finish(worker, Duration::from_secs(30)).await;
+    assert!(status.success(), "exit 0 after SIGTERM: {stderr}");
+
+    // Everything was flushed before the exit: the store has the verdict now.
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Failed, "{stderr}");
+    let error = run.error.expect("error");
+    assert_eq!((error.error_type.as_str(), error.retryable), ("WORKER_SHUTDOWN", true));
+    assert_eq!(error.stage.as_deref(), Some("Stage_3"));
+}
+
+/// The worker's stderr, line by line as it comes.
+fn stderr_lines(child: &mut Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the worker never said {needle:?}");
+}
+
+#[tokio::test]
+async fn sigusr1_drains_the_run_to_its_end_and_claims_nothing_more() {
+    let pod = Pod::new().await;
+    let first = pod.enqueue().await;
+    let sleeper = examples().join("pipeline/sleeper.sh");
+    let config = pod.config(&format!("command = [{:?}]\n", sleeper.display().to_string()));
+    let release = pod.path("release");
+    let mut worker = pod.worker(&config).env("SLEEPER_UNTIL", &release).spawn().expect("start worker");
+    let mut lines = stderr_lines(&mut worker);
+    let dir = pod.run_dir(&first).await;
+    wait_for("the run to start", Duration::from_secs(30), || dir.join("started").exists().then_some(())).await;
+    let second = pod.enqueue().await;
+    signal(worker.id().expect("pid"), libc::SIGUSR1);
+    wait_line(&mut lines, "draining").await;
+    std::fs::write(&release, b"").expect("release the stage");
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("exits").expect("status");
+    assert!(status.success());
+    assert_eq!(pod.run(&first).await.status, RunStatus::Completed);
+    assert_eq!(pod.run(&second).await.status, RunStatus::Queued, "a draining worker claims nothing new");
+}
+
+#[tokio::test]
+async fn a_drain_file_stops_claiming_after_the_current_run() {
+    let pod = Pod::new().await;
+    let first = pod.enqueue().await;
+    let sleeper = examples().join("pipeline/sleeper.sh");
+    let config = pod.config(&format!("command = [{:?}]\n", sleeper.display().to_string()));
+    let (release, drain) = (pod.path("release"), pod.path("drain"));
+    let worker = pod
+        .worker(&config)
+        .env("SLEEPER_UNTIL", &release)
+        .arg("--drain-file")
+        .arg(&drain)
+        .spawn()
+        .expect("start worker");
+    let dir = pod.run_dir(&first).await;
+    wait_for("the run to start", Duration::from_secs(30), || dir.join("started").exists().then_some(())).await;
+    let second = pod.enqueue().await;
+    std::fs::write(&drain, b"").expect("ask for a drain");
+    std::fs::write(&release, b"").expect("release the stage");
+    let (status, stderr) = finish(worker, Duration::from_secs(30)).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pod.run(&first).await.status, RunStatus::Completed);
+    assert_eq!(pod.run(&second).await.status, RunStatus::Queued);
+}
+
+#[tokio::test]
+async fn a_stage_past_its_timeout_fails_with_timeout() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let sleeper = examples().join("pipeline/sleeper.sh");
+    let config = pod.config(&format!(
+        "[[stage]]\nname = \"Stage_1\"\ncommand = [{:?}]\ntimeout = \"300ms\"\n",
+        sleeper.display().to_string()
+    ));
+    let worker = pod.worker(&config).arg("--once").spawn().expect("start worker");
+    let (status, stderr) = finish(worker, Duration::from_secs(30)).await;
+    assert!(status.success(), "{stderr}");
+    let error = pod.run(&id).await.error.expect("error");
+    assert_eq!((error.error_type.as_str(), error.stage.as_deref()), ("TIMEOUT", Some("Stage_1")));
+    assert!(error.message.contains("300ms"), "{}", error.message);
+}
+
+/// A `scientist serve` process on a fixed port over the pod's store file.
+fn serve(pod: &Pod, port: u16) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SCIENTIST_STORE", pod.path("store.sqlite"))
+        .env_remove("MONGODB_URL")
+        .env_remove("SCIENTIST_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve")
+}
+
+async fn wait_healthy(port: u16) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
+        if answer.is_ok_and(|answer| answer.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spool_text(pod: &Pod) -> String {
+    let Ok(entries) = std::fs::read_dir(pod.path("spool")) else { return String::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("seg-"))
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_control_plane_outage_mid_run_loses_no_event() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let mut server = serve(&pod, port);
+    wait_healthy(port).await;
+
+    let outage = examples().join("pipeline/outage.sh");
+    let config =
+        pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = [{:?}]\n", outage.display().to_string()));
+    let go = pod.path("go");
+    let worker = pod
+        .bare_worker(&config)
+        .args(["--once", "--server", &format!("http://127.0.0.1:{port}")])
+        .env("OUTAGE_GO", &go)
+        .env("SCIENTIST_FLUSH_TIMEOUT", "120s")
+        .spawn()
+        .expect("start worker");
+    let dir = pod.run_dir(&id).await;
+    wait_for("the stage's first events", Duration::from_secs(30), || dir.join("ready").exists().then_some(())).await;
+
+    // The control plane goes away mid-run; the run carries on and finishes meanwhile.
+    server.start_kill().expect("kill serve");
+    server.wait().await.expect("serve exited");
+    std::fs::write(&go, b"").expect("let the stage go on");
+    wait_for("the run's end to be spooled", Duration::from_secs(60), || {
+        spool_text(&pod).contains("\"ai.run.completed\"").then_some(())
+    })
+    .await;
+    assert_ne!(pod.run(&id).await.status, RunStatus::Completed, "the end happened during the outage");
+
+    // Back: the spool drains in order, and every event arrives.
+    let _server = serve(&pod, port);
+    let (status, stderr) = finish(worker, Duration::from_secs(120)).await;
+    assert!(status.success(), "{stderr}");
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{stderr}");
+    let events = pod.events(&id).await;
+    let lines = logs(&events);
+    for index in 1..=20 {
+        let line = format!("during outage {index}");
+        assert_eq!(lines.iter().filter(|(text, _)| *text == line).count(), 1, "{line}");
+    }
+    assert_eq!(count(&events, "ai.run.stage_progress"), 6);
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq.expect("seq")).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in order: {seqs:?}");
+    assert_eq!(run.current_stage.map(|stage| stage.iteration), Some(6));
+    assert!(spool_text(&pod).is_empty(), "the spool is empty once everything is acknowledged");
+}
+
+#[tokio::test]
+async fn the_local_endpoint_takes_only_its_runs_events_with_its_token() {
+    use scientist::emit::{EventStream, LocalEndpoint, StoreSink, StreamConfig};
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let claimed = pod.store.claim(POD, "default", Timestamp::now()).await.expect("claim").expect("a run");
+    let sink = Arc::new(StoreSink::new(pod.store.clone(), "test store"));
+    let stream = EventStream::open(StreamConfig::new(pod.path("spool"), "pod://test".into()), sink).expect("stream");
+    let endpoint = LocalEndpoint::start("127.0.0.1:0".parse().expect("addr")).await.expect("endpoint");
+    let client = reqwest::Client::new();
+    let post = |token: &str, run: &str| {
+        let event = json!({"specversion": "1.0", "id": format!("e-{run}-{token}"), "source": "child://x",
+            "type": "ai.run.log", "subject": format!("run/{run}"), "data": {"message": "hello"}});
+        client
+            .post(format!("{}/api/ingest/event", endpoint.url()))
+            .bearer_auth(token)
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+    };
+    let token = endpoint.token().to_owned();
+    let answer = post(&token, id.as_str()).await.expect("post");
+    assert_eq!(answer.status(), 409, "no run attached yet");
+
+    endpoint.attach(stream.begin(&id, claimed.attempt, 0).await.expect("begin"));
+    assert_eq!(post("wrong", id.as_str()).await.expect("post").status(), 401);
+    let other = post(&token, "some-other-run").await.expect("post");
+    assert_eq!(other.status(), 400);
+    let answer = post(&token, id.as_str()).await.expect("post");
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["outcome"], "spooled");
+    assert_eq!(stream.close(Duration::from_secs(10)).await.undelivered, 0);
+    let events = pod.events(&id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].attempt, events[0].seq), (Some(claimed.attempt), Some(1)));
+}
