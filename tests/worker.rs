@@ -14,6 +14,9 @@ use scientist::time::Timestamp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+#[path = "common/server.rs"]
+mod test_server;
+
 const BIN: &str = env!("CARGO_BIN_EXE_scientist");
 const POD: &str = "test-pod";
 
@@ -549,4 +552,21 @@ async fn the_local_endpoint_takes_only_its_runs_events_with_its_token() {
     let events = pod.events(&id).await;
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].attempt, events[0].seq), (Some(claimed.attempt), Some(1)));
+}
+
+#[tokio::test]
+async fn a_wrong_token_for_the_server_exits_7_and_a_bad_config_exits_2() {
+    let server = test_server::TestServer::start(&["right-token"]).await;
+    let pod = Pod::new().await;
+    let config = pod.config("command = \"true\"\n");
+    let mut worker = pod.bare_worker(&config);
+    worker.args(["--server", &server.url(""), "--token", "wrong-token"]);
+    let (status, stderr) = finish(worker.spawn().expect("start worker"), Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("refused the token"), "{stderr}");
+
+    let config = pod.config("[[stage]]\nname = \"Stage_9\"\ncommand = \"true\"\n");
+    let (status, stderr) = finish(pod.worker(&config).spawn().expect("start worker"), Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown stage \"Stage_9\"") && stderr.contains("pipeline.toml"), "{stderr}");
 }

@@ -173,8 +173,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pipeline,
         drain_file: args.drain_file.clone(),
     };
-    worker::run(config, queue, stream, endpoint, facts, control).await?;
-    Ok(())
+    match worker::run(config, queue, stream, endpoint, facts, control).await {
+        Ok(_) => Ok(()),
+        // A refused token exits with emit's code for it (7).
+        Err(worker::Error::Claim(worker::claims::Error::Send(err))) => Err(err.into()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The store when one is configured, else the control plane named by --server.
