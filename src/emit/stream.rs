@@ -131,9 +131,12 @@ pub struct Closing {
     pub undelivered: usize,
 }
 
+/// Answers a producer waiting for its event to reach the disk.
+type SyncedReply = oneshot::Sender<Result<(), String>>;
+
 enum Command {
     Begin { run_id: RunId, last_seq: u64 },
-    Event { run_id: RunId, attempt: u32, draft: Draft, synced: Option<oneshot::Sender<Result<(), String>>> },
+    Event { run_id: RunId, attempt: u32, draft: Draft, synced: Option<SyncedReply> },
     Close,
 }
 
@@ -469,7 +472,7 @@ impl Writer {
     }
 
     /// Appends and syncs `lines`, then hands them to the sender and answers the waiters.
-    fn spool(&mut self, lines: Vec<Arc<str>>, replies: Vec<(usize, Option<oneshot::Sender<Result<(), String>>>)>) {
+    fn spool(&mut self, lines: Vec<Arc<str>>, replies: Vec<(usize, Option<SyncedReply>)>) {
         if lines.is_empty() {
             return;
         }

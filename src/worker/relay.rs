@@ -124,9 +124,8 @@ impl Outbox<'_> {
     fn push(&mut self, draft: Draft) {
         self.relayed.records += 1;
         if self.waiting.is_empty() {
-            match self.stream.try_emit(draft) {
-                Ok(()) => return,
-                Err(draft) => self.waiting.push_back(draft),
+            if let Err(draft) = self.stream.try_emit(draft) {
+                self.waiting.push_back(draft);
             }
         } else if self.waiting.len() < BUFFER_RECORDS {
             self.waiting.push_back(draft);
