@@ -96,10 +96,16 @@ fn status_ansi(status: RunStatus) -> Ansi {
     }
 }
 
+/// Below this width (a terminal that reports none, such as some ptys) tables do not wrap.
+const MIN_WRAP_WIDTH: u16 = 40;
+
 /// The table's text: columns two spaces apart, no trailing blanks.
 fn render(table: &mut Table) -> String {
     for column in table.column_iter_mut() {
         column.set_padding((0, 2));
+    }
+    if table.width().is_some_and(|width| width < MIN_WRAP_WIDTH) {
+        table.set_content_arrangement(ContentArrangement::Disabled);
     }
     table.trim_fmt()
 }
@@ -435,6 +441,15 @@ mod tests {
         for (seconds, text) in cases {
             assert_eq!(duration(seconds), text);
         }
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let run = crate::run::Run::queued(crate::run::NewRun::new(Value::Null), Timestamp::EPOCH);
+        let plain = runs_table(std::slice::from_ref(&run), Timestamp::EPOCH, Look { color: false, width: None });
+        let coloured = runs_table(&[run], Timestamp::EPOCH, Look { color: true, width: None });
+        assert!(!plain.contains('\x1b'), "{plain:?}");
+        assert!(coloured.contains("\x1b[") && coloured.contains("QUEUED"), "{coloured:?}");
     }
 
     #[test]

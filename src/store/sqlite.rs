@@ -223,23 +223,45 @@ fn backfill_derived(tx: &Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The derived columns of `run`, in the order of [`DERIVED_COLUMNS`].
+fn derived_values(run: &Run) -> [SqlValue; 5] {
+    let gpu = run.gpu_interval();
+    let millis = |at: Option<Timestamp>| at.map_or(SqlValue::Null, |at| SqlValue::from(at.millis()));
+    [
+        millis(run.last_seen_at()),
+        millis(run.finished_at()),
+        run.error.as_ref().map_or(SqlValue::Null, |error| SqlValue::from(error.error_type.clone())),
+        millis(gpu.map(|(from, _)| from)),
+        millis(gpu.map(|(_, until)| until)),
+    ]
+}
+
+/// Columns kept from each run document for `stats` (schema version 1).
+const DERIVED_COLUMNS: &str = "seen_at, finished_at, error_code, gpu_from, gpu_until";
+
 /// Stores what `stats` reads from a run: its derived columns and completed stages.
 fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {
-    let gpu = run.gpu_interval();
-    tx.prepare_cached(
-        "UPDATE runs SET seen_at = ?2, finished_at = ?3, error_code = ?4, gpu_from = ?5, gpu_until = ?6 WHERE id = ?1",
-    )?
-    .execute(params![
-        run.id.as_str(),
-        run.last_seen_at().map(Timestamp::millis),
-        run.finished_at().map(Timestamp::millis),
-        run.error.as_ref().map(|error| error.error_type.as_str()),
-        gpu.map(|(from, _)| from.millis()),
-        gpu.map(|(_, until)| until.millis()),
-    ])?;
+    let sql = format!("UPDATE runs SET ({DERIVED_COLUMNS}) = (?, ?, ?, ?, ?) WHERE id = ?");
+    let values = derived_values(run).into_iter().chain([SqlValue::from(run.id.to_string())]);
+    tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+    write_stage_durations(tx, run)
+}
+
+/// Rewrites a run's `run_stages` rows, only when its completed stages changed (most writes,
+/// a heartbeat or a log line, change none).
+fn write_stage_durations(tx: &Transaction<'_>, run: &Run) -> Result<()> {
+    let mut wanted: Vec<(&str, f64)> = run.completed_stage_durations().collect();
+    wanted.sort_by(|a, b| a.0.cmp(b.0));
+    let stored: Vec<(String, f64)> = tx
+        .prepare_cached("SELECT stage, duration_s FROM run_stages WHERE run_id = ?1 ORDER BY stage")?
+        .query_map([run.id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    if stored.iter().map(|(stage, duration_s)| (stage.as_str(), *duration_s)).eq(wanted.iter().copied()) {
+        return Ok(());
+    }
     tx.prepare_cached("DELETE FROM run_stages WHERE run_id = ?1")?.execute([run.id.as_str()])?;
     let mut insert = tx.prepare_cached("INSERT INTO run_stages (run_id, stage, duration_s) VALUES (?1, ?2, ?3)")?;
-    for (stage, duration_s) in run.completed_stage_durations() {
+    for (stage, duration_s) in wanted {
         insert.execute(params![run.id.as_str(), stage, duration_s])?;
     }
     Ok(())
@@ -265,31 +287,41 @@ fn load_run(conn: &Connection, id: &RunId) -> Result<Option<Run>> {
 }
 
 fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
-    let inserted = tx.execute(
-        "INSERT INTO runs (id, status, queue, priority, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id) DO NOTHING",
-        params![
-            run.id.as_str(),
-            run.status.as_str(),
-            run.queue,
-            run.priority,
-            run.created_at.millis(),
-            to_json("run", run)?
-        ],
-    )?;
+    let sql = format!(
+        "INSERT INTO runs (id, status, queue, priority, created_at, doc, {DERIVED_COLUMNS})
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    );
+    let values = [
+        SqlValue::from(run.id.to_string()),
+        SqlValue::from(run.status.as_str().to_owned()),
+        SqlValue::from(run.queue.clone()),
+        SqlValue::from(run.priority),
+        SqlValue::from(run.created_at.millis()),
+        SqlValue::from(to_json("run", run)?),
+    ];
+    let inserted = tx.prepare_cached(&sql)?.execute(params_from_iter(values.into_iter().chain(derived_values(run))))?;
     if inserted == 0 {
         return Err(Error::AlreadyExists(run.id.clone()));
     }
-    write_derived(tx, run)
+    write_stage_durations(tx, run)
 }
 
 /// Writes `run` back, stamping `updatedAt` and bumping its revision.
 fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp) -> Result<()> {
     run.updated_at = now;
     run.rev += 1;
-    tx.prepare_cached("UPDATE runs SET status = ?2, queue = ?3, priority = ?4, doc = ?5 WHERE id = ?1")?
-        .execute(params![run.id.as_str(), run.status.as_str(), run.queue, run.priority, to_json("run", run)?])?;
-    write_derived(tx, run)
+    let sql = format!(
+        "UPDATE runs SET (status, queue, priority, doc, {DERIVED_COLUMNS}) = (?, ?, ?, ?, ?, ?, ?, ?, ?) WHERE id = ?"
+    );
+    let values = [
+        SqlValue::from(run.status.as_str().to_owned()),
+        SqlValue::from(run.queue.clone()),
+        SqlValue::from(run.priority),
+        SqlValue::from(to_json("run", run)?),
+    ];
+    let id = SqlValue::from(run.id.to_string());
+    tx.prepare_cached(&sql)?.execute(params_from_iter(values.into_iter().chain(derived_values(run)).chain([id])))?;
+    write_stage_durations(tx, run)
 }
 
 fn parse_stored_event(pos: i64, received_at: i64, body: &str) -> Result<StoredEvent> {
