@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::{StoreArgs, UsageError};
 use crate::emit::{Client, EventStream, HttpSink, LocalEndpoint, Sink, StoreSink, StreamConfig};
 use crate::gpu::Gpus;
+use crate::monitor::{self, ArtifactStore};
 use crate::worker::{self, Directive, Pipeline, PodFacts, PodId, Queue};
 
 const AFTER_HELP: &str = "\
@@ -28,6 +29,13 @@ See examples/pipeline.toml. Each command runs in the run's directory, in a proce
 its own, with SCIENTIST_RUN_ID, SCIENTIST_RUN_DIR, SCIENTIST_STAGE, SCIENTIST_ATTEMPT,
 SCIENTIST_CONFIG_DIR, and SCIENTIST_EMIT_URL + SCIENTIST_TOKEN: the worker's local endpoint,
 where `scientist emit` (or an HTTP POST to /api/ingest/event) joins the worker's event stream.
+
+While a run goes, its directory is watched: plots (png, jpg, svg), PDFs, checkpoints (.pt,
+.pth, .ckpt), configs (.yaml) and metrics (metrics.json, .npy) are uploaded to --artifacts once
+they stop changing, and again when their content changes (ai.artifact.detected, then
+ai.artifact.registered with key, bytes, sha256, content_type, kind; ai.artifact.failed after
+retries); *.log files are tailed into ai.run.log events. When the run ends the directory is
+swept once more before the run's end is reported.
 
 Where runs come from: the store (--store, or MONGODB_URL), or with only --server and a token,
 the control plane's queue endpoints (a pod without database credentials).
@@ -112,6 +120,31 @@ pub struct Args {
     /// stays in the spool.
     #[arg(long, env = "SCIENTIST_FLUSH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub flush_timeout: Duration,
+
+    /// Where artifacts of the run directory (plots, PDFs, checkpoints, configs, metrics) are
+    /// uploaded: a directory, file:///DIR, s3://BUCKET/PREFIX (credentials and region from
+    /// AWS_* variables), or `none` [default: the config's `artifacts`, else
+    /// <data dir>/scientist/artifacts].
+    #[arg(long, env = "SCIENTIST_ARTIFACTS", value_name = "URL")]
+    pub artifacts: Option<String>,
+
+    /// S3 endpoint for --artifacts s3://… (MinIO and other S3-compatible servers)
+    /// [default: AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, env = "SCIENTIST_ARTIFACTS_ENDPOINT", value_name = "URL")]
+    pub artifacts_endpoint: Option<String>,
+
+    /// An artifact is uploaded once it has not changed for this long.
+    #[arg(long, env = "SCIENTIST_ARTIFACT_SETTLE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub artifact_settle: Duration,
+
+    /// Artifacts uploaded at once.
+    #[arg(long, env = "SCIENTIST_ARTIFACT_UPLOADS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub artifact_uploads: u16,
+
+    /// How long the end of a run waits for its last uploads before reporting the run's end
+    /// (uploads still going then are reported as ai.artifact.failed).
+    #[arg(long, env = "SCIENTIST_ARTIFACT_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub artifact_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -146,6 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| data_dir().map(|dir| dir.join("worker-spool").join(pod.as_str())))
         .context("no data directory (is HOME set?): pass --spool-dir")?;
+    let monitor = monitor_settings(&args, &pipeline, data_dir().map(|dir| dir.join("artifacts")))?;
     let (queue, sink) = open_queue(&args).await?;
     let stream = EventStream::open(StreamConfig::new(spool_dir, pod.source()), sink)?;
     let endpoint = LocalEndpoint::start(args.emit_listen)
@@ -172,6 +206,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         runs_dir,
         pipeline,
         drain_file: args.drain_file.clone(),
+        monitor,
+        artifact_wait: args.artifact_wait,
     };
     match worker::run(config, queue, stream, endpoint, facts, control).await {
         Ok(_) => Ok(()),
@@ -179,6 +215,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Err(worker::Error::Claim(worker::claims::Error::Send(err))) => Err(err.into()),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Where artifacts go: --artifacts, else the pipeline's `artifacts`, else `default_dir`.
+fn monitor_settings(
+    args: &Args,
+    pipeline: &Pipeline,
+    default_dir: Option<PathBuf>,
+) -> anyhow::Result<monitor::Settings> {
+    let spec = match args.artifacts.clone().or_else(|| pipeline.artifacts.clone()) {
+        Some(spec) => spec,
+        None => {
+            default_dir.context("no data directory (is HOME set?): pass --artifacts DIR or URL")?.display().to_string()
+        }
+    };
+    let artifacts = if spec == "none" {
+        None
+    } else {
+        let store = ArtifactStore::open(&spec, args.artifacts_endpoint.as_deref())
+            .map_err(|err| UsageError(format!("--artifacts: {err}")))?;
+        eprintln!("scientist work: artifacts go to {}", store.location());
+        Some(store)
+    };
+    let mut settings = monitor::Settings::new(artifacts);
+    settings.settle = args.artifact_settle;
+    settings.uploads = usize::from(args.artifact_uploads);
+    Ok(settings)
 }
 
 /// The store when one is configured, else the control plane named by --server.

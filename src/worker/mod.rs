@@ -66,6 +66,10 @@ pub struct Config {
     pub pipeline: Pipeline,
     /// A file whose appearance asks for a drain.
     pub drain_file: Option<PathBuf>,
+    /// The run-directory monitor: artifacts and log files.
+    pub monitor: crate::monitor::Settings,
+    /// How long the end of a run waits for its last artifact uploads.
+    pub artifact_wait: Duration,
 }
 
 /// What a worker did before it exited.

@@ -54,6 +54,8 @@ pub struct Pipeline {
     pub env: BTreeMap<String, String>,
     /// Where run directories are made, if the file says (relative to the file).
     pub runs_dir: Option<PathBuf>,
+    /// Where artifacts go, if the file says: a URL, `none`, or a directory (relative to the file).
+    pub artifacts: Option<String>,
     /// The directory of the config file, given to the child as `SCIENTIST_CONFIG_DIR`.
     pub config_dir: PathBuf,
 }
@@ -72,6 +74,7 @@ struct RawConfig {
     command: Option<Command>,
     timeout: Option<String>,
     runs_dir: Option<PathBuf>,
+    artifacts: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default, rename = "stage")]
@@ -132,7 +135,11 @@ impl Pipeline {
             return Err(format!("[env]: {name:?} is not a valid variable name"));
         }
         let runs_dir = raw.runs_dir.map(|dir| if dir.is_relative() { config_dir.join(dir) } else { dir });
-        Ok(Pipeline { steps, env: raw.env, runs_dir, config_dir: config_dir.to_owned() })
+        let artifacts = raw.artifacts.map(|spec| {
+            let relative_dir = !spec.contains("://") && spec != "none" && Path::new(&spec).is_relative();
+            if relative_dir { config_dir.join(spec).display().to_string() } else { spec }
+        });
+        Ok(Pipeline { steps, env: raw.env, runs_dir, artifacts, config_dir: config_dir.to_owned() })
     }
 }
 
@@ -177,6 +184,19 @@ mod tests {
         assert_eq!(pipeline.steps[1].stage, Some(Stage::Stage2));
         assert_eq!(pipeline.steps[1].command.argv()[..2], ["sh", "-c"]);
         assert_eq!(pipeline.runs_dir, Some(PathBuf::from("/cfg/runs")));
+        assert_eq!(pipeline.artifacts, None);
+    }
+
+    #[test]
+    fn artifacts_by_url_or_directory() {
+        let parse = |line: &str| {
+            let text = format!("{line}\ncommand = \"true\"");
+            Pipeline::parse(&text, Path::new("/cfg")).expect("valid").artifacts
+        };
+        assert_eq!(parse("artifacts = \"s3://bucket/exp\"").as_deref(), Some("s3://bucket/exp"));
+        assert_eq!(parse("artifacts = \"store\"").as_deref(), Some("/cfg/store"));
+        assert_eq!(parse("artifacts = \"/data/a\"").as_deref(), Some("/data/a"));
+        assert_eq!(parse("artifacts = \"none\"").as_deref(), Some("none"));
     }
 
     #[test]

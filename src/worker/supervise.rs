@@ -15,6 +15,7 @@ use super::pipeline::Step;
 use super::relay::relay;
 use super::{Context, Directive, heartbeat, rundir};
 use crate::emit::{Draft, Reported, RunStream};
+use crate::monitor::Monitor;
 use crate::run::{Run, RunId, RunStatus};
 
 /// After a stage's processes are gone, its output pipes close; a process that escaped the
@@ -80,34 +81,55 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
                 context.facts.clone(),
                 group.clone(),
             ));
+            let monitor = Monitor::start(context.config.monitor.clone(), run_id.clone(), dir.clone(), stream.clone());
             let watcher = watch_claim(context, &run_id, run.attempt);
             tokio::pin!(watcher);
             let mut verdict = Verdict::Completed;
+            let mut failed_stage = None;
             for step in &context.config.pipeline.steps {
                 let steps = Steps { context, stream: &stream, dir: &dir, run: &run, group: &group };
-                match steps.run(step, &mut watcher).await {
+                let end = steps.run(step, &mut watcher).await;
+                let stage =
+                    || step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(&reported).stage.clone());
+                match end {
                     StepEnd::Done => {}
                     StepEnd::Failed(failure) => {
-                        let stage =
-                            step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(&reported).stage.clone());
+                        failed_stage = stage();
                         verdict = Verdict::Failed(failure);
-                        report_failure(&stream, &verdict, stage, &reported).await;
                         break;
                     }
                     StepEnd::Stopped(reason) => {
-                        let stage =
-                            step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(&reported).stage.clone());
+                        failed_stage = stage();
                         verdict = Verdict::Stopped(reason);
-                        report_failure(&stream, &verdict, stage, &reported).await;
                         break;
                     }
                 }
             }
+            // The last artifacts and log lines go before the terminal event; heartbeats go on
+            // meanwhile, since a long final upload is not a lost worker.
+            let within = match *context.control.borrow() {
+                _ if matches!(verdict, Verdict::Stopped(StopReason::ClaimLost(_))) => Duration::ZERO,
+                Directive::StopNow => Duration::ZERO,
+                Directive::Stop => context.config.artifact_wait.min(context.config.grace),
+                Directive::Work | Directive::Drain => context.config.artifact_wait,
+            };
+            let report = monitor.finish(within).await;
+            if report.unfinished > 0 {
+                eprintln!(
+                    "scientist work: {} artifact upload(s) of run {run_id} did not finish within {}",
+                    report.unfinished,
+                    humantime::format_duration(within)
+                );
+            }
             beats.abort();
             context.endpoint.detach();
-            if verdict == Verdict::Completed && lock(&reported).terminal.is_none() {
-                let data = json!({ "duration_s": started.elapsed().as_secs_f64() });
-                emit(&stream, Draft::new("ai.run.completed", object(data))).await;
+            if verdict == Verdict::Completed {
+                if lock(&reported).terminal.is_none() {
+                    let data = json!({ "duration_s": started.elapsed().as_secs_f64() });
+                    emit(&stream, Draft::new("ai.run.completed", object(data))).await;
+                }
+            } else {
+                report_failure(&stream, &verdict, failed_stage, &reported).await;
             }
             verdict
         }

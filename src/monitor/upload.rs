@@ -1,0 +1,341 @@
+//! Where artifacts go: an [`ArtifactStore`] over object_store (a local directory, or
+//! S3/MinIO by `s3://` URL), and one upload of one file with its sha256 and content type,
+//! streamed (a checkpoint of many GiB is never held in memory) and retried. No events here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::run::RunId;
+
+/// Files up to this size go up in one PUT; larger ones as a multipart upload.
+const SINGLE_PUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts of a multipart upload (S3 wants at least 5 MiB for all but the last).
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts of one file in flight at once: with `MAX_UPLOADS` files, at most 32 MiB buffered
+/// per file.
+const PARTS_IN_FLIGHT: usize = 2;
+
+const READ_BYTES: usize = 1024 * 1024;
+
+/// Tries per upload, and the pauses between them. object_store's S3 client retries
+/// transient HTTP errors inside each try as well.
+const ATTEMPTS: usize = 3;
+const BACKOFF: [Duration; ATTEMPTS - 1] = [Duration::from_millis(500), Duration::from_secs(2)];
+
+/// Where a run's artifacts are stored. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    store: Arc<dyn ObjectStore>,
+    /// Object keys start with this (the path part of an `s3://bucket/prefix` URL).
+    prefix: Vec<String>,
+    /// Whether the store keeps a content type with each object (a local directory cannot).
+    content_types: bool,
+    /// Where it is, for messages (holds no secret: credentials come from the environment).
+    location: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "artifact store {url:?} is not supported: give a directory, file:///DIR, or s3://BUCKET/PREFIX \
+         (S3, MinIO and other S3-compatible stores; set AWS_ENDPOINT_URL for a non-AWS endpoint)"
+    )]
+    Unsupported { url: String },
+    #[error("cannot create the artifact directory {}: {source}; pass --artifacts DIR or URL", path.display())]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the artifact store {url}: {source}")]
+    Store { url: String, source: object_store::Error },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The file disappeared before it could be read (a pipeline's temporary file): not a failure.
+    #[error("{} is gone", path.display())]
+    Vanished { path: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot store {key} in {location}: {source}")]
+    Store { key: String, location: String, source: object_store::Error },
+}
+
+/// One stored version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub bytes: u64,
+    /// Lower-case hex of the SHA-256 of exactly the bytes stored.
+    pub sha256: String,
+}
+
+impl ArtifactStore {
+    /// Opens the store named by `spec`: `s3://BUCKET[/PREFIX]` (credentials, region and
+    /// endpoint from the usual `AWS_*` variables; `endpoint` wins over `AWS_ENDPOINT_URL`),
+    /// `file:///DIR`, or a directory path (made if missing).
+    pub fn open(spec: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
+        if let Some(rest) = spec.strip_prefix("s3://").or_else(|| spec.strip_prefix("s3a://")) {
+            return ArtifactStore::s3(spec, rest, endpoint);
+        }
+        if let Some(path) = spec.strip_prefix("file://") {
+            return ArtifactStore::local(Path::new(path));
+        }
+        if spec.contains("://") || spec.is_empty() {
+            return Err(OpenError::Unsupported { url: spec.to_owned() });
+        }
+        ArtifactStore::local(Path::new(spec))
+    }
+
+    /// A local directory (made if missing).
+    pub fn local(dir: &Path) -> Result<ArtifactStore, OpenError> {
+        let directory = |source| OpenError::Directory { path: dir.to_owned(), source };
+        std::fs::create_dir_all(dir).map_err(directory)?;
+        let dir = std::fs::canonicalize(dir).map_err(directory)?;
+        let store = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|source| OpenError::Store { url: dir.display().to_string(), source })?;
+        Ok(ArtifactStore {
+            store: Arc::new(store),
+            prefix: Vec::new(),
+            content_types: false,
+            location: dir.display().to_string(),
+        })
+    }
+
+    fn s3(url: &str, rest: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(OpenError::Unsupported { url: url.to_owned() });
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = endpoint.map(str::to_owned).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let mut location = format!("s3://{rest}");
+        if let Some(endpoint) = endpoint.filter(|endpoint| !endpoint.is_empty()) {
+            // MinIO and other S3-compatible servers on a plain-HTTP address (a private network).
+            builder = builder.with_endpoint(&endpoint).with_allow_http(endpoint.starts_with("http://"));
+            location = format!("{location} at {endpoint}");
+        }
+        let store = builder.build().map_err(|source| OpenError::Store { url: url.to_owned(), source })?;
+        Ok(ArtifactStore {
+            store: Arc::new(store),
+            prefix: prefix.split('/').filter(|part| !part.is_empty()).map(str::to_owned).collect(),
+            content_types: true,
+            location,
+        })
+    }
+
+    /// Where it is, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The key of a run's file: `[PREFIX/]runs/<run id>/<path in the run directory>`.
+    pub fn key(&self, run_id: &RunId, relative: &Path) -> ObjectPath {
+        let file_parts: Vec<String> = relative
+            .components()
+            .filter_map(|part| match part {
+                std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let parts = self
+            .prefix
+            .iter()
+            .map(String::as_str)
+            .chain(["runs", run_id.as_str()])
+            .chain(file_parts.iter().map(String::as_str));
+        ObjectPath::from_iter(parts)
+    }
+
+    /// The object store itself (tests read back what was stored).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Uploads `file` to `key`, trying up to three times.
+    ///
+    /// # Errors
+    /// `Vanished` at once when the file is gone; otherwise the last try's error.
+    pub async fn upload(&self, file: &Path, key: &ObjectPath, content_type: &str) -> Result<Uploaded, UploadError> {
+        let mut attempt = 0;
+        loop {
+            match self.upload_once(file, key, content_type).await {
+                Ok(uploaded) => return Ok(uploaded),
+                Err(err @ UploadError::Vanished { .. }) => return Err(err),
+                Err(err) if attempt + 1 >= ATTEMPTS => return Err(err),
+                Err(err) => {
+                    tracing::debug!(file = %file.display(), error = %err, "artifact upload failed; trying again");
+                    tokio::time::sleep(BACKOFF[attempt]).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn upload_once(&self, file: &Path, key: &ObjectPath, content_type: &str) -> Result<Uploaded, UploadError> {
+        let read_error = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                UploadError::Vanished { path: file.to_owned() }
+            } else {
+                UploadError::Read { path: file.to_owned(), source }
+            }
+        };
+        let store_error = |source| UploadError::Store { key: key.to_string(), location: self.location.clone(), source };
+        let mut reader = tokio::fs::File::open(file).await.map_err(read_error)?;
+        let mut hasher = Sha256::new();
+        let mut attributes = Attributes::new();
+        if self.content_types {
+            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+        }
+
+        // The first part decides: a small file goes up in one PUT.
+        let mut first = Vec::with_capacity(SINGLE_PUT_BYTES.min(READ_BYTES));
+        let ended = read_up_to(&mut reader, &mut first, SINGLE_PUT_BYTES).await.map_err(read_error)?;
+        hasher.update(&first);
+        if ended {
+            let bytes = first.len() as u64;
+            let options = PutOptions { attributes, ..PutOptions::default() };
+            self.store.put_opts(key, PutPayload::from(first), options).await.map_err(store_error)?;
+            return Ok(Uploaded { bytes, sha256: hex(&hasher.finalize()) });
+        }
+
+        let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
+        let upload = self.store.put_multipart_opts(key, options).await.map_err(store_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut bytes = first.len() as u64;
+        writer.write(&first);
+        drop(first);
+        let mut buffer = vec![0u8; READ_BYTES];
+        let streamed: Result<(), UploadError> = async {
+            loop {
+                let read = reader.read(&mut buffer).await.map_err(read_error)?;
+                if read == 0 {
+                    return Ok(());
+                }
+                hasher.update(&buffer[..read]);
+                bytes += read as u64;
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(store_error)?;
+                writer.write(&buffer[..read]);
+            }
+        }
+        .await;
+        if let Err(err) = streamed {
+            // Best effort: S3 also expires abandoned uploads by lifecycle rule.
+            let _ = writer.abort().await;
+            return Err(err);
+        }
+        writer.finish().await.map_err(store_error)?;
+        Ok(Uploaded { bytes, sha256: hex(&hasher.finalize()) })
+    }
+}
+
+/// Reads into `buffer` until it holds `limit` bytes or the file ends; true when it ended.
+async fn read_up_to(reader: &mut tokio::fs::File, buffer: &mut Vec<u8>, limit: usize) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; READ_BYTES];
+    while buffer.len() < limit {
+        let want = (limit - buffer.len()).min(READ_BYTES);
+        let read = reader.read(&mut chunk[..want]).await?;
+        if read == 0 {
+            return Ok(true);
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    // Exactly `limit` bytes may also be the whole file: look one byte further.
+    let read = reader.read(&mut chunk[..1]).await?;
+    buffer.extend_from_slice(&chunk[..read]);
+    Ok(read == 0)
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    text
+}
+
+/// The SHA-256 of a whole file, in lower-case hex (blocking; for tests and tools).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; READ_BYTES];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(hex(&hasher.finalize()));
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn run_id() -> RunId {
+        "run-1".parse().expect("valid run id")
+    }
+
+    #[test]
+    fn keys_put_the_run_under_the_prefix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let local = ArtifactStore::local(dir.path()).expect("local store");
+        assert_eq!(local.key(&run_id(), Path::new("plots/loss.png")).as_ref(), "runs/run-1/plots/loss.png");
+        let mut prefixed = local.clone();
+        prefixed.prefix = vec!["team".into(), "exp".into()];
+        assert_eq!(prefixed.key(&run_id(), Path::new("m.pt")).as_ref(), "team/exp/runs/run-1/m.pt");
+    }
+
+    #[test]
+    fn unsupported_urls_say_what_is() {
+        for spec in ["gs://bucket/x", "az://c/x", "", "s3://"] {
+            let err = ArtifactStore::open(spec, None).expect_err(spec).to_string();
+            assert!(err.contains("s3://BUCKET/PREFIX"), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(hex(&Sha256::digest(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    /// Sizes around the single-PUT limit take both paths; what is stored is what was read.
+    #[tokio::test]
+    async fn small_and_large_files_are_stored_whole_with_their_sha256() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let artifacts = ArtifactStore::local(&dir.path().join("artifacts")).expect("local store");
+        for size in [0, 1, SINGLE_PUT_BYTES, SINGLE_PUT_BYTES + 1, 2 * PART_BYTES + 12345] {
+            let content: Vec<u8> = (0..size).map(|index| (index % 251) as u8).collect();
+            let file = dir.path().join(format!("model-{size}.pt"));
+            std::fs::write(&file, &content).expect("write");
+            let key = artifacts.key(&run_id(), Path::new(&format!("model-{size}.pt")));
+            let uploaded = artifacts.upload(&file, &key, "application/octet-stream").await.expect("upload");
+            assert_eq!(uploaded.bytes, size as u64);
+            assert_eq!(uploaded.sha256, hex(&Sha256::digest(&content)), "size {size}");
+            let stored = artifacts.object_store().get(&key).await.expect("get").bytes().await.expect("bytes");
+            assert_eq!(stored.len(), size, "size {size}");
+            assert!(stored.as_ref() == content.as_slice(), "size {size}: stored bytes differ");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_vanished_not_failed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let artifacts = ArtifactStore::local(dir.path()).expect("local store");
+        let key = artifacts.key(&run_id(), Path::new("gone.png"));
+        let err = artifacts.upload(&dir.path().join("gone.png"), &key, "image/png").await.expect_err("gone");
+        assert!(matches!(err, UploadError::Vanished { .. }), "{err}");
+    }
+}

@@ -1,0 +1,150 @@
+//! The notify side of the monitor: a recursive watch on a run directory (inotify on Linux;
+//! no polling) whose events arrive as [`Change`]s on a bounded channel. notify calls us on
+//! its own thread, which must never block: when the channel is full, the paths are dropped
+//! and the next change read says [`Change::Rescan`], so a storm is coalesced, never lost.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// Batches of paths that may wait for the monitor. Each notify event is one batch (usually
+/// one path); a pipeline writing thousands of files a second overflows it, and a rescan of
+/// the directory, which the overflow triggers, is then cheaper than the events were.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// What changed in the watched directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// These files were created, written, closed after writing or renamed into place.
+    Files(Vec<PathBuf>),
+    /// A folder appeared. notify adds its watch only after reporting it, so files written
+    /// into it before that raise no event: the monitor scans it once it has settled.
+    Folder(PathBuf),
+    /// Events were lost (the channel or the kernel's queue overflowed): scan everything.
+    Rescan,
+}
+
+/// Watches while it lives.
+pub struct DirWatcher {
+    _watcher: RecommendedWatcher,
+}
+
+/// Starts watching `dir` and everything below it.
+///
+/// # Errors
+/// notify's, e.g. when the inotify watch limit (`fs.inotify.max_user_watches`) is reached.
+pub fn watch(dir: &Path) -> notify::Result<(DirWatcher, Changes)> {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let flag = overflowed.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let change = match event {
+            Ok(event) if event.need_rescan() => Change::Rescan,
+            Ok(event) => match change_of(event) {
+                Some(change) => change,
+                None => return,
+            },
+            Err(err) => {
+                tracing::debug!(error = %err, "file watch error; rescanning the run directory");
+                Change::Rescan
+            }
+        };
+        if tx.try_send(change).is_err() {
+            flag.store(true, Ordering::Release);
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    Ok((DirWatcher { _watcher: watcher }, Changes { rx, overflowed }))
+}
+
+/// The receiving end.
+pub struct Changes {
+    rx: mpsc::Receiver<Change>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Changes {
+    /// The next change; `None` once the watcher is gone and everything was read.
+    /// Cancel-safe (an mpsc receive).
+    pub async fn recv(&mut self) -> Option<Change> {
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            return Some(Change::Rescan);
+        }
+        let change = self.rx.recv().await;
+        // A change dropped while this one waited is made up for by a rescan, right after.
+        if change.is_some() && self.overflowed.load(Ordering::Acquire) {
+            self.overflowed.store(false, Ordering::Release);
+            return Some(Change::Rescan);
+        }
+        change
+    }
+
+    /// A change already waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<Change> {
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            return Some(Change::Rescan);
+        }
+        self.rx.try_recv().ok()
+    }
+}
+
+/// The events that can mean new content. Opens, reads and removals do not.
+fn change_of(event: notify::Event) -> Option<Change> {
+    match event.kind {
+        EventKind::Create(CreateKind::Folder) => event.paths.into_iter().next().map(Change::Folder),
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => {
+            Some(Change::Files(event.paths))
+        }
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Files(event.paths)),
+        EventKind::Access(_) | EventKind::Remove(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Reads changes until `wanted` is among them, failing after a deadline.
+    async fn wait_for(changes: &mut Changes, wanted: impl Fn(&Change) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Some(change)) if wanted(&change) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the watcher stopped"),
+                Err(_) => panic!("no matching change within 10 s"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_and_new_folders_are_seen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = std::fs::canonicalize(dir.path()).expect("canonical");
+        let (_watcher, mut changes) = watch(&root).expect("watch");
+        let plot = root.join("loss.png");
+        std::fs::write(&plot, b"png").expect("write");
+        wait_for(&mut changes, |change| matches!(change, Change::Files(paths) if paths.contains(&plot))).await;
+        let folder = root.join("Stage_1");
+        std::fs::create_dir(&folder).expect("mkdir");
+        wait_for(&mut changes, |change| *change == Change::Folder(folder.clone())).await;
+    }
+
+    #[test]
+    fn an_overflow_becomes_one_rescan() {
+        let (tx, rx) = mpsc::channel(1);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let mut changes = Changes { rx, overflowed: overflowed.clone() };
+        tx.try_send(Change::Files(vec![PathBuf::from("a")])).expect("room for one");
+        assert!(tx.try_send(Change::Files(vec![PathBuf::from("b")])).is_err());
+        overflowed.store(true, Ordering::Release);
+        assert_eq!(changes.try_recv(), Some(Change::Rescan));
+        assert_eq!(changes.try_recv(), Some(Change::Files(vec![PathBuf::from("a")])));
+        assert_eq!(changes.try_recv(), None);
+    }
+}
