@@ -1,0 +1,384 @@
+//! The run-directory monitor end to end: the built `scientist work` running
+//! `examples/pipeline/artifacts.toml` (a stage that writes a plot, a checkpoint, a config, a
+//! log file and metrics.json twice), a real SQLite store, artifacts in a local directory or
+//! on the real S3 server (moto) that `scripts/test` starts. Every wait is on a condition
+//! with a deadline; nothing sleeps for a fixed time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::aws::AmazonS3Builder;
+use object_store::{Attribute, ObjectStoreExt};
+use scientist::event::{Event, Payload};
+use scientist::run::{NewRun, RunId, RunStatus};
+use scientist::store::{Artifact, EventFilter, SqliteStore, Store};
+use scientist::time::Timestamp;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scientist");
+
+/// The files the example stage leaves for upload, with their kind and content type.
+const UPLOADED: &[(&str, &str, &str)] = &[
+    ("checkpoints/model.pt", "checkpoint", "application/octet-stream"),
+    ("config.yaml", "config", "application/yaml"),
+    ("metrics.json", "metrics", "application/json"),
+    ("plots/loss.png", "plot", "image/png"),
+];
+
+/// The lines of `train.log`, in order (the last one has no newline).
+const LOG_LINES: &[&str] = &[
+    "epoch 1 loss 1.0",
+    "epoch 2 loss 0.5",
+    "epoch 3 loss 0.3333",
+    "WARNING: the learning rate may be too high",
+    "saved checkpoints/model.pt (3 MiB)",
+    "done",
+];
+
+fn config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline/artifacts.toml")
+}
+
+/// A pod's directories around one SQLite store.
+struct Pod {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+}
+
+impl Pod {
+    async fn new() -> Pod {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
+        Pod { dir, store }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn enqueue(&self) -> RunId {
+        let idea = json!({"title": "toy training", "hypothesis": "plots and checkpoints reach the store"});
+        self.store.enqueue(NewRun::new(idea), Timestamp::now()).await.expect("enqueue").id
+    }
+
+    /// `scientist work --once` on the store, with a short settle time.
+    fn worker(&self, artifacts: &str) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("work")
+            .arg("--once")
+            .arg("--config")
+            .arg(config())
+            .arg("--artifacts")
+            .arg(artifacts)
+            .arg("--artifact-settle")
+            .arg("200ms")
+            .env("HOME", self.dir.path())
+            .env("RUNPOD_POD_ID", "monitor-pod")
+            .env("SCIENTIST_STORE", self.path("store.sqlite"))
+            .env("SCIENTIST_RUNS_DIR", self.path("runs"))
+            .env("SCIENTIST_WORKER_SPOOL", self.path("spool"))
+            .env("SCIENTIST_POLL", "100ms")
+            .env("SCIENTIST_CANCEL_POLL", "100ms")
+            .env("SCIENTIST_HEARTBEAT", "1s")
+            .env("LOG_LEVEL", "warn")
+            .env_remove("MONGODB_URL")
+            .env_remove("SCIENTIST_SERVER")
+            .env_remove("SCIENTIST_ARTIFACTS")
+            .env_remove("SCIENTIST_ARTIFACTS_ENDPOINT")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("TOY_WAIT_FILE")
+            .env_remove("TOY_CHECKPOINT_MB")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// The run's directory, once the worker made it.
+    async fn run_dir(&self, id: &RunId) -> PathBuf {
+        let runs = self.path("runs");
+        let suffix = format!("_{id}");
+        eventually("the run directory", || async {
+            let found = std::fs::read_dir(&runs)
+                .ok()?
+                .filter_map(Result::ok)
+                .find(|entry| entry.file_name().to_str().is_some_and(|name| name.ends_with(&suffix)));
+            found.map(|entry| entry.path())
+        })
+        .await
+    }
+
+    async fn artifacts(&self, id: &RunId) -> BTreeMap<String, Artifact> {
+        let artifacts = self.store.artifacts(id).await.expect("artifacts");
+        artifacts.into_iter().map(|artifact| (artifact.key.clone(), artifact)).collect()
+    }
+
+    /// Every stored event of the run, in stored order.
+    async fn events(&self, id: &RunId) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut cursor = None;
+        loop {
+            let filter = EventFilter { limit: 1000, cursor: cursor.clone(), ..EventFilter::default() };
+            let page = self.store.list_events(id, &filter).await.expect("list events");
+            events.extend(page.items.into_iter().map(|stored| stored.event));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return events,
+            }
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, failing the test after 60 s.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let within = Duration::from_secs(60);
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for the worker to exit; panics with its stderr unless it succeeded.
+async fn finish(child: Child) -> String {
+    let within = Duration::from_secs(120);
+    let output = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}"))
+        .expect("worker output");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "worker failed ({}): {stderr}", output.status);
+    stderr
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn sha256_of(path: &Path) -> String {
+    sha256(&std::fs::read(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display())))
+}
+
+fn of_type<'a>(events: &'a [Event], event_type: &str) -> Vec<&'a Event> {
+    events.iter().filter(|event| event.event_type == event_type).collect()
+}
+
+/// What every backend must show after the example stage ran: one record per file with the
+/// file's sha256, kind and content type; detected before registered; metrics.json values as
+/// stage metrics; train.log as log events; all of it before the run's end.
+async fn check_reported(pod: &Pod, id: &RunId, run_dir: &Path, key_prefix: &str) -> BTreeMap<String, Artifact> {
+    let run = pod.store.get(id).await.expect("get").expect("run exists");
+    assert_eq!(run.status, RunStatus::Completed);
+    let artifacts = pod.artifacts(id).await;
+    let expected_keys: Vec<String> =
+        UPLOADED.iter().map(|(relative, _, _)| format!("{key_prefix}runs/{id}/{relative}")).collect();
+    assert_eq!(artifacts.keys().cloned().collect::<Vec<_>>(), expected_keys, "train.log is tailed, not uploaded");
+    for (relative, kind, content_type) in UPLOADED {
+        let artifact = &artifacts[&format!("{key_prefix}runs/{id}/{relative}")];
+        let local = run_dir.join(relative);
+        assert_eq!(artifact.sha256.as_deref(), Some(sha256_of(&local).as_str()), "{relative}");
+        assert_eq!(artifact.bytes, Some(std::fs::metadata(&local).expect("stat").len()), "{relative}");
+        assert_eq!(artifact.kind.as_deref(), Some(*kind), "{relative}");
+        assert_eq!(artifact.content_type.as_deref(), Some(*content_type), "{relative}");
+    }
+
+    let events = pod.events(id).await;
+    let detected = of_type(&events, "ai.artifact.detected");
+    assert_eq!(detected.len(), UPLOADED.len(), "one detection per file");
+    assert!(of_type(&events, "ai.artifact.failed").is_empty());
+    let end = events.iter().position(|event| event.event_type == "ai.run.completed").expect("completed");
+    let last_artifact =
+        events.iter().rposition(|event| event.event_type.starts_with("ai.artifact.")).expect("artifact events");
+    assert!(last_artifact < end, "every artifact event comes before the run's end");
+
+    let log: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Payload::Log(log) if log.source.as_deref() == Some("train.log") => Some(log.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(log, LOG_LINES, "train.log, line by line, once");
+
+    let metrics: BTreeMap<&str, f64> = run.metrics.iter().map(|point| (point.name.as_str(), point.value)).collect();
+    assert_eq!(metrics.get("val_loss"), Some(&0.25), "the latest metrics.json value: {metrics:?}");
+    assert_eq!(metrics.get("accuracy"), Some(&0.91), "{metrics:?}");
+    artifacts
+}
+
+#[tokio::test]
+async fn artifacts_are_stored_locally_with_their_sha256_registered_and_reregistered_when_changed() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let artifact_dir = pod.path("artifacts");
+    let go = pod.path("go");
+    let worker =
+        pod.worker(artifact_dir.to_str().expect("utf-8 path")).env("TOY_WAIT_FILE", &go).spawn().expect("start");
+    let run_dir = pod.run_dir(&id).await;
+
+    // The stage waits for `go` before its second metrics.json: the first version must be
+    // registered by then, with the sha256 of what is on disk.
+    let metrics_key = format!("runs/{id}/metrics.json");
+    let first = eventually("the first metrics.json registered", || async {
+        pod.artifacts(&id).await.get(&metrics_key).and_then(|artifact| artifact.sha256.clone())
+    })
+    .await;
+    assert_eq!(first, sha256_of(&run_dir.join("metrics.json")));
+    std::fs::write(&go, b"").expect("write go file");
+    let stderr = finish(worker).await;
+
+    let artifacts = check_reported(&pod, &id, &run_dir, "").await;
+    for key in artifacts.keys() {
+        let object = artifact_dir.join(key);
+        assert_eq!(
+            Some(sha256_of(&object)),
+            artifacts[key].sha256,
+            "the stored object {} is the file: {stderr}",
+            object.display()
+        );
+    }
+    assert!(!artifact_dir.join(format!("runs/{id}/train.log")).exists());
+
+    // metrics.json changed after its first upload: a new registration under the same key.
+    let events = pod.events(&id).await;
+    let metrics_versions: Vec<String> = of_type(&events, "ai.artifact.registered")
+        .into_iter()
+        .filter_map(|event| match &event.payload {
+            Payload::ArtifactRegistered(registered) if registered.key == metrics_key => registered.sha256.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(metrics_versions.len(), 2, "{metrics_versions:?}");
+    assert_eq!(metrics_versions[0], first);
+    assert_eq!(metrics_versions[1], sha256_of(&run_dir.join("metrics.json")));
+    assert_ne!(metrics_versions[0], metrics_versions[1]);
+
+    // Each metrics.json version's values, as stage metrics: all of the first, the changes of the second.
+    let metric_events: Vec<(String, f64, Option<u64>)> = of_type(&events, "ai.run.stage_metric")
+        .into_iter()
+        .filter_map(|event| match &event.payload {
+            Payload::StageMetric(metric) => Some((metric.name.clone(), metric.value, metric.step)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        metric_events,
+        [
+            ("val_loss".to_owned(), 0.3333, Some(3)),
+            ("accuracy".to_owned(), 0.91, Some(4)),
+            ("val_loss".to_owned(), 0.25, Some(4)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn artifacts_go_to_s3_with_their_content_type_and_a_multipart_checkpoint() {
+    let endpoint = std::env::var("SCIENTIST_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "SCIENTIST_TEST_S3_ENDPOINT is not set: run the tests through scripts/test, which starts an S3 \
+             server (moto) and sets it, or start `moto_server -H 127.0.0.1 -p PORT` (pip install \
+             'moto[server]') and export SCIENTIST_TEST_S3_ENDPOINT=http://127.0.0.1:PORT"
+        )
+    });
+    let bucket = format!("scientist-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let created =
+        reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap_or_else(|err| {
+            panic!("cannot reach the S3 test server at {endpoint} ({err}); is moto_server running?")
+        });
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    let worker = pod
+        .worker(&format!("s3://{bucket}/experiments/toy"))
+        .arg("--artifacts-endpoint")
+        .arg(&endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        // Above the 8 MiB single-PUT limit: a multipart upload.
+        .env("TOY_CHECKPOINT_MB", "10")
+        .spawn()
+        .expect("start");
+    let run_dir = pod.run_dir(&id).await;
+    let stderr = finish(worker).await;
+    assert!(stderr.contains(&format!("artifacts go to s3://{bucket}/experiments/toy")), "{stderr}");
+
+    let checkpoint = std::fs::metadata(run_dir.join("checkpoints/model.pt")).expect("stat");
+    assert_eq!(checkpoint.len(), 10 * 1024 * 1024);
+    let artifacts = {
+        let run = pod.store.get(&id).await.expect("get").expect("run");
+        assert_eq!(run.status, RunStatus::Completed, "{stderr}");
+        pod.artifacts(&id).await
+    };
+    assert_eq!(artifacts.len(), UPLOADED.len(), "{:?}", artifacts.keys());
+
+    let s3 = AmazonS3Builder::new()
+        .with_bucket_name(&bucket)
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()
+        .expect("S3 client");
+    for (relative, kind, content_type) in UPLOADED {
+        let key = format!("experiments/toy/runs/{id}/{relative}");
+        let artifact = artifacts.get(&key).unwrap_or_else(|| panic!("no record for {key}: {:?}", artifacts.keys()));
+        let object = s3.get(&key.as_str().into()).await.unwrap_or_else(|err| panic!("get {key}: {err}"));
+        let stored_type = object.attributes.get(&Attribute::ContentType).map(|value| value.to_string());
+        let bytes = object.bytes().await.expect("object bytes");
+        assert_eq!(Some(sha256(&bytes)), artifact.sha256, "{key}");
+        assert_eq!(artifact.sha256, Some(sha256_of(&run_dir.join(relative))), "{key}");
+        assert_eq!(artifact.bytes, Some(bytes.len() as u64), "{key}");
+        assert_eq!(artifact.kind.as_deref(), Some(*kind));
+        assert_eq!(stored_type.as_deref(), Some(*content_type), "{key}: content type kept by S3");
+    }
+}
+
+#[tokio::test]
+async fn uploads_that_keep_failing_are_reported_and_the_run_still_completes() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    // `runs` is a file where the store needs a folder: every upload fails.
+    let artifact_dir = pod.path("artifacts");
+    std::fs::create_dir_all(&artifact_dir).expect("mkdir");
+    std::fs::write(artifact_dir.join("runs"), b"not a folder").expect("write");
+    let worker = pod.worker(artifact_dir.to_str().expect("utf-8 path")).spawn().expect("start");
+    finish(worker).await;
+
+    let run = pod.store.get(&id).await.expect("get").expect("run exists");
+    assert_eq!(run.status, RunStatus::Completed, "a failed upload does not fail the run");
+    assert!(pod.artifacts(&id).await.is_empty());
+    let events = pod.events(&id).await;
+    assert!(of_type(&events, "ai.artifact.registered").is_empty());
+    let mut failed: Vec<String> = of_type(&events, "ai.artifact.failed")
+        .into_iter()
+        .filter_map(|event| match &event.payload {
+            Payload::ArtifactFailed(failed) => {
+                assert!(failed.error.as_deref().is_some_and(|error| error.contains("cannot store")), "{failed:?}");
+                Some(failed.path.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    failed.sort();
+    failed.dedup();
+    let expected: Vec<String> = UPLOADED.iter().map(|(relative, _, _)| relative.to_string()).collect();
+    assert_eq!(failed, expected);
+}
