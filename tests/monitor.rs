@@ -239,6 +239,22 @@ async fn artifacts_are_stored_locally_with_their_sha256_registered_and_reregiste
     })
     .await;
     assert_eq!(first, sha256_of(&run_dir.join("metrics.json")));
+    // While the stage still runs, the rest is registered and the log tailed: not left to
+    // the final sweep.
+    eventually("every file registered while the stage runs", || async {
+        (pod.artifacts(&id).await.len() == UPLOADED.len()).then_some(())
+    })
+    .await;
+    eventually("train.log tailed while the stage runs", || async {
+        let tailed = pod
+            .events(&id)
+            .await
+            .iter()
+            .filter(|event| matches!(&event.payload, Payload::Log(log) if log.source.as_deref() == Some("train.log")))
+            .count();
+        (tailed == LOG_LINES.len() - 1).then_some(())
+    })
+    .await;
     std::fs::write(&go, b"").expect("write go file");
     let stderr = finish(worker).await;
 

@@ -33,7 +33,7 @@ const ATTEMPTS: usize = 3;
 const BACKOFF: [Duration; ATTEMPTS - 1] = [Duration::from_millis(500), Duration::from_secs(2)];
 
 /// Where a run's artifacts are stored. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     /// Object keys start with this (the path part of an `s3://bucket/prefix` URL).
@@ -74,6 +74,13 @@ pub struct Uploaded {
     pub bytes: u64,
     /// Lower-case hex of the SHA-256 of exactly the bytes stored.
     pub sha256: String,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    /// The location only: the client's configuration holds credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore").field("location", &self.location).finish_non_exhaustive()
+    }
 }
 
 impl ArtifactStore {
