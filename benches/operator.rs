@@ -79,7 +79,7 @@ fn run_events(n: usize) -> Vec<Event> {
     match fate(n) {
         RunStatus::Queued => events.extend((0..9).map(log)),
         fate => {
-            let gpu = if n % 4 == 0 { "A100" } else { "NVIDIA H100 80GB HBM3" };
+            let gpu = if n.is_multiple_of(4) { "A100" } else { "NVIDIA H100 80GB HBM3" };
             events.push(("ai.run.started", json!({"pod_id": format!("pod-{}", n % 64), "gpu": gpu})));
             events.push(("ai.run.stage_started", json!({"stage": "Stage_1"})));
             events.push((

@@ -87,12 +87,6 @@ fn errors_name_the_problem_and_exit_with_their_code() {
 }
 
 #[test]
-fn unbuilt_subcommands_say_so() {
-    let store = tempfile::tempdir().expect("temp dir");
-    scientist(&store).arg("work").assert().code(1).stderr(contains("not available in this version yet"));
-}
-
-#[test]
 fn serve_refuses_a_public_address_without_a_token() {
     let store = tempfile::tempdir().expect("temp dir");
     scientist(&store)
