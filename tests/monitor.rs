@@ -67,14 +67,18 @@ impl Pod {
         self.store.enqueue(NewRun::new(idea), Timestamp::now()).await.expect("enqueue").id
     }
 
-    /// `scientist work --once` on the store, with a short settle time.
+    /// `scientist work --once` on the store, running the example, with a short settle time.
     fn worker(&self, artifacts: &str) -> Command {
+        self.worker_with(&config(), artifacts)
+    }
+
+    fn worker_with(&self, config: &Path, artifacts: &str) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg("work")
             .arg("--once")
             .arg("--config")
-            .arg(config())
+            .arg(config)
             .arg("--artifacts")
             .arg(artifacts)
             .arg("--artifact-settle")
@@ -397,4 +401,61 @@ async fn uploads_that_keep_failing_are_reported_and_the_run_still_completes() {
     failed.dedup();
     let expected: Vec<String> = UPLOADED.iter().map(|(relative, _, _)| relative.to_string()).collect();
     assert_eq!(failed, expected);
+}
+
+#[tokio::test]
+async fn a_retry_reuses_the_directory_and_reports_only_what_it_wrote() {
+    let pod = Pod::new().await;
+    let id = pod.enqueue().await;
+    // Attempt 1 writes everything plus extra/old.png, then fails; attempt 2 writes the same
+    // files again (train.log is appended to) and leaves extra/old.png alone.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline/train_toy.py");
+    let config = pod.path("retry.toml");
+    let command = format!(
+        "python3 {script:?} && if [ \"$SCIENTIST_ATTEMPT\" = 1 ]; then mkdir -p extra && cp plots/loss.png \
+         extra/old.png && exit 3; fi"
+    );
+    std::fs::write(&config, format!("[[stage]]\nname = \"Stage_1\"\ncommand = {command:?}\n")).expect("config");
+    let artifact_dir = pod.path("artifacts");
+    let spec = artifact_dir.to_str().expect("utf-8 path");
+
+    let first = pod.worker_with(&config, spec).spawn().expect("start");
+    finish(first).await;
+    let run = pod.store.get(&id).await.expect("get").expect("run");
+    assert_eq!(run.status, RunStatus::Failed);
+    let old_key = format!("runs/{id}/extra/old.png");
+    assert!(pod.artifacts(&id).await.contains_key(&old_key), "attempt 1's final sweep stored extra/old.png");
+
+    pod.store.reset(&id, Timestamp::now()).await.expect("reset");
+    let second = pod.worker_with(&config, spec).spawn().expect("start");
+    finish(second).await;
+    let run = pod.store.get(&id).await.expect("get").expect("run");
+    assert_eq!((run.status, run.attempt), (RunStatus::Completed, 2));
+
+    let events = pod.events(&id).await;
+    let second_attempt: Vec<&Event> = events.iter().filter(|event| event.attempt == Some(2)).collect();
+    let paths: Vec<&str> = second_attempt
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Payload::ArtifactDetected(detected) => Some(detected.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!paths.contains(&"extra/old.png"), "an unchanged file of attempt 1 is not reported again: {paths:?}");
+    assert!(paths.contains(&"checkpoints/model.pt"), "{paths:?}");
+    let log: Vec<&str> = second_attempt
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Payload::Log(log) if log.source.as_deref() == Some("train.log") => Some(log.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(log, LOG_LINES, "only what attempt 2 appended to train.log");
+    let run_dir = pod.run_dir(&id).await;
+    let artifacts = pod.artifacts(&id).await;
+    assert_eq!(artifacts.len(), UPLOADED.len() + 1);
+    for (key, artifact) in &artifacts {
+        let relative = key.strip_prefix(&format!("runs/{id}/")).expect("key under the run");
+        assert_eq!(artifact.sha256, Some(sha256_of(&run_dir.join(relative))), "{key}");
+    }
 }
