@@ -538,19 +538,21 @@ impl Writer {
     }
 
     fn try_append(&mut self, lines: &[Arc<str>]) -> io::Result<()> {
-        if self.file.is_none() {
-            let path = segment_path(&self.dir, self.segment);
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
-            // The new name must survive a crash too.
-            File::open(&self.dir)?.sync_all()?;
-            self.file = Some(file);
-        }
         let mut buffer = String::with_capacity(lines.iter().map(|line| line.len() + 1).sum());
         for line in lines {
             buffer.push_str(line);
             buffer.push('\n');
         }
-        let file = self.file.as_mut().expect("opened above");
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let path = segment_path(&self.dir, self.segment);
+                let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                // The new name must survive a crash too.
+                File::open(&self.dir)?.sync_all()?;
+                self.file.insert(file)
+            }
+        };
         file.write_all(buffer.as_bytes())?;
         file.sync_data()?;
         self.in_segment += lines.len();
