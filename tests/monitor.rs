@@ -6,21 +6,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{Attribute, ObjectStoreExt};
 use scientist::event::{Event, Payload};
-use scientist::run::{NewRun, RunId, RunStatus};
-use scientist::store::{Artifact, EventFilter, SqliteStore, Store};
+use scientist::run::{RunId, RunStatus};
+use scientist::store::Artifact;
 use scientist::time::Timestamp;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_scientist");
+#[path = "common/pod.rs"]
+mod pod;
+#[path = "common/stores.rs"]
+mod stores;
+
+use pod::{Pod, examples};
 
 /// The files the example stage leaves for upload, with their kind and content type.
 const UPLOADED: &[(&str, &str, &str)] = &[
@@ -41,104 +43,24 @@ const LOG_LINES: &[&str] = &[
 ];
 
 fn config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline/artifacts.toml")
+    examples().join("pipeline/artifacts.toml")
 }
 
-/// A pod's directories around one SQLite store.
-struct Pod {
-    dir: tempfile::TempDir,
-    store: Arc<dyn Store>,
+/// `scientist work --once` on the pod's store, running the example, with a short settle time.
+fn worker(pod: &Pod, artifacts: &str) -> Command {
+    worker_with(pod, &config(), artifacts)
 }
 
-impl Pod {
-    async fn new() -> Pod {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
-        Pod { dir, store }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn enqueue(&self) -> RunId {
-        let idea = json!({"title": "toy training", "hypothesis": "plots and checkpoints reach the store"});
-        self.store.enqueue(NewRun::new(idea), Timestamp::now()).await.expect("enqueue").id
-    }
-
-    /// `scientist work --once` on the store, running the example, with a short settle time.
-    fn worker(&self, artifacts: &str) -> Command {
-        self.worker_with(&config(), artifacts)
-    }
-
-    fn worker_with(&self, config: &Path, artifacts: &str) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .arg("work")
-            .arg("--once")
-            .arg("--config")
-            .arg(config)
-            .arg("--artifacts")
-            .arg(artifacts)
-            .arg("--artifact-settle")
-            .arg("200ms")
-            .env("HOME", self.dir.path())
-            .env("RUNPOD_POD_ID", "monitor-pod")
-            .env("SCIENTIST_STORE", self.path("store.sqlite"))
-            .env("SCIENTIST_RUNS_DIR", self.path("runs"))
-            .env("SCIENTIST_WORKER_SPOOL", self.path("spool"))
-            .env("SCIENTIST_POLL", "100ms")
-            .env("SCIENTIST_CANCEL_POLL", "100ms")
-            .env("SCIENTIST_HEARTBEAT", "1s")
-            .env("LOG_LEVEL", "warn")
-            .env_remove("MONGODB_URL")
-            .env_remove("SCIENTIST_SERVER")
-            .env_remove("SCIENTIST_ARTIFACTS")
-            .env_remove("SCIENTIST_ARTIFACTS_ENDPOINT")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("TOY_WAIT_FILE")
-            .env_remove("TOY_CHECKPOINT_MB")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
-    /// The run's directory, once the worker made it.
-    async fn run_dir(&self, id: &RunId) -> PathBuf {
-        let runs = self.path("runs");
-        let suffix = format!("_{id}");
-        eventually("the run directory", || async {
-            let found = std::fs::read_dir(&runs)
-                .ok()?
-                .filter_map(Result::ok)
-                .find(|entry| entry.file_name().to_str().is_some_and(|name| name.ends_with(&suffix)));
-            found.map(|entry| entry.path())
-        })
-        .await
-    }
-
-    async fn artifacts(&self, id: &RunId) -> BTreeMap<String, Artifact> {
-        let artifacts = self.store.artifacts(id).await.expect("artifacts");
-        artifacts.into_iter().map(|artifact| (artifact.key.clone(), artifact)).collect()
-    }
-
-    /// Every stored event of the run, in stored order.
-    async fn events(&self, id: &RunId) -> Vec<Event> {
-        let mut events = Vec::new();
-        let mut cursor = None;
-        loop {
-            let filter = EventFilter { limit: 1000, cursor: cursor.clone(), ..EventFilter::default() };
-            let page = self.store.list_events(id, &filter).await.expect("list events");
-            events.extend(page.items.into_iter().map(|stored| stored.event));
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return events,
-            }
-        }
-    }
+fn worker_with(pod: &Pod, config: &Path, artifacts: &str) -> Command {
+    let mut command = pod.worker(config);
+    command
+        .arg("--once")
+        .arg("--artifacts")
+        .arg(artifacts)
+        .arg("--artifact-settle")
+        .arg("200ms")
+        .env("SCIENTIST_HEARTBEAT", "1s");
+    command
 }
 
 /// Polls `check` until it gives a value, failing the test after 60 s.
@@ -160,13 +82,8 @@ where
 
 /// Waits for the worker to exit; panics with its stderr unless it succeeded.
 async fn finish(child: Child) -> String {
-    let within = Duration::from_secs(120);
-    let output = tokio::time::timeout(within, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}"))
-        .expect("worker output");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "worker failed ({}): {stderr}", output.status);
+    let (status, stderr) = pod::finish(child, Duration::from_secs(120)).await;
+    assert!(status.success(), "worker failed ({status}): {stderr}");
     stderr
 }
 
@@ -227,12 +144,12 @@ async fn check_reported(pod: &Pod, id: &RunId, run_dir: &Path, key_prefix: &str)
 
 #[tokio::test]
 async fn artifacts_are_stored_locally_with_their_sha256_registered_and_reregistered_when_changed() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let artifact_dir = pod.path("artifacts");
     let go = pod.path("go");
     let worker =
-        pod.worker(artifact_dir.to_str().expect("utf-8 path")).env("TOY_WAIT_FILE", &go).spawn().expect("start");
+        worker(&pod, artifact_dir.to_str().expect("utf-8 path")).env("TOY_WAIT_FILE", &go).spawn().expect("start");
     let run_dir = pod.run_dir(&id).await;
 
     // The stage waits for `go` before its second metrics.json: the first version must be
@@ -322,10 +239,9 @@ async fn artifacts_go_to_s3_with_their_content_type_and_a_multipart_checkpoint()
         });
     assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
 
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
-    let worker = pod
-        .worker(&format!("s3://{bucket}/experiments/toy"))
+    let worker = worker(&pod, &format!("s3://{bucket}/experiments/toy"))
         .arg("--artifacts-endpoint")
         .arg(&endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -373,13 +289,13 @@ async fn artifacts_go_to_s3_with_their_content_type_and_a_multipart_checkpoint()
 
 #[tokio::test]
 async fn uploads_that_keep_failing_are_reported_and_the_run_still_completes() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     // `runs` is a file where the store needs a folder: every upload fails.
     let artifact_dir = pod.path("artifacts");
     std::fs::create_dir_all(&artifact_dir).expect("mkdir");
     std::fs::write(artifact_dir.join("runs"), b"not a folder").expect("write");
-    let worker = pod.worker(artifact_dir.to_str().expect("utf-8 path")).spawn().expect("start");
+    let worker = worker(&pod, artifact_dir.to_str().expect("utf-8 path")).spawn().expect("start");
     finish(worker).await;
 
     let run = pod.store.get(&id).await.expect("get").expect("run exists");
@@ -405,11 +321,11 @@ async fn uploads_that_keep_failing_are_reported_and_the_run_still_completes() {
 
 #[tokio::test]
 async fn a_retry_reuses_the_directory_and_reports_only_what_it_wrote() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     // Attempt 1 writes everything plus extra/old.png, then fails; attempt 2 writes the same
     // files again (train.log is appended to) and leaves extra/old.png alone.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline/train_toy.py");
+    let script = examples().join("pipeline/train_toy.py");
     let config = pod.path("retry.toml");
     let command = format!(
         "python3 {script:?} && if [ \"$SCIENTIST_ATTEMPT\" = 1 ]; then mkdir -p extra && cp plots/loss.png \
@@ -419,7 +335,7 @@ async fn a_retry_reuses_the_directory_and_reports_only_what_it_wrote() {
     let artifact_dir = pod.path("artifacts");
     let spec = artifact_dir.to_str().expect("utf-8 path");
 
-    let first = pod.worker_with(&config, spec).spawn().expect("start");
+    let first = worker_with(&pod, &config, spec).spawn().expect("start");
     finish(first).await;
     let run = pod.store.get(&id).await.expect("get").expect("run");
     assert_eq!(run.status, RunStatus::Failed);
@@ -427,7 +343,7 @@ async fn a_retry_reuses_the_directory_and_reports_only_what_it_wrote() {
     assert!(pod.artifacts(&id).await.contains_key(&old_key), "attempt 1's final sweep stored extra/old.png");
 
     pod.store.reset(&id, Timestamp::now()).await.expect("reset");
-    let second = pod.worker_with(&config, spec).spawn().expect("start");
+    let second = worker_with(&pod, &config, spec).spawn().expect("start");
     finish(second).await;
     let run = pod.store.get(&id).await.expect("get").expect("run");
     assert_eq!((run.status, run.attempt), (RunStatus::Completed, 2));

@@ -1,149 +1,26 @@
 //! `scientist work` end to end: the built binary, real child pipelines from `examples/`,
-//! a real SQLite store, and for the outage test a real `scientist serve` on a real socket.
+//! a real SQLite store (and for the 4-stage pipeline also MongoDB direct mode, on the test
+//! server), and for the outage test a real `scientist serve` on a real socket.
 //! Every wait is on a condition with a deadline; nothing sleeps for a fixed time.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scientist::event::{Event, LogLevel, Payload};
-use scientist::run::{NewRun, Run, RunId, RunStatus};
-use scientist::store::{EventFilter, SqliteStore, Store};
+use scientist::run::RunStatus;
 use scientist::time::Timestamp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+#[path = "common/pod.rs"]
+mod pod;
+#[path = "common/stores.rs"]
+mod stores;
 #[path = "common/server.rs"]
 mod test_server;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scientist");
-const POD: &str = "test-pod";
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
-}
-
-/// A pod's worth of directories around one SQLite store.
-struct Pod {
-    dir: tempfile::TempDir,
-    store: Arc<dyn Store>,
-}
-
-impl Pod {
-    async fn new() -> Pod {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open store"));
-        Pod { dir, store }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn enqueue(&self) -> RunId {
-        let idea = json!({"title": "toy idea", "hypothesis": "a smaller learning rate helps"});
-        self.store.enqueue(NewRun::new(idea), Timestamp::now()).await.expect("enqueue").id
-    }
-
-    async fn run(&self, id: &RunId) -> Run {
-        self.store.get(id).await.expect("get").expect("run exists")
-    }
-
-    /// A pipeline config in the pod's directory, for the given `[[stage]]` tables.
-    fn config(&self, text: &str) -> PathBuf {
-        let path = self.path("pipeline.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
-
-    /// `scientist work` on the store, with short polls; `PATH` finds `scientist emit`.
-    fn worker(&self, config: &Path) -> Command {
-        let mut command = self.bare_worker(config);
-        command.env("SCIENTIST_STORE", self.path("store.sqlite"));
-        command
-    }
-
-    /// `scientist work` with no store configured (for --server).
-    fn bare_worker(&self, config: &Path) -> Command {
-        let bin_dir = Path::new(BIN).parent().expect("bin dir");
-        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-        let mut command = Command::new(BIN);
-        command
-            .arg("work")
-            .arg("--config")
-            .arg(config)
-            .env("PATH", path)
-            .env("HOME", self.dir.path())
-            .env("RUNPOD_POD_ID", POD)
-            .env("SCIENTIST_RUNS_DIR", self.path("runs"))
-            .env("SCIENTIST_WORKER_SPOOL", self.path("spool"))
-            .env("SCIENTIST_POLL", "100ms")
-            .env("SCIENTIST_CANCEL_POLL", "100ms")
-            .env("SCIENTIST_HEARTBEAT", "300ms")
-            .env("SCIENTIST_TOKEN", "the-workers-own-secret-token")
-            .env("LOG_LEVEL", "warn")
-            .env_remove("MONGODB_URL")
-            .env_remove("SCIENTIST_STORE")
-            .env_remove("SCIENTIST_SERVER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
-    /// The run's directory, once the worker made it.
-    async fn run_dir(&self, id: &RunId) -> PathBuf {
-        let runs = self.path("runs");
-        let suffix = format!("_{id}");
-        wait_for("the run directory", Duration::from_secs(30), || {
-            let found = std::fs::read_dir(&runs)
-                .ok()?
-                .filter_map(Result::ok)
-                .find(|entry| entry.file_name().to_str().is_some_and(|name| name.ends_with(&suffix)));
-            found.map(|entry| entry.path())
-        })
-        .await
-    }
-
-    /// Every stored event of the run, in stored order.
-    async fn events(&self, id: &RunId) -> Vec<Event> {
-        let mut events = Vec::new();
-        let mut cursor = None;
-        loop {
-            let filter = EventFilter { limit: 1000, cursor: cursor.clone(), ..EventFilter::default() };
-            let page = self.store.list_events(id, &filter).await.expect("list events");
-            events.extend(page.items.into_iter().map(|stored| stored.event));
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return events,
-            }
-        }
-    }
-}
-
-/// Polls `check` until it gives a value, failing the test after `within`.
-async fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits for the worker to exit and returns its status and stderr.
-async fn finish(child: Child, within: Duration) -> (std::process::ExitStatus, String) {
-    let output = tokio::time::timeout(within, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}"))
-        .expect("worker output");
-    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
-}
+use pod::{BIN, POD, Pod, StoreKind, examples, finish, wait_for};
 
 fn count(events: &[Event], event_type: &str) -> usize {
     events.iter().filter(|event| event.event_type == event_type).count()
@@ -176,7 +53,19 @@ fn gone(pid: i32) -> bool {
 
 #[tokio::test]
 async fn a_four_stage_pipeline_reports_stages_nodes_progress_logs_and_completes() {
-    let pod = Pod::new().await;
+    four_stage_pipeline_completes(StoreKind::Sqlite).await;
+}
+
+/// MongoDB direct mode: the worker claims from and reports to MongoDB (`MONGODB_URL`).
+#[tokio::test]
+async fn a_four_stage_pipeline_on_mongodb_reports_stages_nodes_progress_logs_and_completes() {
+    four_stage_pipeline_completes(StoreKind::Mongo).await;
+}
+
+/// The example 4-stage pipeline, run once by a worker on `kind`: stages, nodes, progress,
+/// events through `scientist emit` on SCIENTIST_EMIT_URL, logs, and the run's end.
+async fn four_stage_pipeline_completes(kind: StoreKind) {
+    let pod = Pod::new(kind).await;
     let id = pod.enqueue().await;
     let worker = pod.worker(&examples().join("pipeline.toml")).arg("--once").spawn().expect("start worker");
     let (status, stderr) = finish(worker, Duration::from_secs(120)).await;
@@ -234,11 +123,12 @@ async fn a_four_stage_pipeline_reports_stages_nodes_progress_logs_and_completes(
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("seg-"))
         .collect();
     assert!(spooled.is_empty(), "every acknowledged event left the spool");
+    pod.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_failing_stage_reports_its_code_stage_and_traceback() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let worker = pod
         .worker(&examples().join("pipeline.toml"))
@@ -273,7 +163,7 @@ async fn a_failing_stage_reports_its_code_stage_and_traceback() {
 
 #[tokio::test]
 async fn an_operator_cancel_kills_a_process_group_that_ignores_sigterm() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let stubborn = examples().join("pipeline/stubborn.sh");
     let config =
@@ -290,8 +180,8 @@ async fn an_operator_cancel_kills_a_process_group_that_ignores_sigterm() {
 
     let cancel = Command::new(BIN)
         .args(["runs", "cancel", id.as_str(), "--reason", "wrong dataset"])
-        .env("SCIENTIST_STORE", pod.path("store.sqlite"))
         .env_remove("MONGODB_URL")
+        .envs(pod.store_env())
         .output()
         .await
         .expect("runs cancel");
@@ -317,7 +207,7 @@ async fn an_operator_cancel_kills_a_process_group_that_ignores_sigterm() {
 
 #[tokio::test]
 async fn sigterm_to_the_worker_fails_the_run_retryably_flushes_and_exits_0() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let sleeper = examples().join("pipeline/sleeper.sh");
     let config =
@@ -368,7 +258,7 @@ async fn wait_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, nee
 
 #[tokio::test]
 async fn sigusr1_drains_the_run_to_its_end_and_claims_nothing_more() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let first = pod.enqueue().await;
     let sleeper = examples().join("pipeline/sleeper.sh");
     let config = pod.config(&format!("command = [{:?}]\n", sleeper.display().to_string()));
@@ -389,7 +279,7 @@ async fn sigusr1_drains_the_run_to_its_end_and_claims_nothing_more() {
 
 #[tokio::test]
 async fn a_drain_file_stops_claiming_after_the_current_run() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let first = pod.enqueue().await;
     let sleeper = examples().join("pipeline/sleeper.sh");
     let config = pod.config(&format!("command = [{:?}]\n", sleeper.display().to_string()));
@@ -414,7 +304,7 @@ async fn a_drain_file_stops_claiming_after_the_current_run() {
 
 #[tokio::test]
 async fn a_stage_past_its_timeout_fails_with_timeout() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let sleeper = examples().join("pipeline/sleeper.sh");
     let config = pod.config(&format!(
@@ -429,12 +319,12 @@ async fn a_stage_past_its_timeout_fails_with_timeout() {
     assert!(error.message.contains("300ms"), "{}", error.message);
 }
 
-/// A `scientist serve` process on a fixed port over the pod's store file.
+/// A `scientist serve` process on a fixed port over the pod's store.
 fn serve(pod: &Pod, port: u16) -> Child {
     Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("SCIENTIST_STORE", pod.path("store.sqlite"))
         .env_remove("MONGODB_URL")
+        .envs(pod.store_env())
         .env_remove("SCIENTIST_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -467,7 +357,7 @@ fn spool_text(pod: &Pod) -> String {
 
 #[tokio::test]
 async fn a_control_plane_outage_mid_run_loses_no_event() {
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
     let mut server = serve(&pod, port);
@@ -519,7 +409,7 @@ async fn a_control_plane_outage_mid_run_loses_no_event() {
 #[tokio::test]
 async fn the_local_endpoint_takes_only_its_runs_events_with_its_token() {
     use scientist::emit::{EventStream, LocalEndpoint, StoreSink, StreamConfig};
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let claimed = pod.store.claim(POD, "default", Timestamp::now()).await.expect("claim").expect("a run");
     let sink = Arc::new(StoreSink::new(pod.store.clone(), "test store"));
@@ -557,7 +447,7 @@ async fn the_local_endpoint_takes_only_its_runs_events_with_its_token() {
 #[tokio::test]
 async fn a_wrong_token_for_the_server_exits_7_and_a_bad_config_exits_2() {
     let server = test_server::TestServer::start(&["right-token"]).await;
-    let pod = Pod::new().await;
+    let pod = Pod::sqlite().await;
     let config = pod.config("command = \"true\"\n");
     let mut worker = pod.bare_worker(&config);
     worker.args(["--server", &server.url(""), "--token", "wrong-token"]);
