@@ -470,6 +470,15 @@ pub struct Run {
     pub completed_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_at: Option<Timestamp>,
+    /// When the store last heard from the worker holding the run, by the store's clock (not
+    /// the pod's): set by the claim and by every admitted event of the live attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_at: Option<Timestamp>,
+    /// Set while the worker holding the run has been silent past the warning point of its
+    /// lease (`queue::lease`); cleared when it is heard again. The status is unchanged:
+    /// unreachable is not dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_since: Option<Timestamp>,
     #[serde(rename = "duration_s", default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
     #[serde(default)]
@@ -545,6 +554,8 @@ impl Run {
             started_at: None,
             completed_at: None,
             heartbeat_at: None,
+            heard_at: None,
+            silent_since: None,
             duration_s: None,
             last_event_seq: 0,
             claimed_by: None,
@@ -568,9 +579,17 @@ impl Run {
         self.claimed_at = Some(now);
         self.attempt += 1;
         self.updated_at = now;
+        self.heard(now);
     }
 
-    /// Puts a FAILED or CANCELED run back in the queue for a fresh attempt.
+    /// The worker holding the run was heard from at `now` (the store's clock).
+    pub fn heard(&mut self, now: Timestamp) {
+        self.heard_at = Some(self.heard_at.map_or(now, |heard_at| heard_at.max(now)));
+        self.silent_since = None;
+    }
+
+    /// Puts the run back in the queue for a fresh attempt (an operator's reset of a FAILED or
+    /// CANCELED run, or the requeue of a lost one); its old attempt is fenced out.
     /// Progress, timing and nodes of the old attempt are cleared: the new attempt starts over.
     pub fn reset(&mut self, now: Timestamp) {
         let kept = Run::queued(
@@ -591,9 +610,10 @@ impl Run {
 
 /// Facts derived from a run document, shared by both stores (which index them) and the CLI.
 impl Run {
-    /// When a worker last showed signs of life for this run: its latest heartbeat, start or claim.
+    /// When a worker last showed signs of life for this run: when the store last heard from
+    /// it, else (runs claimed before `heardAt` existed) its latest heartbeat, start or claim.
     pub fn last_seen_at(&self) -> Option<Timestamp> {
-        [self.heartbeat_at, self.started_at, self.claimed_at].into_iter().flatten().max()
+        self.heard_at.or_else(|| [self.heartbeat_at, self.started_at, self.claimed_at].into_iter().flatten().max())
     }
 
     /// When the run reached its terminal state (completed, failed or canceled).

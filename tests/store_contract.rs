@@ -8,9 +8,12 @@ mod stores;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{at, attempt_event, event};
 use scientist::event::LogLevel;
+use scientist::queue::fence;
+use scientist::queue::lease::{self, Action, OnLost};
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use serde_json::json;
@@ -447,7 +450,9 @@ async fn stats_report_every_figure(store: &dyn Store) {
         .iter()
         .map(|worker| (worker.worker.as_str(), worker.run_id.as_str(), worker.status, worker.last_seen_at))
         .collect();
-    assert_eq!(active, [("pod-a", "run-a", RunStatus::Running, at(150))], "pod-old was last seen at 2");
+    // Seen when its events were stored (the store's clock), not at their own times; pod-old
+    // was last heard from when it claimed, at 2.
+    assert_eq!(active, [("pod-a", "run-a", RunStatus::Running, at(340))]);
     assert_eq!(stats.active_workers[0].gpu.as_deref(), Some("H100"));
     assert_eq!(stats.active_workers[0].stage, Some(Stage::Stage1));
     assert_eq!((stats.throughput.completed, stats.throughput.failed, stats.throughput.window_hours), (1, 4, 24));
@@ -551,6 +556,125 @@ async fn concurrent_appliers_lose_no_update(store: Arc<dyn Store>, other: Arc<dy
     assert_eq!(run.last_event_seq, (APPLIERS * EVENTS_EACH - 1) as u64);
 }
 
+async fn update_if_sees_the_stored_run_and_may_decline(store: &dyn Store) {
+    let run = store.enqueue(new_run(1), at(0)).await.expect("enqueue");
+    let declined = store.update_if(&run.id, at(1), Box::new(|_| false)).await.expect("update_if");
+    assert!(declined.is_none());
+    assert_eq!(store.get(&run.id).await.expect("get").as_ref(), Some(&run), "a declined change writes nothing");
+    let changed = store
+        .update_if(
+            &run.id,
+            at(2),
+            Box::new(|run| {
+                // The change sees the stored run: priority 1, as enqueued.
+                run.priority += 10;
+                true
+            }),
+        )
+        .await
+        .expect("update_if")
+        .expect("changed");
+    assert_eq!((changed.priority, changed.updated_at), (11, at(2)));
+    assert_eq!(store.get(&run.id).await.expect("get").as_ref(), Some(&changed));
+    let missing = store.update_if(&"no-such-run".parse().expect("id"), at(3), Box::new(|_| true)).await;
+    assert!(missing.expect("update_if").is_none());
+}
+
+async fn heard_at_follows_the_live_attempt_only(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let heard = |id: RunId| async move { store.get(&id).await.expect("get").expect("run").heard_at };
+    assert_eq!(heard(id.clone()).await, Some(at(1)), "the claim is word from the worker");
+    // The store's clock counts, not the event's: a spooled heartbeat sent long ago is news now.
+    let late = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 2, 1, json!({}));
+    store.apply_events(vec![late], at(50)).await.expect("apply");
+    assert_eq!(heard(id.clone()).await, Some(at(50)));
+    let unstamped = event("l1", "ai.run.log", id.as_str(), 60, json!({"message": "from a CI script"}));
+    let stale = attempt_event("h2", "ai.run.heartbeat", id.as_str(), 61, 7, json!({}));
+    store.apply_events(vec![unstamped, stale], at(70)).await.expect("apply");
+    assert_eq!(heard(id).await, Some(at(50)), "only the live attempt's worker is heard");
+}
+
+fn policy(on_lost: OnLost) -> lease::Policy {
+    lease::Policy::new(Duration::from_secs(60), Duration::from_secs(600), on_lost).expect("a valid policy")
+}
+
+async fn silent_workers_are_flagged_then_their_runs_failed(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let policy = policy(OnLost::Fail);
+    let get = |id: RunId| async move { store.get(&id).await.expect("get").expect("run") };
+    assert!(lease::sweep(store, &policy, at(60)).await.expect("sweep").is_empty(), "59 s of silence is fine");
+    let swept = lease::sweep(store, &policy, at(61)).await.expect("sweep");
+    assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::FlaggedSilent)]);
+    let silent = get(id.clone()).await;
+    assert_eq!((silent.status, silent.silent_since), (RunStatus::Scheduled, Some(at(61))), "flagged, still held");
+    assert!(lease::sweep(store, &policy, at(90)).await.expect("sweep").is_empty(), "flagged once");
+    // The worker is heard again: the flag clears and the lease starts over.
+    let heartbeat = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 100, 1, json!({"gpu_util": 0.9}));
+    store.apply_events(vec![heartbeat], at(100)).await.expect("apply");
+    assert_eq!(get(id.clone()).await.silent_since, None);
+    assert!(
+        lease::sweep(store, &policy, at(650)).await.expect("sweep").iter().all(|s| s.action == Action::FlaggedSilent)
+    );
+    let swept = lease::sweep(store, &policy, at(700)).await.expect("sweep");
+    assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::Failed)]);
+    let lost = get(id.clone()).await;
+    assert_eq!(lost.status, RunStatus::Failed);
+    let error = lost.error.as_ref().expect("an error");
+    assert_eq!((error.error_type.as_str(), error.retryable), (lease::WORKER_LOST, true));
+    assert!(error.message.contains("pod-a"), "{}", error.message);
+    assert_eq!(lost.heard_at, Some(at(100)), "the sweep's own record is no word from the worker");
+    assert!(!fence::is_live(&lost, 1), "the worker learns its run is over");
+    let failed = EventFilter { types: vec!["ai.run.failed".into()], ..EventFilter::default() };
+    let recorded = store.list_events(&id, &failed).await.expect("events").items;
+    assert_eq!(recorded.len(), 1, "the failure is in the run's history");
+    assert!(lease::sweep(store, &policy, at(800)).await.expect("sweep").is_empty(), "a failed run is not held");
+    // The lost worker's late word changes nothing.
+    let late = attempt_event("c1", "ai.run.completed", id.as_str(), 801, 1, json!({}));
+    store.apply_events(vec![late], at(801)).await.expect("apply");
+    assert_eq!(get(id).await.status, RunStatus::Failed);
+}
+
+async fn lost_runs_are_requeued_when_the_policy_says_so(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let swept = lease::sweep(store, &policy(OnLost::Requeue), at(601)).await.expect("sweep");
+    assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::Requeued)]);
+    let requeued = store.get(&id).await.expect("get").expect("run");
+    assert_eq!((requeued.status, requeued.claimed_by.as_deref(), requeued.retry_count), (RunStatus::Queued, None, 1));
+    let old = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 602, 1, json!({}));
+    assert_eq!(store.apply_events(vec![old], at(602)).await.expect("apply"), [Outcome::Stale]);
+    let reclaimed = store.claim("pod-b", "default", at(603)).await.expect("claim").expect("requeued");
+    assert_eq!((reclaimed.id, reclaimed.attempt), (id.clone(), 2));
+    let logs = EventFilter { types: vec!["ai.run.log".into()], ..EventFilter::default() };
+    let recorded = store.list_events(&id, &logs).await.expect("events").items;
+    assert_eq!(recorded.len(), 1, "the requeue is in the run's history");
+}
+
+/// A sweeper acts on what it listed; the write re-checks the stored run, so a worker heard
+/// in between keeps its run.
+async fn a_worker_heard_after_the_listing_keeps_its_run(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let listed = store.get(&id).await.expect("get").expect("run");
+    let heartbeat = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 590, 1, json!({}));
+    store.apply_events(vec![heartbeat], at(590)).await.expect("apply");
+    let swept = lease::sweep_run(store, &listed, &policy(OnLost::Fail), at(601)).await.expect("sweep");
+    assert_eq!(swept, None);
+    let run = store.get(&id).await.expect("get").expect("run");
+    assert_eq!((run.status, run.silent_since), (RunStatus::Scheduled, None));
+}
+
+/// Every replica sweeps: two at once fail a lost run once and record it once.
+async fn concurrent_sweepers_act_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    let id = claimed_run(store.as_ref()).await;
+    let policy = policy(OnLost::Fail);
+    let (first, second) =
+        tokio::join!(lease::sweep(store.as_ref(), &policy, at(700)), lease::sweep(other.as_ref(), &policy, at(700)));
+    let actions: Vec<Action> =
+        first.expect("sweep").into_iter().chain(second.expect("sweep")).map(|swept| swept.action).collect();
+    assert_eq!(actions, [Action::Failed]);
+    let failed = EventFilter { types: vec!["ai.run.failed".into()], ..EventFilter::default() };
+    assert_eq!(store.list_events(&id, &failed).await.expect("events").items.len(), 1);
+}
+
 macro_rules! store_suite {
     ($backend:ident) => {
         mod $backend {
@@ -600,6 +724,12 @@ macro_rules! store_suite {
             case!(stats_of_an_empty_store);
             case!(resolves_unique_id_prefixes);
             two_handle_case!(concurrent_appliers_lose_no_update);
+            case!(update_if_sees_the_stored_run_and_may_decline);
+            case!(heard_at_follows_the_live_attempt_only);
+            case!(silent_workers_are_flagged_then_their_runs_failed);
+            case!(lost_runs_are_requeued_when_the_policy_says_so);
+            case!(a_worker_heard_after_the_listing_keeps_its_run);
+            two_handle_case!(concurrent_sweepers_act_once);
         }
     };
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::queue::lease::{self, OnLost};
 use crate::run::{RunId, RunStatus};
 use crate::store::{MongoStore, SqliteStore, Store};
 use crate::time::Timestamp;
@@ -112,6 +113,33 @@ impl StoreArgs {
             .await
             .with_context(|| format!("opening the embedded store at {}", path.display()))?;
         Ok(Arc::new(store))
+    }
+}
+
+/// What becomes of a run whose worker falls silent; shared by `serve` and `work`, which
+/// both sweep (see `queue::lease`). Set them alike everywhere (the environment variables
+/// make that easy).
+#[derive(Debug, Clone, Args)]
+pub struct LeaseArgs {
+    /// A SCHEDULED or RUNNING run whose worker has not been heard from (claim, heartbeat or
+    /// any event) for this long is flagged silent; nothing else changes.
+    #[arg(long, env = "SCIENTIST_SILENT_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub silent_after: std::time::Duration,
+
+    /// ...and after this long without word it is lost: see --on-lost.
+    #[arg(long, env = "SCIENTIST_LEASE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
+
+    /// What becomes of a lost run: `fail` (FAILED, code WORKER_LOST, retryable; an operator
+    /// resets it) or `requeue` (QUEUED again for another worker; the old attempt is fenced out).
+    #[arg(long, env = "SCIENTIST_ON_LOST", value_enum, default_value_t = OnLost::Fail)]
+    pub on_lost: OnLost,
+}
+
+impl LeaseArgs {
+    pub fn policy(&self) -> Result<lease::Policy, UsageError> {
+        lease::Policy::new(self.silent_after, self.lease, self.on_lost)
+            .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))
     }
 }
 

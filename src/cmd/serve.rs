@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{StoreArgs, UsageError};
+use super::{LeaseArgs, StoreArgs, UsageError};
+use crate::queue::lease;
 use crate::server::{self, AppState, Tokens};
 
 /// Flags of `scientist serve`.
@@ -27,6 +29,13 @@ pub struct Args {
     /// cancel); a token with no scope named may do everything.
     #[arg(long, env = "SCIENTIST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+
+    /// How often held runs are checked for a silent or lost worker.
+    #[arg(long, env = "SCIENTIST_SWEEP_EVERY", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sweep_every: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -45,12 +54,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let policy = args.lease.policy()?;
+    if args.sweep_every.is_zero() {
+        return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
+    }
     let store = args.store.open().await?;
+    let sweeper = tokio::spawn(lease::keep_sweeping(store.clone(), policy, args.sweep_every));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
     eprintln!("scientist serve: listening on http://{}", listener.local_addr()?);
-    server::run(listener, AppState::new(store, tokens), shutdown_signal()).await.context("serving HTTP")
+    let served = server::run(listener, AppState::new(store, tokens), shutdown_signal()).await;
+    sweeper.abort();
+    served.context("serving HTTP")
 }
 
 /// Completes on Ctrl-C or SIGTERM.

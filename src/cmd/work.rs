@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::{StoreArgs, UsageError};
+use super::{LeaseArgs, StoreArgs, UsageError};
 use crate::emit::{Client, EventStream, HttpSink, LocalEndpoint, Sink, StoreSink, StreamConfig};
 use crate::gpu::Gpus;
 use crate::monitor::{self, ArtifactStore};
@@ -57,6 +57,11 @@ pub struct Args {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    /// Before each claim, a worker on a store (not one on --server) sweeps the store's held
+    /// runs for lost workers, as `serve` does.
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 
     /// Claim and report through this control plane instead of a store (needs a token
     /// beyond loopback). Used when neither --store nor MONGODB_URL is set.
@@ -165,6 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let lease = args.lease.policy()?;
     let pipeline = Pipeline::load(&args.config).map_err(|err| UsageError(err.to_string()))?;
     let pod = PodId::resolve(args.pod_id.as_deref());
     let data_dir = || dirs::data_dir().map(|dir| dir.join("scientist"));
@@ -208,6 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         drain_file: args.drain_file.clone(),
         monitor,
         artifact_wait: args.artifact_wait,
+        lease,
     };
     match worker::run(config, queue, stream, endpoint, facts, control).await {
         Ok(_) => Ok(()),

@@ -15,6 +15,12 @@ pub fn admits(run: &Run, attempt: Option<u32>) -> bool {
     }
 }
 
+/// Whether the worker of claim `attempt` should go on with `run`: its events are admitted and
+/// the run has not ended (finished, failed by a sweep, or canceled).
+pub fn is_live(run: &Run, attempt: u32) -> bool {
+    admits(run, Some(attempt)) && !run.status.is_terminal()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

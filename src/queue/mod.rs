@@ -1,5 +1,6 @@
 //! The queue's rules on top of `store::Store`: which events may reach a claimed run
-//! (fencing by attempt). Lost-worker sweeps and retry policy join here (issue 6).
+//! (`fence`, by attempt) and what becomes of a run whose worker falls silent (`lease`).
 //! Knows nothing about HTTP, clap or a particular database.
 
 pub mod fence;
+pub mod lease;

@@ -83,7 +83,7 @@ pub(super) async fn check(
     Query(ClaimCheck { attempt }): Query<ClaimCheck>,
 ) -> Result<axum::Json<ClaimState>, ApiError> {
     let run = state.store.get(&id).await?.ok_or_else(|| crate::store::Error::NotFound(id.clone()))?;
-    let live = fence::admits(&run, Some(attempt)) && !run.status.is_terminal();
+    let live = fence::is_live(&run, attempt);
     Ok(axum::Json(ClaimState {
         id: run.id,
         status: run.status,

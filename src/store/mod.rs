@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
-use crate::queue::fence;
+use crate::queue::{fence, lease};
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
 use crate::time::Timestamp;
@@ -134,6 +134,9 @@ pub struct HypothesisIdeas {
     pub at: EventKey,
 }
 
+/// An edit of a run for [`Store::update_if`]; it may be called more than once.
+pub type RunChange = Box<dyn Fn(&mut Run) -> bool + Send + Sync>;
+
 /// The storage contract. Every method is atomic on its own; see each for what that covers.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -161,6 +164,12 @@ pub trait Store: Send + Sync + 'static {
     /// A run's events newest first, before `filter.cursor` (a cursor from either listing);
     /// `next` continues backwards. For the latest log lines, and for where a live tail starts.
     async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>>;
+
+    /// Re-reads run `id` and lets `change` edit it, in one conditional write (a transaction on
+    /// SQLite; on MongoDB a compare-and-set, redone on the newer version when another writer
+    /// got there first). `change` always sees the run as stored and returns false to leave it
+    /// as it is. The run as written; `None` when `change` declined or there is no such run.
+    async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>>;
 
     /// FAILED or CANCELED back to QUEUED: claim and error cleared, `retryCount + 1`.
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run>;
@@ -209,12 +218,16 @@ impl Effect {
 }
 
 /// The one decision both backends make for every new event, on the run as stored now
-/// (`None` when it does not exist).
-pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event) -> Effect {
+/// (`None` when it does not exist), received at `now`.
+pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timestamp) -> Effect {
     match (slot.as_mut(), &event.payload) {
         (Some(run), _) => {
             if !fence::admits(run, event.attempt) {
                 return Effect::Stale;
+            }
+            // An event of the live attempt is word from its worker, however late it was sent.
+            if event.attempt.is_some() && !lease::is_sweep_record(event) {
+                run.heard(now);
             }
             reduce::apply(run, event);
             Effect::Updated

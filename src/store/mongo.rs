@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
-    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunFilter,
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunChange, RunFilter,
     SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit, level_names_at_or_above,
     parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
@@ -183,7 +183,7 @@ impl MongoStore {
             // Pairs already reflected in the run: the batch's, and those replayed on creation.
             let mut known: HashSet<(String, String)> = events.iter().map(|event| pair(event)).collect();
             for (position, event) in events.iter().enumerate() {
-                let effect = apply_new_event(&mut slot, event);
+                let effect = apply_new_event(&mut slot, event, now);
                 if effect == Effect::Created {
                     // Replay what was stored up to this event, as SQLite does; the batch's
                     // later events are applied next, by this loop.
@@ -232,21 +232,26 @@ impl MongoStore {
         }
         self.update_run(run_id, now, |mut run| {
             replay(&mut run, &missed);
-            Ok(run)
+            Ok(Some(run))
         })
         .await
         .map(drop)
     }
 
     /// Loads a run, changes it and writes it back unless another writer changed it meanwhile,
-    /// in which case it starts over on the new version.
-    async fn update_run(&self, id: &RunId, now: Timestamp, mut change: impl FnMut(Run) -> Result<Run>) -> Result<Run> {
+    /// in which case it starts over on the new version. `None` when `change` declines.
+    async fn update_run(
+        &self,
+        id: &RunId,
+        now: Timestamp,
+        mut change: impl FnMut(Run) -> Result<Option<Run>>,
+    ) -> Result<Option<Run>> {
         for _ in 0..MAX_CAS_TRIES {
             let before = self.runs.find_one(doc! { "_id": id.as_str() }).await?;
             let before = before.ok_or_else(|| Error::NotFound(id.clone()))?;
-            let mut run = change(before.clone())?;
+            let Some(mut run) = change(before.clone())? else { return Ok(None) };
             if self.save_run(&before, &mut run, now).await? {
-                return Ok(run);
+                return Ok(Some(run));
             }
         }
         Err(Error::Contention(format!("run {id}")))
@@ -374,14 +379,18 @@ impl MongoStore {
             .map_err(|err| corrupt("oldest queued run", err))
     }
 
-    /// Held runs whose worker showed a heartbeat, start or claim within the active window
-    /// (`Run::last_seen_at` is the latest of the three).
+    /// Held runs whose worker was heard from within the active window (`Run::last_seen_at`:
+    /// `heardAt`, else for older runs the latest heartbeat, start or claim).
     async fn active_runs(&self, now: Timestamp) -> Result<Vec<Run>> {
         let held: Vec<&str> = HELD_STATUSES.iter().map(|status| status.as_str()).collect();
         let since = DateTime::from(stats::active_since(now));
-        let recent: Vec<Document> =
+        let older: Vec<Document> =
             ["heartbeatAt", "startedAt", "claimedAt"].iter().map(|field| doc! { *field: { "$gte": since } }).collect();
-        Ok(self.runs.find(doc! { "status": { "$in": held }, "$or": recent }).await?.try_collect().await?)
+        let seen = doc! { "$or": [
+            { "heardAt": { "$gte": since } },
+            { "heardAt": { "$exists": false }, "$or": older },
+        ] };
+        Ok(self.runs.find(doc! { "status": { "$in": held }, "$and": [seen] }).await?.try_collect().await?)
     }
 
     async fn finished_since(&self, status: RunStatus, field: &str, now: Timestamp) -> Result<u64> {
@@ -576,8 +585,10 @@ impl Store for MongoStore {
                 "status": RunStatus::Scheduled.as_str(),
                 "claimedBy": worker,
                 "claimedAt": DateTime::from(now),
+                "heardAt": DateTime::from(now),
                 "updatedAt": DateTime::from(now),
             },
+            "$unset": { "silentSince": "" },
             "$inc": { "attempt": 1, "rev": 1 },
         };
         let mut queued = doc! { "status": RunStatus::Queued.as_str(), "queue": queue };
@@ -710,12 +721,22 @@ impl Store for MongoStore {
         self.events_page(run_id, filter, -1).await
     }
 
+    async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>> {
+        let changed = self.update_run(id, now, |mut run| Ok(change(&mut run).then_some(run))).await;
+        match changed {
+            Err(Error::NotFound(_)) => Ok(None),
+            changed => changed,
+        }
+    }
+
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
-        self.update_run(id, now, |run| reset_run(run, now)).await
+        let run = self.update_run(id, now, |run| reset_run(run, now).map(Some)).await?;
+        run.ok_or_else(|| Error::NotFound(id.clone()))
     }
 
     async fn request_cancel(&self, id: &RunId, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
-        self.update_run(id, now, |run| cancel_run(run, by, reason.clone(), now)).await
+        let run = self.update_run(id, now, |run| cancel_run(run, by, reason.clone(), now).map(Some)).await?;
+        run.ok_or_else(|| Error::NotFound(id.clone()))
     }
 
     async fn counts(&self) -> Result<Vec<(RunStatus, u64)>> {

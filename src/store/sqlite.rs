@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
-    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunFilter,
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunChange, RunFilter,
     SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit, level_names_at_or_above,
     parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
@@ -429,7 +429,7 @@ fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => entry.insert((load_run(tx, run_id)?, false)),
         };
-        let effect = apply_new_event(slot, event);
+        let effect = apply_new_event(slot, event, now);
         if effect == Effect::Created {
             *is_new = true;
             if let Some(run) = slot.as_mut() {
@@ -698,6 +698,19 @@ impl Store for SqliteStore {
     async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
         let (run_id, filter) = (run_id.clone(), filter.clone());
         self.read(move |conn| events_page(conn, &run_id, &filter, Direction::Backward)).await
+    }
+
+    async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>> {
+        let id = id.clone();
+        self.write(move |tx| {
+            let Some(mut run) = load_run(tx, &id)? else { return Ok(None) };
+            if !change(&mut run) {
+                return Ok(None);
+            }
+            save_run(tx, &mut run, now)?;
+            Ok(Some(run))
+        })
+        .await
     }
 
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {

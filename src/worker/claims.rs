@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::emit::{Client, SendError};
-use crate::queue::fence;
+use crate::queue::{fence, lease};
 use crate::run::{CancelRequest, Run, RunId, RunStatus};
 use crate::store::{self, Store};
 use crate::time::Timestamp;
@@ -69,12 +69,22 @@ impl Queue {
         }
     }
 
+    /// Frees runs of lost workers before claiming, when the worker is on the store (through
+    /// --server the control plane sweeps). A failure is logged and changes nothing.
+    pub async fn sweep(&self, policy: &lease::Policy) {
+        let Queue::Store(store) = self else { return };
+        match lease::sweep(store.as_ref(), policy, Timestamp::now()).await {
+            Ok(swept) => swept.iter().for_each(lease::log),
+            Err(err) => tracing::warn!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed"),
+        }
+    }
+
     /// Where the run of claim `attempt` stands now.
     pub async fn check(&self, run_id: &RunId, attempt: u32) -> Result<ClaimState, Error> {
         match self {
             Queue::Store(store) => {
                 let run = store.get(run_id).await?.ok_or_else(|| Error::Gone(run_id.clone()))?;
-                let live = fence::admits(&run, Some(attempt)) && !run.status.is_terminal();
+                let live = fence::is_live(&run, attempt);
                 Ok(ClaimState { status: run.status, live, cancel_requested: run.cancel_requested })
             }
             Queue::Http(client) => {

@@ -70,6 +70,8 @@ pub struct Config {
     pub monitor: crate::monitor::Settings,
     /// How long the end of a run waits for its last artifact uploads.
     pub artifact_wait: Duration,
+    /// What becomes of other workers' runs when they fall silent (swept before each claim).
+    pub lease: crate::queue::lease::Policy,
 }
 
 /// What a worker did before it exited.
@@ -112,6 +114,7 @@ pub async fn run(
         if *control.borrow() != Directive::Work || drain_requested(&config) {
             break Ok(());
         }
+        queue.sweep(&config.lease).await;
         match queue.claim(config.pod.as_str(), &config.queue).await {
             Ok(Some(run)) => {
                 claim_failing = false;
