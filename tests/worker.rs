@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scientist::event::{Event, LogLevel, Payload};
-use scientist::run::RunStatus;
+use scientist::run::{Run, RunId, RunStatus};
 use scientist::time::Timestamp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -320,9 +320,10 @@ async fn a_stage_past_its_timeout_fails_with_timeout() {
 }
 
 /// A `scientist serve` process on a fixed port over the pod's store.
-fn serve(pod: &Pod, port: u16) -> Child {
+fn serve(pod: &Pod, port: u16, flags: &[&str]) -> Child {
     Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(flags)
         .env_remove("MONGODB_URL")
         .envs(pod.store_env())
         .env_remove("SCIENTIST_TOKEN")
@@ -360,7 +361,7 @@ async fn a_control_plane_outage_mid_run_loses_no_event() {
     let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    let mut server = serve(&pod, port);
+    let mut server = serve(&pod, port, &[]);
     wait_healthy(port).await;
 
     let outage = examples().join("pipeline/outage.sh");
@@ -388,7 +389,7 @@ async fn a_control_plane_outage_mid_run_loses_no_event() {
     assert_ne!(pod.run(&id).await.status, RunStatus::Completed, "the end happened during the outage");
 
     // Back: the spool drains in order, and every event arrives.
-    let _server = serve(&pod, port);
+    let _server = serve(&pod, port, &[]);
     let (status, stderr) = finish(worker, Duration::from_secs(120)).await;
     assert!(status.success(), "{stderr}");
     let run = pod.run(&id).await;
@@ -459,4 +460,84 @@ async fn a_wrong_token_for_the_server_exits_7_and_a_bad_config_exits_2() {
     let (status, stderr) = finish(pod.worker(&config).spawn().expect("start worker"), Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown stage \"Stage_9\"") && stderr.contains("pipeline.toml"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
+}
+
+/// The run once `check` holds for it, polled from the store; fails the test after 30 s.
+async fn run_until(pod: &Pod, id: &RunId, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = pod.run(id).await;
+        if check(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A pod dies without a word (SIGKILL to its worker): the control plane first flags the run
+/// silent and keeps it RUNNING, operators see it, and once the lease runs out the run fails
+/// WORKER_LOST, retryable, with the failure in its history.
+#[tokio::test]
+async fn a_killed_worker_is_flagged_silent_then_its_run_fails_worker_lost() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let port = free_port();
+    let flags = ["--silent-after", "1s", "--lease", "8s", "--sweep-every", "100ms"];
+    let _server = serve(&pod, port, &flags);
+    wait_healthy(port).await;
+    let stubborn = examples().join("pipeline/stubborn.sh");
+    let config =
+        pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = [{:?}]\n", stubborn.display().to_string()));
+    let mut worker = pod
+        .bare_worker(&config)
+        .args(["--once", "--server", &format!("http://127.0.0.1:{port}")])
+        .spawn()
+        .expect("start worker");
+    let dir = pod.run_dir(&id).await;
+    let pids: Vec<i32> = wait_for("the stage's pids", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(dir.join("pids")).ok()?;
+        Some(text.split_whitespace().filter_map(|pid| pid.parse().ok()).collect())
+    })
+    .await;
+    let running = run_until(&pod, &id, "the run to start", |run| run.status == RunStatus::Running).await;
+    assert_eq!(running.silent_since, None, "heard while it lives");
+
+    worker.start_kill().expect("SIGKILL the worker");
+    worker.wait().await.expect("worker gone");
+    let silent = run_until(&pod, &id, "the silent flag", |run| {
+        assert_eq!(run.status, RunStatus::Running, "flagged silent before the lease runs out");
+        run.silent_since.is_some()
+    })
+    .await;
+    let flagged = silent.silent_since.expect("flagged");
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(BIN)
+            .args(args)
+            .env_remove("MONGODB_URL")
+            .envs(pod.store_env())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run the CLI");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(cli(&["runs", "list"]).contains("RUNNING (silent)"));
+    assert!(cli(&["runs", "show", id.as_str()]).contains("its worker is not heard from"));
+
+    let run = run_until(&pod, &id, "the lease to run out", |run| run.status != RunStatus::Running).await;
+    for pid in pids {
+        signal(pid as u32, libc::SIGKILL);
+    }
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.expect("error");
+    assert_eq!((error.error_type.as_str(), error.retryable), ("WORKER_LOST", true));
+    assert!(error.message.contains(POD), "{}", error.message);
+    let lost_after = run.failed_at.expect("failed at").seconds_since(flagged);
+    assert!(lost_after >= 6.0, "failed {lost_after} s after the flag: the lease is 8 s, the flag came at 1 s");
+    assert_eq!(count(&pod.events(&id).await, "ai.run.failed"), 1);
 }

@@ -49,7 +49,20 @@ impl Look {
     }
 
     fn status_cell(&self, status: RunStatus) -> Cell {
-        let cell = Cell::new(status);
+        self.colored(Cell::new(status), status)
+    }
+
+    /// A run's status, marked `(silent)` while its worker is not heard from.
+    fn run_status_cell(&self, run: &Run) -> Cell {
+        match run.silent_since {
+            Some(_) if !run.status.is_terminal() => {
+                self.colored(Cell::new(format!("{} (silent)", run.status)), run.status)
+            }
+            _ => self.status_cell(run.status),
+        }
+    }
+
+    fn colored(&self, cell: Cell, status: RunStatus) -> Cell {
         if self.color { cell.fg(status_color(status)) } else { cell }
     }
 
@@ -120,7 +133,7 @@ pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
         let current = run.current_stage.as_ref();
         table.add_row(vec![
             Cell::new(&run.id),
-            look.status_cell(run.status),
+            look.run_status_cell(run),
             Cell::new(current.map_or("-".into(), |stage| stage.name.to_string())),
             Cell::new(current.map_or("-".into(), |stage| percent(stage.progress))),
             Cell::new(current.map_or("-".into(), |stage| format!("{}/{}", stage.good_nodes, stage.buggy_nodes))),
@@ -195,6 +208,17 @@ fn summary(run: &Run, now: Timestamp, look: Look) -> String {
     }
     if let Some(heartbeat_at) = run.heartbeat_at {
         row("heartbeat", moment(heartbeat_at, now));
+    }
+    if let Some(silent_since) = run.silent_since.filter(|_| !run.status.is_terminal()) {
+        let heard =
+            run.last_seen_at().map_or(String::new(), |heard_at| format!(", last heard {}", moment(heard_at, now)));
+        row(
+            "silent",
+            format!(
+                "flagged {}{heard}: its worker is not heard from; it fails WORKER_LOST (or is requeued) when the lease runs out",
+                moment(silent_since, now)
+            ),
+        );
     }
     if let Some(resources) = &run.resources {
         let sample: Vec<String> =

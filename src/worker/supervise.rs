@@ -121,7 +121,10 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
                     humantime::format_duration(within)
                 );
             }
+            // Awaited: a heartbeat being sent on another thread must be in the stream before
+            // the terminal event, never after it.
             beats.abort();
+            let _ = beats.await;
             context.endpoint.detach();
             if verdict == Verdict::Completed {
                 if lock(&reported).terminal.is_none() {
