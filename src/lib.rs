@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod emit;
 pub mod event;
 pub mod gpu;
+pub mod ideation;
 pub mod monitor;
 pub mod queue;
 pub mod reduce;

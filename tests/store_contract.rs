@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{at, attempt_event, event};
 use scientist::event::LogLevel;
+use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::queue::fence;
 use scientist::queue::lease::{self, Action, OnLost};
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
@@ -675,6 +676,76 @@ async fn concurrent_sweepers_act_once(store: Arc<dyn Store>, other: Arc<dyn Stor
     assert_eq!(store.list_events(&id, &failed).await.expect("events").items.len(), 1);
 }
 
+fn new_ideation(id: &str, hypothesis: &str) -> NewIdeation {
+    let serde_json::Value::Object(input) = json!({"hypothesis": "smaller learning rates help", "numIdeas": 2}) else {
+        unreachable!("an object literal")
+    };
+    NewIdeation { id: id.into(), hypothesis_id: hypothesis.into(), input }
+}
+
+async fn ideation_requests_are_claimed_oldest_first_and_ended_by_their_live_claim(store: &dyn Store) {
+    let first = store.enqueue_ideation(new_ideation("idea-1", "hyp-1"), at(0)).await.expect("enqueue");
+    store.enqueue_ideation(new_ideation("idea-2", "hyp-2"), at(1)).await.expect("enqueue");
+    let err = store.enqueue_ideation(new_ideation("idea-1", "hyp-1"), at(2)).await.expect_err("same id twice");
+    assert!(matches!(&err, Error::IdeationExists(id) if id == "idea-1"), "{err:?}");
+    assert_eq!(store.get_ideation("idea-1").await.expect("get").as_ref(), Some(&first));
+    assert_eq!(first.document["numIdeas"], json!(2), "the creator's fields are kept");
+
+    let claimed = store.claim_ideation("pod-a", at(3)).await.expect("claim").expect("a queued request");
+    assert_eq!((claimed.id.as_str(), claimed.status, claimed.attempt), ("idea-1", IdeationStatus::Running, 1));
+    assert_eq!(claimed.claimed_by.as_deref(), Some("pod-a"));
+    assert_eq!(claimed.document["hypothesis"], json!("smaller learning rates help"));
+    let second = store.claim_ideation("pod-b", at(4)).await.expect("claim").expect("the other request");
+    assert_eq!(second.id, "idea-2");
+    assert!(store.claim_ideation("pod-c", at(5)).await.expect("claim").is_none(), "nothing is claimed twice");
+
+    assert!(store.finish_ideation("idea-1", 2, None, at(6)).await.expect("finish").is_none(), "not its claim");
+    let done = store.finish_ideation("idea-1", 1, None, at(6)).await.expect("finish").expect("ended");
+    assert_eq!((done.status, done.finished_at), (IdeationStatus::Completed, Some(at(6))));
+    assert!(store.finish_ideation("idea-1", 1, Some("late".into()), at(7)).await.expect("finish").is_none());
+    let failed = store.finish_ideation("idea-2", 1, Some("model unavailable".into()), at(8)).await.expect("finish");
+    assert_eq!(
+        failed.map(|request| (request.status, request.error)),
+        Some((IdeationStatus::Failed, Some("model unavailable".into())))
+    );
+    let stored = store.get_ideation("idea-1").await.expect("get").expect("stored");
+    assert_eq!((stored.status, stored.document["numIdeas"].clone()), (IdeationStatus::Completed, json!(2)));
+
+    let completed = store.list_ideation(&[IdeationStatus::Completed], 10).await.expect("list");
+    assert_eq!(completed.iter().map(|request| request.id.as_str()).collect::<Vec<_>>(), ["idea-1"]);
+    assert_eq!(store.list_ideation(&[], 10).await.expect("list").len(), 2);
+    assert!(store.finish_ideation("no-such", 1, None, at(9)).await.expect("finish").is_none());
+}
+
+/// 8 claimers on two handles over 40 requests: each claimed exactly once.
+async fn concurrent_ideation_claimers_claim_each_request_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    const REQUESTS: usize = 40;
+    for index in 0..REQUESTS {
+        store
+            .enqueue_ideation(new_ideation(&format!("idea-{index:02}"), "hyp"), at(index as i64))
+            .await
+            .expect("enqueue");
+    }
+    let mut tasks = Vec::new();
+    for claimer in 0..8 {
+        let handle = if claimer % 2 == 0 { store.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(request) = handle.claim_ideation(&format!("pod-{claimer}"), at(100)).await.expect("claim") {
+                mine.push(request.id);
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.expect("claimer"));
+    }
+    claimed.sort();
+    let expected: Vec<String> = (0..REQUESTS).map(|index| format!("idea-{index:02}")).collect();
+    assert_eq!(claimed, expected);
+}
+
 macro_rules! store_suite {
     ($backend:ident) => {
         mod $backend {
@@ -730,6 +801,8 @@ macro_rules! store_suite {
             case!(lost_runs_are_requeued_when_the_policy_says_so);
             case!(a_worker_heard_after_the_listing_keeps_its_run);
             two_handle_case!(concurrent_sweepers_act_once);
+            case!(ideation_requests_are_claimed_oldest_first_and_ended_by_their_live_claim);
+            two_handle_case!(concurrent_ideation_claimers_claim_each_request_once);
         }
     };
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
+use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use crate::queue::{fence, lease};
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
@@ -31,6 +32,8 @@ pub enum Error {
     NotFound(RunId),
     #[error("run {0} already exists")]
     AlreadyExists(RunId),
+    #[error("ideation request {0} already exists")]
+    IdeationExists(String),
     #[error("cannot {action} run {id}: it is {status}; {hint}")]
     InvalidTransition { id: RunId, status: RunStatus, action: &'static str, hint: &'static str },
     #[error("invalid cursor {0:?}: pass the `next` value of a previous page")]
@@ -194,6 +197,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// A hypothesis's generated ideas, if any were reported.
     async fn hypothesis_ideas(&self, id: &str) -> Result<Option<HypothesisIdeas>>;
+
+    /// Creates a QUEUED ideation request. Errors with `IdeationExists` when the id is taken.
+    async fn enqueue_ideation(&self, new: NewIdeation, now: Timestamp) -> Result<IdeationRequest>;
+
+    async fn get_ideation(&self, id: &str) -> Result<Option<IdeationRequest>>;
+
+    /// Ideation requests, oldest first, in any of `statuses` (all when empty); at most `limit`.
+    async fn list_ideation(&self, statuses: &[IdeationStatus], limit: usize) -> Result<Vec<IdeationRequest>>;
+
+    /// Atomically claims the oldest QUEUED ideation request for `worker` (RUNNING,
+    /// `claimedBy`, `attempt + 1`); never the same one twice. On MongoDB the hypothesis's
+    /// `ideation.status` follows, for the web frontend.
+    async fn claim_ideation(&self, worker: &str, now: Timestamp) -> Result<Option<IdeationRequest>>;
+
+    /// Ends claim `attempt` of request `id` (see `IdeationRequest::finish`): the request as
+    /// ended, or `None` when that claim was not live and nothing changed.
+    async fn finish_ideation(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<IdeationRequest>>;
 }
 
 /// What a newly stored event did to its run.

@@ -23,6 +23,7 @@ use super::{
     parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
+use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use crate::run::{DEFAULT_QUEUE, EventKey, NewRun, Run, RunId, RunStatus};
 use crate::time::Timestamp;
 
@@ -68,6 +69,7 @@ pub struct MongoStore {
     stages: Collection<Document>,
     artifacts: Collection<Document>,
     hypotheses: Collection<Document>,
+    ideation: Collection<Document>,
 }
 
 impl MongoStore {
@@ -102,6 +104,7 @@ impl MongoStore {
             stages: db.collection("stages"),
             artifacts: db.collection("artifacts"),
             hypotheses: db.collection("hypotheses"),
+            ideation: db.collection("ideation_requests"),
             db,
         };
         store.ensure_schema().await?;
@@ -141,10 +144,7 @@ impl MongoStore {
             .await?;
         self.artifacts.create_index(unique(doc! { "runId": 1, "key": 1 })).await?;
         self.stages.create_index(unique(doc! { "runId": 1, "name": 1 })).await?;
-        self.db
-            .collection::<Document>("ideation_requests")
-            .create_index(index(doc! { "status": 1, "createdAt": 1 }))
-            .await?;
+        self.ideation.create_index(index(doc! { "status": 1, "createdAt": 1, "_id": 1 })).await?;
         match self.db.create_collection("hypotheses").await {
             Err(err) if error_code(&err) != Some(NAMESPACE_EXISTS) => Err(err.into()),
             _ => Ok(()),
@@ -322,6 +322,43 @@ impl MongoStore {
             }
         }
         Ok(())
+    }
+
+    /// The stored request with id `id` (a string, or the hex of a frontend's ObjectId), with
+    /// its raw `_id` for conditional writes.
+    async fn load_ideation(&self, id: &str) -> Result<Option<(Bson, IdeationRequest)>> {
+        let found = self.ideation.find_one(doc! { "_id": { "$in": id_forms(id) } }).await?;
+        found.map(ideation_from).transpose()
+    }
+
+    /// Writes our fields of `request` over the stored document with raw id `raw_id`, only if
+    /// it is still in `status` at `attempt`. False when another writer changed it first.
+    async fn save_ideation(
+        &self,
+        raw_id: &Bson,
+        status: IdeationStatus,
+        attempt: u32,
+        request: &IdeationRequest,
+    ) -> Result<bool> {
+        let mut fields = to_document("ideation request", request)?;
+        fields.remove("_id");
+        // A request the frontend just created has no `attempt` yet: that is attempt 0.
+        let attempt = if attempt == 0 {
+            doc! { "$in": [0_i64, Bson::Null] }
+        } else {
+            doc! { "$eq": i64::from(attempt) }
+        };
+        let filter = doc! { "_id": raw_id.clone(), "status": status.as_str(), "attempt": attempt };
+        let matched = self.ideation.update_one(filter, doc! { "$set": fields }).await?.matched_count;
+        if matched == 0 {
+            return Ok(false);
+        }
+        // The frontend reads a hypothesis's ideation progress from the hypothesis itself.
+        let mirror = doc! { "ideation.status": request.status.as_str(), "ideation.requestId": request.id.as_str() };
+        self.hypotheses
+            .update_one(doc! { "_id": { "$in": id_forms(&request.hypothesis_id) } }, doc! { "$set": mirror })
+            .await?;
+        Ok(true)
     }
 
     /// One page of a run's events in `_id` order (`direction` 1) or newest first (-1), after
@@ -807,6 +844,113 @@ impl Store for MongoStore {
         // Only hypotheses an event reported ideas for; the frontend creates bare ones too.
         Ok(hypotheses.find_one(doc! { "_id": id, "at": { "$exists": true } }).await?)
     }
+
+    async fn enqueue_ideation(&self, new: NewIdeation, now: Timestamp) -> Result<IdeationRequest> {
+        let request = IdeationRequest::queued(new, now);
+        let mut document = to_document("ideation request", &request.document)?;
+        document.extend(to_document("ideation request", &request)?);
+        match self.ideation.insert_one(document).await {
+            Ok(_) => Ok(request),
+            Err(err) if is_duplicate_key(&err) => Err(Error::IdeationExists(request.id)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn get_ideation(&self, id: &str) -> Result<Option<IdeationRequest>> {
+        Ok(self.load_ideation(id).await?.map(|(_, request)| request))
+    }
+
+    async fn list_ideation(&self, statuses: &[IdeationStatus], limit: usize) -> Result<Vec<IdeationRequest>> {
+        let mut filter = Document::new();
+        if !statuses.is_empty() {
+            let names: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
+            filter.insert("status", doc! { "$in": names });
+        }
+        let documents: Vec<Document> = self
+            .ideation
+            .find(filter)
+            .sort(doc! { "createdAt": 1, "_id": 1 })
+            .limit(clamp_limit(limit) as i64)
+            .await?
+            .try_collect()
+            .await?;
+        documents.into_iter().map(|document| Ok(ideation_from(document)?.1)).collect()
+    }
+
+    async fn claim_ideation(&self, worker: &str, now: Timestamp) -> Result<Option<IdeationRequest>> {
+        for _ in 0..MAX_CAS_TRIES {
+            let oldest = self
+                .ideation
+                .find_one(doc! { "status": IdeationStatus::Queued.as_str() })
+                .sort(doc! { "createdAt": 1, "_id": 1 })
+                .await?;
+            let Some((raw_id, mut request)) = oldest.map(ideation_from).transpose()? else { return Ok(None) };
+            let attempt = request.attempt;
+            request.claim(worker, now);
+            if self.save_ideation(&raw_id, IdeationStatus::Queued, attempt, &request).await? {
+                return Ok(Some(request));
+            }
+        }
+        Err(Error::Contention("the ideation queue".into()))
+    }
+
+    async fn finish_ideation(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<IdeationRequest>> {
+        let Some((raw_id, mut request)) = self.load_ideation(id).await? else { return Ok(None) };
+        if !request.finish(attempt, error, now) {
+            return Ok(None);
+        }
+        // Conditional on the claim still being live: a concurrent finish of the same claim loses.
+        let saved = self.save_ideation(&raw_id, IdeationStatus::Running, attempt, &request).await?;
+        Ok(saved.then_some(request))
+    }
+}
+
+/// The forms a document id may take: the string, and the ObjectId it spells if it is one
+/// (documents the web frontend creates have ObjectId ids).
+fn id_forms(id: &str) -> Vec<Bson> {
+    let mut forms = vec![Bson::from(id)];
+    if let Ok(object_id) = ObjectId::parse_str(id) {
+        forms.push(Bson::ObjectId(object_id));
+    }
+    forms
+}
+
+/// Reads an `ideation_requests` document: its raw `_id`, and the request with an ObjectId
+/// id spelled as hex.
+fn ideation_from(mut document: Document) -> Result<(Bson, IdeationRequest)> {
+    let raw_id = document.get("_id").cloned().unwrap_or(Bson::Null);
+    if let Bson::ObjectId(object_id) = &raw_id {
+        document.insert("_id", object_id.to_hex());
+    }
+    let what = || format!("ideation request {raw_id}");
+    // Through raw BSON, as the driver reads runs: dates stay dates (not extended JSON).
+    let raw = bson::to_raw_document_buf(&document)
+        .map_err(|source| Error::Encode { what: what(), source: Box::new(source) })?;
+    let typed: IdeationRequest = from_raw(&what(), raw.as_bytes())?;
+    let Value::Object(whole) = plain_json(Bson::Document(document)) else {
+        return Err(corrupt(what(), "not a document"));
+    };
+    Ok((raw_id, IdeationRequest { document: whole, ..typed }))
+}
+
+/// A document as the JSON a command reads: dates as RFC 3339 text (as the embedded store
+/// keeps them), ObjectIds as hex, the rest as relaxed extended JSON.
+fn plain_json(value: Bson) -> Value {
+    match value {
+        Bson::DateTime(at) => Value::from(Timestamp::from_millis(at.timestamp_millis()).to_string()),
+        Bson::ObjectId(id) => Value::from(id.to_hex()),
+        Bson::Document(document) => {
+            Value::Object(document.into_iter().map(|(name, value)| (name, plain_json(value))).collect())
+        }
+        Bson::Array(values) => Value::Array(values.into_iter().map(plain_json).collect()),
+        other => other.into_relaxed_extjson(),
+    }
 }
 
 /// The (source, id) pair that identifies an event (the CloudEvents dedup key).
@@ -1130,6 +1274,41 @@ mod tests {
         assert_eq!(stored.get_document("ideaJson").and_then(|idea| idea.get_str("name")), Ok("c"), "the latest wins");
         let read = store.hypothesis_ideas("hyp-1").await.expect("ideas").expect("some");
         assert_eq!((read.idea_json, read.at.id.as_str()), (json!({"name": "c"}), "r4"));
+        store.drop_database().await.expect("drop");
+    }
+
+    /// A request the web frontend made (ObjectId id, its own fields, a hypothesis whose
+    /// `ideation.status` it shows) is claimed and ended without losing the frontend's fields.
+    #[tokio::test]
+    async fn serves_the_frontends_ideation_requests() {
+        let store = test_store().await;
+        let id = ObjectId::new();
+        store
+            .hypotheses
+            .insert_one(doc! { "_id": "hyp-9", "title": "LR", "ideation": { "status": "QUEUED" } })
+            .await
+            .expect("hypothesis");
+        store
+            .ideation
+            .insert_one(doc! {
+                "_id": id, "hypothesisId": "hyp-9", "status": "QUEUED", "createdAt": DateTime::from(at(0)),
+                "prompt": "ideas on learning rates", "model": "gpt-5-mini",
+            })
+            .await
+            .expect("request");
+        let claimed = store.claim_ideation("pod-a", at(1)).await.expect("claim").expect("the request");
+        assert_eq!((claimed.id.clone(), claimed.attempt), (id.to_hex(), 1));
+        assert_eq!(claimed.document["prompt"], json!("ideas on learning rates"));
+        assert_eq!(claimed.document["createdAt"], json!(at(0).to_string()), "dates read as text");
+        let hypothesis = store.hypotheses.find_one(doc! { "_id": "hyp-9" }).await.expect("find").expect("kept");
+        assert_eq!(hypothesis.get_document("ideation").expect("ideation").get_str("status"), Ok("RUNNING"));
+        store.finish_ideation(&id.to_hex(), 1, None, at(2)).await.expect("finish").expect("live claim");
+        let stored = store.ideation.find_one(doc! { "_id": id }).await.expect("find").expect("request");
+        assert_eq!((stored.get_str("status"), stored.get_str("model")), (Ok("COMPLETED"), Ok("gpt-5-mini")));
+        assert!(stored.get_datetime("finishedAt").is_ok(), "dates are stored as dates: {stored}");
+        let hypothesis = store.hypotheses.find_one(doc! { "_id": "hyp-9" }).await.expect("find").expect("kept");
+        assert_eq!(hypothesis.get_document("ideation").expect("ideation").get_str("status"), Ok("COMPLETED"));
+        assert_eq!(hypothesis.get_str("title"), Ok("LR"));
         store.drop_database().await.expect("drop");
     }
 }
