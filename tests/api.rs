@@ -6,7 +6,9 @@
 mod test_server;
 
 use reqwest::{Method, StatusCode};
+use scientist::ideation::NewIdeation;
 use scientist::server::{Scope, Tokens, endpoints};
+use scientist::time::Timestamp;
 use serde_json::{Value, json};
 use test_server::TestServer;
 
@@ -261,14 +263,43 @@ async fn runs_are_enqueued_paged_claimed_canceled_and_reset() {
     }
     let (status, _) = api.post("/api/queue/claim", json!({"worker": "pod-2"})).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "the queue is empty");
-    let (status, answer) = api.post("/api/queue/claim", json!({"worker": "pod-2", "mode": "ideation"})).await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{answer}");
+    let (status, answer) = api.post("/api/queue/claim", json!({"worker": "pod-2", "mode": "hybrid"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|error| error.contains("ideation\" first")), "{answer}");
     let (status, answer) = api.post("/api/queue/claim", json!({"worker": " "})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 
     let (status, stats) = api.get("/api/stats").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stats["byStatus"]["SCHEDULED"], 3, "{stats}");
+}
+
+/// An ideation pod without database credentials: claim a request, end the claim; a second
+/// end of the same claim, or an end by a wrong attempt, is a conflict.
+#[tokio::test]
+async fn ideation_requests_are_claimed_and_ended_over_http() {
+    let api = Api::open().await;
+    let serde_json::Value::Object(input) = json!({"hypothesis": "dropout helps", "numIdeas": 2}) else {
+        unreachable!("an object literal")
+    };
+    let new = NewIdeation { id: "idea-1".into(), hypothesis_id: "hyp-1".into(), input };
+    api.server.store.enqueue_ideation(new, Timestamp::now()).await.expect("enqueue");
+    let (status, claimed) = api.post("/api/queue/claim", json!({"worker": "pod-9", "mode": "ideation"})).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!((claimed["_id"].as_str(), claimed["status"].as_str()), (Some("idea-1"), Some("RUNNING")));
+    assert_eq!((claimed["attempt"].as_u64(), claimed["numIdeas"].as_u64()), (Some(1), Some(2)), "{claimed}");
+    let (status, _) = api.post("/api/queue/claim", json!({"worker": "pod-9", "mode": "ideation"})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, answer) = api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 2})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let (status, ended) =
+        api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 1, "error": "model unavailable"})).await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!((ended["status"].as_str(), ended["error"].as_str()), (Some("FAILED"), Some("model unavailable")));
+    let (status, _) = api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 1})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "ended once");
+    let (status, answer) = api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 1, "ok": true})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 }
 
 #[tokio::test]

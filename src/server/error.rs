@@ -21,8 +21,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token lacks the `{}` scope this endpoint needs: use a token granted it", .0.as_str())]
     Forbidden(Scope),
+    /// Not allowed in the object's current state.
     #[error("{0}")]
-    NotImplemented(String),
+    Conflict(String),
     /// A bug of ours; the message says what failed.
     #[error("{0}")]
     Internal(String),
@@ -40,12 +41,12 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ApiError::Store(StoreError::AlreadyExists(_) | StoreError::InvalidTransition { .. }) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::Store(
+                StoreError::AlreadyExists(_) | StoreError::IdeationExists(_) | StoreError::InvalidTransition { .. },
+            ) => StatusCode::CONFLICT,
             ApiError::Store(StoreError::InvalidCursor(_)) => StatusCode::BAD_REQUEST,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

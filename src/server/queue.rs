@@ -1,6 +1,7 @@
 //! Queue endpoints for pods that hold no database credentials (ingest scope):
-//! `POST /api/queue/claim` takes the next run, `GET /api/queue/runs/{id}` tells the worker
-//! whether its claim is still live and whether an operator asked to cancel.
+//! `POST /api/queue/claim` takes the next run (or ideation request), `GET
+//! /api/queue/runs/{id}` tells the worker whether its claim is still live and whether an
+//! operator asked to cancel, `POST /api/queue/ideation/{id}/finish` ends an ideation claim.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -48,14 +49,55 @@ pub(super) async fn claim(
     if request.worker.trim().is_empty() {
         return Err(ApiError::BadRequest("`worker` is empty: send the worker's pod id".into()));
     }
-    if request.mode != WorkerMode::Experiment {
-        return Err(ApiError::NotImplemented(
-            "ideation claims are not served over HTTP yet: use mode \"experiment\"".into(),
-        ));
-    }
-    match state.store.claim(&request.worker, &request.queue, Timestamp::now()).await? {
-        Some(run) => Ok((StatusCode::OK, axum::Json(run)).into_response()),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    let now = Timestamp::now();
+    let claimed = match request.mode {
+        WorkerMode::Experiment => state.store.claim(&request.worker, &request.queue, now).await?.map(axum::Json),
+        WorkerMode::Ideation => {
+            let claimed = state.store.claim_ideation(&request.worker, now).await?;
+            return Ok(match claimed {
+                // The whole document: the creator's fields are the ideation command's input.
+                Some(ideation) => (StatusCode::OK, axum::Json(ideation.document)).into_response(),
+                None => StatusCode::NO_CONTENT.into_response(),
+            });
+        }
+        WorkerMode::Hybrid => {
+            return Err(ApiError::BadRequest(
+                "a hybrid worker claims with mode \"ideation\" first, then \"experiment\": send one mode a claim"
+                    .into(),
+            ));
+        }
+    };
+    Ok(match claimed {
+        Some(run) => (StatusCode::OK, run).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IdeationFinish {
+    /// The claim's attempt (the fencing token the claim answered).
+    attempt: u32,
+    /// Why the ideation failed; absent when it completed (its ideas were sent as
+    /// `ai.ideation.generated` first).
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// 200 with the ended request, or 409 when that claim is not live (ended already, or the
+/// request was claimed again).
+pub(super) async fn finish_ideation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(finish): Json<IdeationFinish>,
+) -> Result<Response, ApiError> {
+    let ended = state.store.finish_ideation(&id, finish.attempt, finish.error, Timestamp::now()).await?;
+    match ended {
+        Some(request) => Ok((StatusCode::OK, axum::Json(request.document)).into_response()),
+        None => Err(ApiError::Conflict(format!(
+            "ideation request {id} is not held by claim {}: it ended already, was claimed again, or does not exist",
+            finish.attempt
+        ))),
     }
 }
 
