@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scientist::event::{Event, LogLevel, Payload};
+use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::run::{Run, RunId, RunStatus};
 use scientist::time::Timestamp;
 use serde_json::{Value, json};
@@ -540,4 +541,81 @@ async fn a_killed_worker_is_flagged_silent_then_its_run_fails_worker_lost() {
     let lost_after = run.failed_at.expect("failed at").seconds_since(flagged);
     assert!(lost_after >= 6.0, "failed {lost_after} s after the flag: the lease is 8 s, the flag came at 1 s");
     assert_eq!(count(&pod.events(&id).await, "ai.run.failed"), 1);
+}
+
+fn ideation_request(id: &str, input: Value) -> NewIdeation {
+    let Value::Object(input) = input else { panic!("an ideation input is an object") };
+    NewIdeation { id: id.into(), hypothesis_id: format!("hyp-of-{id}"), input }
+}
+
+/// A hybrid pod with a run and an ideation request queued takes the request first: the
+/// example's [ideation] command writes ideas, which land on the hypothesis, and the request
+/// ends COMPLETED; the next claim is the run. A failing command ends its request FAILED
+/// with the command's last words.
+#[tokio::test]
+async fn a_hybrid_worker_serves_ideation_first_and_reports_ideas_and_failures() {
+    let pod = Pod::sqlite().await;
+    let run_id = pod.enqueue().await;
+    let input = json!({"hypothesis": "dropout helps", "numIdeas": 3});
+    pod.store.enqueue_ideation(ideation_request("idea-ok", input), Timestamp::now()).await.expect("enqueue");
+    let config = examples().join("pipeline.toml");
+    let once = |pod: &Pod| pod.worker(&config).args(["--once", "--mode", "hybrid"]).spawn().expect("start worker");
+
+    let (status, stderr) = finish(once(&pod), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    let request = pod.store.get_ideation("idea-ok").await.expect("get").expect("request");
+    assert_eq!((request.status, request.claimed_by.as_deref()), (IdeationStatus::Completed, Some(POD)), "{stderr}");
+    let ideas = pod.store.hypothesis_ideas("hyp-of-idea-ok").await.expect("ideas").expect("reported");
+    assert_eq!(ideas.ideas.len(), 3);
+    assert_eq!(ideas.idea_json["Name"], json!("idea_1"), "ideaJson is the first idea");
+    assert!(ideas.idea_json["Title"].as_str().is_some_and(|title| title.contains("dropout helps")));
+    assert!(stderr.contains("[ideation idea-ok] toy ideation: 3 idea(s)"), "{stderr}");
+    assert_eq!(pod.run(&run_id).await.status, RunStatus::Queued, "ideation first: the run waits");
+
+    let failing = ideation_request("idea-bad", json!({"fail": true}));
+    pod.store.enqueue_ideation(failing, Timestamp::now()).await.expect("enqueue");
+    let (status, stderr) = finish(once(&pod), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    let request = pod.store.get_ideation("idea-bad").await.expect("get").expect("request");
+    assert_eq!(request.status, IdeationStatus::Failed);
+    let error = request.error.unwrap_or_default();
+    assert!(error.contains("exit status: 3") && error.contains("the model is unavailable"), "{error}");
+    assert!(pod.store.hypothesis_ideas("hyp-of-idea-bad").await.expect("ideas").is_none());
+
+    let (status, stderr) = finish(once(&pod), Duration::from_secs(120)).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pod.run(&run_id).await.status, RunStatus::Completed, "{stderr}");
+}
+
+/// An ideation pod without database credentials claims, reports and ends through `serve`.
+#[tokio::test]
+async fn an_ideation_worker_on_the_control_plane_reports_through_it() {
+    let pod = Pod::sqlite().await;
+    let port = free_port();
+    let _server = serve(&pod, port, &[]);
+    wait_healthy(port).await;
+    let input = json!({"hypothesis": "wider layers", "numIdeas": 2});
+    pod.store.enqueue_ideation(ideation_request("idea-http", input), Timestamp::now()).await.expect("enqueue");
+    let config = examples().join("pipeline.toml");
+    let worker = pod
+        .bare_worker(&config)
+        .args(["--once", "--mode", "ideation", "--server", &format!("http://127.0.0.1:{port}")])
+        .spawn()
+        .expect("start worker");
+    let (status, stderr) = finish(worker, Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    let request = pod.store.get_ideation("idea-http").await.expect("get").expect("request");
+    assert_eq!(request.status, IdeationStatus::Completed, "{stderr}");
+    let ideas = pod.store.hypothesis_ideas("hyp-of-idea-http").await.expect("ideas").expect("reported");
+    assert_eq!(ideas.ideas.len(), 2);
+}
+
+#[tokio::test]
+async fn a_mode_the_config_cannot_serve_exits_2() {
+    let pod = Pod::sqlite().await;
+    let config = pod.config("[[stage]]\nname = \"Stage_1\"\ncommand = \"true\"\n");
+    let worker = pod.worker(&config).args(["--once", "--mode", "ideation"]).spawn().expect("start worker");
+    let (status, stderr) = finish(worker, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has no [ideation] command"), "{stderr}");
 }

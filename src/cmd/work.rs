@@ -14,7 +14,7 @@ use super::{LeaseArgs, StoreArgs, UsageError};
 use crate::emit::{Client, EventStream, HttpSink, LocalEndpoint, Sink, StoreSink, StreamConfig};
 use crate::gpu::Gpus;
 use crate::monitor::{self, ArtifactStore};
-use crate::worker::{self, Directive, Pipeline, PodFacts, PodId, Queue};
+use crate::worker::{self, Directive, Mode, Pipeline, PodFacts, PodId, Queue};
 
 const AFTER_HELP: &str = "\
 The pipeline config (--config) is TOML: one command for the whole run, or a command per stage
@@ -36,6 +36,16 @@ they stop changing, and again when their content changes (ai.artifact.detected, 
 ai.artifact.registered with key, bytes, sha256, content_type, kind; ai.artifact.failed after
 retries); *.log files are tailed into ai.run.log events. When the run ends the directory is
 swept once more before the run's end is reported.
+
+With --mode ideation (or hybrid, which takes ideation requests first), the worker serves
+ideation requests (`scientist ideation create`, or the web frontend): the config's [ideation]
+command runs with SCIENTIST_REQUEST_FILE (the request as JSON) and writes a JSON array of
+ideas to SCIENTIST_IDEAS_FILE; they are reported as ai.ideation.generated (the hypothesis's
+ideaJson is the first) and the request ends COMPLETED, or FAILED with why.
+
+Lost workers: before each claim, a worker on a store (not on --server, where `serve` does it)
+flags SCHEDULED/RUNNING runs whose worker has not been heard from for --silent-after, and fails
+(or requeues, --on-lost) those silent for the whole --lease.
 
 Where runs come from: the store (--store, or MONGODB_URL), or with only --server and a token,
 the control plane's queue endpoints (a pod without database credentials).
@@ -80,8 +90,9 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_QUEUE", default_value = crate::run::DEFAULT_QUEUE)]
     pub queue: String,
 
-    /// What to serve: experiment runs (ideation and hybrid are not in this version).
-    #[arg(long, value_enum, default_value_t = Mode::Experiment)]
+    /// What to serve: experiment runs, ideation requests (the pipeline's [ideation]
+    /// command), or both with ideation first.
+    #[arg(long, env = "WORKER_MODE", value_enum, default_value_t = Mode::Experiment)]
     pub mode: Mode,
 
     /// Time between claims while the queue is empty (±20% jitter), e.g. 10s, 1m.
@@ -152,17 +163,7 @@ pub struct Args {
     pub artifact_wait: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    Experiment,
-    Ideation,
-    Hybrid,
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.mode != Mode::Experiment {
-        return Err(super::not_yet("work --mode ideation/hybrid", 6));
-    }
     if !args.emit_listen.ip().is_loopback() {
         return Err(UsageError(format!(
             "--emit-listen {} is not a loopback address: the child's endpoint must not be reachable from outside",
@@ -172,6 +173,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let lease = args.lease.policy()?;
     let pipeline = Pipeline::load(&args.config).map_err(|err| UsageError(err.to_string()))?;
+    if args.mode.serves_ideation() && pipeline.ideation.is_none() {
+        return Err(UsageError(format!(
+            "--mode {:?} serves ideation requests, but {} has no [ideation] command; add one (see examples/pipeline.toml)",
+            args.mode,
+            args.config.display()
+        ))
+        .into());
+    }
+    if args.mode.serves_experiments() && pipeline.steps.is_empty() {
+        return Err(UsageError(format!(
+            "--mode {:?} runs experiments, but {} has only an [ideation] command; add `command` or [[stage]] tables, \
+             or pass --mode ideation",
+            args.mode,
+            args.config.display()
+        ))
+        .into());
+    }
     let pod = PodId::resolve(args.pod_id.as_deref());
     let data_dir = || dirs::data_dir().map(|dir| dir.join("scientist"));
     let runs_dir = args
@@ -203,6 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = worker::Config {
         pod,
         queue: args.queue.clone(),
+        mode: args.mode,
         poll: args.poll,
         once: args.once,
         grace: args.grace,

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::emit::{Client, SendError};
+use crate::ideation::IdeationRequest;
 use crate::queue::{fence, lease};
 use crate::run::{CancelRequest, Run, RunId, RunStatus};
 use crate::store::{self, Store};
@@ -43,6 +44,8 @@ pub enum Error {
     Answer(String),
     #[error("run {0} is gone from the store")]
     Gone(RunId),
+    #[error("the control plane refused the event: {0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -64,6 +67,61 @@ impl Queue {
                     Some(answer) => {
                         serde_json::from_value(answer).map(Some).map_err(|err| Error::Answer(err.to_string()))
                     }
+                }
+            }
+        }
+    }
+
+    /// Claims the oldest queued ideation request for `worker`, if one waits.
+    pub async fn claim_ideation(&self, worker: &str) -> Result<Option<IdeationRequest>, Error> {
+        match self {
+            Queue::Store(store) => Ok(store.claim_ideation(worker, Timestamp::now()).await?),
+            Queue::Http(client) => {
+                let body = json!({ "worker": worker, "mode": "ideation" });
+                match client.request_json(reqwest::Method::POST, "/api/queue/claim", Some(&body)).await? {
+                    None => Ok(None),
+                    Some(Value::Object(document)) => {
+                        IdeationRequest::from_document(document).map(Some).map_err(|err| Error::Answer(err.to_string()))
+                    }
+                    Some(other) => Err(Error::Answer(format!("an ideation request that is not an object: {other}"))),
+                }
+            }
+        }
+    }
+
+    /// Stores one event of no run (the ideas of an ideation request); a retry is a duplicate.
+    pub async fn deliver(&self, event: Map<String, Value>) -> Result<(), Error> {
+        match self {
+            Queue::Store(store) => {
+                let now = Timestamp::now();
+                let event =
+                    crate::event::from_json_object(event, now).map_err(|err| Error::Refused(err.to_string()))?;
+                store.apply_events(vec![event], now).await?;
+                Ok(())
+            }
+            Queue::Http(client) => {
+                let line = Value::Object(event).to_string();
+                let answer = client.send_lines(&[line]).await?;
+                match answer.rejected.first() {
+                    Some(rejected) => Err(Error::Refused(rejected.reason.clone())),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Ends claim `attempt` of ideation request `id`: completed, or failed with `error`.
+    /// False when that claim was no longer live (nothing changed).
+    pub async fn finish_ideation(&self, id: &str, attempt: u32, error: Option<String>) -> Result<bool, Error> {
+        match self {
+            Queue::Store(store) => Ok(store.finish_ideation(id, attempt, error, Timestamp::now()).await?.is_some()),
+            Queue::Http(client) => {
+                let path = format!("/api/queue/ideation/{id}/finish");
+                let body = json!({ "attempt": attempt, "error": error });
+                match client.request_json(reqwest::Method::POST, &path, Some(&body)).await {
+                    Ok(_) => Ok(true),
+                    Err(SendError::Rejected { status: 409, .. }) => Ok(false),
+                    Err(err) => Err(err.into()),
                 }
             }
         }

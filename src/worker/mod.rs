@@ -10,6 +10,7 @@
 pub mod child;
 pub mod claims;
 pub mod heartbeat;
+pub mod ideation;
 pub mod identity;
 pub mod lines;
 pub mod logs;
@@ -45,12 +46,40 @@ pub enum Directive {
     StopNow,
 }
 
+/// What a worker serves (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Experiment runs from the run queue.
+    Experiment,
+    /// Ideation requests only.
+    Ideation,
+    /// Both: an ideation request first when one waits, else a run.
+    Hybrid,
+}
+
+impl Mode {
+    pub fn serves_ideation(self) -> bool {
+        matches!(self, Mode::Ideation | Mode::Hybrid)
+    }
+
+    pub fn serves_experiments(self) -> bool {
+        matches!(self, Mode::Experiment | Mode::Hybrid)
+    }
+}
+
+/// The next job a worker claimed.
+enum Job {
+    Run(crate::run::Run),
+    Ideation(crate::ideation::IdeationRequest),
+}
+
 /// The worker's settings, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub pod: PodId,
-    /// The queue (pool) to claim from.
+    /// The queue (pool) to claim runs from.
     pub queue: String,
+    pub mode: Mode,
     /// Time between claims when the queue is empty (±20% jitter).
     pub poll: Duration,
     /// Run one job, then exit (also at once when nothing is queued).
@@ -78,6 +107,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     pub verdicts: Vec<Verdict>,
+    pub ideations: Vec<ideation::IdeationVerdict>,
     /// Events left in the spool for the next start.
     pub undelivered: usize,
 }
@@ -114,9 +144,8 @@ pub async fn run(
         if *control.borrow() != Directive::Work || drain_requested(&config) {
             break Ok(());
         }
-        queue.sweep(&config.lease).await;
-        match queue.claim(config.pod.as_str(), &config.queue).await {
-            Ok(Some(run)) => {
+        match claim_next(&queue, &config).await {
+            Ok(Some(job)) => {
                 claim_failing = false;
                 let context = Context {
                     config: &config,
@@ -126,15 +155,18 @@ pub async fn run(
                     facts: &facts,
                     control: control.clone(),
                 };
-                summary.verdicts.push(supervise::supervise(&context, run).await);
+                match job {
+                    Job::Run(run) => summary.verdicts.push(supervise::supervise(&context, run).await),
+                    Job::Ideation(request) => summary.ideations.push(ideation::serve(&context, request).await),
+                }
                 if config.once {
                     break Ok(());
                 }
-                // Look for the next run at once: a busy queue is not polled.
+                // Look for the next job at once: a busy queue is not polled.
                 continue;
             }
             Ok(None) if config.once => {
-                eprintln!("scientist work: no run queued in {:?}; --once exits", config.queue);
+                eprintln!("scientist work: nothing queued for {}; --once exits", describe_mode(&config));
                 break Ok(());
             }
             Ok(None) => claim_failing = false,
@@ -167,6 +199,29 @@ pub async fn run(
         );
     }
     result.map(|()| summary)
+}
+
+/// Claims the next job the mode serves: an ideation request first, then a run (sweeping
+/// lost workers' runs before claiming one).
+async fn claim_next(queue: &Queue, config: &Config) -> Result<Option<Job>, claims::Error> {
+    if config.mode.serves_ideation()
+        && let Some(request) = queue.claim_ideation(config.pod.as_str()).await?
+    {
+        return Ok(Some(Job::Ideation(request)));
+    }
+    if !config.mode.serves_experiments() {
+        return Ok(None);
+    }
+    queue.sweep(&config.lease).await;
+    Ok(queue.claim(config.pod.as_str(), &config.queue).await?.map(Job::Run))
+}
+
+fn describe_mode(config: &Config) -> String {
+    match config.mode {
+        Mode::Experiment => format!("queue {:?}", config.queue),
+        Mode::Ideation => "ideation".into(),
+        Mode::Hybrid => format!("ideation or queue {:?}", config.queue),
+    }
 }
 
 fn drain_requested(config: &Config) -> bool {

@@ -49,7 +49,10 @@ pub struct Step {
 /// A validated pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
+    /// What runs for an experiment run; empty in a config for ideation only.
     pub steps: Vec<Step>,
+    /// What runs for an ideation request (`[ideation]`), for `--mode ideation|hybrid`.
+    pub ideation: Option<Step>,
     /// Extra environment for every step.
     pub env: BTreeMap<String, String>,
     /// Where run directories are made, if the file says (relative to the file).
@@ -79,6 +82,14 @@ struct RawConfig {
     env: BTreeMap<String, String>,
     #[serde(default, rename = "stage")]
     stages: Vec<RawStage>,
+    ideation: Option<RawIdeation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdeation {
+    command: Command,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,10 +115,11 @@ impl Pipeline {
             (Some(_), false) => {
                 return Err("give either `command` (one for the whole run) or [[stage]] tables, not both".into());
             }
+            (None, true) if raw.ideation.is_some() => Vec::new(),
             (None, true) => {
-                return Err(
-                    "no command: set `command = \"...\"`, or add [[stage]] tables with `name` and `command`".into()
-                );
+                return Err("no command: set `command = \"...\"`, or add [[stage]] tables with `name` and `command` \
+                            (or an [ideation] table, for an ideation worker)"
+                    .into());
             }
             (Some(command), true) => {
                 check_command(&command, "command")?;
@@ -131,6 +143,14 @@ impl Pipeline {
                 steps
             }
         };
+        let ideation = match raw.ideation {
+            None => None,
+            Some(ideation) => {
+                check_command(&ideation.command, "[ideation] command")?;
+                let timeout = parse_timeout(ideation.timeout.as_deref(), "[ideation] timeout")?;
+                Some(Step { stage: None, command: ideation.command, timeout })
+            }
+        };
         if let Some(name) = raw.env.keys().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
             return Err(format!("[env]: {name:?} is not a valid variable name"));
         }
@@ -139,7 +159,7 @@ impl Pipeline {
             let relative_dir = !spec.contains("://") && spec != "none" && Path::new(&spec).is_relative();
             if relative_dir { config_dir.join(spec).display().to_string() } else { spec }
         });
-        Ok(Pipeline { steps, env: raw.env, runs_dir, artifacts, config_dir: config_dir.to_owned() })
+        Ok(Pipeline { steps, ideation, env: raw.env, runs_dir, artifacts, config_dir: config_dir.to_owned() })
     }
 }
 
@@ -197,6 +217,22 @@ mod tests {
         assert_eq!(parse("artifacts = \"store\"").as_deref(), Some("/cfg/store"));
         assert_eq!(parse("artifacts = \"/data/a\"").as_deref(), Some("/data/a"));
         assert_eq!(parse("artifacts = \"none\"").as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn an_ideation_command_alone_or_beside_stages() {
+        let alone = Pipeline::parse("[ideation]\ncommand = \"python3 ideas.py\"\ntimeout = \"20m\"", Path::new("/"))
+            .expect("valid");
+        assert!(alone.steps.is_empty());
+        assert_eq!(alone.ideation.map(|step| step.timeout), Some(Some(Duration::from_secs(1200))));
+        let both = Pipeline::parse("command = \"run.sh\"\n[ideation]\ncommand = [\"ideas.sh\"]", Path::new("/"))
+            .expect("valid");
+        assert_eq!(
+            (both.steps.len(), both.ideation.map(|step| step.command.argv())),
+            (1, Some(vec!["ideas.sh".into()]))
+        );
+        let err = Pipeline::parse("[ideation]\ncommand = \"\"", Path::new("/")).expect_err("empty");
+        assert!(err.contains("[ideation] command is empty"), "{err}");
     }
 
     #[test]

@@ -12,24 +12,30 @@ pub const IDEA_FILE: &str = "idea.json";
 
 /// The run's directory under `root`: the existing one for this run, else a new dated one.
 pub fn prepare(root: &Path, run: &Run) -> io::Result<PathBuf> {
+    prepare_named(root, run.id.as_str(), IDEA_FILE, &run.idea)
+}
+
+/// The directory of the job `id` under `root` (reused, else new and dated), with `value`
+/// written there as `file` for the job's command to read.
+pub fn prepare_named(root: &Path, id: &str, file: &str, value: &impl serde::Serialize) -> io::Result<PathBuf> {
     std::fs::create_dir_all(root)?;
-    let dir = match existing(root, run)? {
+    let dir = match existing(root, id)? {
         Some(dir) => dir,
         None => {
             let stamp = chrono::Utc::now().format("%Y-%m-%d_%H-%M-%S");
-            let dir = root.join(format!("{stamp}_{}", run.id));
+            let dir = root.join(format!("{stamp}_{id}"));
             std::fs::create_dir_all(&dir)?;
             dir
         }
     };
-    let idea = serde_json::to_vec_pretty(&run.idea).map_err(io::Error::other)?;
-    std::fs::write(dir.join(IDEA_FILE), idea)?;
+    let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    std::fs::write(dir.join(file), text)?;
     Ok(dir)
 }
 
-/// The newest directory made for this run before, if any.
-fn existing(root: &Path, run: &Run) -> io::Result<Option<PathBuf>> {
-    let suffix = format!("_{}", run.id);
+/// The newest directory made for this job before, if any.
+fn existing(root: &Path, id: &str) -> io::Result<Option<PathBuf>> {
+    let suffix = format!("_{id}");
     let mut found: Vec<PathBuf> = std::fs::read_dir(root)?
         .filter_map(|entry| entry.ok())
         .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))

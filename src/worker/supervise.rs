@@ -24,7 +24,7 @@ const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
 /// Variables of the worker's environment the child does not inherit: the worker's
 /// credentials. (`SCIENTIST_TOKEN` is replaced by the local endpoint's token.)
-const ENV_REMOVED: &[&str] = &["SCIENTIST_TOKEN_FILE", "MONGODB_URL", "SCIENTIST_SERVER"];
+pub(super) const ENV_REMOVED: &[&str] = &["SCIENTIST_TOKEN_FILE", "MONGODB_URL", "SCIENTIST_SERVER"];
 
 /// Why a run stops before its pipeline ends.
 #[derive(Debug, Clone, PartialEq)]
