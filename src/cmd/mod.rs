@@ -4,6 +4,7 @@
 pub mod completions;
 pub mod emit;
 mod follow;
+pub mod ideation;
 pub mod runs;
 pub mod serve;
 pub mod stats;
@@ -72,6 +73,9 @@ pub enum Command {
     /// List, inspect, create, reset and cancel runs.
     #[command(subcommand)]
     Runs(runs::Command),
+    /// Enqueue and list ideation requests (ideas for a hypothesis, served by `work --mode ideation`).
+    #[command(subcommand, after_help = ideation::AFTER_HELP)]
+    Ideation(ideation::Command),
     /// Counts by status, active workers, queue depth, throughput, durations, failures, GPU-hours.
     Stats(stats::Args),
     /// Send one event to the control plane.
@@ -155,6 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Work(args) => work::run(args).await,
         Command::Runs(command) => runs::run(command).await,
+        Command::Ideation(command) => ideation::run(command).await,
         Command::Stats(args) => stats::run(args).await,
         Command::Emit(args) => emit::run(args).await,
         Command::Completions(args) => completions::run(args),
@@ -246,7 +251,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     match err.downcast_ref::<StoreError>() {
         Some(StoreError::NotFound(_)) => exit::NOT_FOUND,
-        Some(StoreError::InvalidTransition { .. }) => exit::CONFLICT,
+        Some(StoreError::InvalidTransition { .. } | StoreError::IdeationExists(_)) => exit::CONFLICT,
         Some(StoreError::InvalidCursor(_)) => exit::USAGE,
         _ => exit::FAILURE,
     }
