@@ -173,11 +173,6 @@ pub(crate) fn print(text: impl std::fmt::Display) -> std::io::Result<()> {
     writeln!(std::io::stdout().lock(), "{text}")
 }
 
-/// An error that is not one of ours to explain further: the command is not built yet.
-pub(crate) fn not_yet(what: &str, issue: u32) -> anyhow::Error {
-    anyhow::anyhow!("`scientist {what}` is not available in this version yet (tracked in issue {issue})")
-}
-
 /// Bad input from the user (exit code 2): the message names the problem and the fix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -251,7 +246,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     match err.downcast_ref::<StoreError>() {
         Some(StoreError::NotFound(_)) => exit::NOT_FOUND,
-        Some(StoreError::InvalidTransition { .. } | StoreError::IdeationExists(_)) => exit::CONFLICT,
+        Some(StoreError::InvalidTransition { .. } | StoreError::AlreadyExists(_) | StoreError::IdeationExists(_)) => {
+            exit::CONFLICT
+        }
         Some(StoreError::InvalidCursor(_)) => exit::USAGE,
         _ => exit::FAILURE,
     }
