@@ -69,7 +69,8 @@ impl Mode {
 
 /// The next job a worker claimed.
 enum Job {
-    Run(crate::run::Run),
+    // Boxed: a run document is far larger than a request.
+    Run(Box<crate::run::Run>),
     Ideation(crate::ideation::IdeationRequest),
 }
 
@@ -156,7 +157,7 @@ pub async fn run(
                     control: control.clone(),
                 };
                 match job {
-                    Job::Run(run) => summary.verdicts.push(supervise::supervise(&context, run).await),
+                    Job::Run(run) => summary.verdicts.push(supervise::supervise(&context, *run).await),
                     Job::Ideation(request) => summary.ideations.push(ideation::serve(&context, request).await),
                 }
                 if config.once {
@@ -213,7 +214,7 @@ async fn claim_next(queue: &Queue, config: &Config) -> Result<Option<Job>, claim
         return Ok(None);
     }
     queue.sweep(&config.lease).await;
-    Ok(queue.claim(config.pod.as_str(), &config.queue).await?.map(Job::Run))
+    Ok(queue.claim(config.pod.as_str(), &config.queue).await?.map(|run| Job::Run(Box::new(run))))
 }
 
 fn describe_mode(config: &Config) -> String {
