@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use serde_json::{Map, Value};
 
 use super::view::{self, Look};
@@ -122,7 +121,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         let documents: Vec<&Map<String, Value>> = requests.iter().map(|request| &request.document).collect();
         super::print(serde_json::to_string_pretty(&documents)?)?;
     } else {
-        super::print(requests_table(&requests, display_now()?, Look::for_stdout()))?;
+        super::print(view::ideation_table(&requests, display_now()?, Look::for_stdout()))?;
     }
     Ok(())
 }
@@ -160,7 +159,13 @@ fn read_input(path: &Path) -> anyhow::Result<Map<String, Value>> {
         .map_err(|err| UsageError(format!("{name} is not valid JSON ({err}); {EXPECTED}")))?;
     let fields = match value {
         Value::Object(fields) => fields,
-        other => return Err(UsageError(format!("{name} holds {}, not a JSON object; {EXPECTED}", kind(&other))).into()),
+        other => {
+            return Err(UsageError(format!(
+                "{name} holds {}, not a JSON object; {EXPECTED}",
+                crate::event::json_kind(&other)
+            ))
+            .into());
+        }
     };
     let kept = kept_fields();
     let taken: Vec<&str> = fields.keys().filter(|key| kept.contains(key)).map(String::as_str).collect();
@@ -185,84 +190,6 @@ fn kept_fields() -> Vec<String> {
     request.fields().into_iter().map(|(key, _)| key).collect()
 }
 
-/// What a JSON value is, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Longest error shown in the table; `--json` has the whole of it.
-const ERROR_CHARS: usize = 80;
-
-/// `ideation list`: one row per request, oldest first as given.
-fn requests_table(requests: &[IdeationRequest], now: Timestamp, look: Look) -> String {
-    if requests.is_empty() {
-        return "no ideation requests match (`scientist ideation create --hypothesis HYP_ID` enqueues one)".into();
-    }
-    let mut table = Table::new();
-    table.load_style(presets::NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
-    if look.color {
-        table.enforce_styling();
-    }
-    if let Some(width) = look.width {
-        table.set_width(width);
-    }
-    table.set_header(["ID", "HYPOTHESIS", "STATUS", "ATTEMPT", "WORKER", "AGE", "ERROR"]);
-    for request in requests {
-        let status = Cell::new(request.status);
-        table.add_row(vec![
-            Cell::new(&request.id),
-            Cell::new(&request.hypothesis_id),
-            if look.color { status.fg(status_color(request.status)) } else { status },
-            Cell::new(request.attempt),
-            Cell::new(request.claimed_by.as_deref().unwrap_or("-")),
-            Cell::new(view::duration(now.seconds_since(request.created_at))),
-            Cell::new(request.error.as_deref().map_or("-".into(), short_error)),
-        ]);
-    }
-    render(&mut table)
-}
-
-/// An error's first line, cut to [`ERROR_CHARS`].
-fn short_error(error: &str) -> String {
-    let line = error.lines().next().unwrap_or_default();
-    if line.chars().count() > ERROR_CHARS || error.lines().nth(1).is_some() {
-        let cut: String = line.chars().take(ERROR_CHARS).collect();
-        format!("{}…", cut.trim_end())
-    } else {
-        line.to_owned()
-    }
-}
-
-fn status_color(status: IdeationStatus) -> Color {
-    match status {
-        IdeationStatus::Queued => Color::Grey,
-        IdeationStatus::Running => Color::Blue,
-        IdeationStatus::Completed => Color::Green,
-        IdeationStatus::Failed => Color::Red,
-    }
-}
-
-/// Below this width (a terminal that reports none) the table does not wrap, as in `view`.
-const MIN_WRAP_WIDTH: u16 = 40;
-
-/// The table's text: columns two spaces apart, no trailing blanks (as `view` draws runs).
-fn render(table: &mut Table) -> String {
-    for column in table.column_iter_mut() {
-        column.set_padding((0, 2));
-    }
-    if table.width().is_some_and(|width| width < MIN_WRAP_WIDTH) {
-        table.set_content_arrangement(ContentArrangement::Disabled);
-    }
-    table.trim_fmt()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,16 +209,16 @@ mod tests {
         let plain = Look { color: false, width: None };
         let now = Timestamp::EPOCH.plus_seconds(400);
         let long = format!("model unavailable {}\ntraceback", "x".repeat(100));
-        let text = requests_table(&[request("req-1", None), request("req-2", Some(&long))], now, plain);
+        let text = view::ideation_table(&[request("req-1", None), request("req-2", Some(&long))], now, plain);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("ID") && lines[0].ends_with("ERROR"), "{text}");
         assert!(lines[1].contains("QUEUED") && lines[1].contains("6m40s") && lines[1].ends_with('-'), "{text}");
         assert!(lines[2].contains("FAILED") && lines[2].contains("pod-a") && lines[2].ends_with('…'), "{text}");
         assert!(!text.contains("traceback") && !text.contains('\x1b'), "{text}");
-        let coloured = requests_table(&[request("req-1", None)], now, Look { color: true, width: None });
+        let coloured = view::ideation_table(&[request("req-1", None)], now, Look { color: true, width: None });
         assert!(coloured.contains("\x1b["), "{coloured:?}");
-        assert!(requests_table(&[], now, plain).starts_with("no ideation requests match"));
+        assert!(view::ideation_table(&[], now, plain).starts_with("no ideation requests match"));
     }
 
     #[test]

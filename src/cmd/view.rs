@@ -8,6 +8,7 @@ use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use serde_json::Value;
 
 use crate::event::{LogLevel, Payload};
+use crate::ideation::{IdeationRequest, IdeationStatus};
 use crate::run::{Run, RunStatus, Stage};
 use crate::store::stats::Stats;
 use crate::store::{Artifact, StoredEvent};
@@ -143,6 +144,50 @@ pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
         ]);
     }
     render(&mut table)
+}
+
+/// Longest error shown in `ideation list`; `--json` has the whole of it.
+const IDEATION_ERROR_CHARS: usize = 80;
+
+/// `ideation list`: one row per request, oldest first as given.
+pub(crate) fn ideation_table(requests: &[IdeationRequest], now: Timestamp, look: Look) -> String {
+    if requests.is_empty() {
+        return "no ideation requests match (`scientist ideation create --hypothesis HYP_ID` enqueues one)".into();
+    }
+    let mut table = look.table(["ID", "HYPOTHESIS", "STATUS", "ATTEMPT", "WORKER", "AGE", "ERROR"]);
+    for request in requests {
+        let status = Cell::new(request.status);
+        table.add_row(vec![
+            Cell::new(&request.id),
+            Cell::new(&request.hypothesis_id),
+            if look.color { status.fg(ideation_color(request.status)) } else { status },
+            Cell::new(request.attempt),
+            Cell::new(request.claimed_by.as_deref().unwrap_or("-")),
+            Cell::new(duration(now.seconds_since(request.created_at))),
+            Cell::new(request.error.as_deref().map_or("-".into(), short_error)),
+        ]);
+    }
+    render(&mut table)
+}
+
+/// An error's first line, cut to [`IDEATION_ERROR_CHARS`].
+fn short_error(error: &str) -> String {
+    let line = error.lines().next().unwrap_or_default();
+    if line.chars().count() > IDEATION_ERROR_CHARS || error.lines().nth(1).is_some() {
+        let cut: String = line.chars().take(IDEATION_ERROR_CHARS).collect();
+        format!("{}…", cut.trim_end())
+    } else {
+        line.to_owned()
+    }
+}
+
+fn ideation_color(status: IdeationStatus) -> Color {
+    match status {
+        IdeationStatus::Queued => Color::Grey,
+        IdeationStatus::Running => Color::Blue,
+        IdeationStatus::Completed => Color::Green,
+        IdeationStatus::Failed => Color::Red,
+    }
 }
 
 /// `runs show`: everything about one run, in sections.
