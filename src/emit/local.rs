@@ -105,11 +105,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// An error answer in the control plane's shape.
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+    Refusal { status, message: message.into() }.into_response()
+}
+
+/// A refusal not yet turned into a response (a response is too large to pass around).
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
 }
 
 impl LocalState {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -118,17 +130,21 @@ impl LocalState {
         if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) {
             return Ok(());
         }
-        Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token: send `Authorization: Bearer $SCIENTIST_TOKEN` (the worker sets it for its child)",
-        ))
+        Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong token: send `Authorization: Bearer $SCIENTIST_TOKEN` (the worker sets it for its child)"
+                .into(),
+        })
     }
 
     /// The attached run's stream, or why there is none.
-    fn stream(&self) -> Result<(RunStream, Arc<Mutex<Reported>>), Response> {
+    fn stream(&self) -> Result<(RunStream, Arc<Mutex<Reported>>), Refusal> {
         match lock(&self.attached).as_ref() {
             Some(attached) => Ok((attached.stream.clone(), attached.reported.clone())),
-            None => Err(refuse(StatusCode::CONFLICT, "this worker is not running a run now; nothing to report to")),
+            None => Err(Refusal {
+                status: StatusCode::CONFLICT,
+                message: "this worker is not running a run now; nothing to report to".into(),
+            }),
         }
     }
 }
@@ -159,7 +175,7 @@ fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Resul
 
 async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = state.authorize(&headers) {
-        return refused;
+        return refused.into_response();
     }
     let event = match server::parse_event(&headers, &body, Timestamp::now()) {
         Ok(event) => event,
@@ -167,7 +183,7 @@ async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -
     };
     let (stream, reported) = match state.stream() {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let id = event.id.to_string();
     let draft = match admit(&event, &stream, &reported) {
@@ -182,7 +198,7 @@ async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -
 
 async fn batch(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = state.authorize(&headers) {
-        return refused;
+        return refused.into_response();
     }
     let parsed = match server::parse_batch(&headers, &body, Timestamp::now()) {
         Ok(parsed) => parsed,
@@ -190,7 +206,7 @@ async fn batch(State(state): State<LocalState>, headers: HeaderMap, body: Bytes)
     };
     let (stream, reported) = match state.stream() {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut rejected = parsed.rejected;
     let mut drafts = Vec::new();

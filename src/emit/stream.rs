@@ -698,12 +698,15 @@ fn lock_dir(dir: &Path) -> Result<File, StreamError> {
     Ok(file)
 }
 
+/// A spooled event's run and `seq`, when it has them.
+type Sequenced = Option<(RunId, u64)>;
+
 /// A spool segment left by an earlier worker.
 struct Recovered {
     number: u64,
     path: PathBuf,
-    /// Each event with its run and `seq`, when it has them.
-    lines: Vec<(Arc<str>, Option<(RunId, u64)>)>,
+    /// Each event with its run and `seq`.
+    lines: Vec<(Arc<str>, Sequenced)>,
 }
 
 /// The segments in the spool, oldest first. A line that is not a JSON object (the torn end
