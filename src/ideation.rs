@@ -68,6 +68,10 @@ pub struct IdeationRequest {
     pub claimed_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_at: Option<Timestamp>,
+    /// When the store last heard from the claiming worker (its claim, then its heartbeats),
+    /// by the store's clock: a RUNNING request not heard from for the lease is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_at: Option<Timestamp>,
     /// Fencing token, as a run's: incremented by every claim; only the live claim ends it.
     #[serde(default)]
     pub attempt: u32,
@@ -101,6 +105,7 @@ impl IdeationRequest {
             updated_at: Some(now),
             claimed_by: None,
             claimed_at: None,
+            heard_at: None,
             attempt: 0,
             finished_at: None,
             error: None,
@@ -115,6 +120,7 @@ impl IdeationRequest {
         self.status = IdeationStatus::Running;
         self.claimed_by = Some(worker.to_owned());
         self.claimed_at = Some(now);
+        self.heard_at = Some(now);
         self.attempt += 1;
         self.updated_at = Some(now);
         self.document = self.stored_document();
@@ -123,7 +129,7 @@ impl IdeationRequest {
     /// Ends the live claim `attempt`: COMPLETED, or FAILED with `error`. False (and nothing
     /// changed) when that claim is not live: the request was already ended or claimed again.
     pub fn finish(&mut self, attempt: u32, error: Option<String>, now: Timestamp) -> bool {
-        if self.status != IdeationStatus::Running || self.attempt != attempt {
+        if !self.is_held_by(attempt) {
             return false;
         }
         self.status = if error.is_some() { IdeationStatus::Failed } else { IdeationStatus::Completed };
@@ -132,6 +138,47 @@ impl IdeationRequest {
         self.updated_at = Some(now);
         self.document = self.stored_document();
         true
+    }
+
+    /// Claim `attempt`'s worker is heard from at `now`. False (and nothing changed) when that
+    /// claim is not live: the worker must stop, the request is no longer its own.
+    pub fn hear(&mut self, attempt: u32, now: Timestamp) -> bool {
+        if !self.is_held_by(attempt) {
+            return false;
+        }
+        self.heard_at = Some(now);
+        self.document = self.stored_document();
+        true
+    }
+
+    /// How long the live claim's worker has been silent at `now`; `None` when no worker holds
+    /// the request.
+    pub fn silent_for(&self, now: Timestamp) -> Option<f64> {
+        if self.status != IdeationStatus::Running {
+            return None;
+        }
+        let heard = self.heard_at.or(self.claimed_at).unwrap_or(self.created_at);
+        Some(now.seconds_since(heard).max(0.0))
+    }
+
+    /// Ends claim `attempt` as lost (its worker silent for `lease` at `now`): FAILED with
+    /// `error`, or back to QUEUED for the next worker when `requeue`. False (and nothing
+    /// changed) when that claim is no longer live or its worker was heard within the lease.
+    pub fn lose(&mut self, attempt: u32, lease: f64, requeue: bool, error: &str, now: Timestamp) -> bool {
+        if !self.is_held_by(attempt) || self.silent_for(now).is_none_or(|silent| silent < lease) {
+            return false;
+        }
+        if requeue {
+            self.status = IdeationStatus::Queued;
+            self.updated_at = Some(now);
+            self.document = self.stored_document();
+            return true;
+        }
+        self.finish(attempt, Some(error.to_owned()), now)
+    }
+
+    fn is_held_by(&self, attempt: u32) -> bool {
+        self.status == IdeationStatus::Running && self.attempt == attempt
     }
 
     /// Our fields alone, as `$set` writes them.
@@ -178,5 +225,24 @@ mod tests {
         assert_eq!(stored, request);
         assert_eq!((stored.status, stored.document["numIdeas"].clone()), (IdeationStatus::Failed, json!(3)));
         assert_eq!(stored.document["status"], json!("FAILED"));
+    }
+
+    #[test]
+    fn a_claim_is_lost_only_when_its_worker_was_silent_for_the_lease() {
+        let new = NewIdeation { id: "req-1".into(), hypothesis_id: "hyp-1".into(), input: Map::new() };
+        let mut request = IdeationRequest::queued(new, Timestamp::EPOCH);
+        request.claim("pod-a", Timestamp::EPOCH);
+        let at = |seconds| Timestamp::EPOCH.plus_seconds(seconds);
+        assert!(request.hear(1, at(30)));
+        assert!(!request.hear(2, at(30)), "not its claim");
+        assert_eq!(request.silent_for(at(40)), Some(10.0));
+        assert!(!request.lose(1, 60.0, false, "lost", at(89)), "heard 59 s ago");
+        assert!(!request.lose(2, 60.0, false, "lost", at(90)), "not the live claim");
+        let mut requeued = request.clone();
+        assert!(requeued.lose(1, 60.0, true, "lost", at(90)));
+        assert_eq!((requeued.status, requeued.silent_for(at(90))), (IdeationStatus::Queued, None));
+        assert!(request.lose(1, 60.0, false, "lost", at(90)));
+        assert_eq!((request.status, request.error.as_deref()), (IdeationStatus::Failed, Some("lost")));
+        assert!(!request.hear(1, at(91)), "a lost claim is no longer its worker's");
     }
 }

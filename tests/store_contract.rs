@@ -717,6 +717,55 @@ async fn ideation_requests_are_claimed_oldest_first_and_ended_by_their_live_clai
     assert!(store.finish_ideation("no-such", 1, None, at(9)).await.expect("finish").is_none());
 }
 
+/// A claimed request's worker is heard through its heartbeats; silent for the whole lease,
+/// the request is failed WORKER_LOST, or requeued, and the old claim can do nothing more.
+async fn lost_ideation_requests_are_failed_or_requeued(store: &dyn Store) {
+    store.enqueue_ideation(new_ideation("idea-1", "hyp-1"), at(0)).await.expect("enqueue");
+    store.enqueue_ideation(new_ideation("idea-2", "hyp-2"), at(1)).await.expect("enqueue");
+    let claimed = store.claim_ideation("pod-a", at(2)).await.expect("claim").expect("idea-1");
+    assert_eq!(claimed.heard_at, Some(at(2)), "the claim is word from the worker");
+    let heard = store.hear_ideation("idea-1", 1, at(100)).await.expect("hear").expect("a live claim");
+    assert_eq!(heard.heard_at, Some(at(100)));
+    assert!(store.hear_ideation("idea-1", 2, at(100)).await.expect("hear").is_none(), "not its claim");
+    assert!(store.hear_ideation("no-such", 1, at(100)).await.expect("hear").is_none());
+
+    let fail = policy(OnLost::Fail);
+    assert!(lease::sweep_ideation(store, &fail, at(699)).await.expect("sweep").is_empty(), "heard 599 s ago");
+    let lost = lease::sweep_ideation(store, &fail, at(700)).await.expect("sweep");
+    assert_eq!(lost.iter().map(|request| request.id.as_str()).collect::<Vec<_>>(), ["idea-1"]);
+    let stored = store.get_ideation("idea-1").await.expect("get").expect("stored");
+    assert_eq!(stored.status, IdeationStatus::Failed);
+    let error = stored.error.unwrap_or_default();
+    assert!(error.contains(lease::WORKER_LOST) && error.contains("pod-a"), "{error}");
+    assert!(store.hear_ideation("idea-1", 1, at(701)).await.expect("hear").is_none(), "the worker must stop");
+    assert!(store.finish_ideation("idea-1", 1, None, at(702)).await.expect("finish").is_none());
+
+    store.claim_ideation("pod-b", at(800)).await.expect("claim").expect("idea-2");
+    let requeued = lease::sweep_ideation(store, &policy(OnLost::Requeue), at(1400)).await.expect("sweep");
+    assert_eq!(
+        requeued.iter().map(|request| (request.id.as_str(), request.status)).collect::<Vec<_>>(),
+        [("idea-2", IdeationStatus::Queued)]
+    );
+    let reclaimed = store.claim_ideation("pod-c", at(1401)).await.expect("claim").expect("requeued");
+    assert_eq!((reclaimed.id.as_str(), reclaimed.attempt, reclaimed.heard_at), ("idea-2", 2, Some(at(1401))));
+    assert!(store.hear_ideation("idea-2", 1, at(1402)).await.expect("hear").is_none(), "the old claim is fenced");
+    assert!(lease::sweep_ideation(store, &fail, at(1500)).await.expect("sweep").is_empty(), "the new claim is heard");
+}
+
+/// Every replica sweeps: two at once end a lost request once.
+async fn concurrent_ideation_sweepers_act_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    store.enqueue_ideation(new_ideation("idea-1", "hyp-1"), at(0)).await.expect("enqueue");
+    store.claim_ideation("pod-a", at(1)).await.expect("claim").expect("idea-1");
+    let policy = policy(OnLost::Requeue);
+    let (first, second) = tokio::join!(
+        lease::sweep_ideation(store.as_ref(), &policy, at(700)),
+        lease::sweep_ideation(other.as_ref(), &policy, at(700))
+    );
+    assert_eq!(first.expect("sweep").len() + second.expect("sweep").len(), 1);
+    let stored = store.get_ideation("idea-1").await.expect("get").expect("stored");
+    assert_eq!((stored.status, stored.attempt), (IdeationStatus::Queued, 1));
+}
+
 /// 8 claimers on two handles over 40 requests: each claimed exactly once.
 async fn concurrent_ideation_claimers_claim_each_request_once(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     const REQUESTS: usize = 40;
@@ -803,6 +852,8 @@ macro_rules! store_suite {
             two_handle_case!(concurrent_sweepers_act_once);
             case!(ideation_requests_are_claimed_oldest_first_and_ended_by_their_live_claim);
             two_handle_case!(concurrent_ideation_claimers_claim_each_request_once);
+            case!(lost_ideation_requests_are_failed_or_requeued);
+            two_handle_case!(concurrent_ideation_sweepers_act_once);
         }
     };
 }

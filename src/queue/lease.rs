@@ -8,6 +8,9 @@
 //! conditional write that re-reads the run ([`Store::update_if`]), so a worker heard from
 //! meanwhile, a finished run or a newer attempt is left alone, and several sweepers (every
 //! `serve` replica, every worker on the store) can sweep at once.
+//!
+//! Ideation requests follow the same lease: a RUNNING request whose worker (its claim, then
+//! its heartbeats) was silent for the whole lease is failed with WORKER_LOST or requeued.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::event::{self, Event};
+use crate::ideation::{IdeationRequest, IdeationStatus};
 use crate::reduce;
 use crate::run::{Run, RunId, RunStatus};
 use crate::store::{self, RunFilter, Store};
@@ -216,6 +220,46 @@ fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Option<
     event::from_json_object(object, now).ok()
 }
 
+/// Sweeps the held ideation requests once at `now`: fails or requeues those whose worker
+/// was silent for the whole lease. Each is one conditional write that re-checks the stored
+/// request, as for runs.
+pub async fn sweep_ideation(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<Vec<IdeationRequest>> {
+    let lease = policy.lease.as_secs_f64();
+    let requeue = policy.on_lost == OnLost::Requeue;
+    let mut lost = Vec::new();
+    for listed in store.list_ideation(&[IdeationStatus::Running], store::MAX_LIMIT).await? {
+        if listed.silent_for(now).is_none_or(|silent| silent < lease) {
+            continue;
+        }
+        let attempt = listed.attempt;
+        let error = format!(
+            "{WORKER_LOST}: no word from worker {} for the whole lease ({})",
+            listed.claimed_by.as_deref().unwrap_or("(none)"),
+            humantime::format_duration(policy.lease)
+        );
+        let change = Box::new(move |request: &mut IdeationRequest| request.lose(attempt, lease, requeue, &error, now));
+        if let Some(request) = store.update_ideation_if(&listed.id, change).await? {
+            lost.push(IdeationRequest { claimed_by: listed.claimed_by, ..request });
+        }
+    }
+    Ok(lost)
+}
+
+/// One sweep of runs and ideation requests, each change logged: what `serve` does every
+/// tick and a worker on the store before each claim.
+pub async fn sweep_and_log(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<()> {
+    sweep(store, policy, now).await?.iter().for_each(log);
+    for request in sweep_ideation(store, policy, now).await? {
+        let worker = request.claimed_by.as_deref().unwrap_or("(none)");
+        let what = match request.status {
+            IdeationStatus::Queued => "requeued",
+            _ => "failed WORKER_LOST",
+        };
+        tracing::warn!(request = %request.id, attempt = request.attempt, worker, "ideation request {} {what}: its worker was silent for the whole lease", request.id);
+    }
+    Ok(())
+}
+
 /// Sweeps every `every` until the task is dropped, logging what each sweep did. A failed
 /// sweep is logged once and retried at the next tick.
 pub async fn keep_sweeping(store: Arc<dyn Store>, policy: Policy, every: Duration) {
@@ -224,11 +268,8 @@ pub async fn keep_sweeping(store: Arc<dyn Store>, policy: Policy, every: Duratio
     let mut failing = false;
     loop {
         ticks.tick().await;
-        match sweep(store.as_ref(), &policy, Timestamp::now()).await {
-            Ok(swept) => {
-                failing = false;
-                swept.iter().for_each(log);
-            }
+        match sweep_and_log(store.as_ref(), &policy, Timestamp::now()).await {
+            Ok(()) => failing = false,
             Err(err) if !failing => {
                 failing = true;
                 tracing::error!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed; retrying every {}", humantime::format_duration(every));

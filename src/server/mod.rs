@@ -88,6 +88,7 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (endpoint(Method::POST, "/api/ingest/events", Some(Ingest)), post(ingest::batch)),
         (endpoint(Method::POST, "/api/queue/claim", Some(Ingest)), post(queue::claim)),
         (endpoint(Method::GET, "/api/queue/runs/{id}", Some(Ingest)), get(queue::check)),
+        (endpoint(Method::POST, "/api/queue/ideation/{id}/heartbeat", Some(Ingest)), post(queue::hear_ideation)),
         (endpoint(Method::POST, "/api/queue/ideation/{id}/finish", Some(Ingest)), post(queue::finish_ideation)),
         (endpoint(Method::GET, "/api/runs", Some(Read)), get(read::runs)),
         (endpoint(Method::POST, "/api/runs", Some(Admin)), post(admin::enqueue)),

@@ -1,7 +1,8 @@
 //! Queue endpoints for pods that hold no database credentials (ingest scope):
 //! `POST /api/queue/claim` takes the next run (or ideation request), `GET
 //! /api/queue/runs/{id}` tells the worker whether its claim is still live and whether an
-//! operator asked to cancel, `POST /api/queue/ideation/{id}/finish` ends an ideation claim.
+//! operator asked to cancel, `POST /api/queue/ideation/{id}/heartbeat` keeps an ideation
+//! claim from being lost and `POST /api/queue/ideation/{id}/finish` ends it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -94,11 +95,34 @@ pub(super) async fn finish_ideation(
     let ended = state.store.finish_ideation(&id, finish.attempt, finish.error, Timestamp::now()).await?;
     match ended {
         Some(request) => Ok((StatusCode::OK, axum::Json(request.document)).into_response()),
-        None => Err(ApiError::Conflict(format!(
-            "ideation request {id} is not held by claim {}: it ended already, was claimed again, or does not exist",
-            finish.attempt
-        ))),
+        None => Err(not_held(&id, finish.attempt)),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IdeationHeard {
+    /// The claim's attempt (the fencing token the claim answered).
+    attempt: u32,
+}
+
+/// 200 with the request, its worker heard from now; or 409 when that claim is not live (the
+/// request ended, was lost, or was claimed again): the worker must stop.
+pub(super) async fn hear_ideation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(heard): Json<IdeationHeard>,
+) -> Result<Response, ApiError> {
+    match state.store.hear_ideation(&id, heard.attempt, Timestamp::now()).await? {
+        Some(request) => Ok((StatusCode::OK, axum::Json(request.document)).into_response()),
+        None => Err(not_held(&id, heard.attempt)),
+    }
+}
+
+fn not_held(id: &str, attempt: u32) -> ApiError {
+    ApiError::Conflict(format!(
+        "ideation request {id} is not held by claim {attempt}: it ended already, was lost, was claimed again, or does not exist"
+    ))
 }
 
 #[derive(Debug, Deserialize)]

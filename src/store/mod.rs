@@ -140,6 +140,10 @@ pub struct HypothesisIdeas {
 /// An edit of a run for [`Store::update_if`]; it may be called more than once.
 pub type RunChange = Box<dyn Fn(&mut Run) -> bool + Send + Sync>;
 
+/// An edit of an ideation request for [`Store::update_ideation_if`]; it may be called more
+/// than once.
+pub type IdeationChange = Box<dyn Fn(&mut IdeationRequest) -> bool + Send + Sync>;
+
 /// The storage contract. Every method is atomic on its own; see each for what that covers.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -211,6 +215,12 @@ pub trait Store: Send + Sync + 'static {
     /// `ideation.status` follows, for the web frontend.
     async fn claim_ideation(&self, worker: &str, now: Timestamp) -> Result<Option<IdeationRequest>>;
 
+    /// Changes ideation request `id` as `change` says, atomically, as [`Store::update_if`]
+    /// does a run (on MongoDB only our fields are written, and the hypothesis's
+    /// `ideation.status` follows). The request as written; `None` when `change` declined or
+    /// there is no such request.
+    async fn update_ideation_if(&self, id: &str, change: IdeationChange) -> Result<Option<IdeationRequest>>;
+
     /// Ends claim `attempt` of request `id` (see `IdeationRequest::finish`): the request as
     /// ended, or `None` when that claim was not live and nothing changed.
     async fn finish_ideation(
@@ -219,7 +229,15 @@ pub trait Store: Send + Sync + 'static {
         attempt: u32,
         error: Option<String>,
         now: Timestamp,
-    ) -> Result<Option<IdeationRequest>>;
+    ) -> Result<Option<IdeationRequest>> {
+        self.update_ideation_if(id, Box::new(move |request| request.finish(attempt, error.clone(), now))).await
+    }
+
+    /// Claim `attempt`'s worker of request `id` is heard from (see `IdeationRequest::hear`):
+    /// the request, or `None` when that claim is not live and the worker must stop.
+    async fn hear_ideation(&self, id: &str, attempt: u32, now: Timestamp) -> Result<Option<IdeationRequest>> {
+        self.update_ideation_if(id, Box::new(move |request| request.hear(attempt, now))).await
+    }
 }
 
 /// What a newly stored event did to its run.

@@ -18,9 +18,9 @@ use serde_json::{Map, Value};
 
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
-    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunChange, RunFilter,
-    SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit, level_names_at_or_above,
-    parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, IdeationChange, LOG_EVENT_TYPE, Outcome, Page, Result,
+    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit,
+    level_names_at_or_above, parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
@@ -332,26 +332,27 @@ impl MongoStore {
     }
 
     /// Writes our fields of `request` over the stored document with raw id `raw_id`, only if
-    /// it is still in `status` at `attempt`. False when another writer changed it first.
-    async fn save_ideation(
-        &self,
-        raw_id: &Bson,
-        status: IdeationStatus,
-        attempt: u32,
-        request: &IdeationRequest,
-    ) -> Result<bool> {
+    /// it is still as `before` was read (status, attempt, heard at). False when another
+    /// writer changed it first.
+    async fn save_ideation(&self, raw_id: &Bson, before: &IdeationRequest, request: &IdeationRequest) -> Result<bool> {
         let mut fields = to_document("ideation request", request)?;
         fields.remove("_id");
         // A request the frontend just created has no `attempt` yet: that is attempt 0.
-        let attempt = if attempt == 0 {
+        let attempt = if before.attempt == 0 {
             doc! { "$in": [0_i64, Bson::Null] }
         } else {
-            doc! { "$eq": i64::from(attempt) }
+            doc! { "$eq": i64::from(before.attempt) }
         };
-        let filter = doc! { "_id": raw_id.clone(), "status": status.as_str(), "attempt": attempt };
+        // Null also matches a document without the field.
+        let heard_at = to_document("ideation request", before)?.get("heardAt").cloned().unwrap_or(Bson::Null);
+        let filter =
+            doc! { "_id": raw_id.clone(), "status": before.status.as_str(), "attempt": attempt, "heardAt": heard_at };
         let matched = self.ideation.update_one(filter, doc! { "$set": fields }).await?.matched_count;
         if matched == 0 {
             return Ok(false);
+        }
+        if before.status == request.status {
+            return Ok(true);
         }
         // The frontend reads a hypothesis's ideation progress from the hypothesis itself.
         let mirror = doc! { "ideation.status": request.status.as_str(), "ideation.requestId": request.id.as_str() };
@@ -885,29 +886,27 @@ impl Store for MongoStore {
                 .sort(doc! { "createdAt": 1, "_id": 1 })
                 .await?;
             let Some((raw_id, mut request)) = oldest.map(ideation_from).transpose()? else { return Ok(None) };
-            let attempt = request.attempt;
+            let before = request.clone();
             request.claim(worker, now);
-            if self.save_ideation(&raw_id, IdeationStatus::Queued, attempt, &request).await? {
+            if self.save_ideation(&raw_id, &before, &request).await? {
                 return Ok(Some(request));
             }
         }
         Err(Error::Contention("the ideation queue".into()))
     }
 
-    async fn finish_ideation(
-        &self,
-        id: &str,
-        attempt: u32,
-        error: Option<String>,
-        now: Timestamp,
-    ) -> Result<Option<IdeationRequest>> {
-        let Some((raw_id, mut request)) = self.load_ideation(id).await? else { return Ok(None) };
-        if !request.finish(attempt, error, now) {
-            return Ok(None);
+    async fn update_ideation_if(&self, id: &str, change: IdeationChange) -> Result<Option<IdeationRequest>> {
+        for _ in 0..MAX_CAS_TRIES {
+            let Some((raw_id, before)) = self.load_ideation(id).await? else { return Ok(None) };
+            let mut request = before.clone();
+            if !change(&mut request) {
+                return Ok(None);
+            }
+            if self.save_ideation(&raw_id, &before, &request).await? {
+                return Ok(Some(request));
+            }
         }
-        // Conditional on the claim still being live: a concurrent finish of the same claim loses.
-        let saved = self.save_ideation(&raw_id, IdeationStatus::Running, attempt, &request).await?;
-        Ok(saved.then_some(request))
+        Err(Error::Contention(format!("ideation request {id}")))
     }
 }
 

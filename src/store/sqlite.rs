@@ -21,9 +21,9 @@ use serde_json::{Map, Value};
 
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
-    Artifact, Effect, Error, EventFilter, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Page, Result, RunChange, RunFilter,
-    SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit, level_names_at_or_above,
-    parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
+    Artifact, Effect, Error, EventFilter, HypothesisIdeas, IdeationChange, LOG_EVENT_TYPE, Outcome, Page, Result,
+    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit,
+    level_names_at_or_above, parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
@@ -900,17 +900,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish_ideation(
-        &self,
-        id: &str,
-        attempt: u32,
-        error: Option<String>,
-        now: Timestamp,
-    ) -> Result<Option<IdeationRequest>> {
+    async fn update_ideation_if(&self, id: &str, change: IdeationChange) -> Result<Option<IdeationRequest>> {
         let id = id.to_owned();
         self.write(move |tx| {
             let Some(mut request) = load_ideation(tx, &id)? else { return Ok(None) };
-            if !request.finish(attempt, error, now) {
+            if !change(&mut request) {
                 return Ok(None);
             }
             save_ideation(tx, &request)?;

@@ -118,22 +118,31 @@ impl Queue {
             Queue::Http(client) => {
                 let path = format!("/api/queue/ideation/{id}/finish");
                 let body = json!({ "attempt": attempt, "error": error });
-                match client.request_json(reqwest::Method::POST, &path, Some(&body)).await {
-                    Ok(_) => Ok(true),
-                    Err(SendError::Rejected { status: 409, .. }) => Ok(false),
-                    Err(err) => Err(err.into()),
-                }
+                live_unless_conflict(client.request_json(reqwest::Method::POST, &path, Some(&body)).await)
             }
         }
     }
 
-    /// Frees runs of lost workers before claiming, when the worker is on the store (through
+    /// Claim `attempt`'s worker of ideation request `id` is alive; false when that claim is no
+    /// longer live (the request ended, was lost, or was claimed again) and the worker must stop.
+    pub async fn hear_ideation(&self, id: &str, attempt: u32) -> Result<bool, Error> {
+        match self {
+            Queue::Store(store) => Ok(store.hear_ideation(id, attempt, Timestamp::now()).await?.is_some()),
+            Queue::Http(client) => {
+                let path = format!("/api/queue/ideation/{id}/heartbeat");
+                live_unless_conflict(
+                    client.request_json(reqwest::Method::POST, &path, Some(&json!({ "attempt": attempt }))).await,
+                )
+            }
+        }
+    }
+
+    /// Frees runs and ideation requests of lost workers before claiming, when the worker is on the store (through
     /// --server the control plane sweeps). A failure is logged and changes nothing.
     pub async fn sweep(&self, policy: &lease::Policy) {
         let Queue::Store(store) = self else { return };
-        match lease::sweep(store.as_ref(), policy, Timestamp::now()).await {
-            Ok(swept) => swept.iter().for_each(lease::log),
-            Err(err) => tracing::warn!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed"),
+        if let Err(err) = lease::sweep_and_log(store.as_ref(), policy, Timestamp::now()).await {
+            tracing::warn!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed");
         }
     }
 
@@ -154,5 +163,14 @@ impl Queue {
                 serde_json::from_value(answer).map_err(|err| Error::Answer(err.to_string()))
             }
         }
+    }
+}
+
+/// An ideation claim endpoint's answer: 409 says the claim is not live.
+fn live_unless_conflict(answer: Result<Option<Value>, SendError>) -> Result<bool, Error> {
+    match answer {
+        Ok(_) => Ok(true),
+        Err(SendError::Rejected { status: 409, .. }) => Ok(false),
+        Err(err) => Err(err.into()),
     }
 }

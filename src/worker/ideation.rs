@@ -114,13 +114,14 @@ async fn run_command(context: &Context<'_>, step: &Step, request: &IdeationReque
     };
     let mut control = context.control.clone();
     let stop = control.wait_for(|directive| matches!(directive, Directive::Stop | Directive::StopNow));
-    let status = tokio::select! {
-        status = child.wait() => Some(status),
-        () = timeout => None,
-        _ = stop => None,
+    let ended = tokio::select! {
+        status = child.wait() => Ok(status),
+        () = timeout => Err(Interrupted::TimedOut),
+        _ = stop => Err(Interrupted::Stopped),
+        () = claim_lost(context, request) => Err(Interrupted::ClaimLost),
     };
     let pgid = child.pgid();
-    if status.is_none() || child::group_alive(pgid) {
+    if ended.is_err() || child::group_alive(pgid) {
         let mut hurry = context.control.clone();
         let hurry = async move {
             let _ = hurry.wait_for(|directive| *directive == Directive::StopNow).await;
@@ -131,14 +132,46 @@ async fn run_command(context: &Context<'_>, step: &Step, request: &IdeationReque
     let _ = relays.0.await;
     let tail = relays.1.await.unwrap_or_default();
     let tail = if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" | ")) };
-    match status {
-        Some(Ok(status)) if status.success() => Ok(()),
-        Some(Ok(status)) => Err(format!("`{}` ended with {status}{tail}", step.command.display())),
-        Some(Err(err)) => Err(format!("lost track of `{}`: {err}", step.command.display())),
-        None if *context.control.borrow() == Directive::Work || *context.control.borrow() == Directive::Drain => {
+    match ended {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("`{}` ended with {status}{tail}", step.command.display())),
+        Ok(Err(err)) => Err(format!("lost track of `{}`: {err}", step.command.display())),
+        Err(Interrupted::TimedOut) => {
             Err(format!("timed out after {}", humantime::format_duration(step.timeout.unwrap_or_default())))
         }
-        None => Err("the worker was stopped (SIGTERM) before the ideation ended".into()),
+        Err(Interrupted::Stopped) => Err("the worker was stopped (SIGTERM) before the ideation ended".into()),
+        Err(Interrupted::ClaimLost) => {
+            Err("the request is no longer this worker's (it was ended, lost or claimed again); stopped its command"
+                .into())
+        }
+    }
+}
+
+/// Why the command was stopped before it exited.
+enum Interrupted {
+    TimedOut,
+    Stopped,
+    ClaimLost,
+}
+
+/// Tells the queue at every heartbeat that the claim's worker is alive, so the lease sweep
+/// leaves the request alone; returns once the claim is no longer live. A queue out of reach
+/// is logged and tried again at the next beat: the lease is what tolerates an outage.
+async fn claim_lost(context: &Context<'_>, request: &IdeationRequest) {
+    let mut beats = tokio::time::interval(context.config.heartbeat);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once, and the claim itself was just heard.
+    beats.tick().await;
+    loop {
+        beats.tick().await;
+        match context.queue.hear_ideation(&request.id, request.attempt).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => tracing::warn!(
+                error = %crate::emit::error_chain(&err),
+                "could not tell the queue ideation {} is alive; trying again at the next heartbeat", request.id
+            ),
+        }
     }
 }
 
