@@ -274,8 +274,8 @@ async fn runs_are_enqueued_paged_claimed_canceled_and_reset() {
     assert_eq!(stats["byStatus"]["SCHEDULED"], 3, "{stats}");
 }
 
-/// An ideation pod without database credentials: claim a request, end the claim; a second
-/// end of the same claim, or an end by a wrong attempt, is a conflict.
+/// An ideation pod without database credentials: claim a request, beat, end the claim; a
+/// beat or end by a wrong attempt, or after the end, is a conflict.
 #[tokio::test]
 async fn ideation_requests_are_claimed_and_ended_over_http() {
     let api = Api::open().await;
@@ -290,6 +290,11 @@ async fn ideation_requests_are_claimed_and_ended_over_http() {
     assert_eq!((claimed["attempt"].as_u64(), claimed["numIdeas"].as_u64()), (Some(1), Some(2)), "{claimed}");
     let (status, _) = api.post("/api/queue/claim", json!({"worker": "pod-9", "mode": "ideation"})).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, heard) = api.post("/api/queue/ideation/idea-1/heartbeat", json!({"attempt": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{heard}");
+    assert!(heard["heardAt"].as_str() >= claimed["heardAt"].as_str() && heard["heardAt"].is_string(), "{heard}");
+    let (status, answer) = api.post("/api/queue/ideation/idea-1/heartbeat", json!({"attempt": 2})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     let (status, answer) = api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 2})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     let (status, ended) =
@@ -298,6 +303,8 @@ async fn ideation_requests_are_claimed_and_ended_over_http() {
     assert_eq!((ended["status"].as_str(), ended["error"].as_str()), (Some("FAILED"), Some("model unavailable")));
     let (status, _) = api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 1})).await;
     assert_eq!(status, StatusCode::CONFLICT, "ended once");
+    let (status, _) = api.post("/api/queue/ideation/idea-1/heartbeat", json!({"attempt": 1})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an ended claim's worker must stop");
     let (status, answer) = api.post("/api/queue/ideation/idea-1/finish", json!({"attempt": 1, "ok": true})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 }

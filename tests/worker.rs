@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scientist::event::{Event, LogLevel, Payload};
-use scientist::ideation::{IdeationStatus, NewIdeation};
+use scientist::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use scientist::run::{Run, RunId, RunStatus};
 use scientist::time::Timestamp;
 use serde_json::{Value, json};
@@ -543,6 +543,20 @@ async fn a_killed_worker_is_flagged_silent_then_its_run_fails_worker_lost() {
     assert_eq!(count(&pod.events(&id).await, "ai.run.failed"), 1);
 }
 
+/// The ideation request once `check` holds for it, polled from the store; fails the test
+/// after 30 s.
+async fn ideation_until(pod: &Pod, id: &str, what: &str, check: impl Fn(&IdeationRequest) -> bool) -> IdeationRequest {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = pod.store.get_ideation(id).await.expect("get").expect("request");
+        if check(&request) {
+            return request;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn ideation_request(id: &str, input: Value) -> NewIdeation {
     let Value::Object(input) = input else { panic!("an ideation input is an object") };
     NewIdeation { id: id.into(), hypothesis_id: format!("hyp-of-{id}"), input }
@@ -618,4 +632,83 @@ async fn a_mode_the_config_cannot_serve_exits_2() {
     let (status, stderr) = finish(worker, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("has no [ideation] command"), "{stderr}");
+}
+
+/// The pid an ideation command of the test below wrote, once it did.
+async fn ideation_command_pid(pod: &Pod, id: &str) -> i32 {
+    let suffix = format!("_{id}");
+    wait_for("the command's pid", Duration::from_secs(30), || {
+        let dirs = std::fs::read_dir(pod.path("runs").join("ideation")).ok()?;
+        let dir = dirs.filter_map(Result::ok).find(|dir| dir.file_name().to_string_lossy().ends_with(&suffix))?;
+        std::fs::read_to_string(dir.path().join("pid")).ok()?.trim().parse().ok()
+    })
+    .await
+}
+
+/// An ideation command that runs past the lease keeps its request through the worker's
+/// heartbeats. A worker killed mid-command (SIGKILL, no word) loses its request, which the
+/// control plane fails WORKER_LOST once the lease runs out. A worker frozen past the lease
+/// (SIGSTOP) learns at its next beat that the claim is gone, stops its command and leaves
+/// the request as the sweep ended it.
+#[tokio::test]
+async fn ideation_claims_live_on_heartbeats_and_are_lost_with_their_worker() {
+    let pod = Pod::sqlite().await;
+    let port = free_port();
+    let lease_s = 3.0;
+    let _server = serve(&pod, port, &["--silent-after", "1s", "--lease", "3s", "--sweep-every", "100ms"]);
+    wait_healthy(port).await;
+    let server = format!("http://127.0.0.1:{port}");
+    // The command notes its pid, then takes `seconds` before writing its ideas.
+    let config = |seconds: u32| {
+        let script = format!(
+            "echo $$ > \"$SCIENTIST_RUN_DIR/pid\"; sleep {seconds}; echo '[{{\"Name\": \"slow\"}}]' > \"$SCIENTIST_IDEAS_FILE\""
+        );
+        pod.config(&format!("[ideation]\ncommand = [\"sh\", \"-c\", {script:?}]\n"))
+    };
+    let worker = |config: &std::path::Path| {
+        pod.bare_worker(config).args(["--once", "--mode", "ideation", "--server", &server]).spawn().expect("worker")
+    };
+    let enqueue = |id: &str| pod.store.enqueue_ideation(ideation_request(id, json!({})), Timestamp::now());
+    let is_lost = |request: &IdeationRequest| {
+        let error = request.error.clone().unwrap_or_default();
+        request.status == IdeationStatus::Failed && error.contains("WORKER_LOST") && error.contains(POD)
+    };
+
+    enqueue("idea-slow").await.expect("enqueue");
+    let (status, stderr) = finish(worker(&config(5)), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    let request = pod.store.get_ideation("idea-slow").await.expect("get").expect("request");
+    assert_eq!(request.status, IdeationStatus::Completed, "5 s on a 3 s lease: {stderr}");
+    let ran_s = request.finished_at.expect("finished").seconds_since(request.claimed_at.expect("claimed"));
+    assert!(ran_s >= 5.0, "ran {ran_s} s");
+
+    enqueue("idea-killed").await.expect("enqueue");
+    let mut killed = worker(&config(120));
+    let orphan = ideation_command_pid(&pod, "idea-killed").await;
+    killed.start_kill().expect("SIGKILL the worker");
+    killed.wait().await.expect("worker gone");
+    let killed_at = Timestamp::now();
+    let request = ideation_until(&pod, "idea-killed", "the lease to run out", |request| {
+        request.status != IdeationStatus::Running
+    })
+    .await;
+    signal(orphan as u32, libc::SIGKILL);
+    assert!(is_lost(&request), "{request:?}");
+    let lost_after = request.finished_at.expect("finished").seconds_since(killed_at);
+    assert!(lost_after >= lease_s - 0.5, "lost {lost_after} s after the worker died, on a 3 s lease");
+
+    enqueue("idea-frozen").await.expect("enqueue");
+    let frozen = worker(&config(120));
+    let command = ideation_command_pid(&pod, "idea-frozen").await;
+    let worker_pid = frozen.id().expect("the worker's pid");
+    signal(worker_pid, libc::SIGSTOP);
+    ideation_until(&pod, "idea-frozen", "the lease to run out", |request| request.status != IdeationStatus::Running)
+        .await;
+    signal(worker_pid, libc::SIGCONT);
+    let (status, stderr) = finish(frozen, Duration::from_secs(30)).await;
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("no longer this worker's"), "{stderr}");
+    assert!(gone(command), "the lost claim's command was stopped");
+    let request = pod.store.get_ideation("idea-frozen").await.expect("get").expect("request");
+    assert!(is_lost(&request), "the thawed worker changed nothing: {request:?}");
 }

@@ -174,7 +174,8 @@ fn check_status(url: &str, status: u16, answer: Value) -> Result<Value, SendErro
     match status {
         200..=299 => Ok(answer),
         401 | 403 => Err(SendError::Auth { url: url.to_owned(), status }),
-        400 | 413 | 415 | 422 => Err(SendError::Rejected { status, message: message() }),
+        // 409: a conflict with what is stored (a claim no longer live) stays one.
+        400 | 409 | 413 | 415 | 422 => Err(SendError::Rejected { status, message: message() }),
         // Anything else (a wrong URL's 404, a 5xx, a proxy's 502) may pass later.
         _ => Err(SendError::Unreachable { url: url.to_owned(), reason: format!("HTTP {status}: {}", message()) }),
     }
