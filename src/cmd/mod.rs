@@ -130,12 +130,14 @@ pub struct LeaseArgs {
     #[arg(long, env = "SCIENTIST_SILENT_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
     pub silent_after: std::time::Duration,
 
-    /// ...and after this long without word it is lost: see --on-lost.
+    /// ...and after this long without word it is lost: see --on-lost. A RUNNING ideation
+    /// request whose worker is silent this long is lost the same way.
     #[arg(long, env = "SCIENTIST_LEASE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub lease: std::time::Duration,
 
-    /// What becomes of a lost run: `fail` (FAILED, code WORKER_LOST, retryable; an operator
-    /// resets it) or `requeue` (QUEUED again for another worker; the old attempt is fenced out).
+    /// What becomes of a lost run or ideation request: `fail` (FAILED, code WORKER_LOST,
+    /// retryable; an operator resets a run) or `requeue` (QUEUED again for another worker; the
+    /// old attempt is fenced out).
     #[arg(long, env = "SCIENTIST_ON_LOST", value_enum, default_value_t = OnLost::Fail)]
     pub on_lost: OnLost,
 }

@@ -107,7 +107,8 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
 
-    /// Time between heartbeats (GPU and process figures) while a run goes.
+    /// Time between heartbeats (GPU and process figures) while a run goes; an ideation
+    /// request's worker beats as often to keep its claim.
     #[arg(long, env = "SCIENTIST_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
