@@ -238,9 +238,7 @@ pub async fn sweep_ideation(store: &dyn Store, policy: &Policy, now: Timestamp) 
             humantime::format_duration(policy.lease)
         );
         let change = Box::new(move |request: &mut IdeationRequest| request.lose(attempt, lease, requeue, &error, now));
-        if let Some(request) = store.update_ideation_if(&listed.id, change).await? {
-            lost.push(IdeationRequest { claimed_by: listed.claimed_by, ..request });
-        }
+        lost.extend(store.update_ideation_if(&listed.id, change).await?);
     }
     Ok(lost)
 }
@@ -255,7 +253,8 @@ pub async fn sweep_and_log(store: &dyn Store, policy: &Policy, now: Timestamp) -
             IdeationStatus::Queued => "requeued",
             _ => "failed WORKER_LOST",
         };
-        tracing::warn!(request = %request.id, attempt = request.attempt, worker, "ideation request {} {what}: its worker was silent for the whole lease", request.id);
+        let id = &request.id;
+        tracing::warn!(request = %id, attempt = request.attempt, worker, "ideation request {id} {what}: its worker was silent for the whole lease");
     }
     Ok(())
 }
