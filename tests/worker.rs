@@ -467,17 +467,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
 }
 
-/// The run once `check` holds for it, polled from the store; fails the test after 30 s.
-async fn run_until(pod: &Pod, id: &RunId, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+/// What `read` gives once `check` holds for it, polled; fails the test after 30 s.
+async fn poll_until<T>(what: &str, read: impl AsyncFn() -> T, check: impl Fn(&T) -> bool) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let run = pod.run(id).await;
-        if check(&run) {
-            return run;
+        let value = read().await;
+        if check(&value) {
+            return value;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The run once `check` holds for it, polled from the store.
+async fn run_until(pod: &Pod, id: &RunId, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+    poll_until(what, async || pod.run(id).await, check).await
 }
 
 /// A pod dies without a word (SIGKILL to its worker): the control plane first flags the run
@@ -540,21 +545,15 @@ async fn a_killed_worker_is_flagged_silent_then_its_run_fails_worker_lost() {
     assert!(error.message.contains(POD), "{}", error.message);
     let lost_after = run.failed_at.expect("failed at").seconds_since(flagged);
     assert!(lost_after >= 6.0, "failed {lost_after} s after the flag: the lease is 8 s, the flag came at 1 s");
-    assert_eq!(count(&pod.events(&id).await, "ai.run.failed"), 1);
+    // The sweep writes the run, then its record: wait for the record, then check it is one.
+    let read = async || count(&pod.events(&id).await, "ai.run.failed");
+    assert_eq!(poll_until("the failure in the run's history", read, |failed| *failed > 0).await, 1);
 }
 
-/// The ideation request once `check` holds for it, polled from the store; fails the test
-/// after 30 s.
+/// The ideation request once `check` holds for it, polled from the store.
 async fn ideation_until(pod: &Pod, id: &str, what: &str, check: impl Fn(&IdeationRequest) -> bool) -> IdeationRequest {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let request = pod.store.get_ideation(id).await.expect("get").expect("request");
-        if check(&request) {
-            return request;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let read = async || pod.store.get_ideation(id).await.expect("get").expect("request");
+    poll_until(what, read, check).await
 }
 
 fn ideation_request(id: &str, input: Value) -> NewIdeation {
