@@ -10,6 +10,7 @@ pub mod emit;
 pub mod event;
 pub mod gpu;
 pub mod ideation;
+pub mod limits;
 pub mod monitor;
 pub mod queue;
 pub mod reduce;

@@ -7,7 +7,8 @@ mod common;
 mod test_server;
 
 use reqwest::StatusCode;
-use scientist::server::{self, MAX_BODY_BYTES, Tokens};
+use scientist::limits::{MAX_BATCH_EVENTS, MAX_BODY_BYTES};
+use scientist::server::Tokens;
 use serde_json::{Value, json};
 use test_server::TestServer;
 
@@ -118,7 +119,7 @@ async fn every_rejection_says_why() {
     assert!(oversize.starts_with("HTTP/1.1 413"), "{oversize}");
     assert!(oversize.contains(&format!("larger than {MAX_BODY_BYTES} bytes")), "{oversize}");
     let too_many =
-        (0..=server::MAX_BATCH_EVENTS).map(|n| SEED_EVENT.replace("test-123", &format!("n{n}"))).collect::<Vec<_>>();
+        (0..=MAX_BATCH_EVENTS).map(|n| SEED_EVENT.replace("test-123", &format!("n{n}"))).collect::<Vec<_>>();
     let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", too_many.join("\n")).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(answer["error"].as_str().unwrap_or("").contains("split it"), "{answer}");
@@ -257,6 +258,121 @@ async fn emit_batch_fills_envelopes_sends_good_lines_and_names_bad_ones() {
     assert_eq!(lines, [2, 3]);
     let run = server.store.get(&"r-batch".parse().expect("id")).await.expect("get").expect("created by line 1");
     assert_eq!((run.priority, run.current_stage.map(|stage| stage.name.as_str())), (3, Some("Stage_1")));
+}
+
+/// A log event for run `run` whose JSON is about `bytes` long.
+fn log_event(id: &str, run: &str, bytes: usize) -> String {
+    json!({"specversion": "1.0", "id": id, "source": "ci://sizes", "type": "ai.run.log", "subject": format!("run/{run}"),
+           "data": {"message": "m".repeat(bytes)}})
+    .to_string()
+}
+
+/// One limit, `limits::MAX_EVENT_BYTES`, in every form: axum's own 2 MiB default for
+/// extracted bodies used to undercut it, so a 3 MB event was refused (413).
+#[tokio::test]
+async fn events_up_to_the_one_limit_are_accepted_in_every_form() {
+    use scientist::limits::MAX_EVENT_BYTES;
+    let server = TestServer::start(&[]).await;
+    let big = log_event("big-1", "r-sizes", 3_000_000);
+    let (status, answer) = server.post("/api/ingest/event", "application/cloudevents+json", big).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let batch = format!("{}\n{}\n", log_event("big-2", "r-sizes", 3_000_000), log_event("small", "r-sizes", 10));
+    let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", batch).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(2)), "{answer}");
+    // A line that fills the whole body leaves no room for its newline: over the event limit,
+    // refused alone.
+    let envelope = log_event("edge", "r-sizes", 0).len();
+    let edge = log_event("edge", "r-sizes", MAX_EVENT_BYTES + 1 - envelope);
+    assert_eq!(edge.len(), MAX_BODY_BYTES);
+    let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", edge).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert!(answer["rejected"][0]["reason"].as_str().unwrap_or("").contains("per event"), "{answer}");
+}
+
+/// A pod's clock is never trusted past the server's: one heartbeat dated year 9999 used to
+/// be stored and make `stats` report millions of GPU-hours.
+#[tokio::test]
+async fn a_pods_clock_ahead_of_the_servers_is_refused_or_taken_as_now() {
+    let server = TestServer::start(&[]).await;
+    let event = |id: &str, event_type: &str, time: String, data: Value| {
+        json!({"specversion": "1.0", "id": id, "source": "pod://clock", "type": event_type,
+               "subject": "run/r-clock", "time": time, "data": data})
+        .to_string()
+    };
+    let now = chrono::Utc::now();
+    let at = |hours: i64| (now + chrono::Duration::hours(hours)).to_rfc3339();
+    let lines = [
+        event("c1", "ai.run.enqueued", at(0), json!({})),
+        event("c2", "ai.run.started", at(-1), json!({"pod_id": "p", "gpu": "H100"})),
+        event("c3", "ai.run.heartbeat", at(23), json!({"gpu_util": 0.5})),
+    ];
+    let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(3)), "{answer}");
+    let far = event("c4", "ai.run.heartbeat", "9999-12-31T23:59:59Z".into(), json!({"gpu_util": 0.9}));
+    let (status, answer) = server.post("/api/ingest/event", "application/cloudevents+json", far).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or("").contains("more than a day ahead"), "{answer}");
+    let (status, stats) = server.get("/api/stats").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    let gpu_hours = stats["gpuHours"].as_f64().expect("gpuHours");
+    assert!((0.9..1.1).contains(&gpu_hours), "one hour of GPU, not 24: {stats}");
+}
+
+/// A stand-in for a proxy in front of `serve` with a smaller body limit (nginx's default
+/// `client_max_body_size` is 1 MiB): refuses larger requests whole with 413 and passes the
+/// rest on.
+async fn small_limit_proxy(upstream: String, limit: usize) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode as Code};
+    let forward = move |headers: HeaderMap, body: Bytes| {
+        let upstream = upstream.clone();
+        async move {
+            if body.len() > limit {
+                return (Code::PAYLOAD_TOO_LARGE, r#"{"error": "proxy: request entity too large"}"#.to_owned());
+            }
+            let content_type = headers.get("content-type").and_then(|value| value.to_str().ok()).unwrap_or_default();
+            let answer = reqwest::Client::new()
+                .post(format!("{upstream}/api/ingest/events"))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .expect("upstream");
+            let status = Code::from_u16(answer.status().as_u16()).expect("status");
+            (status, answer.text().await.expect("upstream body"))
+        }
+    };
+    let app = axum::Router::new().route("/api/ingest/events", axum::routing::post(forward));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// `emit --batch` splits what exceeds one request, and a request refused whole is halved
+/// until the refused event stands alone: the others are delivered, in order.
+#[tokio::test]
+async fn emit_batch_splits_over_the_limit_and_a_refused_request_costs_only_its_offender() {
+    let server = TestServer::start(&[]).await;
+    let big: Vec<String> = (0..3).map(|n| log_event(&format!("b{n}"), "r-split", 2_000_000)).collect();
+    let output = emit_with_input(server.url(""), &["--batch", "-", "--json"], None, &big.join("\n")).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("--json prints the answer");
+    assert_eq!(answer["accepted"], 3, "{answer}");
+
+    let proxy = small_limit_proxy(server.url(""), 1024 * 1024).await;
+    let sizes = [300_000, 300_000, 300_000, 1_500_000, 300_000, 300_000];
+    let lines: Vec<String> =
+        sizes.iter().enumerate().map(|(n, size)| log_event(&format!("p{n}"), "r-proxy", *size)).collect();
+    let output = emit_with_input(proxy, &["--batch", "-", "--json"], None, &lines.join("\n")).await;
+    assert_eq!(output.status.code(), Some(5), "one line refused: {}", text(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("--json prints the answer");
+    assert_eq!(answer["accepted"], 5, "{answer}");
+    assert_eq!(answer["rejected"][0]["line"], 4, "{answer}");
+    assert!(answer["rejected"][0]["reason"].as_str().unwrap_or("").contains("proxy"), "{answer}");
+    let page = server.store.list_events(&"r-proxy".parse().expect("id"), &Default::default()).await.expect("events");
+    let ids: Vec<&str> = page.items.iter().map(|stored| stored.event.id.0.as_str()).collect();
+    assert_eq!(ids, ["p0", "p1", "p2", "p4", "p5"], "the others, in order");
 }
 
 #[tokio::test]

@@ -795,6 +795,46 @@ async fn concurrent_ideation_claimers_claim_each_request_once(store: Arc<dyn Sto
     assert_eq!(claimed, expected);
 }
 
+/// Pages are bounded by bytes as well as count, in both directions, and the cursor goes on
+/// where a page ended: a listing of large events never builds an answer of every one.
+async fn pages_of_large_documents_are_bounded_by_bytes(store: &dyn Store) {
+    use scientist::limits::MAX_PAGE_BYTES;
+    let id = claimed_run(store).await;
+    let message = "x".repeat(MAX_PAGE_BYTES / 5);
+    let events: Vec<_> = (0..12)
+        .map(|n| attempt_event(&format!("big-{n:02}"), "ai.run.log", id.as_str(), 10 + n, 1, json!({"message": message})))
+        .collect();
+    store.apply_events(events, at(30)).await.expect("apply");
+    for newest_first in [false, true] {
+        let (mut seen, mut pages, mut cursor) = (Vec::new(), 0, None);
+        loop {
+            let filter = EventFilter { limit: 1000, cursor: cursor.clone(), ..Default::default() };
+            let page = if newest_first { store.list_recent_events(&id, &filter).await } else { store.list_events(&id, &filter).await };
+            let page = page.expect("page");
+            let bytes: usize = page.items.iter().map(|stored| scientist::limits::json_len(&stored.event.to_json())).sum();
+            assert!(!page.items.is_empty() && bytes <= MAX_PAGE_BYTES + MAX_PAGE_BYTES / 4, "{bytes} bytes in a page");
+            seen.extend(page.items.iter().map(|stored| stored.event.id.0.clone()));
+            pages += 1;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut expected: Vec<String> = (0..12).map(|n| format!("big-{n:02}")).collect();
+        if newest_first {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "every event once, in order");
+        assert!(pages >= 3, "{pages} pages");
+    }
+    let big_idea = json!({"title": "big", "notes": "y".repeat(MAX_PAGE_BYTES / 5)});
+    for _ in 0..8 {
+        store.enqueue(NewRun::new(big_idea.clone()), at(40)).await.expect("enqueue");
+    }
+    let page = store.list(&RunFilter { limit: 1000, ..Default::default() }).await.expect("list");
+    assert!(page.items.len() < 9 && page.next.is_some(), "{} runs on a page", page.items.len());
+}
+
 macro_rules! store_suite {
     ($backend:ident) => {
         mod $backend {
@@ -836,6 +876,7 @@ macro_rules! store_suite {
             case!(run_events_page_in_stored_order);
             case!(log_lines_filter_by_minimum_level);
             case!(recent_events_page_newest_first);
+            case!(pages_of_large_documents_are_bounded_by_bytes);
             case!(reset_only_from_failed_or_canceled);
             case!(cancel_depends_on_status);
             case!(counts_agree_with_list);

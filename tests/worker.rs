@@ -408,6 +408,85 @@ async fn a_control_plane_outage_mid_run_loses_no_event() {
     assert!(spool_text(&pod).is_empty(), "the spool is empty once everything is acknowledged");
 }
 
+/// The stage of the size-limit test: a 3 MB event (within the one limit), a 5 MB event
+/// (over it: `emit` must exit 5, or the stage fails), and a traceback of 6 MB on stderr.
+const SIZES_STAGE: &str = r#"set -e
+python3 -c 'import json; print(json.dumps({"message": "x" * 3000000}))' > big.json
+scientist emit ai.run.log --run "$SCIENTIST_RUN_ID" --data @big.json
+python3 -c 'import json; print(json.dumps({"message": "y" * 5000000}))' > huge.json
+set +e
+scientist emit ai.run.log --run "$SCIENTIST_RUN_ID" --data @huge.json 2> refused.txt
+refused=$?
+set -e
+[ "$refused" = 5 ] || { echo "the 5 MB event was not refused: exit $refused" >&2; exit 3; }
+python3 - <<'PY'
+# Straight to the endpoint: within the limit as sent, over it once the worker stamps it.
+import json, os, sys, urllib.error, urllib.request
+limit = int(os.environ["MAX_EVENT_BYTES"])
+event = {"specversion": "1.0", "id": "direct-edge", "source": "child://sizes", "type": "ai.run.log",
+         "subject": "run/" + os.environ["SCIENTIST_RUN_ID"], "data": {"message": ""}}
+event["data"]["message"] = "w" * (limit - 40 - len(json.dumps(event, separators=(",", ":"))))
+request = urllib.request.Request(os.environ["SCIENTIST_EMIT_URL"] + "/api/ingest/event",
+    data=json.dumps(event, separators=(",", ":")).encode(), method="POST",
+    headers={"content-type": "application/cloudevents+json",
+             "authorization": "Bearer " + os.environ["SCIENTIST_TOKEN"]})
+try:
+    urllib.request.urlopen(request)
+    sys.exit("the endpoint accepted an event the control plane would refuse")
+except urllib.error.HTTPError as refused:
+    answer = json.load(refused)
+    if refused.code != 413 or "per event" not in answer["error"]:
+        sys.exit("unexpected answer %s %s" % (refused.code, answer))
+PY
+python3 -c '
+import sys
+sys.stderr.write("Traceback (most recent call last):\n")
+for _ in range(390):
+    sys.stderr.write("  " + "z" * 16000 + "\n")
+sys.stderr.write("ValueError: deep\n")
+'
+echo "sizes stage done"
+"#;
+
+/// One size limit on every hop: what the worker's endpoint accepts, `serve` accepts too, so
+/// the run's end is never set aside with a refused batch; what is over it is refused at the
+/// pod with the control plane's reason; an oversize traceback is cut with a marker.
+#[tokio::test]
+async fn events_within_the_limit_reach_serve_and_one_over_it_is_refused_at_the_pod() {
+    use scientist::limits::{MAX_EVENT_BYTES, TRUNCATED_MARKER};
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let port = free_port();
+    let _server = serve(&pod, port, &[]);
+    wait_healthy(port).await;
+    let stage = pod.path("sizes.sh");
+    std::fs::write(&stage, SIZES_STAGE).expect("write stage");
+    let config = pod.config(&format!(
+        "[[stage]]\nname = \"Stage_1\"\ncommand = [\"sh\", {:?}]\n",
+        stage.display().to_string()
+    ));
+    let worker = pod
+        .bare_worker(&config)
+        .args(["--once", "--server", &format!("http://127.0.0.1:{port}")])
+        .env("MAX_EVENT_BYTES", MAX_EVENT_BYTES.to_string())
+        .spawn();
+    let (status, stderr) = finish(worker.expect("start worker"), Duration::from_secs(120)).await;
+    assert!(status.success(), "{stderr}");
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?} {stderr}", run.error);
+    let events = pod.events(&id).await;
+    let lines = logs(&events);
+    assert!(lines.iter().any(|(text, _)| text.len() == 3_000_000), "the 3 MB event arrived");
+    assert!(!lines.iter().any(|(text, _)| text.starts_with("yyyy") || text.starts_with("wwww")), "refused ones");
+    let traceback = lines.iter().find(|(text, _)| text.starts_with("Traceback")).expect("the traceback arrived");
+    assert!(traceback.0.contains(TRUNCATED_MARKER), "cut with a marker");
+    assert!(events.iter().all(|event| scientist::limits::json_len(&event.to_json()) <= MAX_EVENT_BYTES));
+    let run_dir = pod.run_dir(&id).await;
+    let refused = std::fs::read_to_string(run_dir.join("refused.txt")).expect("emit's stderr");
+    assert!(refused.contains(&format!("the limit is {MAX_EVENT_BYTES} bytes per event")), "{refused}");
+    assert!(!pod.path("spool/rejected.ndjson").exists(), "nothing was set aside");
+}
+
 #[tokio::test]
 async fn the_local_endpoint_takes_only_its_runs_events_with_its_token() {
     use scientist::emit::{EventStream, LocalEndpoint, StoreSink, StreamConfig};

@@ -2,12 +2,14 @@
 //! sends one event or a batch and sorts every failure into rejected, auth or unreachable,
 //! which decide whether sending again can help.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::event::wire::Rejected;
-use crate::server::{BatchAnswer, MAX_BATCH_EVENTS, MAX_BODY_BYTES};
+use crate::limits::{self, MAX_BATCH_EVENTS, MAX_BODY_BYTES};
+use crate::server::BatchAnswer;
 
 /// Why events were not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +69,8 @@ impl Client {
     /// Sends one event in structured mode.
     pub async fn send_one(&self, event: &Map<String, Value>) -> Result<Receipt, SendError> {
         let body = Value::Object(event.clone()).to_string();
-        if body.len() > MAX_BODY_BYTES {
-            // The server would answer 413 before reading it all; say so without sending.
-            return Err(SendError::Rejected { status: 413, message: too_large(body.len()) });
-        }
+        // The server would answer 413 before reading it all; say so without sending.
+        limits::check_event(body.len()).map_err(|message| SendError::Rejected { status: 413, message })?;
         let answer = self.post("/api/ingest/event", "application/cloudevents+json", body).await?;
         serde_json::from_value(answer).map_err(|err| self.unreachable(format!("unexpected answer: {err}")))
     }
@@ -85,25 +85,49 @@ impl Client {
 
     /// Sends events already serialized (one JSON object each, no newline), as
     /// [`send_batch`](Self::send_batch) does: the worker's spool keeps them in this form.
+    ///
+    /// A request the server refuses whole (413, 400, …) is halved and each half sent again,
+    /// until the refused event stands alone: it alone is reported rejected, and every other
+    /// event is still delivered, in order.
     pub async fn send_lines<L: AsRef<str>>(&self, events: &[L]) -> Result<BatchAnswer, SendError> {
         let mut total = BatchAnswer::default();
-        let mut body = String::new();
-        let mut lines = Vec::new(); // the 1-based line of each event in `body`
+        // The requests still to send, in order, as the indices of their events.
+        let mut parts: VecDeque<Vec<usize>> = VecDeque::new();
+        let (mut part, mut part_bytes) = (Vec::new(), 0);
         for (index, event) in events.iter().enumerate() {
-            let event = event.as_ref();
-            if event.len() + 1 > MAX_BODY_BYTES {
-                total.rejected.push(Rejected { line: index + 1, reason: too_large(event.len() + 1) });
+            let bytes = event.as_ref().len();
+            if let Err(reason) = limits::check_event(bytes) {
+                total.rejected.push(Rejected { line: index + 1, reason });
                 continue;
             }
-            if lines.len() == MAX_BATCH_EVENTS || body.len() + event.len() + 1 > MAX_BODY_BYTES {
-                self.send_part(&mut total, std::mem::take(&mut body), std::mem::take(&mut lines)).await?;
+            if part.len() == MAX_BATCH_EVENTS || part_bytes + bytes + 1 > MAX_BODY_BYTES {
+                parts.push_back(std::mem::take(&mut part));
+                part_bytes = 0;
             }
-            body.push_str(event);
-            body.push('\n');
-            lines.push(index + 1);
+            part.push(index);
+            part_bytes += bytes + 1;
         }
-        if !lines.is_empty() {
-            self.send_part(&mut total, body, lines).await?;
+        if !part.is_empty() {
+            parts.push_back(part);
+        }
+        while let Some(mut part) = parts.pop_front() {
+            let mut body = String::new();
+            for &index in &part {
+                body.push_str(events[index].as_ref());
+                body.push('\n');
+            }
+            match self.post("/api/ingest/events", "application/x-ndjson", body).await {
+                Ok(answer) => self.add_part(&mut total, answer, &part)?,
+                Err(SendError::Rejected { message, .. }) if part.len() == 1 => {
+                    total.rejected.push(Rejected { line: part[0] + 1, reason: message });
+                }
+                Err(SendError::Rejected { .. }) => {
+                    let second = part.split_off(part.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(part);
+                }
+                Err(err) => return Err(err),
+            }
         }
         total.rejected.sort_by_key(|rejected| rejected.line);
         Ok(total)
@@ -134,17 +158,17 @@ impl Client {
         check_status(&url, status, answer).map(Some)
     }
 
-    async fn send_part(&self, total: &mut BatchAnswer, body: String, lines: Vec<usize>) -> Result<(), SendError> {
-        let answer = self.post("/api/ingest/events", "application/x-ndjson", body).await?;
-        let part: BatchAnswer =
+    /// Adds the answer to one request of `send_lines` (events `part`) to `total`.
+    fn add_part(&self, total: &mut BatchAnswer, answer: Value, part: &[usize]) -> Result<(), SendError> {
+        let answer: BatchAnswer =
             serde_json::from_value(answer).map_err(|err| self.unreachable(format!("unexpected answer: {err}")))?;
-        total.accepted += part.accepted;
-        total.applied += part.applied;
-        total.duplicate += part.duplicate;
-        total.stale += part.stale;
-        total.orphan += part.orphan;
-        total.rejected.extend(part.rejected.into_iter().map(|rejected| Rejected {
-            line: lines.get(rejected.line.wrapping_sub(1)).copied().unwrap_or(rejected.line),
+        total.accepted += answer.accepted;
+        total.applied += answer.applied;
+        total.duplicate += answer.duplicate;
+        total.stale += answer.stale;
+        total.orphan += answer.orphan;
+        total.rejected.extend(answer.rejected.into_iter().map(|rejected| Rejected {
+            line: part.get(rejected.line.wrapping_sub(1)).map_or(rejected.line, |index| index + 1),
             reason: rejected.reason,
         }));
         Ok(())
@@ -179,10 +203,6 @@ fn check_status(url: &str, status: u16, answer: Value) -> Result<Value, SendErro
         // Anything else (a wrong URL's 404, a 5xx, a proxy's 502) may pass later.
         _ => Err(SendError::Unreachable { url: url.to_owned(), reason: format!("HTTP {status}: {}", message()) }),
     }
-}
-
-fn too_large(bytes: usize) -> String {
-    format!("the event is {bytes} bytes; the limit is {MAX_BODY_BYTES}: store large content as an artifact")
 }
 
 /// reqwest's error with its causes ("error sending request: … Connection refused").

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,8 @@ use subtle::ConstantTimeEq;
 use super::stream::{Draft, RunStream};
 use crate::event::wire::Rejected;
 use crate::event::{Event, EventId};
-use crate::server::{self, MAX_BODY_BYTES};
+use crate::queue::authority;
+use crate::server;
 use crate::time::Timestamp;
 
 /// What the child reported about itself through the endpoint, for the worker's verdict.
@@ -61,9 +62,8 @@ impl LocalEndpoint {
         let router = Router::new()
             .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
             .route("/api/ingest/event", post(one))
-            .route("/api/ingest/events", post(batch))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(state.clone());
+            .route("/api/ingest/events", post(batch));
+        let router = server::limit_body(router).with_state(state.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let serving = axum::serve(listener, router).with_graceful_shutdown(async {
@@ -149,15 +149,23 @@ impl LocalState {
     }
 }
 
-/// Checks that the event is about the attached run and notes what it reports.
-fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Result<Draft, String> {
+/// Checks that the event is about the attached run and fits the control plane's limit as
+/// the stream will send it, and notes what it reports.
+fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Result<Draft, Refusal> {
     if event.run_id.as_ref() != Some(stream.run_id()) {
         let named = event.run_id.as_ref().map_or("none".to_owned(), ToString::to_string);
-        return Err(format!(
+        let message = format!(
             "this worker runs run {}; the event names run {named}: send events about other runs to the control plane",
             stream.run_id()
-        ));
+        );
+        return Err(Refusal { status: StatusCode::BAD_REQUEST, message });
     }
+    // The control plane refuses these from a pod's token: refused here whatever the
+    // worker's own token may do, so nothing accepted here is refused downstream.
+    authority::pod_may_send_for_its_claim(event)
+        .map_err(|refusal| Refusal { status: StatusCode::FORBIDDEN, message: refusal.to_string() })?;
+    let draft = Draft::from_object(event.to_json());
+    stream.check_size(&draft).map_err(|message| Refusal { status: StatusCode::PAYLOAD_TOO_LARGE, message })?;
     let mut reported = lock(reported);
     match event.event_type.as_str() {
         "ai.run.stage_started" => {
@@ -170,7 +178,7 @@ fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Resul
         }
         _ => {}
     }
-    Ok(Draft::from_object(event.to_json()))
+    Ok(draft)
 }
 
 async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -188,7 +196,7 @@ async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -
     let id = event.id.to_string();
     let draft = match admit(&event, &stream, &reported) {
         Ok(draft) => draft,
-        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+        Err(refused) => return refused.into_response(),
     };
     match stream.emit_synced(draft).await {
         Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "outcome": "spooled" }))).into_response(),
@@ -213,7 +221,7 @@ async fn batch(State(state): State<LocalState>, headers: HeaderMap, body: Bytes)
     for (line, event) in &parsed.events {
         match admit(event, &stream, &reported) {
             Ok(draft) => drafts.push(draft),
-            Err(reason) => rejected.push(Rejected { line: *line, reason }),
+            Err(refused) => rejected.push(Rejected { line: *line, reason: refused.message }),
         }
     }
     rejected.sort_by_key(|rejected| rejected.line);

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::sink::Sink;
 use crate::event::redact;
 use crate::run::RunId;
-use crate::server::MAX_BATCH_EVENTS;
+use crate::limits::{self, MAX_BATCH_EVENTS};
 use crate::time::Timestamp;
 
 /// Most events in one delivery: the control plane's batch limit.
@@ -252,6 +252,15 @@ impl RunStream {
         &self.run_id
     }
 
+    /// Ok when `draft`, as this stream will send it, is within the event size limit (with
+    /// the widest `seq`); else the refusal the control plane would give. An endpoint checks
+    /// this before it accepts an event, so it never acknowledges one the next hop refuses.
+    pub fn check_size(&self, draft: &Draft) -> Result<(), String> {
+        // Events given whole carry their own `source`; the stream's only fills a missing one.
+        let object = stamped(draft.clone(), &self.run_id, u64::MAX, self.attempt, "");
+        limits::check_event(limits::json_len(&object))
+    }
+
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
@@ -451,24 +460,11 @@ impl Writer {
         self.shared.wake.notify_one();
     }
 
-    /// The event's final JSON line: run, attempt and the next `seq` set, the envelope
-    /// filled in, secrets redacted.
+    /// The event's final JSON line, with the run's next `seq`.
     fn stamp(&mut self, run_id: RunId, attempt: u32, draft: Draft) -> Arc<str> {
-        let mut object = draft.object;
         let seq = self.seqs.entry(run_id.clone()).or_insert(0);
         *seq += 1;
-        let mut data = match object.remove("data") {
-            Some(Value::Object(data)) => data,
-            _ => Map::new(),
-        };
-        data.insert("run_id".into(), Value::from(run_id.as_str()));
-        redact::scrub_map(&mut data);
-        object.insert("subject".into(), Value::from(format!("run/{run_id}")));
-        object.insert("seq".into(), Value::from(*seq));
-        object.insert("attempt".into(), Value::from(attempt));
-        object.insert("data".into(), Value::Object(data));
-        super::fill_envelope(&mut object, &self.source);
-        Arc::from(Value::Object(object).to_string())
+        Arc::from(Value::Object(stamped(draft, &run_id, *seq, attempt, &self.source)).to_string())
     }
 
     /// Appends and syncs `lines`, then hands them to the sender and answers the waiters.
@@ -571,6 +567,24 @@ impl Writer {
         drop(ledger);
         self.segment += 1;
     }
+}
+
+/// The event as the stream sends it: run, attempt and `seq` set, the envelope filled in
+/// (`source` when it has none), secrets redacted.
+fn stamped(draft: Draft, run_id: &RunId, seq: u64, attempt: u32, source: &str) -> Map<String, Value> {
+    let mut object = draft.object;
+    let mut data = match object.remove("data") {
+        Some(Value::Object(data)) => data,
+        _ => Map::new(),
+    };
+    data.insert("run_id".into(), Value::from(run_id.as_str()));
+    redact::scrub_map(&mut data);
+    object.insert("subject".into(), Value::from(format!("run/{run_id}")));
+    object.insert("seq".into(), Value::from(seq));
+    object.insert("attempt".into(), Value::from(attempt));
+    object.insert("data".into(), Value::Object(data));
+    super::fill_envelope(&mut object, source);
+    object
 }
 
 /// Delivers pending events in order until the stream is closed and nothing waits.

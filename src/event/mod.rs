@@ -132,6 +132,29 @@ pub enum Error {
     SubjectMismatch { subject: String, run_id: String },
     #[error("invalid data for {event_type}: {reason}")]
     InvalidData { event_type: String, reason: String },
+    /// Over `limits::MAX_EVENT_BYTES`; the message is `limits::check_event`'s.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(
+        "time {time} is more than a day ahead of the receiver's clock ({received}): fix the emitter's clock, \
+         or leave `time` out to have the time of receipt"
+    )]
+    FutureTime { time: Timestamp, received: Timestamp },
+}
+
+/// How far ahead of the receiver's clock an event's `time` may be: clocks drift, but a
+/// day is no drift.
+pub const MAX_CLOCK_AHEAD_S: i64 = 24 * 3600;
+
+/// `event` as received at `received`: refused when its `time` is more than
+/// [`MAX_CLOCK_AHEAD_S`] ahead, else with a `time` no later than `received`, so that no
+/// duration, age or GPU-hour figure ever runs on an emitter's clock past the receiver's.
+pub fn on_receivers_clock(mut event: Event, received: Timestamp) -> Result<Event, Error> {
+    if event.time > received.plus_seconds(MAX_CLOCK_AHEAD_S) {
+        return Err(Error::FutureTime { time: event.time, received });
+    }
+    event.time = event.time.min(received);
+    Ok(event)
 }
 
 /// The JSON kind of a value, for error messages.

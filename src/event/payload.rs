@@ -75,6 +75,12 @@ pub const KNOWN_TYPES: &[&str] = &[
 ];
 
 impl Payload {
+    /// Whether the event moves its run to another status after its creation (started,
+    /// completed, failed, canceled).
+    pub fn changes_status(&self) -> bool {
+        matches!(self, Payload::Started(_) | Payload::Completed(_) | Payload::Failed(_) | Payload::Canceled(_))
+    }
+
     /// Parses `data` for `event_type`; the error names the offending field.
     pub fn parse(event_type: &str, data: &Map<String, Value>) -> Result<Payload, String> {
         Ok(match event_type {

@@ -5,7 +5,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{Error, Event, from_json_object, json_kind};
+use super::{Error, Event, from_json_object, json_kind, on_receivers_clock};
+use crate::limits;
 use crate::time::Timestamp;
 
 /// A batch after validation: good events in order, and the rejected lines.
@@ -31,13 +32,19 @@ impl Batch {
     }
 }
 
-/// One structured-mode event (`application/cloudevents+json`).
+/// One structured-mode event (`application/cloudevents+json`), within the event size limit.
 pub fn parse_structured(body: &[u8], received: Timestamp) -> Result<Event, Error> {
+    limits::check_event(body.len()).map_err(Error::TooLarge)?;
     let value: Value = serde_json::from_slice(body).map_err(|err| Error::InvalidJson(err.to_string()))?;
     match value {
-        Value::Object(object) => from_json_object(object, received),
+        Value::Object(object) => receive(object, received),
         other => Err(Error::NotAnObject(json_kind(&other))),
     }
+}
+
+/// An event that arrived over the wire at `received`: valid, and on the receiver's clock.
+fn receive(object: Map<String, Value>, received: Timestamp) -> Result<Event, Error> {
+    on_receivers_clock(from_json_object(object, received)?, received)
 }
 
 /// One binary-mode event: context attributes from `ce-*` headers, `data` from the body.
@@ -62,7 +69,9 @@ pub fn parse_binary<'a>(
         let data: Value = serde_json::from_slice(body).map_err(|err| Error::InvalidJson(err.to_string()))?;
         object.insert("data".into(), data);
     }
-    from_json_object(object, received)
+    // Measured as it will be forwarded: in structured mode.
+    within_limit(&object)?;
+    receive(object, received)
 }
 
 /// An `application/x-ndjson` batch: one structured event a line; blank lines are skipped.
@@ -86,12 +95,17 @@ pub fn parse_json_batch(body: &[u8], received: Timestamp) -> Result<Batch, Error
     let mut batch = Batch::default();
     for (index, item) in items.into_iter().enumerate() {
         let result = match item {
-            Value::Object(object) => from_json_object(object, received),
+            Value::Object(object) => within_limit(&object).and_then(|()| receive(object, received)),
             other => Err(Error::NotAnObject(json_kind(&other))),
         };
         batch.push(index + 1, result);
     }
     Ok(batch)
+}
+
+/// Whether `object`'s structured-mode JSON is within the event size limit.
+fn within_limit(object: &Map<String, Value>) -> Result<(), Error> {
+    limits::check_event(limits::json_len(object)).map_err(Error::TooLarge)
 }
 
 /// Decodes `%XX` escapes of the HTTP binding; malformed escapes are kept as written.
@@ -123,7 +137,10 @@ fn percent_decode(value: &str) -> String {
 mod tests {
     use super::*;
 
-    const NOW: Timestamp = crate::time::Timestamp::EPOCH;
+    /// After the test events' times, as a receiver's clock would be.
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").expect("valid time")
+    }
 
     /// The seeds' NDJSON example, with a third line that is broken.
     const BATCH: &str = concat!(
@@ -137,7 +154,7 @@ mod tests {
 
     #[test]
     fn ndjson_keeps_good_lines_and_names_bad_ones() {
-        let batch = parse_ndjson(BATCH.as_bytes(), NOW);
+        let batch = parse_ndjson(BATCH.as_bytes(), now());
         let lines: Vec<usize> = batch.events.iter().map(|(line, _)| *line).collect();
         assert_eq!(lines, [1, 3]);
         assert_eq!(batch.rejected.len(), 1);
@@ -149,13 +166,27 @@ mod tests {
     fn json_batch_numbers_positions() {
         let body = r#"[{"specversion":"1.0","id":"a","source":"s","type":"ai.run.log","data":{"run_id":"r","message":"hi"}}, 7,
                        {"specversion":"1.0","id":"b","source":"s","type":"ai.run.log","data":{"run_id":"r"}}]"#;
-        let batch = parse_json_batch(body.as_bytes(), NOW).expect("array");
+        let batch = parse_json_batch(body.as_bytes(), now()).expect("array");
         assert_eq!(batch.events.len(), 1);
         let rejected: Vec<usize> = batch.rejected.iter().map(|r| r.line).collect();
         assert_eq!(rejected, [2, 3]);
         assert!(batch.rejected[0].reason.contains("found a number"), "{:?}", batch.rejected);
         assert!(batch.rejected[1].reason.contains("missing field `message`"), "{:?}", batch.rejected);
-        assert!(parse_json_batch(b"{}", NOW).is_err());
+        assert!(parse_json_batch(b"{}", now()).is_err());
+    }
+
+    #[test]
+    fn a_time_ahead_of_the_receiver_is_clamped_and_a_day_ahead_refused() {
+        let event = |time: &str| {
+            format!(r#"{{"specversion":"1.0","id":"t","source":"s","type":"ai.run.heartbeat","subject":"run/r","time":"{time}"}}"#)
+        };
+        let refused = parse_structured(event("9999-01-01T00:00:00Z").as_bytes(), now()).expect_err("a day ahead");
+        assert!(matches!(refused, Error::FutureTime { .. }), "{refused}");
+        assert!(refused.to_string().contains("fix the emitter's clock"), "{refused}");
+        let ahead = parse_structured(event("2026-01-01T05:00:00Z").as_bytes(), now()).expect("hours ahead");
+        assert_eq!(ahead.time, now(), "taken as received");
+        let past = parse_structured(event("2025-06-01T00:00:00Z").as_bytes(), now()).expect("past");
+        assert_eq!(past.time.to_string(), "2025-06-01T00:00:00.000Z", "kept");
     }
 
     #[test]
@@ -169,11 +200,11 @@ mod tests {
             ("ce-seq", "4"),
             ("host", "ignored"),
         ];
-        let event = parse_binary(headers, Some("application/json"), br#"{"stage":"Stage_1"}"#, NOW).expect("valid");
+        let event = parse_binary(headers, Some("application/json"), br#"{"stage":"Stage_1"}"#, now()).expect("valid");
         assert_eq!(event.source, "pod://a");
         assert_eq!(event.seq, Some(4));
         assert_eq!(event.run_id.expect("run").as_str(), "r9");
-        let err = parse_binary([("ce-specversion", "1.0")], None, b"", NOW).expect_err("missing id");
+        let err = parse_binary([("ce-specversion", "1.0")], None, b"", now()).expect_err("missing id");
         assert_eq!(err, Error::MissingAttribute("id"));
     }
 }

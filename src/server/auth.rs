@@ -10,6 +10,7 @@ use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::queue::authority::Authority;
 
 /// What a token may do. Pods get `Ingest`; dashboards `Read`; operators `Admin` too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,16 +95,18 @@ impl Tokens {
         self.0.is_empty()
     }
 
-    /// Whether `presented` is a token with `scope`. Every token is compared in full so the
-    /// time taken says nothing about how much of a token matched.
-    fn grants(&self, presented: &str, scope: Scope) -> Result<(), ApiError> {
+    /// Whether `presented` is a token with `scope`, and what its events may do. Every token
+    /// is compared in full so the time taken says nothing about how much of a token matched.
+    fn grants(&self, presented: &str, scope: Scope) -> Result<Authority, ApiError> {
         let matched = self.0.iter().fold(None, |found, grant| {
             let equal = bool::from(grant.token.as_bytes().ct_eq(presented.as_bytes()));
             if equal { Some(grant) } else { found }
         });
         match matched {
             None => Err(ApiError::Unauthorized),
-            Some(grant) if grant.scopes.contains(&scope) => Ok(()),
+            Some(grant) if grant.scopes.contains(&scope) => {
+                Ok(if grant.scopes.contains(&Scope::Admin) { Authority::Admin } else { Authority::Pod })
+            }
             Some(_) => Err(ApiError::Forbidden(scope)),
         }
     }
@@ -116,12 +119,14 @@ impl std::fmt::Debug for Tokens {
 }
 
 /// Middleware: the request must carry a token with `scope` (when any token is configured).
+/// The handler finds what the token's events may do as an [`Authority`] extension.
 pub(super) async fn require(
     State((tokens, scope)): State<(Tokens, Scope)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if tokens.is_empty() {
+        request.extensions_mut().insert(Authority::Admin);
         return Ok(next.run(request).await);
     }
     let presented = request
@@ -131,7 +136,8 @@ pub(super) async fn require(
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
-    tokens.grants(presented, scope)?;
+    let authority = tokens.grants(presented, scope)?;
+    request.extensions_mut().insert(authority);
     Ok(next.run(request).await)
 }
 
@@ -144,9 +150,9 @@ mod tests {
         let tokens = Tokens::default()
             .with_token_file("# pods\npod-secret ingest\n\nops-secret read admin\nroot-secret\n")
             .expect("valid file");
-        assert!(tokens.grants("pod-secret", Scope::Ingest).is_ok());
+        assert_eq!(tokens.grants("pod-secret", Scope::Ingest).ok(), Some(Authority::Pod));
         assert!(matches!(tokens.grants("pod-secret", Scope::Read), Err(ApiError::Forbidden(Scope::Read))));
-        assert!(tokens.grants("ops-secret", Scope::Admin).is_ok());
+        assert_eq!(tokens.grants("ops-secret", Scope::Admin).ok(), Some(Authority::Admin));
         assert!(matches!(tokens.grants("ops-secret", Scope::Ingest), Err(ApiError::Forbidden(_))));
         assert!(Scope::ALL.into_iter().all(|scope| tokens.grants("root-secret", scope).is_ok()));
         assert!(matches!(tokens.grants("pod-secre", Scope::Ingest), Err(ApiError::Unauthorized)));

@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token lacks the `{}` scope this endpoint needs: use a token granted it", .0.as_str())]
     Forbidden(Scope),
+    /// The token may call the endpoint, but not send this event (`queue::authority`).
+    #[error("{0}")]
+    EventForbidden(String),
     /// Not allowed in the object's current state.
     #[error("{0}")]
     Conflict(String),
@@ -40,7 +43,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::EventForbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,

@@ -2,16 +2,21 @@
 //! `POST /api/ingest/events` (NDJSON or `application/cloudevents-batch+json`).
 //! An event is answered 202 only after the store committed it.
 
-use axum::Json;
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::{Extension, Json};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::error::ApiError;
-use super::{AppState, MAX_BATCH_EVENTS};
-use crate::event::Event;
 use crate::event::wire::{self, Batch, Rejected};
+use crate::event::{self, Event};
+use crate::limits::{self, MAX_BATCH_EVENTS};
+use crate::queue::authority::{self, Authority, Refusal};
+use crate::run::RunId;
 use crate::store::Outcome;
 use crate::time::Timestamp;
 
@@ -48,6 +53,30 @@ impl AppState {
         }
         outcomes
     }
+
+    /// Why each event may not be sent with `authority` (`None`: it may), judged on the runs
+    /// as stored now; see `queue::authority` for why that is sound outside the store's write.
+    async fn refusals<'a>(
+        &self,
+        authority: Authority,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Vec<Option<Refusal>>, ApiError> {
+        let events: Vec<&Event> = events.into_iter().collect();
+        if authority == Authority::Admin {
+            return Ok(vec![None; events.len()]);
+        }
+        let mut runs = HashMap::new();
+        for run_id in events.iter().filter_map(|event| event.run_id.as_ref()) {
+            if !runs.contains_key(run_id) {
+                runs.insert(run_id.clone(), self.store.get(run_id).await?);
+            }
+        }
+        let run_of = |id: &RunId| runs.get(id).and_then(Option::as_ref);
+        Ok(events
+            .iter()
+            .map(|event| authority::pod_may_send(event.run_id.as_ref().and_then(run_of), event).err())
+            .collect())
+    }
 }
 
 /// The one event of a `POST /api/ingest/event` request: binary mode when it has `ce-*`
@@ -66,7 +95,10 @@ pub fn parse_event(headers: &HeaderMap, body: &[u8], now: Timestamp) -> Result<E
              ce-* headers (binary mode), or a batch to /api/ingest/events"
         )));
     }
-    .map_err(|err| ApiError::BadRequest(err.to_string()))
+    .map_err(|err| match err {
+        event::Error::TooLarge(message) => ApiError::TooLarge(message),
+        other => ApiError::BadRequest(other.to_string()),
+    })
 }
 
 /// The events of a `POST /api/ingest/events` request, good lines and rejected ones, within
@@ -86,20 +118,23 @@ pub fn parse_batch(headers: &HeaderMap, body: &[u8], now: Timestamp) -> Result<B
     };
     let total = parsed.events.len() + parsed.rejected.len();
     if total > MAX_BATCH_EVENTS {
-        return Err(ApiError::TooLarge(format!(
-            "the batch has {total} events; the limit is {MAX_BATCH_EVENTS}: split it and send the parts"
-        )));
+        return Err(ApiError::TooLarge(limits::batch_too_large(total)));
     }
     Ok(parsed)
 }
 
 pub(super) async fn one(
     State(state): State<AppState>,
+    Extension(authority): Extension<Authority>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<EventAnswer>), ApiError> {
     let now = Timestamp::now();
     let event = parse_event(&headers, &body, now).inspect_err(|_| state.metrics.count_ingested(&[], 1))?;
+    if let Some(refusal) = state.refusals(authority, [&event]).await?.into_iter().flatten().next() {
+        state.metrics.count_ingested(&[], 1);
+        return Err(ApiError::EventForbidden(refusal.to_string()));
+    }
     let id = event.id.to_string();
     let outcomes = state.record(state.store.apply_events(vec![event], now).await?, 0);
     let outcome = outcomes.first().copied().ok_or_else(|| ApiError::BadRequest("no event in the request".into()))?;
@@ -108,12 +143,21 @@ pub(super) async fn one(
 
 pub(super) async fn batch(
     State(state): State<AppState>,
+    Extension(authority): Extension<Authority>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
     let now = Timestamp::now();
-    let parsed = parse_batch(&headers, &body, now)?;
-    let events = parsed.events.into_iter().map(|(_, event)| event).collect();
+    let mut parsed = parse_batch(&headers, &body, now)?;
+    let refusals = state.refusals(authority, parsed.events.iter().map(|(_, event)| event)).await?;
+    let mut events = Vec::with_capacity(parsed.events.len());
+    for ((line, event), refusal) in parsed.events.into_iter().zip(refusals) {
+        match refusal {
+            None => events.push(event),
+            Some(refusal) => parsed.rejected.push(Rejected { line, reason: refusal.to_string() }),
+        }
+    }
+    parsed.rejected.sort_by_key(|rejected| rejected.line);
     let outcomes = state.record(state.store.apply_events(events, now).await?, parsed.rejected.len());
     let mut answer = BatchAnswer { rejected: parsed.rejected, ..BatchAnswer::default() };
     for outcome in outcomes {

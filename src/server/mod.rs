@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::routing::{MethodRouter, get, post};
@@ -32,13 +32,8 @@ pub use error::ApiError;
 pub use ingest::{BatchAnswer, EventAnswer, parse_batch, parse_event};
 pub use queue::WorkerMode;
 
+use crate::limits::MAX_BODY_BYTES;
 use crate::store::Store;
-
-/// Largest request body accepted (a batch of `MAX_BATCH_EVENTS` events of a few KiB each).
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-/// Most events in one batch; a larger batch is refused whole (split it and resend).
-pub const MAX_BATCH_EVENTS: usize = 1000;
 
 /// A request that has not been answered by then gets 408; the store work it started is
 /// either committed or rolled back, so a retry is safe. Live tails are exempt.
@@ -124,14 +119,23 @@ pub fn router(state: AppState) -> Router {
         };
         router = router.route(endpoint.path, handler);
     }
-    router
-        .route_layer(middleware::from_fn_with_state(state.clone(), metrics::record_latency))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(middleware::map_response(explain_too_large))
+    let router = router.route_layer(middleware::from_fn_with_state(state.clone(), metrics::record_latency));
+    limit_body(router)
         // A bug must cost one request a 500, not the connection (or the process).
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The one request body limit (`limits::MAX_BODY_BYTES`), refused in our error shape: for
+/// `serve` and for a worker's local endpoint alike.
+pub(crate) fn limit_body<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        // Both: the extractors' own 2 MiB default must not undercut the one limit, and a
+        // declared length over it is refused before the body is read.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::map_response(explain_too_large))
 }
 
 /// Serves on `listener` until `shutdown` completes, then finishes the requests in flight
@@ -173,10 +177,7 @@ async fn explain_too_large(response: axum::response::Response) -> axum::response
     if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
         return response;
     }
-    let message = format!(
-        "the request body is larger than {MAX_BODY_BYTES} bytes: send smaller batches, and large content as artifacts"
-    );
-    axum::response::IntoResponse::into_response(error::ApiError::TooLarge(message))
+    axum::response::IntoResponse::into_response(error::ApiError::TooLarge(crate::limits::body_too_large()))
 }
 
 async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
     Artifact, Effect, Error, EventFilter, HypothesisIdeas, IdeationChange, LOG_EVENT_TYPE, Outcome, Page, Result,
-    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit,
+    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, bounded_page, cancel_run, clamp_limit,
     level_names_at_or_above, parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
@@ -387,20 +387,14 @@ impl MongoStore {
         if !types.is_empty() {
             query.insert("$and", types);
         }
-        let documents: Vec<Document> = self
-            .events
-            .find(query)
-            .sort(doc! { "_id": direction })
-            .limit(limit as i64 + 1)
-            .await?
-            .try_collect()
-            .await?;
-        let mut items = documents.into_iter().map(parse_stored_event).collect::<Result<Vec<_>>>()?;
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(|event| event.cursor.clone())
-        });
-        Ok(Page { items, next: next.flatten() })
+        let cursor = self.events.find(query).sort(doc! { "_id": direction }).limit(limit as i64 + 1).await?;
+        let rows = page_rows(cursor, limit, |document| {
+            let event = parse_stored_event(document)?;
+            let size = crate::limits::json_len(&event.event.data);
+            Ok((event, size))
+        })
+        .await?;
+        bounded_page(rows, limit, |event| event.cursor.clone())
     }
 
     async fn oldest_queued_at(&self) -> Result<Option<Timestamp>> {
@@ -482,9 +476,10 @@ impl MongoStore {
     }
 
     /// The sum of `Run::gpu_interval` over all runs, on the server: from `startedAt` to the
-    /// run's end, else its latest heartbeat, never negative.
-    async fn gpu_seconds(&self) -> Result<f64> {
+    /// run's end, else its latest heartbeat, never past `now` and never negative.
+    async fn gpu_seconds(&self, now: Timestamp) -> Result<f64> {
         let until = doc! { "$ifNull": ["$completedAt", "$failedAt", "$canceled.at", "$heartbeatAt", "$startedAt"] };
+        let until = doc! { "$min": [until, DateTime::from(now)] };
         let pipeline = [
             doc! { "$match": { "pod.gpu": { "$type": "string" }, "startedAt": { "$type": "date" } } },
             doc! { "$project": { "millis": { "$max": [0, { "$subtract": [until, "$startedAt"] }] } } },
@@ -595,19 +590,13 @@ impl Store for MongoStore {
             let same_time_lower_id = doc! { "createdAt": created_at, "_id": { "$lt": id } };
             query.insert("$or", vec![older, same_time_lower_id]);
         }
-        let mut items: Vec<Run> = self
-            .runs
-            .find(query)
-            .sort(doc! { "createdAt": -1, "_id": -1 })
-            .limit(limit as i64 + 1)
-            .await?
-            .try_collect()
-            .await?;
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(run_cursor)
-        });
-        Ok(Page { items, next: next.flatten() })
+        let cursor = self.runs.find(query).sort(doc! { "createdAt": -1, "_id": -1 }).limit(limit as i64 + 1).await?;
+        let rows = page_rows(cursor, limit, |run| {
+            let size = crate::limits::json_len(&run);
+            Ok((run, size))
+        })
+        .await?;
+        bounded_page(rows, limit, run_cursor)
     }
 
     /// Reads the head of the queue, then claims the first candidate still QUEUED with one
@@ -808,7 +797,7 @@ impl Store for MongoStore {
             failed: self.finished_since(RunStatus::Failed, "failedAt", now).await?,
             stage_durations: self.stage_durations().await?,
             failure_codes: self.failure_codes().await?,
-            gpu_seconds: self.gpu_seconds().await?,
+            gpu_seconds: self.gpu_seconds(now).await?,
         };
         Ok(Stats::assemble(parts, now))
     }
@@ -1000,6 +989,27 @@ fn parse_stored_event(mut document: Document) -> Result<StoredEvent> {
 
 /// JSON to BSON without extended-JSON interpretation (a `{"$date": …}` in event data stays
 /// a plain object). Integers beyond i64 become doubles: BSON has no unsigned 64-bit type.
+/// The rows of one page from `cursor`, each with its size: read only as far as
+/// `bounded_page` can use (one row past `limit` or past the byte bound), never the whole
+/// result first.
+async fn page_rows<D, T>(
+    mut cursor: mongodb::Cursor<D>,
+    limit: usize,
+    row: impl Fn(D) -> Result<(T, usize)>,
+) -> Result<Vec<Result<(T, usize)>>>
+where
+    D: DeserializeOwned + Send + Sync + Unpin,
+{
+    let (mut rows, mut bytes) = (Vec::new(), 0);
+    while rows.len() <= limit && bytes <= crate::limits::MAX_PAGE_BYTES {
+        let Some(document) = cursor.try_next().await? else { break };
+        let (item, size) = row(document)?;
+        bytes += size;
+        rows.push(Ok((item, size)));
+    }
+    Ok(rows)
+}
+
 fn json_to_bson(value: Value) -> Bson {
     match value {
         Value::Null => Bson::Null,

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
     Artifact, Effect, Error, EventFilter, HypothesisIdeas, IdeationChange, LOG_EVENT_TYPE, Outcome, Page, Result,
-    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, cancel_run, clamp_limit,
+    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, bounded_page, cancel_run, clamp_limit,
     level_names_at_or_above, parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
@@ -512,10 +512,12 @@ fn stats_parts(conn: &Connection, counts: Vec<(RunStatus, u64)>, now: Timestamp)
         )?;
         Ok(count.max(0) as u64)
     };
-    let gpu_millis: f64 =
-        conn.query_row("SELECT TOTAL(gpu_until - gpu_from) FROM runs WHERE gpu_from IS NOT NULL", [], |row| {
-            row.get(0)
-        })?;
+    // Never past `now`, whatever clock a pod reported its times by.
+    let gpu_millis: f64 = conn.query_row(
+        "SELECT TOTAL(MAX(0, MIN(gpu_until, ?1) - gpu_from)) FROM runs WHERE gpu_from IS NOT NULL",
+        params![now.millis()],
+        |row| row.get(0),
+    )?;
     Ok(stats::Parts {
         counts,
         oldest_queued_at: oldest_queued_at.map(Timestamp::from_millis),
@@ -608,17 +610,11 @@ fn events_page(
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement
         .query_map(params_from_iter(values), |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
-    let mut items = rows
-        .map(|row| {
-            let (pos, received_at, body) = row?;
-            parse_stored_event(pos, received_at, &body)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let next = (items.len() > limit).then(|| {
-        items.truncate(limit);
-        items.last().map(|event| event.cursor.clone())
+    let rows = rows.map(|row| {
+        let (pos, received_at, body) = row?;
+        Ok((parse_stored_event(pos, received_at, &body)?, body.len()))
     });
-    Ok(Page { items, next: next.flatten() })
+    bounded_page(rows, limit, |event| event.cursor.clone())
 }
 
 /// `?, ?, …` for an `IN (…)` list of `n` values.
@@ -672,17 +668,11 @@ impl Store for SqliteStore {
             let mut statement = conn.prepare(&sql)?;
             let rows = statement
                 .query_map(params_from_iter(values), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
-            let mut items = rows
-                .map(|row| {
-                    let (id, doc) = row?;
-                    parse_run(&id, &doc)
-                })
-                .collect::<Result<Vec<Run>>>()?;
-            let next = (items.len() > limit).then(|| {
-                items.truncate(limit);
-                items.last().map(run_cursor)
+            let rows = rows.map(|row| {
+                let (id, doc) = row?;
+                Ok((parse_run(&id, &doc)?, doc.len()))
             });
-            Ok(Page { items, next: next.flatten() })
+            bounded_page(rows, limit, run_cursor)
         })
         .await
     }

@@ -26,6 +26,15 @@ pub struct Record {
     pub traceback: bool,
 }
 
+impl Record {
+    /// A record whose message is cut to the event limit's share (`limits::truncate_log_message`):
+    /// an oversize line is reported with a marker, never dropped or refused downstream.
+    pub fn new(mut message: String, level: LogLevel, traceback: bool) -> Record {
+        crate::limits::truncate_log_message(&mut message);
+        Record { message, level, traceback }
+    }
+}
+
 static ANSI: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07").expect("static regex is valid"));
 static ERROR: LazyLock<Regex> = LazyLock::new(|| {
@@ -73,7 +82,8 @@ impl Grouper {
         let text = strip_ansi(&text).into_owned();
         if in_place {
             // A progress bar ends no traceback, but it is its own record.
-            out.push(Record { level: level_of(&text), message: text, traceback: false });
+            let level = level_of(&text);
+            out.push(Record::new(text, level, false));
             return;
         }
         self.last_line_at = Some(now);
@@ -84,7 +94,8 @@ impl Grouper {
         }
         if self.traceback.is_empty() {
             if !text.trim().is_empty() {
-                out.push(Record { level: level_of(&text), message: text, traceback: false });
+                let level = level_of(&text);
+                out.push(Record::new(text, level, false));
             }
             return;
         }
@@ -116,7 +127,7 @@ impl Grouper {
             self.traceback.pop();
         }
         let message = std::mem::take(&mut self.traceback).join("\n");
-        out.push(Record { message, level: LogLevel::Error, traceback: true });
+        out.push(Record::new(message, LogLevel::Error, true));
     }
 }
 

@@ -150,7 +150,7 @@ impl Outbox<'_> {
                 "scientist: {} output lines were dropped because the event stream fell behind the child",
                 self.unreported_drops
             );
-            let record = Record { message, level: crate::event::LogLevel::Warning, traceback: false };
+            let record = Record::new(message, crate::event::LogLevel::Warning, false);
             self.unreported_drops = 0;
             self.waiting.push_back(draft(record, "worker"));
         }
