@@ -59,7 +59,8 @@ async fn run_in(server: &TestServer, state: State) -> RunId {
     let claimed = server.store.claim("pod-a", id.as_str(), now).await.expect("claim").expect("a run");
     assert_eq!((claimed.id.clone(), claimed.attempt), (id.clone(), 1));
     if state == State::Finished {
-        let completed = event(&format!("done-{id}"), "ai.run.completed", &id, Some(1)).as_object().cloned().expect("an object");
+        let completed =
+            event(&format!("done-{id}"), "ai.run.completed", &id, Some(1)).as_object().cloned().expect("an object");
         let completed = scientist::event::from_json_object(completed, now).expect("valid event");
         let outcomes = server.store.apply_events(vec![completed], now).await.expect("apply");
         let run = server.store.get(&id).await.expect("get").expect("run");
@@ -114,7 +115,10 @@ async fn every_event_type_by_scope_run_state_and_attempt() {
                     } else {
                         refused += 1;
                         assert_eq!(status, StatusCode::FORBIDDEN, "{case}: {answer}");
-                        assert!(answer["error"].as_str().is_some_and(|error| error.contains("admin")), "{case}: {answer}");
+                        assert!(
+                            answer["error"].as_str().is_some_and(|error| error.contains("admin")),
+                            "{case}: {answer}"
+                        );
                         assert!(!stored, "{case}: a refused event is not stored");
                         let after = server.store.get(&id).await.expect("get");
                         assert_eq!(after.map(|run| run.status), before.map(|run| run.status), "{case}: unchanged");
@@ -150,7 +154,8 @@ async fn a_pods_batch_cannot_end_or_create_runs_it_does_not_hold() {
         .body(body);
     let (status, answer) = server.send(request).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    let rejected: Vec<u64> = answer["rejected"].as_array().into_iter().flatten().filter_map(|r| r["line"].as_u64()).collect();
+    let rejected: Vec<u64> =
+        answer["rejected"].as_array().into_iter().flatten().filter_map(|r| r["line"].as_u64()).collect();
     assert_eq!(rejected, [2, 4], "{answer}");
     assert_eq!((answer["applied"].as_u64(), answer["stale"].as_u64()), (Some(2), Some(1)), "{answer}");
     let run = server.store.get(&held).await.expect("get").expect("run");

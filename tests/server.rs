@@ -118,8 +118,7 @@ async fn every_rejection_says_why() {
     let oversize = oversize_request(&server, "/api/ingest/events").await;
     assert!(oversize.starts_with("HTTP/1.1 413"), "{oversize}");
     assert!(oversize.contains(&format!("larger than {MAX_BODY_BYTES} bytes")), "{oversize}");
-    let too_many =
-        (0..=MAX_BATCH_EVENTS).map(|n| SEED_EVENT.replace("test-123", &format!("n{n}"))).collect::<Vec<_>>();
+    let too_many = (0..=MAX_BATCH_EVENTS).map(|n| SEED_EVENT.replace("test-123", &format!("n{n}"))).collect::<Vec<_>>();
     let (status, answer) = server.post("/api/ingest/events", "application/x-ndjson", too_many.join("\n")).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(answer["error"].as_str().unwrap_or("").contains("split it"), "{answer}");

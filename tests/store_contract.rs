@@ -802,16 +802,23 @@ async fn pages_of_large_documents_are_bounded_by_bytes(store: &dyn Store) {
     let id = claimed_run(store).await;
     let message = "x".repeat(MAX_PAGE_BYTES / 5);
     let events: Vec<_> = (0..12)
-        .map(|n| attempt_event(&format!("big-{n:02}"), "ai.run.log", id.as_str(), 10 + n, 1, json!({"message": message})))
+        .map(|n| {
+            attempt_event(&format!("big-{n:02}"), "ai.run.log", id.as_str(), 10 + n, 1, json!({"message": message}))
+        })
         .collect();
     store.apply_events(events, at(30)).await.expect("apply");
     for newest_first in [false, true] {
         let (mut seen, mut pages, mut cursor) = (Vec::new(), 0, None);
         loop {
             let filter = EventFilter { limit: 1000, cursor: cursor.clone(), ..Default::default() };
-            let page = if newest_first { store.list_recent_events(&id, &filter).await } else { store.list_events(&id, &filter).await };
+            let page = if newest_first {
+                store.list_recent_events(&id, &filter).await
+            } else {
+                store.list_events(&id, &filter).await
+            };
             let page = page.expect("page");
-            let bytes: usize = page.items.iter().map(|stored| scientist::limits::json_len(&stored.event.to_json())).sum();
+            let bytes: usize =
+                page.items.iter().map(|stored| scientist::limits::json_len(&stored.event.to_json())).sum();
             assert!(!page.items.is_empty() && bytes <= MAX_PAGE_BYTES + MAX_PAGE_BYTES / 4, "{bytes} bytes in a page");
             seen.extend(page.items.iter().map(|stored| stored.event.id.0.clone()));
             pages += 1;

@@ -461,10 +461,8 @@ async fn events_within_the_limit_reach_serve_and_one_over_it_is_refused_at_the_p
     wait_healthy(port).await;
     let stage = pod.path("sizes.sh");
     std::fs::write(&stage, SIZES_STAGE).expect("write stage");
-    let config = pod.config(&format!(
-        "[[stage]]\nname = \"Stage_1\"\ncommand = [\"sh\", {:?}]\n",
-        stage.display().to_string()
-    ));
+    let config =
+        pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = [\"sh\", {:?}]\n", stage.display().to_string()));
     let worker = pod
         .bare_worker(&config)
         .args(["--once", "--server", &format!("http://127.0.0.1:{port}")])

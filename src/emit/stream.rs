@@ -21,8 +21,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::sink::Sink;
 use crate::event::redact;
-use crate::run::RunId;
 use crate::limits::{self, MAX_BATCH_EVENTS};
+use crate::run::RunId;
 use crate::time::Timestamp;
 
 /// Most events in one delivery: the control plane's batch limit.

@@ -178,7 +178,9 @@ mod tests {
     #[test]
     fn a_time_ahead_of_the_receiver_is_clamped_and_a_day_ahead_refused() {
         let event = |time: &str| {
-            format!(r#"{{"specversion":"1.0","id":"t","source":"s","type":"ai.run.heartbeat","subject":"run/r","time":"{time}"}}"#)
+            format!(
+                r#"{{"specversion":"1.0","id":"t","source":"s","type":"ai.run.heartbeat","subject":"run/r","time":"{time}"}}"#
+            )
         };
         let refused = parse_structured(event("9999-01-01T00:00:00Z").as_bytes(), now()).expect_err("a day ahead");
         assert!(matches!(refused, Error::FutureTime { .. }), "{refused}");

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use super::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use super::{
     Artifact, Effect, Error, EventFilter, HypothesisIdeas, IdeationChange, LOG_EVENT_TYPE, Outcome, Page, Result,
-    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, bounded_page, cancel_run, clamp_limit,
-    level_names_at_or_above, parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
+    RunChange, RunFilter, SideRecord, Stats, Store, StoredEvent, apply_new_event, bounded_page, cancel_run,
+    clamp_limit, level_names_at_or_above, parse_run_cursor, replaces, replay, reset_run, run_cursor, side_record,
 };
 use crate::event::{self, Event};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
