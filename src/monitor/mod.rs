@@ -7,6 +7,7 @@
 //! `classify` (which files), `settle` (debouncing), `watch` (notify), `upload` (object_store,
 //! sha256), `tail` (log files), `metrics` (`metrics.json` values). The loop is here.
 
+pub mod beneath;
 pub mod classify;
 pub mod metrics;
 pub mod settle;
@@ -22,6 +23,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+pub use beneath::{BeneathError, RunDir, open_beneath};
 pub use classify::{Class, Kind, classify};
 pub use upload::{ArtifactStore, OpenError, UploadError, Uploaded};
 
