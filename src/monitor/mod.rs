@@ -10,6 +10,7 @@
 pub mod beneath;
 pub mod classify;
 pub mod metrics;
+pub mod record;
 pub mod settle;
 pub mod tail;
 pub mod upload;
@@ -17,7 +18,7 @@ pub mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
@@ -27,6 +28,7 @@ pub use beneath::{BeneathError, RunDir, open_beneath};
 pub use classify::{Class, Kind, classify};
 pub use upload::{ArtifactStore, OpenError, UploadError, Uploaded};
 
+use self::record::Version;
 use self::settle::Settler;
 use self::tail::LogTail;
 use self::watch::Change;
@@ -121,23 +123,6 @@ struct FileState {
     dirty: bool,
     /// Waiting for an upload slot.
     queued: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Version {
-    bytes: u64,
-    modified: Option<SystemTime>,
-    sha256: Option<String>,
-}
-
-impl Version {
-    fn of(metadata: &std::fs::Metadata) -> Version {
-        Version { bytes: metadata.len(), modified: metadata.modified().ok(), sha256: None }
-    }
-
-    fn same_file(&self, other: &Version) -> bool {
-        self.bytes == other.bytes && self.modified == other.modified
-    }
 }
 
 /// One upload's end, back in the loop.
