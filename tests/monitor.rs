@@ -423,6 +423,39 @@ fn stored_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     found
 }
 
+/// Defect 5: what is in the run directory when the monitor starts, with no record of an
+/// earlier attempt, was written by this one (a child that writes at once can beat the
+/// monitor's first look): uploaded and tailed from the start, never taken for an old file.
+#[tokio::test]
+async fn files_already_there_when_the_monitor_starts_are_new_unless_an_earlier_attempt_recorded_them() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    // The run directory as a child that wrote before the monitor's first look leaves it.
+    let run_dir = pod.path("runs").join(format!("2000-01-01_00-00-00_{id}"));
+    std::fs::create_dir_all(run_dir.join("plots")).expect("mkdir");
+    std::fs::write(run_dir.join("plots/early.png"), b"early png").expect("write");
+    std::fs::write(run_dir.join("early.log"), "early line 1\nearly line 2\n").expect("write");
+    let config = pod.config("[[stage]]\nname = \"Stage_1\"\ncommand = 'echo x > plot.png'\n");
+    let artifact_dir = pod.path("artifacts");
+    finish(worker_with(&pod, &config, artifact_dir.to_str().expect("utf-8 path")).spawn().expect("start")).await;
+
+    assert_eq!(pod.run_dir(&id).await, run_dir, "the prepared directory was used");
+    assert_eq!(pod.run(&id).await.status, RunStatus::Completed);
+    let artifacts = pod.artifacts(&id).await;
+    for relative in ["plots/early.png", "plot.png"] {
+        let artifact = artifacts.get(&format!("runs/{id}/{relative}"));
+        assert_eq!(
+            artifact.and_then(|artifact| artifact.sha256.clone()),
+            Some(sha256_of(&run_dir.join(relative))),
+            "{relative} is uploaded: {:?}",
+            artifacts.keys()
+        );
+    }
+    let events = pod.events(&id).await;
+    let lines = log_messages(&events);
+    assert!(lines.contains(&"early line 1".to_owned()) && lines.contains(&"early line 2".to_owned()), "{lines:?}");
+}
+
 /// Defect 2: links are never followed, whatever they point to and whenever they appear; each
 /// is reported once, and nothing from outside reaches the artifact store or the run's log.
 #[tokio::test]

@@ -35,7 +35,7 @@ pub use classify::{Class, Kind, classify};
 pub use upload::{ArtifactStore, OpenError, UploadError, Uploaded};
 
 use self::beneath::EntryKind;
-use self::record::Version;
+use self::record::{Record, Version};
 use self::settle::Settler;
 use self::tail::LogTail;
 use self::watch::Change;
@@ -51,6 +51,9 @@ const MAX_SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 /// Longer log lines are cut (as the relay does with the child's output).
 const MAX_LOG_MESSAGE: usize = crate::worker::lines::MAX_LINE_BYTES;
+
+/// The record of what was reported is written at most this often (and at the end).
+const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The monitor's settings, shared by every run of a worker.
 #[derive(Debug, Clone)]
@@ -90,8 +93,9 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts watching `dir`, the run's directory, reporting on `stream`. Files already there
-    /// (an earlier attempt's) count as reported: they are uploaded again only if they change,
-    /// and logs are tailed from their current end.
+    /// are looked at like new ones, except what the record of earlier attempts lists
+    /// (`record`): an unchanged artifact is not uploaded again, and a log is tailed from
+    /// where they stopped.
     pub fn start(settings: Settings, run_id: RunId, dir: PathBuf, stream: RunStream) -> Monitor {
         let (finish, finished) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -135,7 +139,7 @@ struct FileState {
     kind: Kind,
     /// `ai.artifact.detected` was sent.
     detected: bool,
-    /// The version last stored (or found at the start).
+    /// The version last stored (or listed by the record of an earlier attempt).
     stored: Option<Version>,
     in_flight: bool,
     /// Changed while its upload was going: look again when it ends.
@@ -169,8 +173,14 @@ struct Looking {
     /// `watch::Change::Folder`).
     folders: Settler<PathBuf>,
     tails: HashMap<PathBuf, LogTail>,
+    /// How far each log was reported, as the record says (updated at the end).
+    log_offsets: BTreeMap<PathBuf, u64>,
     /// Links already reported as `ai.artifact.failed`.
     refused: HashSet<PathBuf>,
+    /// Something new to write in the record, and when it was last written.
+    record_dirty: bool,
+    record_saved: Instant,
+    record_failed: bool,
     /// Logs with news since they were last read.
     logs_pending: HashSet<PathBuf>,
     uploads: JoinSet<Finished>,
@@ -195,7 +205,11 @@ impl Looking {
             settler: Settler::new(settle, MAX_SETTLE_WAIT),
             folders: Settler::new(settle, settle),
             tails: HashMap::new(),
+            log_offsets: BTreeMap::new(),
             refused: HashSet::new(),
+            record_dirty: false,
+            record_saved: Instant::now(),
+            record_failed: false,
             logs_pending: HashSet::new(),
             uploads: JoinSet::new(),
             waiting: VecDeque::new(),
@@ -243,7 +257,12 @@ impl Looking {
                     self.on_joined(joined).await;
                 }
                 // Cancel-safe: a missed tick is skipped.
-                _ = tick.tick() => self.read_logs(false).await,
+                _ = tick.tick() => {
+                    self.read_logs(false).await;
+                    if self.record_dirty && self.record_saved.elapsed() >= RECORD_INTERVAL {
+                        self.save_record();
+                    }
+                }
                 // Cancel-safe: the receiver is polled by reference.
                 deadline = &mut finished => match deadline {
                     Ok(deadline) => break deadline,
@@ -258,30 +277,25 @@ impl Looking {
         self.end(changes, deadline).await;
     }
 
-    /// Files present when the run starts: an earlier attempt's, already reported.
+    /// What the run starts with: the record of what earlier attempts reported, then every file
+    /// there now, looked at as if it had just changed. Only the record says what is old: a
+    /// file the child wrote before this listing is new like any other.
     async fn take_stock(&mut self) {
-        let Ok(found) = scan(&self.dir, Path::new("")) else { return };
-        for relative in found {
-            let Ok(metadata) = self
-                .dir
-                .open_file(&relative)
-                .and_then(|file| file.metadata().map_err(|source| BeneathError::Io { path: relative.clone(), source }))
-            else {
-                continue;
-            };
-            match classify(&relative) {
-                Some(Class::Log) => {
-                    let tail = LogTail::new(relative.clone(), metadata.len());
-                    self.tails.insert(relative, tail);
-                }
-                Some(Class::Artifact(kind)) => {
-                    let mut state = FileState::new(kind);
-                    state.stored = Some(Version::of(&metadata));
-                    self.files.insert(relative, state);
-                }
-                None => {}
+        let Record { files, logs } = record::load(&self.dir);
+        for (relative, version) in files {
+            if let Some(Class::Artifact(kind)) = classify(&relative) {
+                let mut state = FileState::new(kind);
+                state.stored = Some(version);
+                self.files.insert(relative, state);
             }
         }
+        for (relative, offset) in logs {
+            if classify(&relative) == Some(Class::Log) {
+                self.tails.insert(relative.clone(), LogTail::new(relative.clone(), offset));
+                self.log_offsets.insert(relative, offset);
+            }
+        }
+        self.sweep(Path::new(""), Instant::now()).await;
     }
 
     /// Every file under `folder` counts as changed at `now`. A folder that turned out to be a
@@ -386,6 +400,7 @@ impl Looking {
             // Nowhere to upload: detected is all there is to say.
             if let Some(state) = self.files.get_mut(&relative) {
                 state.stored = Some(version);
+                self.record_dirty = true;
             }
             return;
         };
@@ -432,6 +447,7 @@ impl Looking {
                 let new = state.stored.as_ref().and_then(|stored| stored.sha256.as_ref()) != Some(&uploaded.sha256);
                 version.sha256 = Some(uploaded.sha256.clone());
                 state.stored = Some(version);
+                self.record_dirty = true;
                 if new {
                     self.report.registered += 1;
                     let data = json!({
@@ -572,7 +588,8 @@ impl Looking {
         }
     }
 
-    /// The run ended: the last changes, a sweep, logs to their end, uploads until `deadline`.
+    /// The run ended: the last changes, a sweep, logs to their end, uploads until `deadline`,
+    /// and the record of it all for a later attempt.
     async fn end(&mut self, mut changes: Option<watch::Changes>, deadline: Instant) {
         self.ending = true;
         self.watcher = None;
@@ -613,6 +630,10 @@ impl Looking {
             });
             self.emit(Draft::new("ai.artifact.failed", object(data))).await;
         }
+        for (relative, tail) in &self.tails {
+            self.log_offsets.insert(relative.clone(), tail.offset());
+        }
+        self.save_record();
     }
 
     /// Reports a link the monitor will not follow, once per link (later events and rescans
@@ -625,6 +646,27 @@ impl Looking {
         self.report.failed += 1;
         let data = json!({ "path": path_text(link), "error": refusal.to_string() });
         self.emit(Draft::new("ai.artifact.failed", object(data))).await;
+    }
+
+    /// Writes what was reported so far for a later attempt (see `record`); a failure is said
+    /// once and costs only uploads repeated on a retry.
+    fn save_record(&mut self) {
+        let files = self
+            .files
+            .iter()
+            .filter_map(|(relative, state)| state.stored.clone().map(|version| (relative.clone(), version)))
+            .collect();
+        let record = Record { files, logs: self.log_offsets.clone() };
+        self.record_dirty = false;
+        self.record_saved = Instant::now();
+        if let Err(err) = record::save(&self.dir, &record)
+            && !std::mem::replace(&mut self.record_failed, true)
+        {
+            eprintln!(
+                "scientist work: cannot write the monitor's record ({err}); a retry of this run will upload its \
+                 files again"
+            );
+        }
     }
 
     /// Queues an event; a stream that is gone means the worker is exiting.

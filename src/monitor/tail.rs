@@ -29,13 +29,18 @@ pub struct LogTail {
 
 impl LogTail {
     /// Tails `path` (relative to the run directory) from byte `offset` (0 for a new file;
-    /// its length for a file an earlier attempt of the run already reported).
+    /// where an earlier attempt of the run stopped reporting, for one it read).
     pub fn new(path: PathBuf, offset: u64) -> LogTail {
         LogTail { path, offset, splitter: Splitter::new(PROGRESS_INTERVAL), grouper: Grouper::default() }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes read so far: everything before this offset was turned into records.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Reads what was appended (up to `READ_BYTES`) and returns the finished records;
