@@ -528,31 +528,34 @@ mod tests {
     }
 
     /// A folder swapped for a link to the outside, over and over, while the same path is
-    /// opened: whatever the timing, the outside file is never what was opened.
+    /// opened: whatever the timing, the outside file is never what was opened. The opens go
+    /// on until the swapper has swapped enough times (bounded), not for a fixed time. A
+    /// check-then-open (lstat each part, then open the path) fails here in most runs; the
+    /// deterministic proofs are the link tests above.
     #[test]
     fn a_path_swapped_for_a_link_between_opens_never_escapes() {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        const SWAPS: u32 = 20_000;
         let (_root, run, outside) = setup();
         std::fs::write(outside.join("loss.png"), "secret").expect("write");
         let dir = RunDir::open(&run).expect("open");
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, swaps) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
         let swapper = {
-            let (run, outside, stop) = (run.clone(), outside.clone(), stop.clone());
+            let (run, outside, stop, swaps) = (run.clone(), outside.clone(), stop.clone(), swaps.clone());
             std::thread::spawn(move || {
                 let (real, link, parked) = (run.join("plots"), run.join("plots.link"), run.join("plots.real"));
                 symlink(&outside, &link).expect("link");
-                let mut swaps = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     std::fs::rename(&real, &parked).expect("park");
                     std::fs::rename(&link, &real).expect("link in");
                     std::fs::rename(&real, &link).expect("link out");
                     std::fs::rename(&parked, &real).expect("unpark");
-                    swaps += 1;
+                    swaps.fetch_add(1, Ordering::Relaxed);
                 }
-                swaps
             })
         };
-        let (mut opened, mut refused) = (0, 0);
-        for _ in 0..20_000 {
+        let (mut opened, mut refused) = (0u64, 0u64);
+        while swaps.load(Ordering::Relaxed) < SWAPS && opened + refused < 10_000_000 {
             match dir.open_file(Path::new("plots/loss.png")) {
                 Ok(file) => {
                     assert_eq!(read(file), "plot", "opened the outside file");
@@ -562,8 +565,9 @@ mod tests {
                 Err(other) => panic!("{other}"),
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let swaps = swapper.join().expect("swapper");
-        assert!(swaps > 0 && opened > 0, "the race ran: {swaps} swaps, {opened} opened, {refused} refused");
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().expect("swapper");
+        let swaps = swaps.load(Ordering::Relaxed);
+        assert!(swaps >= SWAPS, "the race ran: {swaps} swaps, {opened} opened, {refused} refused");
     }
 }
