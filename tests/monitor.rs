@@ -375,3 +375,176 @@ async fn a_retry_reuses_the_directory_and_reports_only_what_it_wrote() {
         assert_eq!(artifact.sha256, Some(sha256_of(&run_dir.join(relative))), "{key}");
     }
 }
+
+/// The `ai.artifact.failed` events of `events`, as (path, error).
+fn failures(events: &[Event]) -> Vec<(String, String)> {
+    of_type(events, "ai.artifact.failed")
+        .into_iter()
+        .filter_map(|event| match &event.payload {
+            Payload::ArtifactFailed(failed) => Some((failed.path.clone(), failed.error.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn log_messages(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Payload::Log(log) => Some(log.message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until `relative` of the run is registered.
+async fn registered(pod: &Pod, id: &RunId, relative: &str) {
+    let key = format!("runs/{id}/{relative}");
+    eventually(&format!("{relative} registered"), || async {
+        pod.artifacts(id).await.contains_key(&key).then_some(())
+    })
+    .await;
+}
+
+/// Every file stored under `dir`, with its content.
+fn stored_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_owned()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.map(|entry| entry.expect("entry")) {
+            if entry.file_type().expect("type").is_dir() {
+                folders.push(entry.path());
+            } else {
+                found.push((entry.path(), std::fs::read(entry.path()).expect("read stored")));
+            }
+        }
+    }
+    found
+}
+
+/// Defect 5: what is in the run directory when the monitor starts, with no record of an
+/// earlier attempt, was written by this one (a child that writes at once can beat the
+/// monitor's first look): uploaded and tailed from the start, never taken for an old file.
+#[tokio::test]
+async fn files_already_there_when_the_monitor_starts_are_new_unless_an_earlier_attempt_recorded_them() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    // The run directory as a child that wrote before the monitor's first look leaves it.
+    let run_dir = pod.path("runs").join(format!("2000-01-01_00-00-00_{id}"));
+    std::fs::create_dir_all(run_dir.join("plots")).expect("mkdir");
+    std::fs::write(run_dir.join("plots/early.png"), b"early png").expect("write");
+    std::fs::write(run_dir.join("early.log"), "early line 1\nearly line 2\n").expect("write");
+    let config = pod.config("[[stage]]\nname = \"Stage_1\"\ncommand = 'echo x > plot.png'\n");
+    let artifact_dir = pod.path("artifacts");
+    finish(worker_with(&pod, &config, artifact_dir.to_str().expect("utf-8 path")).spawn().expect("start")).await;
+
+    assert_eq!(pod.run_dir(&id).await, run_dir, "the prepared directory was used");
+    assert_eq!(pod.run(&id).await.status, RunStatus::Completed);
+    let artifacts = pod.artifacts(&id).await;
+    for relative in ["plots/early.png", "plot.png"] {
+        let artifact = artifacts.get(&format!("runs/{id}/{relative}"));
+        assert_eq!(
+            artifact.and_then(|artifact| artifact.sha256.clone()),
+            Some(sha256_of(&run_dir.join(relative))),
+            "{relative} is uploaded: {:?}",
+            artifacts.keys()
+        );
+    }
+    let events = pod.events(&id).await;
+    let lines = log_messages(&events);
+    assert!(lines.contains(&"early line 1".to_owned()) && lines.contains(&"early line 2".to_owned()), "{lines:?}");
+}
+
+/// Defect 2: links are never followed, whatever they point to and whenever they appear; each
+/// is reported once, and nothing from outside reaches the artifact store or the run's log.
+#[tokio::test]
+async fn links_in_the_run_directory_are_reported_once_and_never_followed() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let outside = pod.path("outside");
+    std::fs::create_dir_all(outside.join("data")).expect("mkdir");
+    let secret = b"root:x:0:0:the secret outside the run directory";
+    std::fs::write(outside.join("passwd"), secret).expect("write");
+    std::fs::write(outside.join("secret.log"), "a log line from outside\n").expect("write");
+    std::fs::write(outside.join("data/stolen.png"), secret).expect("write");
+    let go = pod.path("go");
+    let command = format!(
+        "set -e; ln -s {passwd:?} leak.yaml; ln -s {log:?} leak.log; ln -s {data:?} data; \
+         mkdir plots; echo png > plots/real.png; ln -s plots/real.png inside.png; \
+         echo marker > marker.png; \
+         while [ ! -e {go:?} ]; do sleep 0.02; done; \
+         echo 'another line from outside' >> {log:?}",
+        passwd = outside.join("passwd"),
+        log = outside.join("secret.log"),
+        data = outside.join("data"),
+        go = go,
+    );
+    let config = pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = {command:?}\n"));
+    let artifact_dir = pod.path("artifacts");
+    let worker = worker_with(&pod, &config, artifact_dir.to_str().expect("utf-8 path")).spawn().expect("start");
+    // The links were made before marker.png: by the time it is registered, their changes
+    // were handled too.
+    registered(&pod, &id, "marker.png").await;
+    std::fs::write(&go, b"").expect("write go file");
+    let stderr = finish(worker).await;
+
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Completed, "{stderr}");
+    let artifacts = pod.artifacts(&id).await;
+    let keys: Vec<&str> = artifacts.keys().map(String::as_str).collect();
+    assert_eq!(keys, [format!("runs/{id}/marker.png"), format!("runs/{id}/plots/real.png")], "only real files");
+    for (path, content) in stored_files(&artifact_dir) {
+        assert!(content != secret, "{} holds the outside file", path.display());
+    }
+    let events = pod.events(&id).await;
+    let lines = log_messages(&events);
+    assert!(!lines.iter().any(|line| line.contains("from outside")), "an outside log was tailed: {lines:?}");
+
+    let mut failed = failures(&events);
+    failed.sort();
+    let paths: Vec<&str> = failed.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["inside.png", "leak.log", "leak.yaml"], "each link reported once: {failed:?}");
+    for (path, error) in &failed {
+        let place = if path == "inside.png" { "within the run directory" } else { "outside the run directory" };
+        assert!(
+            error.contains("symbolic link") && error.contains(place) && error.contains("not read"),
+            "{path}: {error}"
+        );
+    }
+}
+
+/// Defect 2 on a retry: a folder link attempt 1 left in the reused directory is not watched
+/// (nor scanned) by attempt 2, so files written outside through it are never uploaded.
+#[tokio::test]
+async fn a_linked_folder_left_by_an_earlier_attempt_is_not_watched() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let outside = pod.path("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let go = pod.path("go");
+    let command = format!(
+        "set -e; if [ \"$SCIENTIST_ATTEMPT\" = 1 ]; then ln -s {outside:?} extra; exit 3; fi; \
+         echo stolen > {fresh:?}; echo marker > marker.png; \
+         while [ ! -e {go:?} ]; do sleep 0.02; done",
+        fresh = outside.join("fresh.png"),
+    );
+    let config = pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = {command:?}\n"));
+    let artifact_dir = pod.path("artifacts");
+    let spec = artifact_dir.to_str().expect("utf-8 path");
+    finish(worker_with(&pod, &config, spec).spawn().expect("start")).await;
+    assert_eq!(pod.run(&id).await.status, RunStatus::Failed);
+
+    pod.store.reset(&id, Timestamp::now()).await.expect("reset");
+    let second = worker_with(&pod, &config, spec).spawn().expect("start");
+    // fresh.png was written before marker.png: had its folder been watched, its change would
+    // have come first.
+    registered(&pod, &id, "marker.png").await;
+    std::fs::write(&go, b"").expect("write go file");
+    finish(second).await;
+    let run = pod.run(&id).await;
+    assert_eq!((run.status, run.attempt), (RunStatus::Completed, 2));
+    let artifacts = pod.artifacts(&id).await;
+    assert_eq!(artifacts.keys().collect::<Vec<_>>(), [&format!("runs/{id}/marker.png")]);
+    assert!(outside.join("fresh.png").exists(), "the child wrote outside");
+}

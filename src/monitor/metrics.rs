@@ -19,6 +19,16 @@ pub struct Metrics {
     pub stage: Option<String>,
 }
 
+/// The metrics of the open `metrics.json`, read from its start (blocking); `None` when it
+/// cannot be read or is not a JSON object.
+pub fn read(file: &mut std::fs::File) -> Option<Metrics> {
+    use std::io::{Read, Seek};
+    let mut bytes = Vec::new();
+    file.rewind().ok()?;
+    file.read_to_end(&mut bytes).ok()?;
+    parse(&bytes)
+}
+
 /// Reads `metrics.json`; `None` when it is not a JSON object.
 pub fn parse(bytes: &[u8]) -> Option<Metrics> {
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(bytes) else {

@@ -4,11 +4,19 @@
 //! sweep catches what was written last. It owns no process and never blocks the child:
 //! it only reads files and queues events on the run's stream.
 //!
-//! `classify` (which files), `settle` (debouncing), `watch` (notify), `upload` (object_store,
-//! sha256), `tail` (log files), `metrics` (`metrics.json` values). The loop is here.
+//! Nothing outside the run directory is read, watched, tailed or uploaded: every file and
+//! folder is opened through `beneath` (no symbolic link is ever followed, and the opened
+//! descriptor is what is checked), and the watch does not enter linked folders. A link is
+//! reported once, as `ai.artifact.failed`.
+//!
+//! `classify` (which files), `settle` (debouncing), `watch` (notify), `beneath` (opening
+//! without links), `upload` (object_store, sha256), `tail` (log files), `metrics`
+//! (`metrics.json` values), `record` (what earlier attempts reported). The loop is here.
 
+pub mod beneath;
 pub mod classify;
 pub mod metrics;
+pub mod record;
 pub mod settle;
 pub mod tail;
 pub mod upload;
@@ -16,21 +24,24 @@ pub mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+pub use beneath::{BeneathError, RunDir, open_beneath};
 pub use classify::{Class, Kind, classify};
 pub use upload::{ArtifactStore, OpenError, UploadError, Uploaded};
 
+use self::beneath::EntryKind;
+use self::record::{Record, Version};
 use self::settle::Settler;
 use self::tail::LogTail;
 use self::watch::Change;
 use crate::emit::{Draft, RunStream};
 use crate::run::{RunId, Stage};
-use crate::worker::logs::Record;
+use crate::worker::logs::Record as LogRecord;
 
 /// How often log files with news are read, and progress bars and tracebacks in them looked at.
 const LOG_TICK: Duration = Duration::from_millis(250);
@@ -40,6 +51,9 @@ const MAX_SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 /// Longer log lines are cut (as the relay does with the child's output).
 const MAX_LOG_MESSAGE: usize = crate::worker::lines::MAX_LINE_BYTES;
+
+/// The record of what was reported is written at most this often (and at the end).
+const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The monitor's settings, shared by every run of a worker.
 #[derive(Debug, Clone)]
@@ -79,11 +93,24 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts watching `dir`, the run's directory, reporting on `stream`. Files already there
-    /// (an earlier attempt's) count as reported: they are uploaded again only if they change,
-    /// and logs are tailed from their current end.
+    /// are looked at like new ones, except what the record of earlier attempts lists
+    /// (`record`): an unchanged artifact is not uploaded again, and a log is tailed from
+    /// where they stopped.
     pub fn start(settings: Settings, run_id: RunId, dir: PathBuf, stream: RunStream) -> Monitor {
         let (finish, finished) = oneshot::channel();
         let task = tokio::spawn(async move {
+            let dir = match RunDir::open(&dir) {
+                Ok(dir) => dir,
+                Err(err) => {
+                    eprintln!(
+                        "scientist work: cannot open the run directory {} ({err}); no artifacts or log files \
+                         are collected for this run",
+                        dir.display()
+                    );
+                    let _ = finished.await;
+                    return Report::default();
+                }
+            };
             let mut looking = Looking::new(settings, run_id, dir, stream);
             looking.run(finished).await;
             looking.report
@@ -112,30 +139,13 @@ struct FileState {
     kind: Kind,
     /// `ai.artifact.detected` was sent.
     detected: bool,
-    /// The version last stored (or found at the start).
+    /// The version last stored (or listed by the record of an earlier attempt).
     stored: Option<Version>,
     in_flight: bool,
     /// Changed while its upload was going: look again when it ends.
     dirty: bool,
     /// Waiting for an upload slot.
     queued: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Version {
-    bytes: u64,
-    modified: Option<SystemTime>,
-    sha256: Option<String>,
-}
-
-impl Version {
-    fn of(metadata: &std::fs::Metadata) -> Version {
-        Version { bytes: metadata.len(), modified: metadata.modified().ok(), sha256: None }
-    }
-
-    fn same_file(&self, other: &Version) -> bool {
-        self.bytes == other.bytes && self.modified == other.modified
-    }
 }
 
 /// One upload's end, back in the loop.
@@ -149,17 +159,28 @@ struct Finished {
     metrics: Option<metrics::Metrics>,
 }
 
-/// The monitor's state for one run.
+/// The monitor's state for one run. Paths are relative to the run directory.
 struct Looking {
     settings: Settings,
     run_id: RunId,
-    dir: PathBuf,
+    dir: RunDir,
     stream: RunStream,
+    /// `None` once the run ended, or when the directory could not be watched.
+    watcher: Option<watch::DirWatcher>,
     files: HashMap<PathBuf, FileState>,
     settler: Settler<PathBuf>,
-    /// New folders, scanned once they settled (see `watch::Change::Folder`).
+    /// New folders (the empty path: all of them), scanned once they settled (see
+    /// `watch::Change::Folder`).
     folders: Settler<PathBuf>,
     tails: HashMap<PathBuf, LogTail>,
+    /// How far each log was reported, as the record says (updated at the end).
+    log_offsets: BTreeMap<PathBuf, u64>,
+    /// Links already reported as `ai.artifact.failed`.
+    refused: HashSet<PathBuf>,
+    /// Something new to write in the record, and when it was last written.
+    record_dirty: bool,
+    record_saved: Instant,
+    record_failed: bool,
     /// Logs with news since they were last read.
     logs_pending: HashSet<PathBuf>,
     uploads: JoinSet<Finished>,
@@ -172,17 +193,23 @@ struct Looking {
 }
 
 impl Looking {
-    fn new(settings: Settings, run_id: RunId, dir: PathBuf, stream: RunStream) -> Looking {
+    fn new(settings: Settings, run_id: RunId, dir: RunDir, stream: RunStream) -> Looking {
         let settle = settings.settle;
         Looking {
             settings,
             run_id,
             dir,
             stream,
+            watcher: None,
             files: HashMap::new(),
             settler: Settler::new(settle, MAX_SETTLE_WAIT),
             folders: Settler::new(settle, settle),
             tails: HashMap::new(),
+            log_offsets: BTreeMap::new(),
+            refused: HashSet::new(),
+            record_dirty: false,
+            record_saved: Instant::now(),
+            record_failed: false,
             logs_pending: HashSet::new(),
             uploads: JoinSet::new(),
             waiting: VecDeque::new(),
@@ -194,22 +221,21 @@ impl Looking {
 
     async fn run(&mut self, mut finished: oneshot::Receiver<Instant>) {
         // Watch first, then take stock: a file written in between is seen twice, never missed.
-        let watching = match watch::watch(&self.dir) {
-            Ok(watching) => Some(watching),
+        let mut changes = match watch::watch(self.dir.path()) {
+            Ok((watcher, changes)) => {
+                self.watcher = Some(watcher);
+                Some(changes)
+            }
             Err(err) => {
                 eprintln!(
                     "scientist work: cannot watch the run directory {} ({err}); artifacts and log files are \
                      collected when the run ends (raise fs.inotify.max_user_watches to watch again)",
-                    self.dir.display()
+                    self.dir.path().display()
                 );
                 None
             }
         };
-        self.take_stock();
-        let (watcher, mut changes) = match watching {
-            Some((watcher, changes)) => (Some(watcher), Some(changes)),
-            None => (None, None),
-        };
+        self.take_stock().await;
         let mut tick = tokio::time::interval(LOG_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let deadline = loop {
@@ -231,7 +257,12 @@ impl Looking {
                     self.on_joined(joined).await;
                 }
                 // Cancel-safe: a missed tick is skipped.
-                _ = tick.tick() => self.read_logs(false).await,
+                _ = tick.tick() => {
+                    self.read_logs(false).await;
+                    if self.record_dirty && self.record_saved.elapsed() >= RECORD_INTERVAL {
+                        self.save_record();
+                    }
+                }
                 // Cancel-safe: the receiver is polled by reference.
                 deadline = &mut finished => match deadline {
                     Ok(deadline) => break deadline,
@@ -243,38 +274,66 @@ impl Looking {
                 },
             }
         };
-        self.end(watcher, changes, deadline).await;
+        self.end(changes, deadline).await;
     }
 
-    /// Files present when the run starts: an earlier attempt's, already reported.
-    fn take_stock(&mut self) {
-        for (relative, class, metadata) in scan(&self.dir, &self.dir) {
-            match class {
-                Class::Log => {
-                    let tail = LogTail::new(self.dir.join(&relative), metadata.len());
-                    self.tails.insert(relative, tail);
-                }
-                Class::Artifact(kind) => {
-                    let mut state = FileState::new(kind);
-                    state.stored = Some(Version::of(&metadata));
-                    self.files.insert(relative, state);
+    /// What the run starts with: the record of what earlier attempts reported, then every file
+    /// there now, looked at as if it had just changed. Only the record says what is old: a
+    /// file the child wrote before this listing is new like any other.
+    async fn take_stock(&mut self) {
+        let Record { files, logs } = record::load(&self.dir);
+        for (relative, version) in files {
+            if let Some(Class::Artifact(kind)) = classify(&relative) {
+                let mut state = FileState::new(kind);
+                state.stored = Some(version);
+                self.files.insert(relative, state);
+            }
+        }
+        for (relative, offset) in logs {
+            if classify(&relative) == Some(Class::Log) {
+                self.tails.insert(relative.clone(), LogTail::new(relative.clone(), offset));
+                self.log_offsets.insert(relative, offset);
+            }
+        }
+        self.sweep(Path::new(""), Instant::now()).await;
+    }
+
+    /// Every file under `folder` counts as changed at `now`. A folder that turned out to be a
+    /// link (swapped in after notify saw a folder there) loses its watch and is reported.
+    async fn sweep(&mut self, folder: &Path, now: Instant) {
+        match scan(&self.dir, folder) {
+            Ok(found) => {
+                for relative in found {
+                    self.on_file(relative, now);
                 }
             }
+            Err(err @ BeneathError::Link { .. }) => {
+                if let Some(watcher) = self.watcher.as_mut() {
+                    watcher.unwatch(&self.dir.path().join(folder));
+                }
+                self.refuse(&err).await;
+            }
+            // Gone again: nothing to look at.
+            Err(_) => {}
         }
     }
 
     fn on_change(&mut self, change: Change) {
         let now = Instant::now();
+        let relative = |path: &Path| path.strip_prefix(self.dir.path()).ok().map(Path::to_owned);
         match change {
             Change::Files(paths) => {
+                let paths: Vec<PathBuf> = paths.iter().filter_map(|path| relative(path)).collect();
                 for path in paths {
-                    if let Some(relative) = path.strip_prefix(&self.dir).ok().map(Path::to_owned) {
-                        self.on_file(relative, now);
-                    }
+                    self.on_file(path, now);
                 }
             }
-            Change::Folder(path) => self.folders.touch(path, now),
-            Change::Rescan => self.folders.touch(self.dir.clone(), now),
+            Change::Folder(path) => {
+                if let Some(folder) = relative(&path) {
+                    self.folders.touch(folder, now);
+                }
+            }
+            Change::Rescan => self.folders.touch(PathBuf::new(), now),
         }
     }
 
@@ -283,7 +342,7 @@ impl Looking {
         match classify(&relative) {
             Some(Class::Log) => {
                 if !self.tails.contains_key(&relative) {
-                    let tail = LogTail::new(self.dir.join(&relative), 0);
+                    let tail = LogTail::new(relative.clone(), 0);
                     self.tails.insert(relative.clone(), tail);
                 }
                 self.logs_pending.insert(relative);
@@ -298,16 +357,15 @@ impl Looking {
 
     async fn on_due(&mut self, now: Instant) {
         for folder in self.folders.take_due(now) {
-            for (relative, _, _) in scan(&self.dir, &folder) {
-                self.on_file(relative, now);
-            }
+            self.sweep(&folder, now).await;
         }
         for relative in self.settler.take_due(now) {
             self.consider(relative).await;
         }
     }
 
-    /// A settled file: uploaded if it differs from the version stored.
+    /// A settled file: uploaded if it differs from the version stored. The file is opened
+    /// here, once: what is compared, uploaded and hashed is that open file.
     async fn consider(&mut self, relative: PathBuf) {
         let Some(state) = self.files.get_mut(&relative) else { return };
         if state.in_flight {
@@ -317,12 +375,15 @@ impl Looking {
         if state.queued {
             return;
         }
-        let metadata = match std::fs::metadata(self.dir.join(&relative)) {
-            Ok(metadata) if metadata.is_file() => metadata,
-            // Gone again (a temporary file) or not a file: nothing to upload.
-            _ => return,
+        let file = match self.dir.open_file(&relative) {
+            Ok(file) => file,
+            Err(err @ BeneathError::Link { .. }) => return self.refuse(&err).await,
+            // Gone again (a temporary file) or not a regular file: nothing to upload.
+            Err(_) => return,
         };
+        let Ok(metadata) = file.metadata() else { return };
         let version = Version::of(&metadata);
+        let Some(state) = self.files.get_mut(&relative) else { return };
         if state.stored.as_ref().is_some_and(|stored| stored.same_file(&version)) {
             return;
         }
@@ -339,6 +400,7 @@ impl Looking {
             // Nowhere to upload: detected is all there is to say.
             if let Some(state) = self.files.get_mut(&relative) {
                 state.stored = Some(version);
+                self.record_dirty = true;
             }
             return;
         };
@@ -349,14 +411,17 @@ impl Looking {
             return;
         }
         state.in_flight = true;
-        let file = self.dir.join(&relative);
         let key = artifacts.key(&self.run_id, &relative);
         let is_metrics = relative.file_name().is_some_and(|name| name == classify::METRICS_FILE);
         self.uploads.spawn(async move {
-            let content_type = classify::content_type(&file);
-            let outcome = artifacts.upload(&file, &key, content_type).await;
-            let metrics = match (&outcome, is_metrics) {
-                (Ok(_), true) => tokio::fs::read(&file).await.ok().and_then(|bytes| metrics::parse(&bytes)),
+            let content_type = classify::content_type(&relative);
+            // A second descriptor of the same open file: the values are those of the version uploaded.
+            let values = if is_metrics { file.try_clone().ok() } else { None };
+            let outcome = artifacts.upload(file, &relative, &key, content_type).await;
+            let metrics = match (&outcome, values) {
+                (Ok(_), Some(mut values)) => {
+                    tokio::task::spawn_blocking(move || metrics::read(&mut values)).await.ok().flatten()
+                }
                 _ => None,
             };
             Finished { relative, version, key: key.to_string(), outcome, metrics }
@@ -382,6 +447,7 @@ impl Looking {
                 let new = state.stored.as_ref().and_then(|stored| stored.sha256.as_ref()) != Some(&uploaded.sha256);
                 version.sha256 = Some(uploaded.sha256.clone());
                 state.stored = Some(version);
+                self.record_dirty = true;
                 if new {
                     self.report.registered += 1;
                     let data = json!({
@@ -398,7 +464,6 @@ impl Looking {
                     }
                 }
             }
-            Err(UploadError::Vanished { .. }) => {}
             Err(err) => {
                 self.report.failed += 1;
                 tracing::warn!(file = %relative.display(), error = %err, "artifact upload failed");
@@ -453,6 +518,7 @@ impl Looking {
         // Every tail is visited, news or not: a progress bar or a traceback in a log may be
         // waiting on time alone.
         let names: Vec<PathBuf> = self.tails.keys().cloned().collect();
+        let dir = self.dir.clone();
         let mut tails: Vec<(PathBuf, LogTail, bool)> = names
             .into_iter()
             .filter_map(|name| {
@@ -462,16 +528,18 @@ impl Looking {
             .collect();
         let read = tokio::task::spawn_blocking(move || {
             let now = Instant::now();
-            let mut records: Vec<(String, Record)> = Vec::new();
+            let mut records: Vec<(String, LogRecord)> = Vec::new();
             let mut more = Vec::new();
+            let mut refusals = Vec::new();
             for (name, tail, pending) in &mut tails {
                 let mut out = Vec::new();
                 if *pending {
                     loop {
-                        match tail.read(now, &mut out) {
+                        match tail.read(&dir, now, &mut out) {
                             Ok(true) if to_end => continue,
                             Ok(true) => more.push(name.clone()),
                             Ok(false) => {}
+                            Err(err @ BeneathError::Link { .. }) => refusals.push(err),
                             Err(err) => {
                                 tracing::debug!(file = %tail.path().display(), error = %err, "cannot read a log file");
                             }
@@ -487,15 +555,18 @@ impl Looking {
                 let source = name.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
                 records.extend(out.into_iter().map(|record| (source.clone(), record)));
             }
-            (tails, records, more)
+            (tails, records, more, refusals)
         })
         .await;
-        let Ok((tails, records, more)) = read else {
+        let Ok((tails, records, more, refusals)) = read else {
             tracing::error!("reading log files failed");
             return;
         };
         for (name, tail, _) in tails {
             self.tails.insert(name, tail);
+        }
+        for refusal in refusals {
+            self.refuse(&refusal).await;
         }
         // A log with more to read than one step allows is read again at the next tick.
         self.logs_pending.extend(more);
@@ -517,15 +588,11 @@ impl Looking {
         }
     }
 
-    /// The run ended: the last changes, a sweep, logs to their end, uploads until `deadline`.
-    async fn end(
-        &mut self,
-        watcher: Option<watch::DirWatcher>,
-        mut changes: Option<watch::Changes>,
-        deadline: Instant,
-    ) {
+    /// The run ended: the last changes, a sweep, logs to their end, uploads until `deadline`,
+    /// and the record of it all for a later attempt.
+    async fn end(&mut self, mut changes: Option<watch::Changes>, deadline: Instant) {
         self.ending = true;
-        drop(watcher);
+        self.watcher = None;
         if let Some(changes) = changes.as_mut() {
             while let Some(change) = changes.try_recv() {
                 self.on_change(change);
@@ -534,9 +601,7 @@ impl Looking {
         let now = Instant::now();
         // The sweep covers every folder, so pending folder scans are done with it.
         self.folders.take_all();
-        for (relative, _, _) in scan(&self.dir, &self.dir) {
-            self.on_file(relative, now);
-        }
+        self.sweep(Path::new(""), now).await;
         for relative in self.settler.take_all() {
             self.consider(relative).await;
         }
@@ -565,6 +630,43 @@ impl Looking {
             });
             self.emit(Draft::new("ai.artifact.failed", object(data))).await;
         }
+        for (relative, tail) in &self.tails {
+            self.log_offsets.insert(relative.clone(), tail.offset());
+        }
+        self.save_record();
+    }
+
+    /// Reports a link the monitor will not follow, once per link (later events and rescans
+    /// that meet it again say nothing new).
+    async fn refuse(&mut self, refusal: &BeneathError) {
+        let BeneathError::Link { link, .. } = refusal else { return };
+        if !self.refused.insert(link.clone()) {
+            return;
+        }
+        self.report.failed += 1;
+        let data = json!({ "path": path_text(link), "error": refusal.to_string() });
+        self.emit(Draft::new("ai.artifact.failed", object(data))).await;
+    }
+
+    /// Writes what was reported so far for a later attempt (see `record`); a failure is said
+    /// once and costs only uploads repeated on a retry.
+    fn save_record(&mut self) {
+        let files = self
+            .files
+            .iter()
+            .filter_map(|(relative, state)| state.stored.clone().map(|version| (relative.clone(), version)))
+            .collect();
+        let record = Record { files, logs: self.log_offsets.clone() };
+        self.record_dirty = false;
+        self.record_saved = Instant::now();
+        if let Err(err) = record::save(&self.dir, &record)
+            && !std::mem::replace(&mut self.record_failed, true)
+        {
+            eprintln!(
+                "scientist work: cannot write the monitor's record ({err}); a retry of this run will upload its \
+                 files again"
+            );
+        }
     }
 
     /// Queues an event; a stream that is gone means the worker is exiting.
@@ -589,30 +691,34 @@ async fn next_change(changes: &mut Option<watch::Changes>) -> Option<Change> {
     }
 }
 
-/// Every file under `folder` the monitor cares about, with its path relative to `root`.
-/// Hidden folders are not entered; symbolic links are not followed.
-fn scan(root: &Path, folder: &Path) -> Vec<(PathBuf, Class, std::fs::Metadata)> {
+/// The paths under `folder` (relative to the run directory) whose names the monitor cares
+/// about: regular files, and links (refused when opened, so that they are reported).
+/// Hidden folders are not entered, nor are links to folders.
+///
+/// # Errors
+/// When `folder` itself cannot be listed (a link, or gone); a sub-folder that cannot is
+/// left out.
+fn scan(dir: &RunDir, folder: &Path) -> Result<Vec<PathBuf>, BeneathError> {
     let mut found = Vec::new();
     let mut folders = vec![folder.to_owned()];
+    let mut top = true;
     while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(file_type) = entry.file_type() else { continue };
-            let path = entry.path();
-            let Ok(relative) = path.strip_prefix(root).map(Path::to_owned) else { continue };
-            if file_type.is_dir() {
-                if !entry.file_name().to_string_lossy().starts_with('.') {
-                    folders.push(path);
-                }
-            } else if file_type.is_file()
-                && let Some(class) = classify(&relative)
-                && let Ok(metadata) = entry.metadata()
-            {
-                found.push((relative, class, metadata));
+        let entries = match dir.list(&folder) {
+            Ok(entries) => entries,
+            Err(err) if top => return Err(err),
+            Err(_) => continue,
+        };
+        top = false;
+        for (name, kind) in entries {
+            let relative = folder.join(&name);
+            match kind {
+                EntryKind::Folder if !name.as_encoded_bytes().starts_with(b".") => folders.push(relative),
+                EntryKind::File | EntryKind::Link if classify(&relative).is_some() => found.push(relative),
+                _ => {}
             }
         }
     }
-    found
+    Ok(found)
 }
 
 /// A relative path as events carry it (always `/`-separated).

@@ -1,12 +1,14 @@
 //! Tailing one `*.log` file of a run directory: what was appended since the last read,
 //! split into lines and grouped (tracebacks kept together, levels detected) exactly as the
 //! worker does with the child's stdout and stderr. A file that shrank was truncated or
-//! replaced: it is read again from its start.
+//! replaced: it is read again from its start. Each read opens the file through the run
+//! directory ([`RunDir::open_file`]), so a log that is (or becomes) a link is never read.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::beneath::{BeneathError, RunDir};
 use crate::worker::lines::Splitter;
 use crate::worker::logs::{Grouper, Record};
 
@@ -18,6 +20,7 @@ pub const READ_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct LogTail {
+    /// Relative to the run directory.
     path: PathBuf,
     offset: u64,
     splitter: Splitter,
@@ -25,8 +28,8 @@ pub struct LogTail {
 }
 
 impl LogTail {
-    /// Tails `path` from byte `offset` (0 for a new file; its length for a file an earlier
-    /// attempt of the run already reported).
+    /// Tails `path` (relative to the run directory) from byte `offset` (0 for a new file;
+    /// where an earlier attempt of the run stopped reporting, for one it read).
     pub fn new(path: PathBuf, offset: u64) -> LogTail {
         LogTail { path, offset, splitter: Splitter::new(PROGRESS_INTERVAL), grouper: Grouper::default() }
     }
@@ -35,16 +38,25 @@ impl LogTail {
         &self.path
     }
 
+    /// Bytes read so far: everything before this offset was turned into records.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Reads what was appended (up to `READ_BYTES`) and returns the finished records;
     /// `more` tells whether unread bytes remain. Blocking file I/O: call it off the
     /// async threads. A file that is gone reads as nothing.
-    pub fn read(&mut self, now: Instant, out: &mut Vec<Record>) -> std::io::Result<bool> {
-        let mut file = match std::fs::File::open(&self.path) {
+    ///
+    /// # Errors
+    /// [`RunDir::open_file`]'s (a link is refused), or a failed read.
+    pub fn read(&mut self, dir: &RunDir, now: Instant, out: &mut Vec<Record>) -> Result<bool, BeneathError> {
+        let mut file = match dir.open_file(&self.path) {
             Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(BeneathError::Missing { .. }) => return Ok(false),
             Err(err) => return Err(err),
         };
-        let length = file.metadata()?.len();
+        let io_error = |source| BeneathError::Io { path: self.path.clone(), source };
+        let length = file.metadata().map_err(io_error)?.len();
         if length < self.offset {
             // Truncated or replaced: what is there now is new.
             self.offset = 0;
@@ -53,9 +65,9 @@ impl LogTail {
             self.tick(now, out);
             return Ok(false);
         }
-        file.seek(SeekFrom::Start(self.offset))?;
+        file.seek(SeekFrom::Start(self.offset)).map_err(io_error)?;
         let mut buffer = Vec::with_capacity(READ_BYTES.min((length - self.offset) as usize));
-        file.take(READ_BYTES as u64).read_to_end(&mut buffer)?;
+        file.take(READ_BYTES as u64).read_to_end(&mut buffer).map_err(io_error)?;
         self.offset += buffer.len() as u64;
         let mut pieces = Vec::new();
         self.splitter.feed(&buffer, now, &mut pieces);
@@ -103,18 +115,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("train.log");
         let mut file = std::fs::File::create(&path).expect("create");
-        let mut tail = LogTail::new(path.clone(), 0);
+        let run = RunDir::open(dir.path()).expect("run dir");
+        let mut tail = LogTail::new(PathBuf::from(path.file_name().expect("a name")), 0);
         let now = Instant::now();
         let mut out = Vec::new();
         write!(file, "epoch 1 loss 0.9\nWARNING: lr too high\npart").expect("write");
-        assert!(!tail.read(now, &mut out).expect("read"));
+        assert!(!tail.read(&run, now, &mut out).expect("read"));
         assert_eq!(messages(&out), ["epoch 1 loss 0.9", "WARNING: lr too high"]);
         assert_eq!(out[1].level, LogLevel::Warning);
         out.clear();
-        tail.read(now, &mut out).expect("read again");
+        tail.read(&run, now, &mut out).expect("read again");
         assert!(out.is_empty(), "nothing new");
         writeln!(file, "ial line").expect("write");
-        tail.read(now, &mut out).expect("read");
+        tail.read(&run, now, &mut out).expect("read");
         assert_eq!(messages(&out), ["partial line"]);
     }
 
@@ -123,11 +136,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.log");
         std::fs::write(&path, "one\ntwo\n").expect("write");
-        let mut tail = LogTail::new(path.clone(), 0);
+        let run = RunDir::open(dir.path()).expect("run dir");
+        let mut tail = LogTail::new(PathBuf::from(path.file_name().expect("a name")), 0);
         let mut out = Vec::new();
-        tail.read(Instant::now(), &mut out).expect("read");
+        tail.read(&run, Instant::now(), &mut out).expect("read");
         std::fs::write(&path, "three\n").expect("rewrite");
-        tail.read(Instant::now(), &mut out).expect("read");
+        tail.read(&run, Instant::now(), &mut out).expect("read");
         assert_eq!(messages(&out), ["one", "two", "three"]);
     }
 
@@ -136,11 +150,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.log");
         std::fs::write(&path, "old\n").expect("write");
-        let mut tail = LogTail::new(path.clone(), 4);
+        let run = RunDir::open(dir.path()).expect("run dir");
+        let mut tail = LogTail::new(PathBuf::from(path.file_name().expect("a name")), 4);
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
         write!(file, "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\nlast").expect("w");
         let mut out = Vec::new();
-        tail.read(Instant::now(), &mut out).expect("read");
+        tail.read(&run, Instant::now(), &mut out).expect("read");
         tail.finish(&mut out);
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(out[0].traceback && out[0].message.ends_with("ValueError: bad"));
@@ -154,10 +169,11 @@ mod tests {
         let path = dir.path().join("big.log");
         let line = "x".repeat(99) + "\n";
         std::fs::write(&path, line.repeat(READ_BYTES / 100 * 3)).expect("write");
-        let mut tail = LogTail::new(path.clone(), 0);
+        let run = RunDir::open(dir.path()).expect("run dir");
+        let mut tail = LogTail::new(PathBuf::from(path.file_name().expect("a name")), 0);
         let mut out = Vec::new();
         let mut reads = 1;
-        while tail.read(Instant::now(), &mut out).expect("read") {
+        while tail.read(&run, Instant::now(), &mut out).expect("read") {
             reads += 1;
         }
         assert!(reads >= 3, "{reads} reads");
@@ -166,9 +182,26 @@ mod tests {
 
     #[test]
     fn a_missing_file_reads_as_nothing() {
-        let mut tail = LogTail::new(PathBuf::from("/nonexistent/scientist/x.log"), 0);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = RunDir::open(dir.path()).expect("run dir");
+        let mut tail = LogTail::new(PathBuf::from("x.log"), 0);
         let mut out = Vec::new();
-        assert!(!tail.read(Instant::now(), &mut out).expect("read"));
+        assert!(!tail.read(&run, Instant::now(), &mut out).expect("read"));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_log_that_is_a_link_is_refused_not_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outside = tempfile::tempdir().expect("temp dir");
+        std::fs::write(outside.path().join("secret.log"), "secret line\n").expect("write");
+        std::os::unix::fs::symlink(outside.path().join("secret.log"), dir.path().join("leak.log")).expect("link");
+        let run = RunDir::open(dir.path()).expect("run dir");
+        let mut tail = LogTail::new(PathBuf::from("leak.log"), 0);
+        let mut out = Vec::new();
+        let err = tail.read(&run, Instant::now(), &mut out).expect_err("a link");
+        assert!(matches!(err, BeneathError::Link { outside: true, .. }), "{err}");
+        tail.finish(&mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! Where artifacts go: an [`ArtifactStore`] over object_store (a local directory, or
 //! S3/MinIO by `s3://` URL), and one upload of one file with its sha256 and content type,
-//! streamed (a checkpoint of many GiB is never held in memory) and retried. No events here.
+//! streamed (a checkpoint of many GiB is never held in memory) and retried. The file comes
+//! already open (through [`super::RunDir`]): nothing here opens a path. No events here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::run::RunId;
 
@@ -59,9 +60,6 @@ pub enum OpenError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    /// The file disappeared before it could be read (a pipeline's temporary file): not a failure.
-    #[error("{} is gone", path.display())]
-    Vanished { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot store {key} in {location}: {source}")]
@@ -165,19 +163,26 @@ impl ArtifactStore {
         &self.store
     }
 
-    /// Uploads `file` to `key`, trying up to three times.
+    /// Uploads the open `file` (named `shown` in messages) to `key` from its start, trying
+    /// up to three times.
     ///
     /// # Errors
-    /// `Vanished` at once when the file is gone; otherwise the last try's error.
-    pub async fn upload(&self, file: &Path, key: &ObjectPath, content_type: &str) -> Result<Uploaded, UploadError> {
+    /// The last try's.
+    pub async fn upload(
+        &self,
+        file: std::fs::File,
+        shown: &Path,
+        key: &ObjectPath,
+        content_type: &str,
+    ) -> Result<Uploaded, UploadError> {
+        let mut reader = tokio::fs::File::from_std(file);
         let mut attempt = 0;
         loop {
-            match self.upload_once(file, key, content_type).await {
+            match self.upload_once(&mut reader, shown, key, content_type).await {
                 Ok(uploaded) => return Ok(uploaded),
-                Err(err @ UploadError::Vanished { .. }) => return Err(err),
                 Err(err) if attempt + 1 >= ATTEMPTS => return Err(err),
                 Err(err) => {
-                    tracing::debug!(file = %file.display(), error = %err, "artifact upload failed; trying again");
+                    tracing::debug!(file = %shown.display(), error = %err, "artifact upload failed; trying again");
                     tokio::time::sleep(BACKOFF[attempt]).await;
                     attempt += 1;
                 }
@@ -185,16 +190,16 @@ impl ArtifactStore {
         }
     }
 
-    async fn upload_once(&self, file: &Path, key: &ObjectPath, content_type: &str) -> Result<Uploaded, UploadError> {
-        let read_error = |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                UploadError::Vanished { path: file.to_owned() }
-            } else {
-                UploadError::Read { path: file.to_owned(), source }
-            }
-        };
+    async fn upload_once(
+        &self,
+        reader: &mut tokio::fs::File,
+        shown: &Path,
+        key: &ObjectPath,
+        content_type: &str,
+    ) -> Result<Uploaded, UploadError> {
+        let read_error = |source| UploadError::Read { path: shown.to_owned(), source };
         let store_error = |source| UploadError::Store { key: key.to_string(), location: self.location.clone(), source };
-        let mut reader = tokio::fs::File::open(file).await.map_err(read_error)?;
+        reader.rewind().await.map_err(read_error)?;
         let mut hasher = Sha256::new();
         let mut attributes = Attributes::new();
         if self.content_types {
@@ -203,7 +208,7 @@ impl ArtifactStore {
 
         // The first part decides: a small file goes up in one PUT.
         let mut first = Vec::with_capacity(SINGLE_PUT_BYTES.min(READ_BYTES));
-        let ended = read_up_to(&mut reader, &mut first, SINGLE_PUT_BYTES).await.map_err(read_error)?;
+        let ended = read_up_to(reader, &mut first, SINGLE_PUT_BYTES).await.map_err(read_error)?;
         hasher.update(&first);
         if ended {
             let bytes = first.len() as u64;
@@ -328,21 +333,13 @@ mod tests {
             let file = dir.path().join(format!("model-{size}.pt"));
             std::fs::write(&file, &content).expect("write");
             let key = artifacts.key(&run_id(), Path::new(&format!("model-{size}.pt")));
-            let uploaded = artifacts.upload(&file, &key, "application/octet-stream").await.expect("upload");
+            let open = std::fs::File::open(&file).expect("open");
+            let uploaded = artifacts.upload(open, &file, &key, "application/octet-stream").await.expect("upload");
             assert_eq!(uploaded.bytes, size as u64);
             assert_eq!(uploaded.sha256, hex(&Sha256::digest(&content)), "size {size}");
             let stored = artifacts.object_store().get(&key).await.expect("get").bytes().await.expect("bytes");
             assert_eq!(stored.len(), size, "size {size}");
             assert!(stored.as_ref() == content.as_slice(), "size {size}: stored bytes differ");
         }
-    }
-
-    #[tokio::test]
-    async fn a_missing_file_is_vanished_not_failed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let artifacts = ArtifactStore::local(dir.path()).expect("local store");
-        let key = artifacts.key(&run_id(), Path::new("gone.png"));
-        let err = artifacts.upload(&dir.path().join("gone.png"), &key, "image/png").await.expect_err("gone");
-        assert!(matches!(err, UploadError::Vanished { .. }), "{err}");
     }
 }

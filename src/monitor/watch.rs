@@ -2,13 +2,16 @@
 //! no polling) whose events arrive as [`Change`]s on a bounded channel. notify calls us on
 //! its own thread, which must never block: when the channel is full, the paths are dropped
 //! and the next change read says [`Change::Rescan`], so a storm is coalesced, never lost.
+//! Linked folders are not watched (notify is told not to follow links, in the first walk
+//! and for folders made later); the paths reported are only names, opened through
+//! [`super::RunDir`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Config, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Batches of paths that may wait for the monitor. Each notify event is one batch (usually
@@ -30,7 +33,17 @@ pub enum Change {
 
 /// Watches while it lives.
 pub struct DirWatcher {
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
+}
+
+impl DirWatcher {
+    /// Stops watching `folder` and what is below it: a folder swapped for a link before
+    /// notify added its watch, which notify then followed.
+    pub fn unwatch(&mut self, folder: &Path) {
+        if let Err(err) = self.watcher.unwatch(folder) {
+            tracing::debug!(folder = %folder.display(), error = %err, "cannot remove a watch");
+        }
+    }
 }
 
 /// Starts watching `dir` and everything below it.
@@ -41,7 +54,7 @@ pub fn watch(dir: &Path) -> notify::Result<(DirWatcher, Changes)> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let overflowed = Arc::new(AtomicBool::new(false));
     let flag = overflowed.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let handler = move |event: notify::Result<notify::Event>| {
         let change = match event {
             Ok(event) if event.need_rescan() => Change::Rescan,
             Ok(event) => match change_of(event) {
@@ -56,9 +69,10 @@ pub fn watch(dir: &Path) -> notify::Result<(DirWatcher, Changes)> {
         if tx.try_send(change).is_err() {
             flag.store(true, Ordering::Release);
         }
-    })?;
+    };
+    let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(dir, RecursiveMode::Recursive)?;
-    Ok((DirWatcher { _watcher: watcher }, Changes { rx, overflowed }))
+    Ok((DirWatcher { watcher }, Changes { rx, overflowed }))
 }
 
 /// The receiving end.
@@ -110,7 +124,7 @@ mod tests {
     use std::time::Duration;
 
     /// Reads changes until `wanted` is among them, failing after a deadline.
-    async fn wait_for(changes: &mut Changes, wanted: impl Fn(&Change) -> bool) {
+    async fn wait_for(changes: &mut Changes, mut wanted: impl FnMut(&Change) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match tokio::time::timeout_at(deadline, changes.recv()).await {
@@ -133,6 +147,35 @@ mod tests {
         let folder = root.join("Stage_1");
         std::fs::create_dir(&folder).expect("mkdir");
         wait_for(&mut changes, |change| *change == Change::Folder(folder.clone())).await;
+    }
+
+    /// A linked folder, there before the watch (a retry's) or made after, is not entered:
+    /// a write outside raises nothing, while the marker written after it does (inotify keeps
+    /// one queue, in order, for all of a watcher's folders).
+    #[tokio::test]
+    async fn linked_folders_are_not_watched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outside = tempfile::tempdir().expect("temp dir");
+        let root = std::fs::canonicalize(dir.path()).expect("canonical");
+        let outside = std::fs::canonicalize(outside.path()).expect("canonical");
+        std::os::unix::fs::symlink(&outside, root.join("before")).expect("link");
+        let (_watcher, mut changes) = watch(&root).expect("watch");
+        std::os::unix::fs::symlink(&outside, root.join("after")).expect("link");
+        std::fs::write(outside.join("secret.png"), b"secret").expect("write outside");
+        let marker = root.join("marker.png");
+        std::fs::write(&marker, b"png").expect("write");
+        let mut seen = Vec::new();
+        wait_for(&mut changes, |change| {
+            if let Change::Files(paths) = change {
+                seen.extend(paths.iter().cloned());
+            }
+            matches!(change, Change::Files(paths) if paths.contains(&marker))
+        })
+        .await;
+        let links = [root.join("before"), root.join("after")];
+        let leaked: Vec<&PathBuf> =
+            seen.iter().filter(|path| links.iter().any(|link| path.starts_with(link) && *path != link)).collect();
+        assert!(leaked.is_empty(), "changes from beneath a link: {leaked:?}");
     }
 
     #[test]

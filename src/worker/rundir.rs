@@ -1,10 +1,12 @@
 //! Run directories: `<runs dir>/<UTC date and time>_<run id>/` made on a run's first
 //! attempt and reused by every retry, so a retried pipeline finds its checkpoints. The
-//! run's idea is written there as `idea.json` for the pipeline to read.
+//! run's idea is written there as `idea.json` for the pipeline to read (replacing what is
+//! there, never writing through a link an earlier attempt left in its place).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::monitor::RunDir;
 use crate::run::Run;
 
 /// The idea/config of the run, as the pipeline reads it.
@@ -29,7 +31,7 @@ pub fn prepare_named(root: &Path, id: &str, file: &str, value: &impl serde::Seri
         }
     };
     let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    std::fs::write(dir.join(file), text)?;
+    RunDir::open(&dir)?.replace(Path::new(file), &text).map_err(io::Error::other)?;
     Ok(dir)
 }
 
@@ -66,5 +68,20 @@ mod tests {
         assert_eq!(idea["title"], "t");
         let other = Run::queued(NewRun::new(serde_json::Value::Null), Timestamp::now());
         assert_ne!(prepare(root.path(), &other).expect("other"), first);
+    }
+
+    #[test]
+    fn a_retry_replaces_a_linked_idea_file_instead_of_writing_through_it() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let run = Run::queued(NewRun::new(serde_json::json!({"title": "t"})), Timestamp::now());
+        let dir = prepare(root.path(), &run).expect("first");
+        let outside = root.path().join("bashrc");
+        std::fs::write(&outside, "keep me").expect("write");
+        std::fs::remove_file(dir.join(IDEA_FILE)).expect("remove");
+        std::os::unix::fs::symlink(&outside, dir.join(IDEA_FILE)).expect("link");
+        prepare(root.path(), &run).expect("again");
+        assert_eq!(std::fs::read_to_string(&outside).expect("read"), "keep me");
+        let idea = std::fs::symlink_metadata(dir.join(IDEA_FILE)).expect("stat");
+        assert!(idea.is_file(), "idea.json is a file of the run directory again");
     }
 }
