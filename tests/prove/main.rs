@@ -16,6 +16,7 @@
 mod stores;
 
 mod claim_race;
+mod links;
 mod security;
 mod serve_kill;
 mod spool_kill;
@@ -76,6 +77,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("spool-kill", |mode, report| Box::pin(spool_kill::run(mode, report))),
     ("claim-race", |mode, report| Box::pin(claim_race::run(mode, report))),
     ("security", |mode, report| Box::pin(security::run(mode, report))),
+    ("links", |mode, report| Box::pin(links::run(mode, report))),
 ];
 
 fn main() -> ExitCode {

@@ -1,0 +1,121 @@
+//! Links and odd names in a run directory: a real `scientist work` runs a stage that points
+//! links at a file holding a canary outside the run directory (as an artifact, as a log, as a
+//! folder, made before and after the watch started, and one path swapped between a real
+//! file and a link again and again), and writes files with odd names. Nothing of the
+//! canary may reach the artifact store or any event.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use scientist::run::{NewRun, RunStatus};
+use scientist::store::EventFilter;
+use scientist::time::Timestamp;
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::support::{BIN, StoreSpec};
+use crate::{Mode, Report};
+
+const CANARY: &str = "canary-outside-the-run-directory-7f3a";
+
+pub async fn run(mode: Mode, report: &mut Report) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(outside.join("folder")).expect("mkdir");
+    std::fs::write(outside.join("secret"), format!("{CANARY}\n")).expect("write the canary");
+    std::fs::write(outside.join("folder/plot.png"), CANARY).expect("write the canary");
+    let swaps = mode.pick(2_000, 20_000);
+    let stage = stage_script(&outside, swaps);
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, format!("[[stage]]\nname = \"Stage_1\"\ncommand = {stage:?}\n")).expect("write config");
+
+    let spec = StoreSpec::sqlite(dir.path());
+    let store = spec.open().await;
+    let run = store.enqueue(NewRun::new(Value::Null), Timestamp::now()).await.expect("enqueue");
+    let artifacts = dir.path().join("artifacts");
+    let status =
+        tokio::time::timeout(Duration::from_secs(300), worker(&spec, &config, dir.path(), &artifacts).status())
+            .await
+            .expect("the worker finished within 5 minutes")
+            .expect("run the worker");
+    let finished = store.get(&run.id).await.expect("get").expect("the run");
+    report.promise("links: the run", finished.status, status.success() && finished.status == RunStatus::Completed);
+
+    let leaked_files = stored_files(&artifacts).iter().filter(|(_, content)| content.contains(CANARY)).count();
+    let mut leaked_events = 0;
+    let (mut refused, mut cursor) = (0, None);
+    loop {
+        let filter = EventFilter { limit: 1000, cursor, ..Default::default() };
+        let page = store.list_events(&run.id, &filter).await.expect("events");
+        for stored in &page.items {
+            leaked_events += usize::from(Value::Object(stored.event.to_json()).to_string().contains(CANARY));
+            refused += usize::from(stored.event.event_type == "ai.artifact.failed");
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let registered = store.artifacts(&run.id).await.expect("artifacts");
+    let odd_names = registered.iter().filter(|artifact| artifact.key.contains("odd/")).count();
+    report.figure("links: path swaps between a file and a link", swaps);
+    report.figure("links: links reported refused (ai.artifact.failed)", refused);
+    // `..png` is a hidden file, which the monitor leaves alone like `.git`.
+    report.promise("links: files with odd names uploaded", odd_names, odd_names == 3);
+    report.zero("links: stored artifacts holding the outside file", leaked_files as u64);
+    report.zero("links: events carrying the outside file", leaked_events as u64);
+}
+
+/// The stage: links out in every form, odd names, and a path swapped back and forth.
+fn stage_script(outside: &Path, swaps: u32) -> String {
+    let (secret, folder) = (outside.join("secret"), outside.join("folder"));
+    format!(
+        "set -e; ln -s {secret:?} leak.yaml; ln -s {secret:?} leak.log; ln -s {folder:?} data; \
+         mkdir odd; echo ok > 'odd/name with spaces ✓.png'; echo ok > 'odd/-n.png'; echo ok > 'odd/a;b&c$d\\e.png'; echo hidden > 'odd/..png'; \
+         i=0; while [ $i -lt {swaps} ]; do echo real > swap.tmp; mv -f swap.tmp swap.png; \
+         ln -sf {secret:?} swap.png; i=$((i+1)); done; \
+         mkdir late; ln -s {folder:?} late/inner; ln -s {secret:?} late/train.log; \
+         echo 'a line of our own' >> own.log; echo done > marker.png"
+    )
+}
+
+fn worker(store: &StoreSpec, config: &Path, home: &Path, artifacts: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["work", "--once", "--config"])
+        .arg(config)
+        .arg("--artifacts")
+        .arg(artifacts)
+        .args(["--artifact-settle", "200ms"])
+        .env_remove("MONGODB_URL")
+        .env_remove("SCIENTIST_SERVER")
+        .envs(store.env())
+        .env("HOME", home)
+        .env("RUNPOD_POD_ID", "prove-links")
+        .env("SCIENTIST_RUNS_DIR", home.join("runs"))
+        .env("SCIENTIST_WORKER_SPOOL", home.join("spool"))
+        .env("SCIENTIST_POLL", "100ms")
+        .env("LOG_LEVEL", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Every file under `dir`, with its content.
+fn stored_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    let (mut found, mut folders) = (Vec::new(), vec![dir.to_owned()]);
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                folders.push(entry.path());
+            } else if let Ok(content) = std::fs::read(entry.path()) {
+                found.push((entry.path(), String::from_utf8_lossy(&content).into_owned()));
+            }
+        }
+    }
+    found
+}
