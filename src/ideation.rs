@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::event::redact;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,11 +96,13 @@ pub struct NewIdeation {
 }
 
 impl IdeationRequest {
-    /// A freshly queued request.
+    /// A freshly queued request; what its creator sent loses its secrets here.
     pub fn queued(new: NewIdeation, now: Timestamp) -> IdeationRequest {
+        let mut input = new.input;
+        redact::redact_map(&mut input);
         let mut request = IdeationRequest {
-            id: new.id,
-            hypothesis_id: new.hypothesis_id,
+            id: redact::redact_string(new.id),
+            hypothesis_id: redact::redact_string(new.hypothesis_id),
             status: IdeationStatus::Queued,
             created_at: now,
             updated_at: Some(now),
@@ -109,7 +112,7 @@ impl IdeationRequest {
             attempt: 0,
             finished_at: None,
             error: None,
-            document: new.input,
+            document: input,
         };
         request.document = request.stored_document();
         request
@@ -133,7 +136,8 @@ impl IdeationRequest {
             return false;
         }
         self.status = if error.is_some() { IdeationStatus::Failed } else { IdeationStatus::Completed };
-        self.error = error;
+        // The ideation command's own words (its stderr): the one place they are stored.
+        self.error = error.map(redact::redact_string);
         self.finished_at = Some(now);
         self.updated_at = Some(now);
         self.document = self.stored_document();

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::event::redact;
 use crate::time::Timestamp;
 
 /// Longest run id accepted from outside; ours are 36-character UUIDs.
@@ -42,6 +43,11 @@ impl TryFrom<String> for RunId {
         }
         if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c))) {
             return Err(format!("run id {value:?} contains {bad:?}; use letters, digits and - _ . : only"));
+        }
+        // Redacting an id would merge runs, so one that carries a secret is refused (and not
+        // repeated in the message).
+        if redact::would_change(&value) {
+            return Err("the run id looks like a secret (a token or a NAME:value pair); use a UUID".into());
         }
         Ok(Self(value))
     }
@@ -532,15 +538,18 @@ impl NewRun {
 }
 
 impl Run {
-    /// A freshly queued run.
+    /// A freshly queued run. Every run is born here (an operator's, or an `ai.run.enqueued`
+    /// event's), so this is where what the creator sent loses its secrets.
     pub fn queued(new_run: NewRun, now: Timestamp) -> Self {
+        let mut idea = new_run.idea;
+        redact::redact_value(&mut idea);
         Run {
             id: new_run.id,
-            hypothesis_id: new_run.hypothesis_id,
+            hypothesis_id: new_run.hypothesis_id.map(redact::redact_string),
             status: RunStatus::Queued,
             priority: new_run.priority,
-            queue: new_run.queue,
-            idea: new_run.idea,
+            queue: redact::redact_string(new_run.queue),
+            idea,
             current_stage: None,
             stage_timing: Default::default(),
             error: None,

@@ -578,7 +578,7 @@ fn stamped(draft: Draft, run_id: &RunId, seq: u64, attempt: u32, source: &str) -
         _ => Map::new(),
     };
     data.insert("run_id".into(), Value::from(run_id.as_str()));
-    redact::scrub_map(&mut data);
+    redact::redact_map(&mut data);
     object.insert("subject".into(), Value::from(format!("run/{run_id}")));
     object.insert("seq".into(), Value::from(seq));
     object.insert("attempt".into(), Value::from(attempt));

@@ -53,19 +53,25 @@ pub fn from_json_object(mut object: Map<String, Value>, received: Timestamp) -> 
         .map(u32::try_from)
         .transpose()
         .map_err(|_| Error::InvalidAttribute { name: "attempt".into(), expected: "a claim number below 2^32" })?;
-    let extensions = extensions(object)?;
+    let mut extensions = extensions(object)?;
     let run_id = run_id(&event_type, subject.as_deref(), &data)?;
-    redact::scrub_map(&mut data);
+    // Everything that is stored, but the identifiers checked above: this is the one place
+    // an event from outside (any form, any emitter, the worker's own) is cleaned.
+    for (name, value) in &mut extensions {
+        redact::redact_field(name, value);
+    }
+    redact::redact_map(&mut data);
+    let event_type = redact::redact_string(event_type);
     let payload = Payload::parse(&event_type, &data)
         .map_err(|reason| Error::InvalidData { event_type: event_type.clone(), reason })?;
     Ok(Event {
         id: EventId(id),
-        source,
+        source: redact::redact_string(source),
         event_type,
-        subject,
+        subject: subject.map(redact::redact_string),
         time,
-        datacontenttype,
-        dataschema,
+        datacontenttype: datacontenttype.map(redact::redact_string),
+        dataschema: dataschema.map(redact::redact_string),
         data,
         seq,
         attempt,

@@ -128,6 +128,11 @@ pub enum Error {
     MissingRunId,
     #[error("invalid run id: {0}")]
     InvalidRunId(String),
+    #[error(
+        "attribute {0:?} looks like a secret (a token, URL credentials or a NAME=value assignment); \
+         identifiers are stored as sent, so send one that is not (e.g. a ULID)"
+    )]
+    SecretInIdentifier(&'static str),
     #[error("subject {subject:?} names a different run than data.run_id {run_id:?}")]
     SubjectMismatch { subject: String, run_id: String },
     #[error("invalid data for {event_type}: {reason}")]

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::{Event, LogLevel, Payload};
+use crate::event::{Event, LogLevel, Payload, redact};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use crate::queue::{fence, lease};
 use crate::reduce;
@@ -351,6 +351,8 @@ pub(crate) fn reset_run(mut run: Run, now: Timestamp) -> Result<Run> {
 /// Cancel's rule, shared by both backends.
 pub(crate) fn cancel_run(mut run: Run, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
     use crate::run::{CancelRequest, Cancellation};
+    let by = &redact::redact_string(by.to_owned());
+    let reason = reason.map(redact::redact_string);
     match run.status {
         status if status.is_terminal() => {
             Err(Error::InvalidTransition { id: run.id, status, action: "cancel", hint: "it has already finished" })

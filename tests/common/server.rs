@@ -77,4 +77,9 @@ impl TestServer {
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
+
+    /// The directory holding the server's store file (`store.sqlite`).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
 }
