@@ -19,7 +19,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(cmd::exit::OK),
         Err(err) if is_broken_pipe(&err) => ExitCode::from(cmd::exit::OK),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // An error may quote stored text (a run's failure message): escaped as any view's.
+            eprintln!("error: {}", cmd::printable(&format!("{err:#}"), cmd::Kept::TabsAndNewlines));
             ExitCode::from(cmd::exit_code(&err))
         }
     }

@@ -233,6 +233,132 @@ fn json_stdout(store: &TestStore, args: &[&str]) -> Value {
     serde_json::from_str(&stdout(store, args)).expect("JSON on stdout")
 }
 
+/// Text that would drive a terminal: retitle the window (OSC), clear the screen (CSI),
+/// return to the line's start, a one-character C1 CSI, DEL, and a right-to-left override.
+const EVIL: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\rX\u{9b}31m\u{7f}\u{202e}";
+
+/// The first character of `text` a terminal would act on (newlines and tabs are layout).
+fn control_in(text: &str) -> Option<char> {
+    text.chars().find(|c| {
+        (c.is_control() && *c != '\n' && *c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+/// Every field an event (or a pod's claim) can fill, seeded with `EVIL`: no text view prints
+/// it raw, `--raw` does, and `--json` keeps it exactly (as JSON escapes).
+async fn control_characters_from_events_never_reach_the_terminal(test_store: TestStore) {
+    let store = test_store.store.as_ref();
+    let id = "run-evil";
+    let mut new_run = scientist::run::NewRun::new(json!({"idea": "x"}));
+    new_run.id = id.parse().expect("id");
+    new_run.hypothesis_id = Some(format!("hyp{EVIL}"));
+    store.enqueue(new_run, at(0)).await.expect("enqueue");
+    store.claim(&format!("pod{EVIL}"), "default", at(10)).await.expect("claim").expect("the queued run");
+    let worker = |name: &str, ty: &str, seconds: i64, data: Value| attempt_event(name, ty, id, seconds, 1, data);
+    let events = vec![
+        worker(
+            "e-start",
+            "ai.run.started",
+            20,
+            json!({"pod_id": format!("pod{EVIL}"), "gpu": EVIL, "region": EVIL, "image": EVIL}),
+        ),
+        worker("e-hb", "ai.run.heartbeat", 25, json!({"gpu_util": 0.5, "note": EVIL})),
+        worker("e-s1", "ai.run.stage_started", 30, json!({"stage": "Stage_1"})),
+        worker(
+            "e-progress",
+            "ai.run.stage_progress",
+            35,
+            json!({"stage": "Stage_1", "progress": 0.5, "best_metric": EVIL, "good_nodes": 1}),
+        ),
+        worker("e-node", "ai.node.completed", 36, json!({"stage": "Stage_1", "node_id": "n1", "summary": EVIL})),
+        worker("e-log", "ai.run.log", 40, json!({"message": format!("loss{EVIL}"), "source": EVIL, "level": "error"})),
+        worker(
+            "e-art",
+            "ai.artifact.registered",
+            45,
+            json!({"key": format!("runs/{id}/plot{EVIL}.png"), "kind": EVIL, "bytes": 10}),
+        ),
+        worker(
+            "e-failed",
+            "ai.run.failed",
+            50,
+            json!({"stage": "Stage_1", "code": format!("OOM{EVIL}"), "message": format!("boom{EVIL}"),
+                   "traceback": format!("Traceback:\n  line{EVIL}\nError{EVIL}"), "retryable": false}),
+        ),
+    ];
+    apply_one_by_one(store, events).await;
+    // A run still going, so that `stats` lists its worker and GPU.
+    let mut live = scientist::run::NewRun::new(json!({"idea": "y"}));
+    live.id = "run-evil-live".parse().expect("id");
+    store.enqueue(live, at(0)).await.expect("enqueue");
+    store.claim(&format!("pod{EVIL}"), "default", at(3500)).await.expect("claim").expect("the queued run");
+    let live_worker = |name: &str, ty: &str, data: Value| attempt_event(name, ty, "run-evil-live", 3590, 1, data);
+    apply_one_by_one(
+        store,
+        vec![
+            live_worker("l-start", "ai.run.started", json!({"pod_id": format!("pod{EVIL}"), "gpu": EVIL})),
+            live_worker("l-hb", "ai.run.heartbeat", json!({"gpu_util": 0.5})),
+        ],
+    )
+    .await;
+    let ideation = scientist::ideation::NewIdeation {
+        id: "idea-evil".into(),
+        hypothesis_id: format!("hyp{EVIL}"),
+        input: Default::default(),
+    };
+    store.enqueue_ideation(ideation, at(60)).await.expect("enqueue ideation");
+    let claimed = store.claim_ideation(&format!("pod{EVIL}"), at(61)).await.expect("claim").expect("queued");
+    store.finish_ideation(&claimed.id, claimed.attempt, Some(format!("no{EVIL}")), at(62)).await.expect("finish");
+
+    for args in [
+        &["runs", "show", id][..],
+        &["runs", "show", id, "--follow", "--interval", "20ms"],
+        &["runs", "logs", id],
+        &["runs", "logs", id, "--follow", "--interval", "20ms"],
+        &["runs", "list"],
+        &["stats"],
+        &["ideation", "list"],
+    ] {
+        let output = scientist(&test_store).args(args).output().expect("run scientist");
+        for (stream, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(control_in(&text), None, "{args:?} {stream} carries a control character: {text:?}");
+        }
+    }
+    // Shown escaped, not dropped: an operator still sees what was sent.
+    let shown = run(&test_store, &["runs", "show", id]);
+    assert!(shown.contains(r"boom\u001b]0;pwned\u0007\u001b[2J\rX\u009b31m\u007f\u202e"), "{shown}");
+    assert!(
+        shown.contains("Traceback:\n") && shown.contains(r"  line\u001b]0;pwned"),
+        "tracebacks keep their lines: {shown}"
+    );
+    let stats = run(&test_store, &["stats"]);
+    assert!(stats.contains(r"pod\u001b]0;pwned") && stats.contains("Active workers (1)"), "{stats}");
+    let failed = run(&test_store, &["runs", "show", id, "--follow"]);
+    assert!(
+        failed.contains("exit code: 8") && failed.contains(r"error: run run-evil ended FAILED: OOM\u001b"),
+        "{failed}"
+    );
+
+    // --raw prints messages as stored.
+    let raw = stdout(&test_store, &["runs", "logs", id, "--raw"]);
+    assert!(raw.contains(&format!("[{EVIL}] loss{EVIL}")), "{raw:?}");
+    let raw_show = stdout(&test_store, &["runs", "show", id, "--raw"]);
+    assert!(raw_show.contains(&format!("boom{EVIL}")), "{raw_show:?}");
+
+    // --json keeps every value exactly; its text carries escapes only.
+    for args in [&["runs", "show", id, "--json"][..], &["runs", "logs", id, "--json"], &["runs", "list", "--json"]] {
+        let text = stdout(&test_store, args);
+        assert_eq!(control_in(&text), None, "{args:?} --json carries a control character: {text:?}");
+    }
+    let document: Value = json_stdout(&test_store, &["runs", "show", id, "--json"]);
+    assert_eq!(document["error"]["message"], format!("boom{EVIL}"));
+    let logs = stdout(&test_store, &["runs", "logs", id, "--json"]);
+    let line: Value = serde_json::from_str(logs.lines().next().expect("one line")).expect("NDJSON");
+    assert_eq!(line["event"]["data"]["message"], format!("loss{EVIL}"));
+    test_store.cleanup().await;
+}
+
 /// Far longer than any step takes; only there so that a broken follower fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -324,6 +450,7 @@ macro_rules! cli_suite {
             case!(follow_json_streams_until_completed);
             case!(follow_logs_until_failed);
             case!(follow_show_until_canceled);
+            case!(control_characters_from_events_never_reach_the_terminal);
         }
     };
 }

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::RunEnded;
-use super::view::duration;
+use super::view::{Kept, Look, duration, printable};
 use crate::run::{Run, RunId, RunStatus};
 use crate::store::{EventFilter, Store, StoredEvent};
 use crate::time::Timestamp;
@@ -128,9 +128,9 @@ impl LiveView {
         Self { multi, header, stages: BTreeMap::new() }
     }
 
-    /// Prints `line` on stdout above the bars.
-    pub fn println(&self, line: &str) -> anyhow::Result<()> {
-        self.multi.suspend(|| super::print(line))?;
+    /// Prints `line`, drawn with `look`, on stdout above the bars.
+    pub fn println(&self, line: &str, look: Look) -> anyhow::Result<()> {
+        self.multi.suspend(|| super::print_as(look, line))?;
         Ok(())
     }
 
@@ -138,7 +138,8 @@ impl LiveView {
         let heartbeat = run
             .heartbeat_at
             .map_or(String::new(), |at| format!(" · heartbeat {} ago", duration(now.seconds_since(at))));
-        let pod = run.pod.as_ref().map_or(String::new(), |pod| format!(" · {}", pod.id));
+        // The pod id and stage names come from events: escaped like every view's text.
+        let pod = run.pod.as_ref().map_or(String::new(), |pod| format!(" · {}", printable(&pod.id, Kept::Tabs)));
         let elapsed = run.elapsed_s(now).map_or(String::new(), |elapsed| format!(" · {}", duration(elapsed)));
         self.header.set_message(format!("{} {}{pod}{elapsed}{heartbeat}", run.id, run.status));
         let Some(current) = &run.current_stage else { return };
@@ -165,7 +166,7 @@ impl LiveView {
                     .map(|style| style.progress_chars("█▉░"))
                     .unwrap_or_else(|_| ProgressStyle::default_bar());
                 bar.set_style(style);
-                bar.set_prefix(name.to_owned());
+                bar.set_prefix(printable(name, Kept::Tabs).into_owned());
                 bar
             })
             .clone()

@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn table_rows_and_the_empty_line() {
-        let plain = Look { color: false, width: None };
+        let plain = Look { color: false, width: None, raw: false };
         let now = Timestamp::EPOCH.plus_seconds(400);
         let long = format!("model unavailable {}\ntraceback", "x".repeat(100));
         let text = view::ideation_table(&[request("req-1", None), request("req-2", Some(&long))], now, plain);
@@ -216,7 +216,8 @@ mod tests {
         assert!(lines[1].contains("QUEUED") && lines[1].contains("6m40s") && lines[1].ends_with('-'), "{text}");
         assert!(lines[2].contains("FAILED") && lines[2].contains("pod-a") && lines[2].ends_with('…'), "{text}");
         assert!(!text.contains("traceback") && !text.contains('\x1b'), "{text}");
-        let coloured = view::ideation_table(&[request("req-1", None)], now, Look { color: true, width: None });
+        let coloured =
+            view::ideation_table(&[request("req-1", None)], now, Look { color: true, width: None, raw: false });
         assert!(coloured.contains("\x1b["), "{coloured:?}");
         assert!(view::ideation_table(&[], now, plain).starts_with("no ideation requests match"));
     }

@@ -168,11 +168,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+pub use view::{Kept, printable};
+
 /// Writes one piece of command output to stdout. Unlike `println!`, a closed pipe
 /// (`scientist runs list | head`) comes back as an error, which `main` treats as success.
+/// DEL, C1 and Unicode controls are escaped whatever the output (JSON included: serde_json
+/// leaves them as they are); C0 controls are the views' business, as they add colours.
 pub(crate) fn print(text: impl std::fmt::Display) -> std::io::Result<()> {
+    print_raw(printable(&text.to_string(), Kept::C0))
+}
+
+/// [`print`] without any escaping: for `--raw`.
+pub(crate) fn print_raw(text: impl std::fmt::Display) -> std::io::Result<()> {
     use std::io::Write;
     writeln!(std::io::stdout().lock(), "{text}")
+}
+
+/// [`print`] for a view drawn with `look`: as it is under `--raw`.
+pub(crate) fn print_as(look: view::Look, text: impl std::fmt::Display) -> std::io::Result<()> {
+    if look.raw { print_raw(text) } else { print(text) }
 }
 
 /// Bad input from the user (exit code 2): the message names the problem and the fix.

@@ -71,6 +71,11 @@ pub struct ShowArgs {
     /// How many of the latest log lines to show.
     #[arg(long, default_value_t = 10)]
     logs: usize,
+    /// Print text from events (messages, errors, names) as stored, control characters
+    /// included. Without it they are shown escaped (`\u001b`, `\r`), so that no event can
+    /// drive the terminal.
+    #[arg(long, conflicts_with = "json")]
+    raw: bool,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -93,6 +98,11 @@ pub struct LogsArgs {
     /// Print NDJSON, one `{"kind":"event",…}` object a line, instead of text.
     #[arg(long)]
     json: bool,
+    /// Print text from events (messages, errors, names) as stored, control characters
+    /// included. Without it they are shown escaped (`\u001b`, `\r`), so that no event can
+    /// drive the terminal.
+    #[arg(long, conflicts_with = "json")]
+    raw: bool,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -195,11 +205,12 @@ async fn newest_runs(store: &dyn Store, mut filter: RunFilter, limit: usize) -> 
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let store = args.store.open().await?;
     let id = resolve_run(store.as_ref(), &args.id).await?;
+    let look = Look { raw: args.raw, ..Look::for_stdout() };
     match (args.follow.follow, args.json) {
         (false, true) => super::print(serde_json::to_string_pretty(&get_run(store.as_ref(), &id).await?)?)?,
-        (false, false) => super::print(detail(store.as_ref(), &id, args.logs).await?)?,
+        (false, false) => super::print_as(look, detail(store.as_ref(), &id, args.logs, look).await?)?,
         (true, true) => follow_json(store.as_ref(), id, args.follow.interval).await?,
-        (true, false) => follow_live(store.as_ref(), id, args.logs, args.follow.interval).await?,
+        (true, false) => follow_live(store.as_ref(), id, args.logs, args.follow.interval, look).await?,
     }
     Ok(())
 }
@@ -209,7 +220,7 @@ async fn get_run(store: &dyn Store, id: &RunId) -> anyhow::Result<Run> {
 }
 
 /// The `runs show` text: the run, its artifacts and its latest `log_lines` log lines.
-async fn detail(store: &dyn Store, id: &RunId, log_lines: usize) -> anyhow::Result<String> {
+async fn detail(store: &dyn Store, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
     let run = get_run(store, id).await?;
     let artifacts = store.artifacts(id).await?;
     let mut logs = Vec::new();
@@ -218,7 +229,7 @@ async fn detail(store: &dyn Store, id: &RunId, log_lines: usize) -> anyhow::Resu
         logs = store.list_recent_events(id, &latest).await?.items;
         logs.reverse();
     }
-    Ok(view::run_detail(&run, &artifacts, &logs, display_now()?, Look::for_stdout()))
+    Ok(view::run_detail(&run, &artifacts, &logs, display_now()?, look))
 }
 
 /// `runs show --follow --json`: the run, every event stored after it (NDJSON), the final run.
@@ -242,18 +253,23 @@ async fn follow_json(store: &dyn Store, id: RunId, interval: Duration) -> anyhow
 
 /// `runs show --follow`: the run's detail, then new log lines on stdout under live bars on
 /// stderr, then one line with how it ended.
-async fn follow_live(store: &dyn Store, id: RunId, log_lines: usize, interval: Duration) -> anyhow::Result<()> {
+async fn follow_live(
+    store: &dyn Store,
+    id: RunId,
+    log_lines: usize,
+    interval: Duration,
+    look: Look,
+) -> anyhow::Result<()> {
     let logs_only = EventFilter { types: vec![LOG_EVENT_TYPE.into()], ..Default::default() };
     let mut tail = EventTail::from_latest(store, id.clone(), logs_only).await?;
-    super::print(detail(store, &id, log_lines).await?)?;
+    super::print_as(look, detail(store, &id, log_lines, look).await?)?;
     eprintln!("following run {id} until it ends (Ctrl-C stops watching; the run goes on)");
-    let look = Look::for_stdout();
     let mut live = LiveView::new();
     let watched = follow::watch(store, &mut tail, interval, |update| {
         match update {
             Update::Events(events) => {
                 for line in events.iter().filter_map(|stored| view::log_line(stored, look)) {
-                    live.println(&line)?;
+                    live.println(&line, look)?;
                 }
             }
             Update::Run(run) => live.update(run, display_now()?),
@@ -304,13 +320,13 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let id = resolve_run(store, &args.id).await?;
     let now = display_now()?;
     let since = args.since.map(|since| since.resolve(now));
-    let look = Look::for_stdout();
+    let look = Look { raw: args.raw, ..Look::for_stdout() };
     let print_lines = |events: &[StoredEvent]| -> anyhow::Result<()> {
         for stored in events.iter().filter(|stored| since.is_none_or(|since| stored.event.time >= since)) {
             if args.json {
                 super::print(follow::event_line(stored))?;
             } else if let Some(line) = view::log_line(stored, look) {
-                super::print(line)?;
+                super::print_as(look, line)?;
             }
         }
         Ok(())

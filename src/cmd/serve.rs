@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::{LeaseArgs, StoreArgs, UsageError};
 use crate::queue::lease;
-use crate::server::{self, AppState, Tokens};
+use crate::server::{self, AppState, Limits, Tokens};
 
 /// Flags of `scientist serve`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +36,33 @@ pub struct Args {
     /// How often held runs are checked for a silent or lost worker.
     #[arg(long, env = "SCIENTIST_SWEEP_EVERY", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sweep_every: Duration,
+
+    /// A client must send a request's whole head (request line and headers) this soon after
+    /// connecting or after its first byte, or the connection is closed.
+    #[arg(long, env = "SCIENTIST_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// A kept-alive connection with no request for this long is closed.
+    #[arg(long, env = "SCIENTIST_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// A request not answered within this long gets 408 (live tails are exempt).
+    #[arg(long, env = "SCIENTIST_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+
+    /// Most connections open at once; past it a new client gets 503 at once. Lowered to fit
+    /// the open-file limit (raised as far as the hard limit allows), with a warning.
+    #[arg(long, env = "SCIENTIST_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be above zero, e.g. 10s".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(format!("{err}: write a duration such as 10s, 1m or 500ms")),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -64,9 +91,52 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
     eprintln!("scientist serve: listening on http://{}", listener.local_addr()?);
-    let served = server::run(listener, AppState::new(store, tokens), shutdown_signal()).await;
+    let limits = Limits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        request_timeout: args.request_timeout,
+        max_connections: fit_connections(args.max_connections as usize),
+    };
+    let state = AppState::new(store, tokens).with_limits(limits);
+    let served = server::run(listener, state, shutdown_signal()).await;
     sweeper.abort();
     served.context("serving HTTP")
+}
+
+/// Descriptors kept beside the connections: the store's files and pool, logs, refused
+/// connections being answered ([`server::REFUSAL_SLOTS`]), outbound requests.
+const FD_RESERVE: u64 = 128;
+
+/// The connection cap that fits the open-file limit: the soft limit is raised (up to the
+/// hard one) to hold `wanted` connections plus [`FD_RESERVE`]; if it cannot be, the cap is
+/// lowered, so that `accept` never runs out of descriptors (which is what made `/health`
+/// stop answering under a thousand idle clients).
+fn fit_connections(wanted: usize) -> usize {
+    let needed = wanted as u64 + FD_RESERVE;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not read the open-file limit");
+        return wanted;
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        let raised = libc::rlimit { rlim_cur: needed.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed {
+        return wanted;
+    }
+    let reserve = FD_RESERVE.min(limit.rlim_cur / 2);
+    let fitted = (limit.rlim_cur - reserve).max(1) as usize;
+    eprintln!(
+        "scientist serve: warning: the open-file limit is {} (hard limit {}), too low for --max-connections {wanted}; \
+         serving at most {fitted} connections. Raise it (`ulimit -n`, LimitNOFILE= in a systemd unit) to allow more",
+        limit.rlim_cur, limit.rlim_max
+    );
+    fitted
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -1,7 +1,12 @@
 //! What runs, logs and stats look like at a terminal: comfy-table tables and plain text.
 //! Colours only when stdout is a terminal and `NO_COLOR` is unset. Pure: data and `now` in,
 //! text out, so snapshot tests pin every character.
+//!
+//! Every text that comes from the store (events, run documents) goes through
+//! [`Look::line`] or [`Look::lines`] before it is drawn: anyone who can send an event must
+//! not be able to drive an operator's terminal (see [`printable`]).
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
@@ -14,19 +19,36 @@ use crate::store::stats::Stats;
 use crate::store::{Artifact, StoredEvent};
 use crate::time::Timestamp;
 
-/// How output is drawn: with colour or not, and how wide.
+/// How output is drawn: with colour or not, how wide, and whether stored text is escaped.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Look {
     pub color: bool,
     /// Table width from `COLUMNS`; unset means comfy-table asks the terminal (or does not wrap).
     pub width: Option<u16>,
+    /// `--raw`: stored text is printed as stored, control characters included.
+    pub raw: bool,
 }
 
 impl Look {
     pub fn for_stdout() -> Look {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
         let width = std::env::var("COLUMNS").ok().and_then(|columns| columns.parse().ok());
-        Look { color: std::io::stdout().is_terminal() && !no_color, width }
+        Look { color: std::io::stdout().is_terminal() && !no_color, width, raw: false }
+    }
+
+    /// Stored text shown on one line: every control character escaped (tabs kept).
+    pub fn line<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if self.raw { Cow::Borrowed(text) } else { printable(text, Kept::Tabs) }
+    }
+
+    /// Stored text shown over several lines (a traceback): newlines kept as well.
+    pub fn lines<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if self.raw { Cow::Borrowed(text) } else { printable(text, Kept::TabsAndNewlines) }
+    }
+
+    /// A table cell of stored text.
+    fn cell(&self, text: &str) -> Cell {
+        Cell::new(self.line(text))
     }
 
     /// A borderless table (kubectl-like, so `awk '{print $1}'` works) with upper-case headers.
@@ -138,7 +160,7 @@ pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
             Cell::new(current.map_or("-".into(), |stage| stage.name.to_string())),
             Cell::new(current.map_or("-".into(), |stage| percent(stage.progress))),
             Cell::new(current.map_or("-".into(), |stage| format!("{}/{}", stage.good_nodes, stage.buggy_nodes))),
-            Cell::new(run.pod.as_ref().map_or("-", |pod| pod.id.as_str())),
+            look.cell(run.pod.as_ref().map_or("-", |pod| pod.id.as_str())),
             Cell::new(duration(now.seconds_since(run.created_at))),
             Cell::new(run.elapsed_s(now).map_or("-".into(), duration)),
         ]);
@@ -158,13 +180,13 @@ pub(crate) fn ideation_table(requests: &[IdeationRequest], now: Timestamp, look:
     for request in requests {
         let status = Cell::new(request.status);
         table.add_row(vec![
-            Cell::new(&request.id),
-            Cell::new(&request.hypothesis_id),
+            look.cell(&request.id),
+            look.cell(&request.hypothesis_id),
             if look.color { status.fg(ideation_color(request.status)) } else { status },
             Cell::new(request.attempt),
-            Cell::new(request.claimed_by.as_deref().unwrap_or("-")),
+            look.cell(request.claimed_by.as_deref().unwrap_or("-")),
             Cell::new(duration(now.seconds_since(request.created_at))),
-            Cell::new(request.error.as_deref().map_or("-".into(), short_error)),
+            look.cell(&request.error.as_deref().map_or("-".into(), short_error)),
         ]);
     }
     render(&mut table)
@@ -222,8 +244,9 @@ fn summary(run: &Run, now: Timestamp, look: Look) -> String {
         look.paint(run.status.as_str(), status_ansi(run.status))
     );
     let mut table = look.bare_table();
+    // Every value here may hold text from events: escaped as one line.
     let mut row = |name: &str, value: String| {
-        table.add_row(vec![name.to_owned(), value]);
+        table.add_row(vec![name.to_owned(), look.line(&value).into_owned()]);
     };
     row("queue", format!("{} (priority {})", run.queue, run.priority));
     let mut attempt = format!("{} (retries {})", run.attempt, run.retry_count);
@@ -314,7 +337,7 @@ fn stages(run: &Run, look: Look) -> String {
         let took = timing.filter(|_| completed).and_then(|timing| timing.duration_s.or(timing.elapsed_s));
         let eta = live.filter(|_| !completed && !run.status.is_terminal()).and_then(|current| current.eta_seconds);
         table.add_row(vec![
-            name.clone(),
+            look.line(&name).into_owned(),
             description.to_owned(),
             progress.map_or("-".into(), |progress| format!("{} {:>4}", bar(progress), percent(progress))),
             live.filter(|current| current.max_iterations > 0)
@@ -342,12 +365,13 @@ const TRACEBACK_LINES: usize = 8;
 
 fn error_panel(run: &Run, look: Look) -> Option<String> {
     let error = run.error.as_ref()?;
-    let mut lines =
-        vec![look.title("Error"), look.paint(&format!("{}: {}", error.error_type, error.message), Ansi::Red)];
+    let headline = format!("{}: {}", error.error_type, error.message);
+    let mut lines = vec![look.title("Error"), look.paint(&look.line(&headline), Ansi::Red)];
     let retry = if error.retryable { "retryable (`scientist runs reset` queues it again)" } else { "not retryable" };
-    let stage = error.stage.as_deref().map_or(String::new(), |stage| format!("in {stage}, "));
+    let stage = error.stage.as_deref().map_or(String::new(), |stage| format!("in {}, ", look.line(stage)));
     lines.push(format!("{stage}{retry}, failed at {}", error.failed_at));
     if let Some(traceback) = &error.traceback {
+        let traceback = look.lines(traceback);
         let all: Vec<&str> = traceback.lines().collect();
         let tail = &all[all.len().saturating_sub(TRACEBACK_LINES)..];
         lines.push(format!("traceback (last {} of {} lines):", tail.len(), all.len()));
@@ -360,8 +384,8 @@ fn artifacts_table(artifacts: &[Artifact], look: Look) -> String {
     let mut table = look.table(["KEY", "KIND", "SIZE", "REGISTERED"]);
     for artifact in artifacts {
         table.add_row(vec![
-            artifact.key.clone(),
-            artifact.kind.clone().unwrap_or_else(|| "-".into()),
+            look.line(&artifact.key).into_owned(),
+            look.line(artifact.kind.as_deref().unwrap_or("-")).into_owned(),
             artifact.bytes.map_or("-".into(), bytes),
             artifact.registered_at.to_string(),
         ]);
@@ -380,8 +404,8 @@ pub(crate) fn log_line(stored: &StoredEvent, look: Look) -> Option<String> {
         LogLevel::Warning => ("WARN ", Ansi::Yellow),
         LogLevel::Error => ("ERROR", Ansi::Red),
     };
-    let source = log.source.as_deref().map_or(String::new(), |source| format!("[{source}] "));
-    Some(format!("{} {} {source}{}", stored.event.time, look.paint(name, color), log.message))
+    let source = log.source.as_deref().map_or(String::new(), |source| format!("[{}] ", look.line(source)));
+    Some(format!("{} {} {source}{}", stored.event.time, look.paint(name, color), look.line(&log.message)))
 }
 
 /// `stats`: the headline figures, then one table per breakdown.
@@ -419,12 +443,12 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
         let mut table = look.table(["WORKER", "RUN", "STATUS", "STAGE", "PROGRESS", "GPU", "LAST SEEN"]);
         for worker in &stats.active_workers {
             table.add_row(vec![
-                Cell::new(&worker.worker),
+                look.cell(&worker.worker),
                 Cell::new(&worker.run_id),
                 look.status_cell(worker.status),
                 Cell::new(worker.stage.map_or("-".into(), |stage| stage.to_string())),
                 Cell::new(worker.progress.map_or("-".into(), percent)),
-                Cell::new(worker.gpu.as_deref().unwrap_or("-")),
+                look.cell(worker.gpu.as_deref().unwrap_or("-")),
                 Cell::new(format!("{} ago", duration(stats.generated_at.seconds_since(worker.last_seen_at)))),
             ]);
         }
@@ -436,7 +460,7 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
         let mut table = look.table(["STAGE", "RUNS", "P50", "P90", "MAX"]);
         for stage in &stats.stage_durations {
             table.add_row(vec![
-                stage.stage.clone(),
+                look.line(&stage.stage).into_owned(),
                 stage.count.to_string(),
                 duration(stage.p50_s),
                 duration(stage.p90_s),
@@ -448,11 +472,57 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
     if !stats.failure_codes.is_empty() {
         let mut table = look.table(["CODE", "RUNS"]);
         for failure in &stats.failure_codes {
-            table.add_row(vec![failure.code.clone(), failure.count.to_string()]);
+            table.add_row(vec![look.line(&failure.code).into_owned(), failure.count.to_string()]);
         }
         sections.push(format!("{}\n{}", look.title("Most common failures"), render(&mut table)));
     }
     sections.join("\n\n")
+}
+
+/// What [`printable`] leaves as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Tabs: for text shown on one line.
+    Tabs,
+    /// Tabs and newlines: for text shown over several lines.
+    TabsAndNewlines,
+    /// Every C0 control: for output whose C0 controls are ours (colours, layout) or
+    /// already escaped (JSON), where only DEL, C1 and the Unicode controls remain to catch.
+    C0,
+}
+
+/// `text` as it may reach a person's terminal: control characters (C0 but what `kept`
+/// keeps, DEL, C1 such as the one-byte CSI U+009B) and the Unicode controls that reorder or
+/// break lines (bidirectional overrides and isolates, U+2028/U+2029) are written as escapes
+/// (`\r`, `\n`, `\u001b`, `\u202e`), so no stored value can move the cursor, clear the
+/// screen, retitle the window or make one line read as another. The escapes are valid in
+/// JSON strings too. Borrowed when there is nothing to escape.
+pub fn printable(text: &str, kept: Kept) -> Cow<'_, str> {
+    let escaped = |c: char| match c {
+        '\t' => false,
+        '\n' => kept == Kept::Tabs,
+        '\u{0}'..='\u{1f}' => kept != Kept::C0,
+        '\u{7f}'..='\u{9f}'
+        | '\u{61c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}' => true,
+        _ => false,
+    };
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !escaped(c) => shown.push(c),
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            c => shown.push_str(&format!("\\u{:04x}", u32::from(c))),
+        }
+    }
+    Cow::Owned(shown)
 }
 
 fn percent(progress: f64) -> String {
@@ -515,8 +585,9 @@ mod tests {
     #[test]
     fn colour_only_when_asked() {
         let run = crate::run::Run::queued(crate::run::NewRun::new(Value::Null), Timestamp::EPOCH);
-        let plain = runs_table(std::slice::from_ref(&run), Timestamp::EPOCH, Look { color: false, width: None });
-        let coloured = runs_table(&[run], Timestamp::EPOCH, Look { color: true, width: None });
+        let plain =
+            runs_table(std::slice::from_ref(&run), Timestamp::EPOCH, Look { color: false, width: None, raw: false });
+        let coloured = runs_table(&[run], Timestamp::EPOCH, Look { color: true, width: None, raw: false });
         assert!(!plain.contains('\x1b'), "{plain:?}");
         assert!(coloured.contains("\x1b[") && coloured.contains("QUEUED"), "{coloured:?}");
     }

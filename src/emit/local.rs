@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -122,11 +122,7 @@ impl IntoResponse for Refusal {
 
 impl LocalState {
     fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let given = server::bearer_token(headers).unwrap_or_default();
         if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) {
             return Ok(());
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
@@ -129,16 +129,20 @@ pub(super) async fn require(
         request.extensions_mut().insert(Authority::Admin);
         return Ok(next.run(request).await);
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
+    let presented = bearer_token(request.headers()).ok_or(ApiError::Unauthorized)?;
     let authority = tokens.grants(presented, scope)?;
     request.extensions_mut().insert(authority);
     Ok(next.run(request).await)
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme name is matched in
+/// any case (RFC 7235: `bearer` and `BEARER` are the same scheme); `None` when the header
+/// is missing, not text, another scheme, or has no token.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -156,6 +160,22 @@ mod tests {
         assert!(matches!(tokens.grants("ops-secret", Scope::Ingest), Err(ApiError::Forbidden(_))));
         assert!(Scope::ALL.into_iter().all(|scope| tokens.grants("root-secret", scope).is_ok()));
         assert!(matches!(tokens.grants("pod-secre", Scope::Ingest), Err(ApiError::Unauthorized)));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let token_of = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().expect("header value"));
+            bearer_token(&headers).map(str::to_owned)
+        };
+        for value in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR   s3cret "] {
+            assert_eq!(token_of(value).as_deref(), Some("s3cret"), "{value:?}");
+        }
+        for value in ["Basic s3cret", "Bearer", "Bearer   ", "Bearers3cret", "s3cret"] {
+            assert_eq!(token_of(value), None, "{value:?}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
     }
 
     #[test]

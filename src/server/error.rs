@@ -27,6 +27,12 @@ pub enum ApiError {
     /// Not allowed in the object's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The handler did not answer within the request timeout.
+    #[error(
+        "the request was not answered within {0:?} and was cut off: retry it (events already stored are \
+         acknowledged as duplicates), and send smaller batches if it keeps happening"
+    )]
+    Timeout(std::time::Duration),
     /// A bug of ours; the message says what failed.
     #[error("{0}")]
     Internal(String),
@@ -45,6 +51,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::EventForbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Store(

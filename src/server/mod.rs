@@ -5,7 +5,9 @@
 
 mod admin;
 mod auth;
+mod conn;
 mod error;
+mod health;
 mod ingest;
 mod metrics;
 mod queue;
@@ -24,11 +26,12 @@ use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{Scope, Tokens};
+pub use auth::{Scope, Tokens, bearer_token};
+pub use conn::{Limits, REFUSAL_SLOTS};
 pub use error::ApiError;
+pub use health::ProbeTimes;
 pub use ingest::{BatchAnswer, EventAnswer, parse_batch, parse_event};
 pub use queue::WorkerMode;
 
@@ -53,13 +56,35 @@ pub struct AppState {
     stored: Arc<tokio::sync::watch::Sender<u64>>,
     /// Set when the server begins to shut down: live tails end so that it can.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    limits: Limits,
+    write_probe: Arc<health::WriteProbe>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, tokens: Tokens) -> Self {
         let (stored, _) = tokio::sync::watch::channel(0);
         let (stopping, _) = tokio::sync::watch::channel(false);
-        AppState { store, tokens, metrics: Arc::default(), stored: Arc::new(stored), stopping: Arc::new(stopping) }
+        let write_probe = Arc::new(health::WriteProbe::new(store.clone(), ProbeTimes::default()));
+        AppState {
+            store,
+            tokens,
+            metrics: Arc::default(),
+            stored: Arc::new(stored),
+            stopping: Arc::new(stopping),
+            limits: Limits::default(),
+            write_probe,
+        }
+    }
+
+    /// The same state with these connection and request limits (`Limits::default()` else).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        AppState { limits, ..self }
+    }
+
+    /// The same state with the `/health` write probe run this often and cut off this soon.
+    pub fn with_probe_times(self, times: ProbeTimes) -> Self {
+        let write_probe = Arc::new(health::WriteProbe::new(self.store.clone(), times));
+        AppState { write_probe, ..self }
     }
 }
 
@@ -115,7 +140,7 @@ pub fn router(state: AppState) -> Router {
         let handler = if endpoint.path.ends_with("/stream") {
             handler
         } else {
-            handler.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+            handler.layer(middleware::from_fn_with_state(state.limits.request_timeout, time_limit))
         };
         router = router.route(endpoint.path, handler);
     }
@@ -139,35 +164,46 @@ pub(crate) fn limit_body<S: Clone + Send + Sync + 'static>(router: Router<S>) ->
 }
 
 /// Serves on `listener` until `shutdown` completes, then finishes the requests in flight
-/// (live tails end at once).
+/// (live tails end at once). Connections are bounded by the state's [`Limits`]: slow or
+/// idle clients are closed, and past the cap new ones get a 503 instead of a wait.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small answers (an acknowledgement) must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %err, "could not set TCP_NODELAY");
-        }
-    });
+    let limits = state.limits.clone();
     let stopping = state.stopping.clone();
-    let shutdown = async move {
-        shutdown.await;
-        stopping.send_replace(true);
-    };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    conn::serve(listener, router(state), limits, stopping, shutdown).await
 }
 
-/// 200 when the store answers, 503 when it does not.
+/// 200 when the store answers reads and took a write recently, 503 with the reason when not.
 async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
-    match state.store.counts().await {
-        Ok(_) => (StatusCode::OK, axum::Json(json!({ "status": "ok" }))),
-        Err(err) => {
-            tracing::warn!(error = %err, "health check: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "error": err.to_string() })))
+    let checked = match state.store.counts().await {
+        Err(err) => Err(format!("the store does not answer reads: {}", crate::emit::error_chain(&err))),
+        Ok(_) => state.write_probe.check().await.map_err(|reason| format!("the store refuses writes: {reason}")),
+    };
+    match checked {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({ "status": "ok" }))),
+        Err(reason) => {
+            // /health needs no token: keep secrets that a driver message might quote out of it.
+            let reason = crate::event::redact::redact_text(&reason).into_owned();
+            tracing::warn!(%reason, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "error": reason })))
         }
+    }
+}
+
+/// Answers 408, in our error shape, when the handler has not answered within `limit`.
+/// Dropping the handler is safe: a store call cut off midway may be repeated (the `Store`
+/// contract), so the client may retry.
+async fn time_limit(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Timeout(limit)),
     }
 }
 

@@ -188,6 +188,11 @@ pub trait Store: Send + Sync + 'static {
     /// Number of runs in each status (statuses with none are left out).
     async fn counts(&self) -> Result<Vec<(RunStatus, u64)>>;
 
+    /// Durably writes one tiny record, the way every write commits (SQLite: a `BEGIN
+    /// IMMEDIATE` transaction; MongoDB: majority, journaled). Ok means the store takes writes
+    /// now; `GET /health` calls it, at most every few seconds.
+    async fn probe_write(&self, now: Timestamp) -> Result<()>;
+
     /// The whole store's figures at `now` (see [`Stats`]), from indexed queries only: cheap
     /// enough to call every few seconds whatever the number of runs and events.
     async fn stats(&self, now: Timestamp) -> Result<Stats>;

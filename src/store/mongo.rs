@@ -59,6 +59,9 @@ const EVENT_RUN_ID: &str = "runId";
 const EVENT_TIME_AT: &str = "timeAt";
 const EVENT_RECEIVED_AT: &str = "receivedAt";
 
+/// Where `GET /health` writes its probe document.
+pub const HEALTH_COLLECTION: &str = "health";
+
 /// The MongoDB store. Cheap to clone; clones share the client's connection pool.
 #[derive(Clone)]
 pub struct MongoStore {
@@ -786,6 +789,17 @@ impl Store for MongoStore {
         }
         counts.sort_by_key(|(status, _)| RunStatus::ALL.iter().position(|s| s == status));
         Ok(counts)
+    }
+
+    async fn probe_write(&self, now: Timestamp) -> Result<()> {
+        // One document that every replica overwrites: the collection never grows. The
+        // database's write concern (majority, journaled) applies, as for every write.
+        self.db
+            .collection::<Document>(HEALTH_COLLECTION)
+            .update_one(doc! { "_id": "write-probe" }, doc! { "$set": { "at": mongodb::bson::DateTime::from(now) } })
+            .upsert(true)
+            .await?;
+        Ok(())
     }
 
     async fn stats(&self, now: Timestamp) -> Result<Stats> {

@@ -768,6 +768,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn probe_write(&self, now: Timestamp) -> Result<()> {
+        self.write(move |tx| {
+            // Created here rather than in the schema: a probe table needs no migration, and
+            // an older build opening the file ignores it.
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+            )?;
+            tx.execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                [now.millis()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         let counts = self.counts().await?;
         let parts = self
