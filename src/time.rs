@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,10 +28,16 @@ impl Timestamp {
         self.0.timestamp_millis()
     }
 
-    /// Parses an RFC 3339 time (any offset), truncated to milliseconds.
-    pub fn parse_rfc3339(text: &str) -> Result<Self, chrono::ParseError> {
-        let parsed = DateTime::parse_from_rfc3339(text)?;
-        Ok(Self::from_millis(parsed.timestamp_millis()))
+    /// Parses an RFC 3339 time (any offset), truncated to milliseconds. A time that falls
+    /// outside the years 0000-9999 once in UTC (`0000-01-01T00:00:00+01:00`) is refused:
+    /// RFC 3339 years have four digits, so it could not be written back, and a stored event
+    /// must always read back.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, ParseError> {
+        let parsed = DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc);
+        match parsed.year() {
+            0..=9999 => Ok(Self::from_millis(parsed.timestamp_millis())),
+            year => Err(ParseError::OutOfRange(year)),
+        }
     }
 
     /// Seconds from `earlier` to `self`, negative when `earlier` is later.
@@ -42,6 +48,15 @@ impl Timestamp {
     pub fn plus_seconds(self, seconds: i64) -> Self {
         Self::from_millis(self.millis().saturating_add(seconds.saturating_mul(1000)))
     }
+}
+
+/// Why a text is not a time: not RFC 3339 at all, or a year RFC 3339 cannot write.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{0}")]
+    Syntax(#[from] chrono::ParseError),
+    #[error("it falls in the year {0} in UTC; RFC 3339 times lie in the years 0000 to 9999")]
+    OutOfRange(i32),
 }
 
 impl fmt::Display for Timestamp {
@@ -87,6 +102,20 @@ mod tests {
     fn rfc3339_round_trips_at_millisecond_precision() {
         let parsed = Timestamp::parse_rfc3339("2025-10-22T21:00:00.123456+02:00").expect("valid");
         assert_eq!(parsed.to_string(), "2025-10-22T19:00:00.123Z");
+    }
+
+    /// Found by the `event_parse` fuzz target: these were accepted, then their stored form
+    /// (`-0001-…`, `+10000-…`) was refused when read back.
+    #[test]
+    fn times_outside_four_digit_years_are_refused() {
+        for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
+            let err = Timestamp::parse_rfc3339(text).expect_err(text);
+            assert!(err.to_string().contains("years 0000 to 9999"), "{text}: {err}");
+        }
+        for text in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", "0000-01-01T00:00:00-01:00"] {
+            let parsed = Timestamp::parse_rfc3339(text).expect(text);
+            assert_eq!(Timestamp::parse_rfc3339(&parsed.to_string()), Ok(parsed), "{text}");
+        }
     }
 
     #[test]

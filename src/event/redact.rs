@@ -320,8 +320,11 @@ fn redact_userinfo(caps: &Captures<'_>) -> String {
 /// The assignment rule. A scan rather than `replace_all`: after a name that is not secret-like
 /// the scan goes on right after the name, so `user: password=x` still finds `password`.
 fn redact_assignments(text: &str) -> Cow<'_, str> {
-    let mut out = String::new();
-    let (mut copied, mut pos) = (0, 0);
+    // The values to redact, in order. The scan goes on after each name, not after its value,
+    // so that an assignment inside an earlier value (`API_KEY=xDB_PASSWORD = s3cret`) is
+    // found too; overlapping values are merged below.
+    let mut values: Vec<Range<usize>> = Vec::new();
+    let mut pos = 0;
     // One set of capture slots for the whole scan: a candidate costs no allocation.
     let mut slots = ASSIGNMENT_RE.capture_locations();
     let span = |slots: &regex::CaptureLocations, group| slots.get(group).map(|(start, end)| start..end);
@@ -334,17 +337,28 @@ fn redact_assignments(text: &str) -> Cow<'_, str> {
         let next = &text[sep.end..];
         // `--auth --verbose` is two flags; `Token::new` is a path, not an assignment.
         let not_a_value = if spaced_only { !is_flag || next.starts_with('-') } else { next.starts_with(':') };
-        if not_a_value || !is_secret_name(&text[name]) {
+        if not_a_value || !is_secret_name(&text[name.clone()]) {
+            continue;
+        }
+        // Inside a value already redacted, only a separator that reaches past its end can
+        // add to it; checking no other keeps the scan linear (`password=password=…`).
+        if values.last().is_some_and(|last| name.start < last.end && sep.end < last.end) {
             continue;
         }
         let Some(value) = value_span(text, sep.end) else { continue };
+        match values.last_mut() {
+            Some(last) if value.start <= last.end => last.end = last.end.max(value.end),
+            _ => values.push(value),
+        }
+    }
+    if values.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let (mut out, mut copied) = (String::with_capacity(text.len()), 0);
+    for value in values {
         out.push_str(&text[copied..value.start]);
         out.push_str(REDACTED);
         copied = value.end;
-        pos = value.end;
-    }
-    if copied == 0 {
-        return Cow::Borrowed(text);
     }
     out.push_str(&text[copied..]);
     Cow::Owned(out)

@@ -39,9 +39,10 @@ pub const METRICS_FILE: &str = "metrics.json";
 
 /// What `path` (relative to the run directory: the folders above it may well be hidden,
 /// as `~/.local/share` is) is, or `None` for a file the monitor leaves alone: any other name, hidden files and folders (`.git`, `.cache`, editor
-/// swap files) and the temporary names tools write before renaming into place.
+/// swap files), the temporary names tools write before renaming into place, and paths that
+/// are not UTF-8 (events and object keys name files in text: two such folders would share a key).
 pub fn classify(path: &Path) -> Option<Class> {
-    if path.components().any(|part| part.as_os_str().to_str().is_some_and(|name| name.starts_with('.'))) {
+    if path.components().any(|part| part.as_os_str().to_str().is_none_or(|name| name.starts_with('.'))) {
         return None;
     }
     let name = path.file_name()?.to_str()?;
@@ -117,6 +118,16 @@ mod tests {
         ];
         for (path, expected) in cases {
             assert_eq!(classify(Path::new(path)), *expected, "{path}");
+        }
+    }
+
+    /// Found by the `artifact_path` fuzz target: `\xff/a.png` and `\xfe/a.png` had one key.
+    #[test]
+    fn paths_that_are_not_utf8_are_left_alone() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        for bytes in [&b"\xff/a.png"[..], b"plots/\xfe.png", b"a/\xc3/b/metrics.json"] {
+            assert_eq!(classify(Path::new(OsStr::from_bytes(bytes))), None, "{bytes:?}");
         }
     }
 
