@@ -25,13 +25,74 @@ pub async fn run(mode: Mode, report: &mut Report) {
     std::fs::write(&token_file, TOKENS).expect("write the token file");
     let store = StoreSpec::sqlite(dir.path());
     let token_flag = token_file.display().to_string();
-    let serve = Serve::start(&store, &["--token-file", &token_flag]).await;
+    let serve = Serve::start(&store, &["--token-file", &token_flag, "--header-timeout", "2s"]).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client");
     let run_id = held_run(&store).await;
     routes_by_token(&serve, &client, &run_id, report).await;
     pod_tokens_cannot_create_or_end(&serve, &client, &store, report).await;
     hostile_bodies(&serve, report).await;
+    slow_clients(&serve, report).await;
     bounded_reads(&serve, &client, &run_id, mode, report).await;
+    canaries(&serve, &client, &run_id, dir.path(), report).await;
+}
+
+/// Secrets in every form and field, through serve: none may be found in the store's bytes.
+async fn canaries(serve: &Serve, client: &reqwest::Client, run_id: &str, dir: &std::path::Path, report: &mut Report) {
+    let canary = |n: usize| format!("Cn{n}x{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let secrets: Vec<String> = (0..12).map(canary).collect();
+    let texts = [
+        format!("password: {}", secrets[0]),
+        format!("running with --api-key {}", secrets[1]),
+        format!("fetch https://ada:{}@example.com/data", secrets[2]),
+        format!("Authorization: Bearer {}", secrets[3]),
+        format!("Traceback (most recent call last):\n  File \"x.py\"\nKeyError: OPENAI_API_KEY={}", secrets[4]),
+        format!("mongodb://u:{}@db:27017/lab", secrets[5]),
+    ];
+    let mut sent = 0;
+    for (n, text) in texts.iter().enumerate() {
+        let event = json!({"specversion": "1.0", "id": format!("canary-{n}"), "source": format!("pod://p?token={}", secrets[6]),
+            "type": "ai.run.log", "subject": format!("run/{run_id}"), "authtoken": secrets[7],
+            "data": {"message": text, "openaiApiKey": secrets[8], "nested": {"accessToken": secrets[9]}}});
+        let answer = client
+            .post(format!("{}/api/ingest/event", serve.url()))
+            .bearer_auth("ops-token")
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await
+            .expect("serve answers");
+        sent += usize::from(answer.status() == StatusCode::ACCEPTED);
+    }
+    // Stored as it is: shows the search reads what was stored.
+    let control = canary(99);
+    let idea = json!({"title": control, "env": {"HF_TOKEN": secrets[10]}, "notes": format!("ghp_{}", secrets[11])});
+    let created = client
+        .post(format!("{}/api/runs", serve.url()))
+        .bearer_auth("admin-token")
+        .json(&json!({"idea": idea}))
+        .send()
+        .await
+        .expect("serve answers");
+    report.promise(
+        "security: events and a run carrying canary secrets accepted",
+        sent + usize::from(created.status().is_success()),
+        sent == texts.len() && created.status().is_success(),
+    );
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("the store's folder").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("scientist.sqlite") {
+            bytes.extend(std::fs::read(entry.path()).expect("read the store's files"));
+        }
+    }
+    let stored = String::from_utf8_lossy(&bytes);
+    let found = secrets.iter().filter(|secret| stored.contains(secret.as_str())).count();
+    report.promise(
+        "security: a control string found in the store's files",
+        stored.contains(control.as_str()),
+        stored.contains(control.as_str()),
+    );
+    report.figure("security: canary secrets sent (12 forms and fields)", secrets.len());
+    report.zero("security: canary secrets found in the store's files", found as u64);
 }
 
 /// A run held by a worker (claimed), whose id the routes use.
@@ -159,6 +220,45 @@ async fn hostile_bodies(serve: &Serve, report: &mut Report) {
     );
     let health = client.get(format!("{}/health", serve.url())).send().await.expect("serve answers");
     report.promise("security: /health after the hostile bodies", health.status(), health.status().is_success());
+}
+
+/// Clients that never finish their request head hold nothing for long, and meanwhile good
+/// clients are served.
+async fn slow_clients(serve: &Serve, report: &mut Report) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", serve.port)).await.expect("connect");
+        stream.write_all(b"POST /api/ingest/event HTTP/1.1\r\nhost: x\r\n").await.expect("a partial head");
+        slow.push(stream);
+    }
+    let health = reqwest::get(format!("{}/health", serve.url())).await.expect("serve answers");
+    report.promise(
+        "security: /health with 200 clients stuck mid-header",
+        health.status(),
+        health.status().is_success(),
+    );
+    let mut open_after = 0;
+    for mut stream in slow {
+        let mut buffer = [0u8; 256];
+        // Closed by serve: reads end (0 bytes, or an error on a reset) within the bound.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        open_after += u64::from(closed.is_err());
+    }
+    report.figure(
+        "security: all 200 closed after",
+        format!("{:.1} s (header timeout 2 s)", started.elapsed().as_secs_f64()),
+    );
+    report.zero("security: stuck clients still open 10 s past the header timeout", open_after);
 }
 
 /// Serve pages through events far larger in all than a page: the answer stays within the
