@@ -195,7 +195,9 @@ const TOKEN_USER_LEN: usize = 16;
 // Each rule's pattern, once: the rule's own regex and the quick check share it.
 const PEM: &str =
     r"(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|\z)";
-const URL_USERINFO: &str = r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]*://([^\s/?#"'<>`]+)@"#;
+// No word boundary before the scheme: a URL glued to a word (`x=mongodb://u:p@h`, found by
+// the fuzzer) still starts where the scheme's letters do.
+const URL_USERINFO: &str = r#"[A-Za-z][A-Za-z0-9+.\-]*://([^\s/?#"'<>`]+)@"#;
 const TOKEN_SHAPES: &str = concat!(
     r"(?-u:\b)(?:",
     r"sk-[A-Za-z0-9_\-]{20,}",
