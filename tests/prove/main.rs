@@ -16,6 +16,7 @@
 mod stores;
 
 mod claim_race;
+mod outage;
 mod security;
 mod serve_kill;
 mod spool_kill;
@@ -74,6 +75,7 @@ type Scenario = fn(Mode, &mut Report) -> futures_util::future::LocalBoxFuture<'_
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("serve-kill", |mode, report| Box::pin(serve_kill::run(mode, report))),
     ("spool-kill", |mode, report| Box::pin(spool_kill::run(mode, report))),
+    ("outage", |mode, report| Box::pin(outage::run(mode, report))),
     ("claim-race", |mode, report| Box::pin(claim_race::run(mode, report))),
     ("security", |mode, report| Box::pin(security::run(mode, report))),
 ];
