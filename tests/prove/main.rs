@@ -16,6 +16,7 @@
 mod stores;
 
 mod claim_race;
+mod orphans;
 mod outage;
 mod proxy;
 mod security;
@@ -80,6 +81,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("proxy", |mode, report| Box::pin(proxy::run(mode, report))),
     ("claim-race", |mode, report| Box::pin(claim_race::run(mode, report))),
     ("security", |mode, report| Box::pin(security::run(mode, report))),
+    ("orphans", |mode, report| Box::pin(orphans::run(mode, report))),
 ];
 
 fn main() -> ExitCode {
