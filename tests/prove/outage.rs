@@ -49,7 +49,7 @@ async fn scenario(spec: &StoreSpec, pod: &Path, outage: Duration, report: &mut R
     let mut worker = support::worker(pod, &config)
         .args(["--once", "--server", &serve.url()])
         // Longer than the outage: the worker waits for the spool to drain before it exits.
-        .env("SCIENTIST_FLUSH_TIMEOUT", format!("{}s", outage.as_secs() + 600))
+        .env("SCIENTIST_FLUSH_TIMEOUT", format!("{}s", drain_limit(outage).as_secs() + 60))
         .spawn()
         .expect("start the worker");
     let worker_pid = worker.id().expect("the worker's pid");
@@ -81,17 +81,16 @@ async fn scenario(spec: &StoreSpec, pod: &Path, outage: Duration, report: &mut R
     let mut worker_peak_rss = 0;
     // Until the run is COMPLETED, or the worker has exited without that: it delivers all it
     // spooled before it exits, so nothing more can come after.
-    let (drained, status) =
-        support::poll_until("COMPLETED run after the outage", outage + Duration::from_secs(300), async || {
-            worker_peak_rss = worker_peak_rss.max(support::peak_rss_bytes(worker_pid).unwrap_or(0));
-            let exited = worker.try_wait().expect("the worker's status");
-            let stored = store.get(&run).await.ok()??;
-            if first_delivery.is_none() && stored.last_event_seq > before.last_event_seq {
-                first_delivery = Some(back.elapsed());
-            }
-            (stored.status == RunStatus::Completed || exited.is_some()).then(|| (back.elapsed(), stored.status))
-        })
-        .await;
+    let (drained, status) = support::poll_until("COMPLETED run after the outage", drain_limit(outage), async || {
+        worker_peak_rss = worker_peak_rss.max(support::peak_rss_bytes(worker_pid).unwrap_or(0));
+        let exited = worker.try_wait().expect("the worker's status");
+        let stored = store.get(&run).await.ok()??;
+        if first_delivery.is_none() && stored.last_event_seq > before.last_event_seq {
+            first_delivery = Some(back.elapsed());
+        }
+        (stored.status == RunStatus::Completed || exited.is_some()).then(|| (back.elapsed(), stored.status))
+    })
+    .await;
     let exited = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await;
     let worker_ok = matches!(exited, Ok(Ok(status)) if status.success());
     if !worker_ok || status != RunStatus::Completed {
@@ -125,6 +124,11 @@ async fn scenario(spec: &StoreSpec, pod: &Path, outage: Duration, report: &mut R
     report.zero(&name("events left in the spool"), spool_events(&spool));
     report.promise(&name("run COMPLETED"), status, status == RunStatus::Completed);
     report.promise(&name("worker exited 0"), worker_ok, worker_ok);
+}
+
+/// The most the drain may take: the test MongoDB server stores a few hundred events a second.
+fn drain_limit(outage: Duration) -> Duration {
+    Duration::from_secs(300) + outage * 6
 }
 
 /// Bytes of the spool's segments.
