@@ -1,7 +1,9 @@
 //! A stage's child process, started in a process group of its own so that stopping it
 //! reaches everything it started: SIGTERM to the whole group, SIGKILL after the grace
-//! period, and no member left behind. (A process that leaves the group with `setsid`
-//! escapes this; containing that needs cgroups.)
+//! period, and no member left behind. A process that left the group (`setsid`, Python's
+//! `start_new_session`) is found through its parent and stopped with the group, as long as
+//! it still descends from a member when the stop begins; one whose parent had already
+//! exited (a daemon's double fork) is out of reach: containing that needs cgroups.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,25 +92,85 @@ pub fn group_pids(pgid: i32) -> Vec<i32> {
 
 /// Live members of a process group, from /proc (Linux).
 fn group_members(pgid: i32) -> Option<Vec<i32>> {
+    let table = processes()?;
+    Some(table.iter().filter(|process| process.pgrp == pgid && process.alive()).map(|process| process.pid).collect())
+}
+
+/// One process as /proc/PID/stat shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    pid: i32,
+    state: char,
+    ppid: i32,
+    pgrp: i32,
+    /// Clock ticks after boot: with the pid, names the process even once its pid is reused.
+    start: u64,
+}
+
+impl Stat {
+    fn read(pid: i32) -> Option<Stat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime priority nice threads itrealvalue starttime …": comm may
+        // hold spaces and parentheses.
+        let (_, after) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some(Stat {
+            pid,
+            state: fields.first()?.chars().next()?,
+            ppid: fields.get(1)?.parse().ok()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            start: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// Zombies waiting to be reaped are not alive.
+    fn alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Whether this very process (not another that got its pid) is still alive.
+    fn still_alive(&self) -> bool {
+        Stat::read(self.pid).is_some_and(|now| now.start == self.start && now.alive())
+    }
+}
+
+/// Every process, from /proc (Linux); `None` where /proc cannot be read.
+fn processes() -> Option<Vec<Stat>> {
     let entries = std::fs::read_dir("/proc").ok()?;
-    let mut members = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|byte| byte.is_ascii_digit()) {
-            continue;
+    let pids = entries.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok());
+    Some(pids.filter_map(Stat::read).collect())
+}
+
+/// Live processes outside group `pgid` that descend from one of its members: they left the
+/// group (a new session or group) but are still the stage's.
+fn escaped(pgid: i32) -> Vec<Stat> {
+    let Some(table) = processes() else { return Vec::new() };
+    let mut tree: std::collections::HashSet<i32> =
+        table.iter().filter(|process| process.pgrp == pgid).map(|process| process.pid).collect();
+    // Parents before children is not guaranteed by pid order (pids wrap), so grow to a fixpoint.
+    loop {
+        let before = tree.len();
+        for process in &table {
+            if tree.contains(&process.ppid) {
+                tree.insert(process.pid);
+            }
         }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses.
-        let Some((_, after)) = stat.rsplit_once(')') else { continue };
-        let mut fields = after.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
-        if pgrp == Some(pgid) && state != Some("Z") && state != Some("X") {
-            members.extend(name.parse::<i32>().ok());
+        if tree.len() == before {
+            break;
         }
     }
-    Some(members)
+    table.into_iter().filter(|process| process.pgrp != pgid && process.alive() && tree.contains(&process.pid)).collect()
+}
+
+/// Sends `signal` to each process that is still the one that was found.
+fn signal_each(processes: &[Stat], signal: i32) {
+    for process in processes.iter().filter(|process| process.still_alive()) {
+        // SAFETY: kill(2) of one pid, checked just now to be the process found (same start time).
+        unsafe {
+            libc::kill(process.pid, signal);
+        }
+    }
 }
 
 /// How stopping a group went.
@@ -123,31 +185,95 @@ pub enum Stopped {
 }
 
 /// SIGTERM to the group, then SIGKILL to what is left after `grace` (or as soon as
-/// `hurry` completes: a second signal to the worker).
+/// `hurry` completes: a second signal to the worker). Processes that left the group but
+/// descend from it get the same signals.
 pub async fn stop_group(pgid: i32, grace: Duration, hurry: impl std::future::Future<Output = ()>) -> Stopped {
-    signal_group(pgid, libc::SIGTERM);
+    // Looked for before anything is signalled: once a parent exits, the kernel hands its
+    // children to init and nothing shows they were the stage's.
+    let mut escaped = escaped(pgid);
     // SIGCONT too: a stopped process (Ctrl-Z, a debugger) cannot act on SIGTERM.
-    signal_group(pgid, libc::SIGCONT);
+    for signal in [libc::SIGTERM, libc::SIGCONT] {
+        signal_group(pgid, signal);
+        signal_each(&escaped, signal);
+    }
     let gone = tokio::select! {
-        gone = wait_gone(pgid, grace) => gone,
+        gone = wait_gone(pgid, &escaped, grace) => gone,
         () = hurry => false,
     };
     if gone {
         return Stopped::Terminated;
     }
+    // Any that left the group during the grace period, too.
+    for late in self::escaped(pgid) {
+        if !escaped.iter().any(|known| (known.pid, known.start) == (late.pid, late.start)) {
+            escaped.push(late);
+        }
+    }
     signal_group(pgid, libc::SIGKILL);
-    if wait_gone(pgid, KILL_WAIT).await { Stopped::Killed } else { Stopped::Stuck }
+    signal_each(&escaped, libc::SIGKILL);
+    if wait_gone(pgid, &escaped, KILL_WAIT).await { Stopped::Killed } else { Stopped::Stuck }
 }
 
-async fn wait_gone(pgid: i32, within: Duration) -> bool {
+async fn wait_gone(pgid: i32, escaped: &[Stat], within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if !group_alive(pgid) {
+        if !group_alive(pgid) && !escaped.iter().any(Stat::still_alive) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(GONE_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a failing test leaves is killed.
+    struct Cleanup {
+        pgid: i32,
+        escaped: i32,
+    }
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            signal_group(self.pgid, libc::SIGKILL);
+            if Stat::read(self.escaped).is_some_and(|stat| stat.alive()) {
+                // SAFETY: kill(2) of the process this test started.
+                unsafe {
+                    libc::kill(self.escaped, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_a_group_stops_what_left_it_with_setsid() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Both ignore SIGTERM; the second runs in a session (and group) of its own.
+        let script = "trap '' TERM; setsid sh -c 'echo $$ > escaped.tmp; mv escaped.tmp escaped; while :; do sleep 1; done' & while :; do sleep 1; done";
+        let argv = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let env = BTreeMap::new();
+        let launch = Launch { dir: dir.path(), env: &env, env_removed: &[] };
+        let (mut child, _stdout, _stderr) = Child::spawn(&argv, &launch).expect("spawn");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let escaped: i32 = loop {
+            if let Some(pid) =
+                std::fs::read_to_string(dir.path().join("escaped")).ok().and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the escapee never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let _cleanup = Cleanup { pgid: child.pgid(), escaped };
+        assert_ne!(Stat::read(escaped).expect("the escapee").pgrp, child.pgid(), "it left the group");
+
+        let stopped = stop_group(child.pgid(), Duration::from_millis(200), std::future::pending()).await;
+        assert_eq!(stopped, Stopped::Killed);
+        assert!(Stat::read(escaped).is_none_or(|stat| !stat.alive()), "the escapee outlived the stop");
+        child.wait().await.expect("reap the leader");
     }
 }

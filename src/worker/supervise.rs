@@ -265,8 +265,10 @@ impl Steps<'_> {
             }
         }
         self.group.store(0, Ordering::Relaxed);
+        // One deadline for both pipes: a process holding one open usually holds both.
+        let drained_by = tokio::time::Instant::now() + RELAY_DRAIN;
         for relay in relays {
-            if tokio::time::timeout(RELAY_DRAIN, relay).await.is_err() {
+            if tokio::time::timeout_at(drained_by, relay).await.is_err() {
                 tracing::warn!("a process outside the stage's group holds its output open; stopped relaying it");
             }
         }

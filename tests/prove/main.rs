@@ -17,6 +17,9 @@ mod stores;
 
 mod claim_race;
 mod links;
+mod orphans;
+mod outage;
+mod proxy;
 mod security;
 mod serve_kill;
 mod spool_kill;
@@ -75,9 +78,12 @@ type Scenario = fn(Mode, &mut Report) -> futures_util::future::LocalBoxFuture<'_
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("serve-kill", |mode, report| Box::pin(serve_kill::run(mode, report))),
     ("spool-kill", |mode, report| Box::pin(spool_kill::run(mode, report))),
+    ("outage", |mode, report| Box::pin(outage::run(mode, report))),
+    ("proxy", |mode, report| Box::pin(proxy::run(mode, report))),
     ("claim-race", |mode, report| Box::pin(claim_race::run(mode, report))),
     ("security", |mode, report| Box::pin(security::run(mode, report))),
     ("links", |mode, report| Box::pin(links::run(mode, report))),
+    ("orphans", |mode, report| Box::pin(orphans::run(mode, report))),
 ];
 
 fn main() -> ExitCode {

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use scientist::event::Event;
 use scientist::run::{Run, RunId};
-use scientist::store::{EventFilter, SqliteStore, Store};
+use scientist::store::{SqliteStore, Store};
 use scientist::time::Timestamp;
 use serde_json::{Value, json};
 
-use crate::support::{Serve, StoreSpec, both_stores};
+use crate::support::{Serve, StoreSpec, all_events, both_stores};
 use crate::{Mode, Report};
 
 /// Events per run: enqueued, started, progress, nodes and logs, completed.
@@ -190,19 +189,6 @@ async fn stored_ids(store: &dyn Store, runs: &[RunId]) -> (HashSet<String>, u64)
         }
     }
     (ids, twice)
-}
-
-async fn all_events(store: &dyn Store, run: &RunId) -> Vec<Event> {
-    let (mut events, mut cursor) = (Vec::new(), None);
-    loop {
-        let filter = EventFilter { limit: 1000, cursor, ..Default::default() };
-        let page = store.list_events(run, &filter).await.expect("list events");
-        events.extend(page.items.into_iter().map(|stored| stored.event));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return events,
-        }
-    }
 }
 
 /// How many runs differ from the events sent for them replayed in their order, in one

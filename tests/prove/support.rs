@@ -1,13 +1,16 @@
 //! What the scenarios share: the stores they run on (named so that helper processes can
-//! open the same one), `scientist serve` as a process that can be killed and restarted, and
-//! the helper processes (`--child NAME …`).
+//! open the same one), `scientist serve` as a process that can be killed and restarted,
+//! `scientist work` on a pipeline of the scenario's own, and the helper processes
+//! (`--child NAME …`).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scientist::store::{MongoStore, SqliteStore, Store};
+use scientist::event::Event;
+use scientist::run::RunId;
+use scientist::store::{EventFilter, MongoStore, SqliteStore, Store};
 use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scientist");
@@ -149,10 +152,7 @@ impl Serve {
     /// The most memory the running process has held (VmHWM), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
         let pid = self.child.as_ref().and_then(Child::id).expect("serve is running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("serve's /proc status");
-        let kib =
-            status.lines().find_map(|line| line.strip_prefix("VmHWM:")).and_then(|rest| rest.trim().strip_suffix("kB"));
-        kib.and_then(|kib| kib.trim().parse::<u64>().ok()).expect("VmHWM in /proc status") * 1024
+        peak_rss_bytes(pid).expect("VmHWM in serve's /proc status")
     }
 
     /// SIGKILL: no shutdown, no flush; whatever was not committed is gone.
@@ -161,6 +161,164 @@ impl Serve {
             child.start_kill().expect("SIGKILL scientist serve");
             child.wait().await.expect("reap scientist serve");
         }
+    }
+}
+
+/// The most memory process `pid` has held (VmHWM), in bytes; `None` once it is gone.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?;
+    Some(kib.trim().parse::<u64>().ok()? * 1024)
+}
+
+/// `scientist work` on the pipeline `config` (TOML, written to `pod/pipeline.toml`), with its
+/// runs under `pod/runs`, its spool in `pod/spool`, its stderr in `pod/worker.log`, short polls,
+/// and neither store nor server: the caller adds `--server URL` or a store's [`StoreSpec::env`].
+/// `PATH` leads to this build's `scientist`, for `scientist emit` in the stage.
+pub fn worker(pod: &Path, config: &str) -> Command {
+    let pipeline = pod.join("pipeline.toml");
+    std::fs::write(&pipeline, config).expect("write the pipeline config");
+    let log = std::fs::File::create(pod.join("worker.log")).expect("create the worker's log");
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut command = Command::new(BIN);
+    command
+        .arg("work")
+        .arg("--config")
+        .arg(&pipeline)
+        .env("PATH", path)
+        .env("HOME", pod)
+        .env("RUNPOD_POD_ID", "prove-pod")
+        .env("SCIENTIST_RUNS_DIR", pod.join("runs"))
+        .env("SCIENTIST_WORKER_SPOOL", pod.join("spool"))
+        .env("SCIENTIST_POLL", "100ms")
+        .env("SCIENTIST_CANCEL_POLL", "100ms")
+        .env("SCIENTIST_HEARTBEAT", "1s")
+        .env("LOG_LEVEL", "warn")
+        .env_remove("MONGODB_URL")
+        .env_remove("SCIENTIST_MONGODB_DB")
+        .env_remove("SCIENTIST_STORE")
+        .env_remove("SCIENTIST_SERVER")
+        .env_remove("SCIENTIST_TOKEN")
+        .env_remove("SCIENTIST_ARTIFACTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    command
+}
+
+/// The worker's log so far, for a scenario's failure message.
+pub fn worker_log(pod: &Path) -> String {
+    std::fs::read_to_string(pod.join("worker.log")).unwrap_or_default()
+}
+
+/// The directory the worker made for `run` under `pod/runs`.
+pub async fn run_dir(pod: &Path, run: &RunId) -> PathBuf {
+    let (runs, suffix) = (pod.join("runs"), format!("_{run}"));
+    poll_until("the run's directory", Duration::from_secs(60), async || {
+        let entries = std::fs::read_dir(&runs).ok()?;
+        let found = entries.filter_map(Result::ok).find(|entry| entry.file_name().to_string_lossy().ends_with(&suffix));
+        found.map(|entry| entry.path())
+    })
+    .await
+}
+
+/// Checks `check` every 20 ms until it gives a value; panics (failing the run) after `within`.
+pub async fn poll_until<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "prove: no {what} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A run's events in stored order.
+pub async fn all_events(store: &dyn Store, run: &RunId) -> Vec<Event> {
+    let (mut events, mut cursor) = (Vec::new(), None);
+    loop {
+        let filter = EventFilter { limit: 1000, cursor, ..Default::default() };
+        let page = store.list_events(run, &filter).await.expect("list events");
+        events.extend(page.items.into_iter().map(|stored| stored.event));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return events,
+        }
+    }
+}
+
+/// A stage (Python) that prints `PREFIX N` for N from 0 to COUNT - 1 at RATE lines a second,
+/// paced by the clock so that a slow moment is caught up, and every EMIT_EVERY lines (0:
+/// never) reports `ai.run.stage_progress` through `scientist emit`. It ends by writing how
+/// many lines and events it sent to `printed` and `emitted` in its directory.
+pub const LINES_STAGE: &str = r#"
+import os, subprocess, sys, time
+prefix, count, rate, emit_every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+emits = count // emit_every if emit_every else 0
+start, emitted = time.monotonic(), 0
+for n in range(count):
+    if n % 10 == 0:
+        ahead = start + n / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    sys.stdout.write("%s %07d\n" % (prefix, n))
+    if emit_every and (n + 1) % emit_every == 0:
+        sys.stdout.flush()
+        emitted += 1
+        data = '{"stage": "Stage_1", "iteration": %d, "max_iterations": %d, "progress": %f}' % (emitted, emits, emitted / emits)
+        subprocess.run(["scientist", "emit", "ai.run.stage_progress", "--run", os.environ["SCIENTIST_RUN_ID"], "--data", data], check=True, stdout=subprocess.DEVNULL)
+sys.stdout.flush()
+open("printed", "w").write(str(count))
+open("emitted", "w").write(str(emitted))
+"#;
+
+/// The `[[stage]]` config that runs [`LINES_STAGE`] (written to `pod/lines.py`).
+pub fn lines_pipeline(pod: &Path, prefix: &str, count: u64, rate: u64, emit_every: u64) -> String {
+    let script = pod.join("lines.py");
+    std::fs::write(&script, LINES_STAGE).expect("write the stage");
+    let argv = [
+        "python3".to_owned(),
+        script.display().to_string(),
+        prefix.to_owned(),
+        count.to_string(),
+        rate.to_string(),
+        emit_every.to_string(),
+    ];
+    let argv: Vec<String> = argv.iter().map(|arg| format!("{arg:?}")).collect();
+    format!("[[stage]]\nname = \"Stage_1\"\ncommand = [{}]\n", argv.join(", "))
+}
+
+/// The numbers of the stored `PREFIX N` log lines, in stored order.
+pub fn line_numbers(events: &[Event], prefix: &str) -> Vec<u64> {
+    let prefix = format!("{prefix} ");
+    events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            scientist::event::Payload::Log(log) => log.message.strip_prefix(&prefix)?.trim().parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Seconds from the first stored `PREFIX N` line to the last, by their event times.
+pub fn lines_span(events: &[Event], prefix: &str) -> f64 {
+    let times: Vec<i64> = events
+        .iter()
+        .filter(|event| {
+            event
+                .data
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|message| message.starts_with(prefix))
+        })
+        .map(|event| event.time.millis())
+        .collect();
+    match (times.iter().min(), times.iter().max()) {
+        (Some(first), Some(last)) => (last - first) as f64 / 1000.0,
+        _ => 0.0,
     }
 }
 
