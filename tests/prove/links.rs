@@ -5,17 +5,13 @@
 //! canary may reach the artifact store or any event.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{StoreSpec, all_events, worker};
+use crate::{Mode, Report};
 use scientist::run::{NewRun, RunStatus};
-use scientist::store::EventFilter;
 use scientist::time::Timestamp;
 use serde_json::Value;
-use tokio::process::Command;
-
-use crate::support::{BIN, StoreSpec};
-use crate::{Mode, Report};
 
 const CANARY: &str = "canary-outside-the-run-directory-7f3a";
 
@@ -27,35 +23,26 @@ pub async fn run(mode: Mode, report: &mut Report) {
     std::fs::write(outside.join("folder/plot.png"), CANARY).expect("write the canary");
     let swaps = mode.pick(2_000, 20_000);
     let stage = stage_script(&outside, swaps);
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(&config, format!("[[stage]]\nname = \"Stage_1\"\ncommand = {stage:?}\n")).expect("write config");
+    let config = format!("[[stage]]\nname = \"Stage_1\"\ncommand = {stage:?}\n");
 
     let spec = StoreSpec::sqlite(dir.path());
     let store = spec.open().await;
     let run = store.enqueue(NewRun::new(Value::Null), Timestamp::now()).await.expect("enqueue");
     let artifacts = dir.path().join("artifacts");
-    let status =
-        tokio::time::timeout(Duration::from_secs(300), worker(&spec, &config, dir.path(), &artifacts).status())
-            .await
-            .expect("the worker finished within 5 minutes")
-            .expect("run the worker");
+    let mut worker = worker(dir.path(), &config);
+    worker.arg("--once").arg("--artifacts").arg(&artifacts).args(["--artifact-settle", "200ms"]).envs(spec.env());
+    let status = tokio::time::timeout(Duration::from_secs(300), worker.status())
+        .await
+        .expect("the worker finished within 5 minutes")
+        .expect("run the worker");
     let finished = store.get(&run.id).await.expect("get").expect("the run");
     report.promise("links: the run", finished.status, status.success() && finished.status == RunStatus::Completed);
 
     let leaked_files = stored_files(&artifacts).iter().filter(|(_, content)| content.contains(CANARY)).count();
-    let mut leaked_events = 0;
-    let (mut refused, mut cursor) = (0, None);
-    loop {
-        let filter = EventFilter { limit: 1000, cursor, ..Default::default() };
-        let page = store.list_events(&run.id, &filter).await.expect("events");
-        for stored in &page.items {
-            leaked_events += usize::from(Value::Object(stored.event.to_json()).to_string().contains(CANARY));
-            refused += usize::from(stored.event.event_type == "ai.artifact.failed");
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
+    let (mut leaked_events, mut refused) = (0, 0);
+    for event in all_events(store.as_ref(), &run.id).await {
+        leaked_events += usize::from(Value::Object(event.to_json()).to_string().contains(CANARY));
+        refused += usize::from(event.event_type == "ai.artifact.failed");
     }
     let registered = store.artifacts(&run.id).await.expect("artifacts");
     let odd_names = registered.iter().filter(|artifact| artifact.key.contains("odd/")).count();
@@ -78,30 +65,6 @@ fn stage_script(outside: &Path, swaps: u32) -> String {
          mkdir late; ln -s {folder:?} late/inner; ln -s {secret:?} late/train.log; \
          echo 'a line of our own' >> own.log; echo done > marker.png"
     )
-}
-
-fn worker(store: &StoreSpec, config: &Path, home: &Path, artifacts: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(["work", "--once", "--config"])
-        .arg(config)
-        .arg("--artifacts")
-        .arg(artifacts)
-        .args(["--artifact-settle", "200ms"])
-        .env_remove("MONGODB_URL")
-        .env_remove("SCIENTIST_SERVER")
-        .envs(store.env())
-        .env("HOME", home)
-        .env("RUNPOD_POD_ID", "prove-links")
-        .env("SCIENTIST_RUNS_DIR", home.join("runs"))
-        .env("SCIENTIST_WORKER_SPOOL", home.join("spool"))
-        .env("SCIENTIST_POLL", "100ms")
-        .env("LOG_LEVEL", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    command
 }
 
 /// Every file under `dir`, with its content.

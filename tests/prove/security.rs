@@ -53,14 +53,7 @@ async fn canaries(serve: &Serve, client: &reqwest::Client, run_id: &str, dir: &s
         let event = json!({"specversion": "1.0", "id": format!("canary-{n}"), "source": format!("pod://p?token={}", secrets[6]),
             "type": "ai.run.log", "subject": format!("run/{run_id}"), "authtoken": secrets[7],
             "data": {"message": text, "openaiApiKey": secrets[8], "nested": {"accessToken": secrets[9]}}});
-        let answer = client
-            .post(format!("{}/api/ingest/event", serve.url()))
-            .bearer_auth("ops-token")
-            .header("content-type", "application/cloudevents+json")
-            .body(event.to_string())
-            .send()
-            .await
-            .expect("serve answers");
+        let answer = post_event(client, serve, "ops-token", &event).await;
         sent += usize::from(answer.status() == StatusCode::ACCEPTED);
     }
     // Stored as it is: shows the search reads what was stored.
@@ -101,6 +94,18 @@ async fn held_run(store: &StoreSpec) -> String {
     let run = store.enqueue(NewRun::new(json!({"title": "matrix"})), Timestamp::now()).await.expect("enqueue");
     store.claim("pod-a", "default", Timestamp::now()).await.expect("claim").expect("the run");
     run.id.to_string()
+}
+
+/// One structured event to serve's ingest endpoint with `token`.
+async fn post_event(client: &reqwest::Client, serve: &Serve, token: &str, event: &Value) -> reqwest::Response {
+    client
+        .post(format!("{}/api/ingest/event", serve.url()))
+        .bearer_auth(token)
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("serve answers")
 }
 
 async fn send(client: &reqwest::Client, method: Method, url: String, token: Option<&str>) -> StatusCode {
@@ -172,14 +177,7 @@ async fn pod_tokens_cannot_create_or_end(
         };
         let event = json!({"specversion": "1.0", "id": format!("attack-{n}"), "source": "pod://intruder", "type": event_type,
                            "subject": format!("run/{target}"), "data": {"code": "X", "message": "m", "reason": "r"}});
-        let answer = client
-            .post(format!("{}/api/ingest/event", serve.url()))
-            .bearer_auth("ingest-token")
-            .header("content-type", "application/cloudevents+json")
-            .body(event.to_string())
-            .send()
-            .await
-            .expect("serve answers");
+        let answer = post_event(client, serve, "ingest-token", &event).await;
         if answer.status() != StatusCode::FORBIDDEN {
             taken += 1;
         }
@@ -279,14 +277,7 @@ async fn bounded_reads(serve: &Serve, client: &reqwest::Client, run_id: &str, mo
     for n in 0..events {
         let event = json!({"specversion": "1.0", "id": format!("big-{n}"), "source": "ci://big", "type": "ai.run.log",
                            "subject": format!("run/{run_id}"), "data": {"message": message}});
-        let answer = client
-            .post(format!("{}/api/ingest/event", serve.url()))
-            .bearer_auth("ops-token")
-            .header("content-type", "application/cloudevents+json")
-            .body(event.to_string())
-            .send()
-            .await
-            .expect("serve answers");
+        let answer = post_event(client, serve, "ops-token", &event).await;
         assert_eq!(answer.status(), StatusCode::ACCEPTED, "storing a large event");
     }
     let page = client
