@@ -21,7 +21,9 @@ pub async fn run(mode: Mode, report: &mut Report) {
         let (runs, workers) = match (mode, store.kind()) {
             (Mode::Quick, "sqlite") => (2_000, 32),
             (Mode::Quick, _) => (300, 8),
-            (Mode::Long, _) => (10_000, 32),
+            (Mode::Long, "sqlite") => (10_000, 32),
+            // The test MongoDB server answers claims slowly; its race is narrower, not gone.
+            (Mode::Long, _) => (2_000, 16),
         };
         scenario(&store, runs, workers, report).await;
         store.cleanup().await;
