@@ -76,6 +76,12 @@ pub struct Run {
     /// unreachable is not dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silent_since: Option<Timestamp>,
+    /// When a sweep found the run's worker silent for the whole lease and decided to fail the
+    /// run (`queue::lease`). The run stays held until the sweep's `ai.run.failed` record,
+    /// written next, fails it in the same write that stores the record; a held run with
+    /// `lostAt` is one whose sweeper stopped in between, and the next sweep writes the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_at: Option<Timestamp>,
     #[serde(rename = "duration_s", default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
     #[serde(default)]

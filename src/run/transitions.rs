@@ -33,6 +33,7 @@ impl Run {
             heartbeat_at: None,
             heard_at: None,
             silent_since: None,
+            lost_at: None,
             duration_s: None,
             last_event_seq: 0,
             claimed_by: None,
