@@ -17,5 +17,6 @@ pub mod reduce;
 pub mod run;
 pub mod server;
 pub mod store;
+pub mod sweep;
 pub mod time;
 pub mod worker;

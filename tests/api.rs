@@ -506,6 +506,22 @@ async fn the_live_tail_streams_new_events_and_ends_with_the_run() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// An invalid cursor is refused before the stream starts, with the 400 every endpoint
+/// answers, not a 200 whose stream holds an SSE `error` event.
+#[tokio::test]
+async fn the_live_tail_refuses_an_invalid_cursor_before_it_starts() {
+    let api = Api::open().await;
+    api.post("/api/runs", json!({"id": "r-c", "idea": {}})).await;
+    for cursor in ["", "garbage"] {
+        let (status, answer) = api.get(&format!("/api/runs/r-c/events/stream?cursor={cursor}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "cursor {cursor:?}: {answer}");
+    }
+    let resumed =
+        api.server.client().get(api.server.url("/api/runs/r-c/events/stream")).header("last-event-id", "garbage");
+    let (status, answer) = api.server.send(resumed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+}
+
 #[tokio::test]
 async fn shutting_down_ends_open_live_tails() {
     let api = Api::open().await;

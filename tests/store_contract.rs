@@ -17,6 +17,7 @@ use scientist::queue::fence;
 use scientist::queue::lease::{self, Action, OnLost};
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
+use scientist::sweep;
 use serde_json::json;
 use stores::TestStore;
 
@@ -603,20 +604,20 @@ async fn silent_workers_are_flagged_then_their_runs_failed(store: &dyn Store) {
     let id = claimed_run(store).await;
     let policy = policy(OnLost::Fail);
     let get = |id: RunId| async move { store.get(&id).await.expect("get").expect("run") };
-    assert!(lease::sweep(store, &policy, at(60)).await.expect("sweep").is_empty(), "59 s of silence is fine");
-    let swept = lease::sweep(store, &policy, at(61)).await.expect("sweep");
+    assert!(sweep::runs(store, &policy, at(60)).await.expect("sweep").is_empty(), "59 s of silence is fine");
+    let swept = sweep::runs(store, &policy, at(61)).await.expect("sweep");
     assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::FlaggedSilent)]);
     let silent = get(id.clone()).await;
     assert_eq!((silent.status, silent.silent_since), (RunStatus::Scheduled, Some(at(61))), "flagged, still held");
-    assert!(lease::sweep(store, &policy, at(90)).await.expect("sweep").is_empty(), "flagged once");
+    assert!(sweep::runs(store, &policy, at(90)).await.expect("sweep").is_empty(), "flagged once");
     // The worker is heard again: the flag clears and the lease starts over.
     let heartbeat = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 100, 1, json!({"gpu_util": 0.9}));
     store.apply_events(vec![heartbeat], at(100)).await.expect("apply");
     assert_eq!(get(id.clone()).await.silent_since, None);
     assert!(
-        lease::sweep(store, &policy, at(650)).await.expect("sweep").iter().all(|s| s.action == Action::FlaggedSilent)
+        sweep::runs(store, &policy, at(650)).await.expect("sweep").iter().all(|s| s.action == Action::FlaggedSilent)
     );
-    let swept = lease::sweep(store, &policy, at(700)).await.expect("sweep");
+    let swept = sweep::runs(store, &policy, at(700)).await.expect("sweep");
     assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::Failed)]);
     let lost = get(id.clone()).await;
     assert_eq!(lost.status, RunStatus::Failed);
@@ -628,7 +629,7 @@ async fn silent_workers_are_flagged_then_their_runs_failed(store: &dyn Store) {
     let failed = EventFilter { types: vec!["ai.run.failed".into()], ..EventFilter::default() };
     let recorded = store.list_events(&id, &failed).await.expect("events").items;
     assert_eq!(recorded.len(), 1, "the failure is in the run's history");
-    assert!(lease::sweep(store, &policy, at(800)).await.expect("sweep").is_empty(), "a failed run is not held");
+    assert!(sweep::runs(store, &policy, at(800)).await.expect("sweep").is_empty(), "a failed run is not held");
     // The lost worker's late word changes nothing.
     let late = attempt_event("c1", "ai.run.completed", id.as_str(), 801, 1, json!({}));
     store.apply_events(vec![late], at(801)).await.expect("apply");
@@ -637,7 +638,7 @@ async fn silent_workers_are_flagged_then_their_runs_failed(store: &dyn Store) {
 
 async fn lost_runs_are_requeued_when_the_policy_says_so(store: &dyn Store) {
     let id = claimed_run(store).await;
-    let swept = lease::sweep(store, &policy(OnLost::Requeue), at(601)).await.expect("sweep");
+    let swept = sweep::runs(store, &policy(OnLost::Requeue), at(601)).await.expect("sweep");
     assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::Requeued)]);
     let requeued = store.get(&id).await.expect("get").expect("run");
     assert_eq!((requeued.status, requeued.claimed_by.as_deref(), requeued.retry_count), (RunStatus::Queued, None, 1));
@@ -657,7 +658,7 @@ async fn a_worker_heard_after_the_listing_keeps_its_run(store: &dyn Store) {
     let listed = store.get(&id).await.expect("get").expect("run");
     let heartbeat = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 590, 1, json!({}));
     store.apply_events(vec![heartbeat], at(590)).await.expect("apply");
-    let swept = lease::sweep_run(store, &listed, &policy(OnLost::Fail), at(601)).await.expect("sweep");
+    let swept = sweep::one_run(store, &listed, &policy(OnLost::Fail), at(601)).await.expect("sweep");
     assert_eq!(swept, None);
     let run = store.get(&id).await.expect("get").expect("run");
     assert_eq!((run.status, run.silent_since), (RunStatus::Scheduled, None));
@@ -668,11 +669,43 @@ async fn concurrent_sweepers_act_once(store: Arc<dyn Store>, other: Arc<dyn Stor
     let id = claimed_run(store.as_ref()).await;
     let policy = policy(OnLost::Fail);
     let (first, second) =
-        tokio::join!(lease::sweep(store.as_ref(), &policy, at(700)), lease::sweep(other.as_ref(), &policy, at(700)));
+        tokio::join!(sweep::runs(store.as_ref(), &policy, at(700)), sweep::runs(other.as_ref(), &policy, at(700)));
     let actions: Vec<Action> =
         first.expect("sweep").into_iter().chain(second.expect("sweep")).map(|swept| swept.action).collect();
     assert_eq!(actions, [Action::Failed]);
     let failed = EventFilter { types: vec!["ai.run.failed".into()], ..EventFilter::default() };
+    assert_eq!(store.list_events(&id, &failed).await.expect("events").items.len(), 1);
+}
+
+/// A sweeper that stops between its two steps (the decision, then the record that fails
+/// the run) never leaves a FAILED run without its `ai.run.failed`: the run stays held,
+/// marked lost, and the next sweep writes the record, which fails it.
+async fn a_sweeper_stopped_before_the_record_leaves_it_to_the_next_sweep(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let policy = policy(OnLost::Fail);
+    let failed = EventFilter { types: vec!["ai.run.failed".into()], ..EventFilter::default() };
+    let listed = store.get(&id).await.expect("get").expect("run");
+    let (decided, action) = sweep::decide(store, &listed, &policy, at(700)).await.expect("decide").expect("lost");
+    assert_eq!((action, decided.lost_at), (Action::Failed, Some(at(700))));
+    // The sweeper stops here.
+    let held = store.get(&id).await.expect("get").expect("run");
+    assert_eq!((held.status, held.error.as_ref()), (RunStatus::Scheduled, None), "not failed without its record");
+    assert!(store.list_events(&id, &failed).await.expect("events").items.is_empty());
+    assert!(
+        sweep::decide(store, &held, &policy, at(710)).await.expect("decide").is_none(),
+        "the decision is taken once"
+    );
+
+    let swept = sweep::runs(store, &policy, at(715)).await.expect("the next sweep");
+    assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::Failed)]);
+    let lost = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(lost.status, RunStatus::Failed);
+    let error = lost.error.as_ref().expect("an error");
+    assert_eq!((error.error_type.as_str(), error.failed_at), (lease::WORKER_LOST, at(700)), "failed as decided");
+    let recorded = store.list_events(&id, &failed).await.expect("events").items;
+    assert_eq!(recorded.len(), 1, "the failure is in the run's history");
+    assert_eq!(recorded[0].event.time, at(700));
+    assert!(sweep::runs(store, &policy, at(730)).await.expect("sweep").is_empty(), "repaired once");
     assert_eq!(store.list_events(&id, &failed).await.expect("events").items.len(), 1);
 }
 
@@ -730,8 +763,8 @@ async fn lost_ideation_requests_are_failed_or_requeued(store: &dyn Store) {
     assert!(store.hear_ideation("no-such", 1, at(100)).await.expect("hear").is_none());
 
     let fail = policy(OnLost::Fail);
-    assert!(lease::sweep_ideation(store, &fail, at(699)).await.expect("sweep").is_empty(), "heard 599 s ago");
-    let lost = lease::sweep_ideation(store, &fail, at(700)).await.expect("sweep");
+    assert!(sweep::ideation(store, &fail, at(699)).await.expect("sweep").is_empty(), "heard 599 s ago");
+    let lost = sweep::ideation(store, &fail, at(700)).await.expect("sweep");
     assert_eq!(lost.iter().map(|request| request.id.as_str()).collect::<Vec<_>>(), ["idea-1"]);
     let stored = store.get_ideation("idea-1").await.expect("get").expect("stored");
     assert_eq!(stored.status, IdeationStatus::Failed);
@@ -741,7 +774,7 @@ async fn lost_ideation_requests_are_failed_or_requeued(store: &dyn Store) {
     assert!(store.finish_ideation("idea-1", 1, None, at(702)).await.expect("finish").is_none());
 
     store.claim_ideation("pod-b", at(800)).await.expect("claim").expect("idea-2");
-    let requeued = lease::sweep_ideation(store, &policy(OnLost::Requeue), at(1400)).await.expect("sweep");
+    let requeued = sweep::ideation(store, &policy(OnLost::Requeue), at(1400)).await.expect("sweep");
     assert_eq!(
         requeued.iter().map(|request| (request.id.as_str(), request.status)).collect::<Vec<_>>(),
         [("idea-2", IdeationStatus::Queued)]
@@ -749,7 +782,7 @@ async fn lost_ideation_requests_are_failed_or_requeued(store: &dyn Store) {
     let reclaimed = store.claim_ideation("pod-c", at(1401)).await.expect("claim").expect("requeued");
     assert_eq!((reclaimed.id.as_str(), reclaimed.attempt, reclaimed.heard_at), ("idea-2", 2, Some(at(1401))));
     assert!(store.hear_ideation("idea-2", 1, at(1402)).await.expect("hear").is_none(), "the old claim is fenced");
-    assert!(lease::sweep_ideation(store, &fail, at(1500)).await.expect("sweep").is_empty(), "the new claim is heard");
+    assert!(sweep::ideation(store, &fail, at(1500)).await.expect("sweep").is_empty(), "the new claim is heard");
 }
 
 /// Every replica sweeps: two at once end a lost request once.
@@ -758,8 +791,8 @@ async fn concurrent_ideation_sweepers_act_once(store: Arc<dyn Store>, other: Arc
     store.claim_ideation("pod-a", at(1)).await.expect("claim").expect("idea-1");
     let policy = policy(OnLost::Requeue);
     let (first, second) = tokio::join!(
-        lease::sweep_ideation(store.as_ref(), &policy, at(700)),
-        lease::sweep_ideation(other.as_ref(), &policy, at(700))
+        sweep::ideation(store.as_ref(), &policy, at(700)),
+        sweep::ideation(other.as_ref(), &policy, at(700))
     );
     assert_eq!(first.expect("sweep").len() + second.expect("sweep").len(), 1);
     let stored = store.get_ideation("idea-1").await.expect("get").expect("stored");
@@ -898,6 +931,7 @@ macro_rules! store_suite {
             case!(lost_runs_are_requeued_when_the_policy_says_so);
             case!(a_worker_heard_after_the_listing_keeps_its_run);
             two_handle_case!(concurrent_sweepers_act_once);
+            case!(a_sweeper_stopped_before_the_record_leaves_it_to_the_next_sweep);
             case!(ideation_requests_are_claimed_oldest_first_and_ended_by_their_live_claim);
             two_handle_case!(concurrent_ideation_claimers_claim_each_request_once);
             case!(lost_ideation_requests_are_failed_or_requeued);

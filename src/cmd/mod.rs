@@ -138,13 +138,31 @@ pub struct LeaseArgs {
     /// What becomes of a lost run or ideation request: `fail` (FAILED, code WORKER_LOST,
     /// retryable; an operator resets a run) or `requeue` (QUEUED again for another worker; the
     /// old attempt is fenced out).
-    #[arg(long, env = "SCIENTIST_ON_LOST", value_enum, default_value_t = OnLost::Fail)]
-    pub on_lost: OnLost,
+    #[arg(long, env = "SCIENTIST_ON_LOST", value_enum, default_value_t = OnLostArg::Fail)]
+    pub on_lost: OnLostArg,
+}
+
+/// `--on-lost`: the command line's names for `lease::OnLost` (clap stays in `cmd/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnLostArg {
+    /// FAILED with code WORKER_LOST, retryable: an operator decides (`runs reset`).
+    Fail,
+    /// Back to QUEUED for the next worker (`retryCount` + 1); the old attempt is fenced out.
+    Requeue,
+}
+
+impl From<OnLostArg> for OnLost {
+    fn from(arg: OnLostArg) -> OnLost {
+        match arg {
+            OnLostArg::Fail => OnLost::Fail,
+            OnLostArg::Requeue => OnLost::Requeue,
+        }
+    }
 }
 
 impl LeaseArgs {
     pub fn policy(&self) -> Result<lease::Policy, UsageError> {
-        lease::Policy::new(self.silent_after, self.lease, self.on_lost)
+        lease::Policy::new(self.silent_after, self.lease, self.on_lost.into())
             .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{LeaseArgs, StoreArgs, UsageError};
-use crate::queue::lease;
 use crate::server::{self, AppState, Limits, Tokens};
+use crate::sweep;
 
 /// Flags of `scientist serve`.
 #[derive(Debug, clap::Args)]
@@ -86,7 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
     }
     let store = args.store.open().await?;
-    let sweeper = tokio::spawn(lease::keep_sweeping(store.clone(), policy, args.sweep_every));
+    let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;

@@ -1,27 +1,29 @@
-//! Leases: what becomes of a run whose worker stops being heard from.
+//! Leases: what becomes of a run whose worker stops being heard from. The rules only, no
+//! I/O; the sweeper that applies them to a store is `crate::sweep`.
 //!
 //! A claimed run's worker is heard from through its claim and every event of its attempt
 //! (`Run::heard_at`, the store's clock). Silent for `silent_after`, the run is flagged
 //! `silentSince` and nothing else changes: unreachable is not dead, and a network blip must
 //! not kill a healthy run. Silent for the whole `lease`, it is lost: failed with code
-//! WORKER_LOST (retryable) or put back in the queue, per [`OnLost`]. Each change is one
-//! conditional write that re-reads the run ([`Store::update_if`]), so a worker heard from
-//! meanwhile, a finished run or a newer attempt is left alone, and several sweepers (every
-//! `serve` replica, every worker on the store) can sweep at once.
+//! WORKER_LOST (retryable) or put back in the queue, per [`OnLost`].
 //!
-//! Ideation requests follow the same lease: a RUNNING request whose worker (its claim, then
-//! its heartbeats) was silent for the whole lease is failed with WORKER_LOST or requeued.
+//! Each decision is taken on a listed run ([`decide`]) and taken again on the run as stored,
+//! inside one conditional write ([`take`]: same attempt, still held, still as silent), so a
+//! worker heard meanwhile, a finished run or a newer attempt is left alone. A failure is
+//! written in two steps, each safe to repeat: [`take`] marks the still-held run `lostAt`,
+//! then the run's [`record`] (its `ai.run.failed`) is stored and fails the run in one
+//! `apply_events` write. A run is thus never FAILED by a sweep without its record; a held run
+//! marked `lostAt` ([`awaits_record`]) is one whose sweeper stopped between the steps, and
+//! the next sweep writes the record (its id is the same for every sweeper: a duplicate).
+//!
+//! Ideation requests follow the same lease (`IdeationRequest::lose`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use crate::event::{self, Event};
-use crate::ideation::{IdeationRequest, IdeationStatus};
-use crate::reduce;
-use crate::run::{Run, RunId, RunStatus};
-use crate::store::{self, RunFilter, Store};
+use crate::run::{Run, RunStatus};
 use crate::time::Timestamp;
 
 /// The failure code of a run whose worker was lost.
@@ -29,13 +31,13 @@ pub const WORKER_LOST: &str = "WORKER_LOST";
 
 /// The statuses in which a worker holds a run and must be heard from. AWAITING_HUMAN waits
 /// on a person, not a worker, and is never swept.
-const SWEPT_STATUSES: [RunStatus; 2] = [RunStatus::Scheduled, RunStatus::Running];
+pub const SWEPT_STATUSES: [RunStatus; 2] = [RunStatus::Scheduled, RunStatus::Running];
 
 /// Where the sweeper's own records come from.
 const SWEEP_SOURCE: &str = "scientist://sweep";
 
 /// What becomes of a lost run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnLost {
     /// FAILED with code WORKER_LOST, retryable: an operator decides (`runs reset`).
     Fail,
@@ -87,15 +89,7 @@ pub fn standing(run: &Run, policy: &Policy, now: Timestamp) -> Option<Standing> 
     })
 }
 
-/// What a sweep did to one run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Swept {
-    pub run_id: RunId,
-    pub attempt: u32,
-    pub worker: Option<String>,
-    pub action: Action,
-}
-
+/// What a sweep does to a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     FlaggedSilent,
@@ -103,69 +97,43 @@ pub enum Action {
     Requeued,
 }
 
-/// Sweeps every held run once at `now`: flags the silent, fails or requeues the lost.
-pub async fn sweep(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<Vec<Swept>> {
-    let mut swept = Vec::new();
-    let mut filter = RunFilter { statuses: SWEPT_STATUSES.to_vec(), limit: store::MAX_LIMIT, ..RunFilter::default() };
-    loop {
-        let page = store.list(&filter).await?;
-        for run in &page.items {
-            if let Some(done) = sweep_run(store, run, policy, now).await? {
-                swept.push(done);
-            }
-        }
-        match page.next {
-            Some(next) => filter.cursor = Some(next),
-            None => return Ok(swept),
-        }
+/// What a sweep at `now` should do to `run` as it was listed: nothing when its worker is
+/// heard, already flagged silent, or already decided lost.
+pub fn decide(run: &Run, policy: &Policy, now: Timestamp) -> Option<Action> {
+    if run.lost_at.is_some() {
+        return None;
+    }
+    match standing(run, policy, now)? {
+        Standing::Heard => None,
+        Standing::Silent if run.silent_since.is_some() => None,
+        Standing::Silent => Some(Action::FlaggedSilent),
+        Standing::Lost => Some(match policy.on_lost {
+            OnLost::Fail => Action::Failed,
+            OnLost::Requeue => Action::Requeued,
+        }),
     }
 }
 
-/// One run as a sweeper listed it (the store may have moved on since): nothing when its
-/// worker is heard (or already flagged silent), else the conditional write its standing
-/// calls for, which re-checks the run as stored.
-pub async fn sweep_run(
-    store: &dyn Store,
-    listed: &Run,
-    policy: &Policy,
-    now: Timestamp,
-) -> store::Result<Option<Swept>> {
-    let action = match standing(listed, policy, now) {
-        None | Some(Standing::Heard) => return Ok(None),
-        Some(Standing::Silent) if listed.silent_since.is_some() => return Ok(None),
-        Some(Standing::Silent) => Action::FlaggedSilent,
-        Some(Standing::Lost) => match policy.on_lost {
-            OnLost::Fail => Action::Failed,
-            OnLost::Requeue => Action::Requeued,
-        },
-    };
-    let (attempt, policy) = (listed.attempt, *policy);
-    let wanted = if action == Action::FlaggedSilent { Standing::Silent } else { Standing::Lost };
-    let record = record(listed, action, &policy, now);
-    let failure = record.clone();
-    // Re-checked on the stored run: the same attempt, still held, still as silent.
-    let change = Box::new(move |run: &mut Run| {
-        if run.attempt != attempt || standing(run, &policy, now) != Some(wanted) {
-            return false;
-        }
-        match (action, &failure) {
-            (Action::FlaggedSilent, _) if run.silent_since.is_some() => return false,
-            (Action::FlaggedSilent, _) => run.silent_since = Some(now),
-            (Action::Failed, Some(failure)) => reduce::apply(run, failure),
-            (Action::Requeued, _) => run.reset(now),
-            (Action::Failed, None) => return false,
-        }
-        true
-    });
-    if store.update_if(&listed.id, now, change).await?.is_none() {
-        return Ok(None);
+/// Takes `action`, decided on claim `attempt` of a listed run, on `run` as stored: false,
+/// leaving it as it is, unless the stored run still calls for it (same attempt, still held,
+/// still as silent). A failure only marks the run `lostAt`: its [`record`] fails it.
+pub fn take(run: &mut Run, attempt: u32, action: Action, policy: &Policy, now: Timestamp) -> bool {
+    if run.attempt != attempt || decide(run, policy, now) != Some(action) {
+        return false;
     }
-    if let Some(record) = record {
-        // The run's history says what happened. Its id is the same for every sweeper, so a
-        // second one's record is a duplicate.
-        store.apply_events(vec![record], now).await?;
+    match action {
+        Action::FlaggedSilent => run.silent_since = Some(now),
+        Action::Failed => run.lost_at = Some(now),
+        Action::Requeued => run.reset(now),
     }
-    Ok(Some(Swept { run_id: listed.id.clone(), attempt, worker: listed.claimed_by.clone(), action }))
+    true
+}
+
+/// Whether `run` was decided lost before `now` and is still held: its sweeper stopped
+/// before the record that fails it was written. A decision of this very instant is a
+/// concurrent sweeper's, which is writing the record now.
+pub fn awaits_record(run: &Run, now: Timestamp) -> bool {
+    SWEPT_STATUSES.contains(&run.status) && run.lost_at.is_some_and(|lost_at| lost_at < now)
 }
 
 /// Whether `event` is a sweep's record rather than word from a worker.
@@ -173,25 +141,32 @@ pub fn is_sweep_record(event: &Event) -> bool {
     event.source == SWEEP_SOURCE
 }
 
-/// The event that records a lost run: its `ai.run.failed`, or for a requeue a warning log
-/// line (stored, of no effect: the requeue ended the attempt it is stamped with). `None`
-/// for a silent flag, which is no event.
-fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Option<Event> {
+/// The event that records `action` on `run` as the sweep saw it (held by the lost
+/// attempt), stamped with that attempt: for a failure its `ai.run.failed`, at the run's
+/// `lostAt`, so that every sweeper builds the same record; for a requeue a warning log line
+/// at `now` (stored, of no effect: the requeue ended the attempt it is stamped with). `None`
+/// for a silent flag, which is no event, and for a failure not yet decided.
+pub fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Option<Event> {
+    let time = match action {
+        Action::FlaggedSilent => return None,
+        Action::Failed => run.lost_at?,
+        Action::Requeued => now,
+    };
     let worker = run.claimed_by.as_deref().unwrap_or("(none)");
-    let silent_s = run.last_seen_at().map_or(0.0, |seen| now.seconds_since(seen)).max(0.0);
+    let silent_s = run.last_seen_at().map_or(0.0, |seen| time.seconds_since(seen)).max(0.0);
     let message = format!(
         "no word from worker {worker} for {} (lease {})",
         humantime::format_duration(Duration::from_secs(silent_s as u64)),
         humantime::format_duration(policy.lease)
     );
-    let (name, event_type, mut data) = match action {
-        Action::FlaggedSilent => return None,
-        Action::Requeued => (
+    let (name, event_type, mut data) = if action == Action::Requeued {
+        (
             "requeued",
             "ai.run.log",
             json!({ "level": "warning", "source": "sweep", "message": format!("{message}; requeued") }),
-        ),
-        Action::Failed => (
+        )
+    } else {
+        (
             "lost",
             "ai.run.failed",
             json!({
@@ -200,7 +175,7 @@ fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Option<
                 "retryable": true,
                 "stage": run.current_stage.as_ref().map(|stage| stage.name.as_str()),
             }),
-        ),
+        )
     };
     data["run_id"] = Value::from(run.id.as_str());
     let mut object = Map::new();
@@ -210,7 +185,7 @@ fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Option<
         ("source", json!(SWEEP_SOURCE)),
         ("type", json!(event_type)),
         ("subject", json!(format!("run/{}", run.id))),
-        ("time", json!(now.to_string())),
+        ("time", json!(time.to_string())),
         ("attempt", json!(run.attempt)),
         ("data", data),
     ] {
@@ -218,75 +193,6 @@ fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Option<
     }
     // Built here from known-good parts; a unit test holds every record valid.
     event::from_json_object(object, now).ok()
-}
-
-/// Sweeps the held ideation requests once at `now`: fails or requeues those whose worker
-/// was silent for the whole lease. Each is one conditional write that re-checks the stored
-/// request, as for runs.
-pub async fn sweep_ideation(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<Vec<IdeationRequest>> {
-    let lease = policy.lease.as_secs_f64();
-    let requeue = policy.on_lost == OnLost::Requeue;
-    let mut lost = Vec::new();
-    for listed in store.list_ideation(&[IdeationStatus::Running], store::MAX_LIMIT).await? {
-        if listed.silent_for(now).is_none_or(|silent| silent < lease) {
-            continue;
-        }
-        let attempt = listed.attempt;
-        let error = format!(
-            "{WORKER_LOST}: no word from worker {} for the whole lease ({})",
-            listed.claimed_by.as_deref().unwrap_or("(none)"),
-            humantime::format_duration(policy.lease)
-        );
-        let change = Box::new(move |request: &mut IdeationRequest| request.lose(attempt, lease, requeue, &error, now));
-        lost.extend(store.update_ideation_if(&listed.id, change).await?);
-    }
-    Ok(lost)
-}
-
-/// One sweep of runs and ideation requests, each change logged: what `serve` does every
-/// tick and a worker on the store before each claim.
-pub async fn sweep_and_log(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<()> {
-    sweep(store, policy, now).await?.iter().for_each(log);
-    for request in sweep_ideation(store, policy, now).await? {
-        let worker = request.claimed_by.as_deref().unwrap_or("(none)");
-        let what = match request.status {
-            IdeationStatus::Queued => "requeued",
-            _ => "failed WORKER_LOST",
-        };
-        let id = &request.id;
-        tracing::warn!(request = %id, attempt = request.attempt, worker, "ideation request {id} {what}: its worker was silent for the whole lease");
-    }
-    Ok(())
-}
-
-/// Sweeps every `every` until the task is dropped, logging what each sweep did. A failed
-/// sweep is logged once and retried at the next tick.
-pub async fn keep_sweeping(store: Arc<dyn Store>, policy: Policy, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        ticks.tick().await;
-        match sweep_and_log(store.as_ref(), &policy, Timestamp::now()).await {
-            Ok(()) => failing = false,
-            Err(err) if !failing => {
-                failing = true;
-                tracing::error!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed; retrying every {}", humantime::format_duration(every));
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// One line per run a sweep changed.
-pub fn log(swept: &Swept) {
-    let worker = swept.worker.as_deref().unwrap_or("(none)");
-    let what = match swept.action {
-        Action::FlaggedSilent => "is silent: its worker has not been heard from; still held",
-        Action::Failed => "failed WORKER_LOST (retryable): its worker was silent for the whole lease",
-        Action::Requeued => "requeued: its worker was silent for the whole lease",
-    };
-    tracing::warn!(run = %swept.run_id, attempt = swept.attempt, worker, "run {} {what}", swept.run_id);
 }
 
 #[cfg(test)]
@@ -324,17 +230,39 @@ mod tests {
         assert_eq!(standing(&queued, &policy(), Timestamp::EPOCH.plus_seconds(10_000)), None);
     }
 
+    /// A failure is decided once: the run marked `lostAt` waits for its record, which only a
+    /// later sweep writes in the sweeper's stead.
+    #[test]
+    fn a_lost_run_is_marked_once_and_awaits_its_record() {
+        let mut run = held_run();
+        let now = Timestamp::EPOCH.plus_seconds(601);
+        assert_eq!(decide(&run, &policy(), now), Some(Action::Failed));
+        assert!(!take(&mut run, 2, Action::Failed, &policy(), now), "another attempt's decision");
+        assert!(take(&mut run, 1, Action::Failed, &policy(), now));
+        assert_eq!((run.status, run.lost_at), (RunStatus::Scheduled, Some(now)), "still held until its record");
+        assert_eq!(decide(&run, &policy(), now.plus_seconds(1)), None, "decided once");
+        assert!(!take(&mut run, 1, Action::Failed, &policy(), now.plus_seconds(1)));
+        assert!(!awaits_record(&run, now), "a concurrent sweeper is writing it");
+        assert!(awaits_record(&run, now.plus_seconds(1)));
+        run.status = RunStatus::Failed;
+        assert!(!awaits_record(&run, now.plus_seconds(1)), "its record was written");
+    }
+
     /// The records are built from parts the validator must accept: a record that failed to
     /// build would leave a lost run held.
     #[test]
     fn every_record_is_a_valid_event_of_the_lost_attempt() {
-        let run = held_run();
+        let mut run = held_run();
         let now = Timestamp::EPOCH.plus_seconds(601);
+        assert!(record(&run, Action::Failed, &policy(), now).is_none(), "not decided yet");
+        assert!(take(&mut run, 1, Action::Failed, &policy(), now));
         let failed = record(&run, Action::Failed, &policy(), now).expect("a valid failure");
         let Payload::Failed(failure) = &failed.payload else { panic!("{:?}", failed.payload) };
         assert_eq!((failure.code.as_deref(), failure.retryable), (Some(WORKER_LOST), Some(true)));
         assert_eq!((failed.attempt, failed.run_id.as_ref()), (Some(1), Some(&run.id)));
         assert!(is_sweep_record(&failed));
+        let later = record(&run, Action::Failed, &policy(), now.plus_seconds(30)).expect("a valid failure");
+        assert_eq!((&later.id, later.time), (&failed.id, failed.time), "every sweeper's is the same");
         let requeued = record(&run, Action::Requeued, &policy(), now).expect("a valid log line");
         assert_eq!(requeued.event_type, "ai.run.log");
         assert_ne!(requeued.id, failed.id);

@@ -1,7 +1,9 @@
-//! The queue's rules on top of `store::Store`: who may send which events (`authority`, by
+//! The queue's rules, pure and below the store: who may send which events (`authority`, by
 //! token scope), which events may reach a claimed run (`fence`, by attempt) and what
-//! becomes of a run whose worker falls silent (`lease`).
-//! Knows nothing about HTTP, clap or a particular database.
+//! becomes of a run whose worker falls silent (`lease`). The store applies `fence` and
+//! `lease::is_sweep_record` to every event; `serve` judges `authority`; the sweeper that
+//! applies the lease is `crate::sweep`, above the store.
+//! No I/O, and nothing of HTTP, clap or a particular database.
 
 pub mod authority;
 pub mod fence;

@@ -35,10 +35,13 @@ pub(super) async fn stream(
     if let Some(last_seen) = headers.get("last-event-id").and_then(|value| value.to_str().ok()) {
         filter.cursor = Some(last_seen.to_owned());
     }
-    // A missing run is a 404 now, not an empty stream that never ends.
-    state.store.get(&id).await?.ok_or_else(|| store::Error::NotFound(id.clone()))?;
     let (woken, stopping) = (state.stored.subscribe(), state.stopping.subscribe());
-    let tail = Tail { store: state.store, id, filter, woken, stopping, pending: VecDeque::new(), ended: false };
+    let mut tail = Tail { store: state.store, id, filter, woken, stopping, pending: VecDeque::new(), ended: false };
+    // The first page is read before the answer starts, so that a missing run is a 404 and an
+    // invalid cursor a 400, as on every other endpoint, rather than an SSE `error` event.
+    if tail.fetch().await? == Fetched::Finished {
+        tail.ended = true;
+    }
     Ok(Sse::new(futures_util::stream::unfold(tail, Tail::next)).keep_alive(KeepAlive::default()))
 }
 
@@ -51,7 +54,8 @@ struct Tail {
     /// Becomes true when the server shuts down.
     stopping: tokio::sync::watch::Receiver<bool>,
     pending: VecDeque<StoredEvent>,
-    /// Set after a store error or on shutdown: nothing more is sent.
+    /// Set after a store error, on shutdown, or when the run was found finished with nothing
+    /// left to read: nothing more is sent once `pending` is empty.
     ended: bool,
 }
 
@@ -80,7 +84,9 @@ impl Tail {
     async fn fetch(&mut self) -> Result<Fetched, store::Error> {
         // Read the status first: a run seen finished before a page that comes back empty
         // has no more events to send.
-        let finished = self.store.get(&self.id).await?.is_none_or(|run| run.status.is_terminal());
+        // Runs are never deleted: a missing one never existed.
+        let run = self.store.get(&self.id).await?.ok_or_else(|| store::Error::NotFound(self.id.clone()))?;
+        let finished = run.status.is_terminal();
         let page = self.store.list_events(&self.id, &self.filter).await?;
         if let Some(last) = page.items.last() {
             self.filter.cursor = Some(last.cursor.clone());
@@ -99,6 +105,7 @@ impl Tail {
     }
 }
 
+#[derive(PartialEq)]
 enum Fetched {
     Events,
     Nothing,

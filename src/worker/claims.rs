@@ -141,7 +141,7 @@ impl Queue {
     /// --server the control plane sweeps). A failure is logged and changes nothing.
     pub async fn sweep(&self, policy: &lease::Policy) {
         let Queue::Store(store) = self else { return };
-        if let Err(err) = lease::sweep_and_log(store.as_ref(), policy, Timestamp::now()).await {
+        if let Err(err) = crate::sweep::once(store.as_ref(), policy, Timestamp::now()).await {
             tracing::warn!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed");
         }
     }

@@ -1,0 +1,135 @@
+//! The run document: what a run is, in the shape the user's web frontend reads from MongoDB.
+//!
+//! Field names follow the seeds (`currentStage.goodNodes`, `stageTiming.Stage_1.duration_s`,
+//! `lastEventSeq`, `claimedBy`, camelCase elsewhere). This module holds data and small pure
+//! helpers only; how events change a run lives in `reduce`, how runs are stored in `store`.
+//!
+//! `id` (`RunId`), `status` (`RunStatus`, `Stage`), `parts` (the document's nested parts),
+//! `transitions` (creation, claim, reset, and facts derived from a run); the `Run` document
+//! itself is here.
+
+mod id;
+mod parts;
+mod status;
+mod transitions;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::time::Timestamp;
+
+pub use id::RunId;
+pub use parts::{
+    CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod,
+    ResourceSample, RunError, StageTiming, Validation,
+};
+pub use status::{RunStatus, Stage};
+
+/// One experiment run. Serialized as-is into MongoDB's `runs` collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    #[serde(rename = "_id")]
+    pub id: RunId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypothesis_id: Option<String>,
+    pub status: RunStatus,
+    /// Defaults keep runs created directly by the web frontend (no priority, no queue) readable.
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// The idea/config payload the pipeline runs.
+    #[serde(default)]
+    pub idea: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_stage: Option<CurrentStage>,
+    #[serde(default)]
+    pub stage_timing: std::collections::BTreeMap<String, StageTiming>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// Flat copies of `error` for the seeds' frontend (`errorType`, `errorMessage`, `failedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<Timestamp>,
+    /// When the store last heard from the worker holding the run, by the store's clock (not
+    /// the pod's): set by the claim and by every admitted event of the live attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_at: Option<Timestamp>,
+    /// Set while the worker holding the run has been silent past the warning point of its
+    /// lease (`queue::lease`); cleared when it is heard again. The status is unchanged:
+    /// unreachable is not dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_since: Option<Timestamp>,
+    /// When a sweep found the run's worker silent for the whole lease and decided to fail the
+    /// run (`queue::lease`). The run stays held until the sweep's `ai.run.failed` record,
+    /// written next, fails it in the same write that stores the record; a held run with
+    /// `lostAt` is one whose sweeper stopped in between, and the next sweep writes the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_at: Option<Timestamp>,
+    #[serde(rename = "duration_s", default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    #[serde(default)]
+    pub last_event_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// Fencing token: incremented by every claim; events stamped with an older one are refused.
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub retry_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested: Option<CancelRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canceled: Option<Cancellation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceSample>,
+    #[serde(default)]
+    pub metrics: Vec<MetricPoint>,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<Paper>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
+    /// Document revision for optimistic concurrency; bumped by every write.
+    #[serde(default)]
+    pub rev: u64,
+}
+
+/// What an operator or an `ai.run.enqueued` event asks for when creating a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub id: RunId,
+    pub hypothesis_id: Option<String>,
+    pub priority: i64,
+    pub queue: String,
+    pub idea: Value,
+}
+
+pub const DEFAULT_QUEUE: &str = "default";
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+
+impl NewRun {
+    pub fn new(idea: Value) -> Self {
+        Self { id: RunId::generate(), hypothesis_id: None, priority: 0, queue: DEFAULT_QUEUE.into(), idea }
+    }
+}

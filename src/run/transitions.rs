@@ -1,0 +1,129 @@
+//! How a run document changes outside the reducer (creation, claim, word from its worker,
+//! reset) and the facts derived from it.
+
+use super::{NewRun, Run, RunStatus};
+use crate::event::redact;
+use crate::time::Timestamp;
+
+impl Run {
+    /// A freshly queued run. Every run is born here (an operator's, or an `ai.run.enqueued`
+    /// event's), so this is where what the creator sent loses its secrets.
+    pub fn queued(new_run: NewRun, now: Timestamp) -> Self {
+        let mut idea = new_run.idea;
+        redact::redact_value(&mut idea);
+        Run {
+            id: new_run.id,
+            hypothesis_id: new_run.hypothesis_id.map(redact::redact_string),
+            status: RunStatus::Queued,
+            priority: new_run.priority,
+            queue: redact::redact_string(new_run.queue),
+            idea,
+            current_stage: None,
+            stage_timing: Default::default(),
+            error: None,
+            error_type: None,
+            error_message: None,
+            failed_at: None,
+            pod: None,
+            created_at: now,
+            updated_at: now,
+            claimed_at: None,
+            started_at: None,
+            completed_at: None,
+            heartbeat_at: None,
+            heard_at: None,
+            silent_since: None,
+            lost_at: None,
+            duration_s: None,
+            last_event_seq: 0,
+            claimed_by: None,
+            attempt: 0,
+            retry_count: 0,
+            cancel_requested: None,
+            canceled: None,
+            resources: None,
+            metrics: Vec::new(),
+            nodes: Vec::new(),
+            paper: None,
+            validation: None,
+            rev: 0,
+        }
+    }
+
+    /// Marks the run claimed by `worker`: the one place a claim changes a run, for both stores.
+    pub fn claim(&mut self, worker: &str, now: Timestamp) {
+        self.status = RunStatus::Scheduled;
+        self.claimed_by = Some(worker.to_owned());
+        self.claimed_at = Some(now);
+        self.attempt += 1;
+        self.updated_at = now;
+        self.heard(now);
+    }
+
+    /// The worker holding the run was heard from at `now` (the store's clock).
+    pub fn heard(&mut self, now: Timestamp) {
+        self.heard_at = Some(self.heard_at.map_or(now, |heard_at| heard_at.max(now)));
+        self.silent_since = None;
+    }
+
+    /// Puts the run back in the queue for a fresh attempt (an operator's reset of a FAILED or
+    /// CANCELED run, or the requeue of a lost one); its old attempt is fenced out.
+    /// Progress, timing and nodes of the old attempt are cleared: the new attempt starts over.
+    pub fn reset(&mut self, now: Timestamp) {
+        let kept = Run::queued(
+            NewRun {
+                id: self.id.clone(),
+                hypothesis_id: self.hypothesis_id.take(),
+                priority: self.priority,
+                queue: std::mem::take(&mut self.queue),
+                idea: std::mem::take(&mut self.idea),
+            },
+            self.created_at,
+        );
+        let (attempt, retry_count, rev, last_event_seq) =
+            (self.attempt, self.retry_count + 1, self.rev, self.last_event_seq);
+        *self = Run { attempt, retry_count, rev, last_event_seq, updated_at: now, ..kept };
+    }
+}
+
+/// Facts derived from a run document, shared by both stores (which index them) and the CLI.
+impl Run {
+    /// When a worker last showed signs of life for this run: when the store last heard from
+    /// it, else (runs claimed before `heardAt` existed) its latest heartbeat, start or claim.
+    pub fn last_seen_at(&self) -> Option<Timestamp> {
+        self.heard_at.or_else(|| [self.heartbeat_at, self.started_at, self.claimed_at].into_iter().flatten().max())
+    }
+
+    /// When the run reached its terminal state (completed, failed or canceled).
+    pub fn finished_at(&self) -> Option<Timestamp> {
+        self.completed_at.or(self.failed_at).or(self.canceled.as_ref().map(|canceled| canceled.at))
+    }
+
+    /// The stretch during which the run held a GPU: from its start to its end, or to its
+    /// latest heartbeat while it has not ended. `None` when its pod reported no GPU.
+    pub fn gpu_interval(&self) -> Option<(Timestamp, Timestamp)> {
+        self.pod.as_ref()?.gpu.as_ref()?;
+        let started_at = self.started_at?;
+        let until = self.finished_at().or(self.heartbeat_at).unwrap_or(started_at);
+        Some((started_at, until.max(started_at)))
+    }
+
+    /// How long the run has taken: its reported `duration_s`, else from start to end (or to
+    /// `now` while it runs). `None` before it starts.
+    pub fn elapsed_s(&self, now: Timestamp) -> Option<f64> {
+        if let Some(duration_s) = self.duration_s {
+            return Some(duration_s);
+        }
+        let started_at = self.started_at?;
+        let until = self.finished_at().unwrap_or(now);
+        Some(until.seconds_since(started_at).max(0.0))
+    }
+
+    /// How long each completed stage took: `duration_s` as reported, else its elapsed time.
+    pub fn completed_stage_durations(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.stage_timing.iter().filter_map(|(name, timing)| {
+            timing.completed_at?;
+            Some((name.as_str(), timing.duration_s.or(timing.elapsed_s)?))
+        })
+    }
+}
