@@ -5,18 +5,23 @@
 //! (SQLite and MongoDB behind one trait), then the subcommands in `cmd`. `emit` and
 //! `monitor` hold the pod side as it lands. ARCHITECTURE.md has the map.
 
+pub mod backoff;
 pub mod cmd;
+pub mod control;
 pub mod emit;
+pub mod errors;
 pub mod event;
 pub mod gpu;
 pub mod ideation;
 pub mod limits;
 pub mod monitor;
+pub mod protocol;
 pub mod queue;
 pub mod reduce;
 pub mod run;
 pub mod server;
 pub mod store;
 pub mod sweep;
+pub mod sync;
 pub mod time;
 pub mod worker;

@@ -154,7 +154,7 @@ pub async fn keep_sweeping(store: Arc<dyn Store>, policy: Policy, every: Duratio
             Ok(()) => failing = false,
             Err(err) if !failing => {
                 failing = true;
-                tracing::error!(error = %crate::emit::error_chain(&err), "lost-worker sweep failed; retrying every {}", humantime::format_duration(every));
+                tracing::error!(error = %crate::errors::chain(&err), "lost-worker sweep failed; retrying every {}", humantime::format_duration(every));
             }
             Err(_) => {}
         }

@@ -408,6 +408,46 @@ async fn a_control_plane_outage_mid_run_loses_no_event() {
     assert!(spool_text(&pod).is_empty(), "the spool is empty once everything is acknowledged");
 }
 
+/// `scientist emit --spool` and the worker share one spool format: what `emit` kept while
+/// the control plane was down is sent by the next worker started on that spool directory.
+#[tokio::test]
+async fn a_worker_sends_what_emit_spool_kept_during_an_outage() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let spool = pod.path("spool");
+    for message in ["kept 1", "kept 2"] {
+        let data = json!({ "message": message }).to_string();
+        let kept = Command::new(BIN)
+            .args(["emit", "ai.run.log", "--run", id.as_str(), "--data", &data, "--spool"])
+            .arg("--spool-dir")
+            .arg(&spool)
+            .env("SCIENTIST_SERVER", &url)
+            .env_remove("SCIENTIST_EMIT_URL")
+            .env_remove("SCIENTIST_TOKEN")
+            .env_remove("SCIENTIST_SPOOL_DIR")
+            .output()
+            .await
+            .expect("run scientist emit");
+        let stderr = String::from_utf8_lossy(&kept.stderr);
+        assert_eq!(kept.status.code(), Some(0), "kept while serve is down: {stderr}");
+    }
+    assert!(!spool_text(&pod).is_empty(), "emit kept the events in the worker's spool format");
+
+    let _server = serve(&pod, port, &[]);
+    wait_healthy(port).await;
+    let config = pod.config("[[stage]]\nname = \"Stage_1\"\ncommand = [\"true\"]\n");
+    // A queue nothing waits in: the worker only sends what it found in its spool, then exits.
+    let worker = pod.bare_worker(&config).args(["--once", "--queue", "nothing-here", "--server", &url]).spawn();
+    let (status, stderr) = finish(worker.expect("start worker"), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    let lines = logs(&pod.events(&id).await);
+    let messages: Vec<&str> = lines.iter().map(|(line, _)| line.as_str()).collect();
+    assert_eq!(messages, ["kept 1", "kept 2"], "delivered once each, in the order kept: {stderr}");
+    assert!(spool_text(&pod).is_empty(), "the spool is empty once everything is acknowledged");
+}
+
 /// The stage of the size-limit test: a 3 MB event (within the one limit), a 5 MB event
 /// (over it: `emit` must exit 5, or the stage fails), and a traceback of 6 MB on stderr.
 const SIZES_STAGE: &str = r#"set -e
@@ -487,11 +527,12 @@ async fn events_within_the_limit_reach_serve_and_one_over_it_is_refused_at_the_p
 
 #[tokio::test]
 async fn the_local_endpoint_takes_only_its_runs_events_with_its_token() {
-    use scientist::emit::{EventStream, LocalEndpoint, StoreSink, StreamConfig};
+    use scientist::control::StoreControlPlane;
+    use scientist::emit::{EventStream, LocalEndpoint, StreamConfig};
     let pod = Pod::sqlite().await;
     let id = pod.enqueue().await;
     let claimed = pod.store.claim(POD, "default", Timestamp::now()).await.expect("claim").expect("a run");
-    let sink = Arc::new(StoreSink::new(pod.store.clone(), "test store"));
+    let sink = Arc::new(StoreControlPlane::new(pod.store.clone(), "test store"));
     let stream = EventStream::open(StreamConfig::new(pod.path("spool"), "pod://test".into()), sink).expect("stream");
     let endpoint = LocalEndpoint::start("127.0.0.1:0".parse().expect("addr")).await.expect("endpoint");
     let client = reqwest::Client::new();

@@ -1,20 +1,22 @@
 //! `scientist emit TYPE --run ID` builds one valid event and sends it; `--batch FILE`
-//! sends NDJSON. With `--spool`, what cannot be delivered now is kept on disk; every
-//! `emit` first sends what earlier ones kept, oldest first.
+//! sends NDJSON. With `--spool`, what cannot be delivered now is kept on disk, in the
+//! spool format a worker also drains; every `emit` first sends what was kept, oldest first.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{Map, Value, json};
 
 use super::{UsageError, exit};
-use crate::emit::{self, Client, DrainError, Spool};
+use crate::control::{self, ControlPlane, HttpControlPlane};
+use crate::emit::{self, DrainError, SpoolDir};
 use crate::event;
 use crate::event::wire::Rejected;
 use crate::run::RunId;
 use crate::time::Timestamp;
 
-pub use crate::emit::SendError as EmitError;
+pub use crate::control::SendError as EmitError;
 
 /// An event as a JSON object, ready to send.
 type EventObject = Map<String, Value>;
@@ -71,8 +73,8 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_ATTEMPT")]
     pub attempt: Option<u32>,
 
-    /// Keep events that cannot be delivered now on disk (exit 0); the next `emit` or
-    /// worker sends them.
+    /// Keep events that cannot be delivered now on disk (exit 0); the next `emit`, or a
+    /// worker started on the same spool directory (`work --spool-dir`), sends them.
     #[arg(long)]
     pub spool: bool,
 
@@ -105,22 +107,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (Some(url), _) | (None, Some(url)) => url.clone(),
         (None, None) => "http://127.0.0.1:8080".to_owned(),
     };
-    let client = Client::new(&base, args.token.clone())?;
+    let plane = HttpControlPlane::new(&base, args.token.clone())?;
     let spool = spool_for(&args)?;
     let backlog = match &spool {
-        Some(spool) => drain(spool, &client).await?,
+        Some(spool) => drain(spool, &plane).await?,
         None => Ok(()),
     };
+    let lines: Vec<Arc<str>> = events.iter().map(|event| Arc::from(Value::Object(event.clone()).to_string())).collect();
     let sent = match backlog {
         // Behind older events that are still waiting: queue up after them.
         Err(err) if args.spool => Err(err),
-        _ => send(&client, &events, args.batch.is_some()).await,
+        _ => send(&plane, &events, &lines, args.batch.is_some()).await,
     };
     let answer = match sent {
         Ok(answer) => answer,
         Err(err) if args.spool && err.is_retryable() => {
             let spool = spool.context("no spool directory: pass --spool-dir")?;
-            let path = spool.keep(&events).with_context(|| format!("keeping events in {}", spool.dir().display()))?;
+            let path =
+                spool.write_segment(&lines).with_context(|| format!("keeping events in {}", spool.dir().display()))?;
             eprintln!(
                 "kept {} event(s) in {} ({err}); the next emit or worker sends them",
                 events.len(),
@@ -142,37 +146,57 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The spool to drain and keep in: the named or default directory; with no `--spool`,
 /// only when it already exists (nothing is created for a plain emit).
-fn spool_for(args: &Args) -> anyhow::Result<Option<Spool>> {
-    let Some(dir) = args.spool_dir.clone().or_else(Spool::default_dir) else { return Ok(None) };
+fn spool_for(args: &Args) -> anyhow::Result<Option<SpoolDir>> {
+    let Some(dir) = args.spool_dir.clone().or_else(SpoolDir::default_dir) else { return Ok(None) };
     if !args.spool && !dir.is_dir() {
         return Ok(None);
     }
-    Ok(Some(Spool::open(&dir).with_context(|| format!("opening the spool {}", dir.display()))?))
+    Ok(Some(SpoolDir::open(&dir).with_context(|| format!("opening the spool {}", dir.display()))?))
 }
 
-/// Sends what earlier emits kept. Ok(Err) when the control plane cannot take them now.
-async fn drain(spool: &Spool, client: &Client) -> anyhow::Result<Result<(), EmitError>> {
-    match spool.drain(client).await {
+/// Sends what was kept in the spool. Ok(Err) when the control plane cannot take it now. A
+/// spool a worker holds is that worker's to send: the new events go straight out.
+async fn drain(spool: &SpoolDir, plane: &HttpControlPlane) -> anyhow::Result<Result<(), EmitError>> {
+    let reading = || format!("reading the spool {}", spool.dir().display());
+    let Some(lock) = spool.try_lock().with_context(reading)? else {
+        tracing::info!(spool = %spool.dir().display(), "a worker holds the spool; it sends what is kept there");
+        return Ok(Ok(()));
+    };
+    match spool.drain(&lock, plane).await {
         Ok(drained) => {
             if drained.delivered + drained.refused > 0 {
                 eprintln!("sent {} event(s) kept in {} earlier", drained.delivered, spool.dir().display());
             }
             if drained.refused > 0 {
-                eprintln!("warning: the control plane refused {} spooled event(s); see the log", drained.refused);
+                tracing::warn!(refused = drained.refused, spool = %spool.dir().display(),
+                    "the control plane refused spooled events; they are kept in {}", emit::spool::REJECTED_FILE);
             }
             Ok(Ok(()))
         }
-        Err(DrainError::Send(err)) => Ok(Err(err)),
-        Err(DrainError::Io(err)) => Err(err).with_context(|| format!("reading the spool {}", spool.dir().display())),
+        Err(DrainError::Send(err)) => Ok(Err(send_error(plane, err))),
+        Err(DrainError::Io(err)) => Err(err).with_context(reading),
     }
 }
 
-async fn send(client: &Client, events: &[Map<String, Value>], batch: bool) -> Result<Value, EmitError> {
+async fn send(
+    plane: &HttpControlPlane,
+    events: &[Map<String, Value>],
+    lines: &[Arc<str>],
+    batch: bool,
+) -> Result<Value, EmitError> {
     let answer = match events.first() {
-        Some(event) if !batch => serde_json::to_value(client.send_one(event).await?),
-        _ => serde_json::to_value(client.send_batch(events).await?),
+        Some(event) if !batch => plane.send_event(event).await.map(serde_json::to_value),
+        _ => plane.send_lines(lines).await.map(serde_json::to_value),
     };
-    Ok(answer.unwrap_or_default())
+    Ok(answer.map_err(|err| send_error(plane, err))?.unwrap_or_default())
+}
+
+/// Over HTTP every failure is a [`EmitError`], which picks the exit code.
+fn send_error(plane: &HttpControlPlane, err: control::Error) -> EmitError {
+    match err {
+        control::Error::Send(err) => err,
+        other => EmitError::Unreachable { url: plane.base().to_owned(), reason: crate::errors::chain(&other) },
+    }
 }
 
 fn report(args: &Args, answer: &Value, invalid: &[Rejected]) -> anyhow::Result<()> {

@@ -11,10 +11,11 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::{LeaseArgs, StoreArgs, UsageError};
-use crate::emit::{Client, EventStream, HttpSink, LocalEndpoint, Sink, StoreSink, StreamConfig};
+use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
+use crate::emit::{EventStream, LocalEndpoint, StreamConfig};
 use crate::gpu::Gpus;
 use crate::monitor::{self, ArtifactStore};
-use crate::worker::{self, Directive, Mode, Pipeline, PodFacts, PodId, Queue};
+use crate::worker::{self, Directive, Mode, Pipeline, PodFacts, PodId};
 
 const AFTER_HELP: &str = "\
 The pipeline config (--config) is TOML: one command for the whole run, or a command per stage
@@ -205,8 +206,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .or_else(|| data_dir().map(|dir| dir.join("worker-spool").join(pod.as_str())))
         .context("no data directory (is HOME set?): pass --spool-dir")?;
     let monitor = monitor_settings(&args, &pipeline, data_dir().map(|dir| dir.join("artifacts")))?;
-    let (queue, sink) = open_queue(&args).await?;
-    let stream = EventStream::open(StreamConfig::new(spool_dir, pod.source()), sink)?;
+    let queue = open_queue(&args).await?;
+    let stream = EventStream::open(StreamConfig::new(spool_dir, pod.source()), queue.clone())?;
     let endpoint = LocalEndpoint::start(args.emit_listen)
         .await
         .with_context(|| format!("starting the local event endpoint on {}", args.emit_listen))?;
@@ -239,7 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match worker::run(config, queue, stream, endpoint, facts, control).await {
         Ok(_) => Ok(()),
         // A refused token exits with emit's code for it (7).
-        Err(worker::Error::Claim(worker::claims::Error::Send(err))) => Err(err.into()),
+        Err(worker::Error::Claim(crate::control::Error::Send(err))) => Err(err.into()),
         Err(err) => Err(err.into()),
     }
 }
@@ -271,17 +272,14 @@ fn monitor_settings(
 }
 
 /// The store when one is configured, else the control plane named by --server.
-async fn open_queue(args: &Args) -> anyhow::Result<(Queue, Arc<dyn Sink>)> {
+async fn open_queue(args: &Args) -> anyhow::Result<Arc<dyn ControlPlane>> {
     let store_configured = args.store.store.is_some() || args.store.mongodb_url.is_some();
     match (&args.server, store_configured) {
-        (Some(server), false) => {
-            let client = Client::new(server, args.token.clone())?;
-            Ok((Queue::Http(client.clone()), Arc::new(HttpSink::new(client))))
-        }
+        (Some(server), false) => Ok(Arc::new(HttpControlPlane::new(server, args.token.clone())?)),
         _ => {
             let store = args.store.open().await?;
             let name = if args.store.mongodb_url.is_some() { "MongoDB" } else { "the embedded store" };
-            Ok((Queue::Store(store.clone()), Arc::new(StoreSink::new(store, name))))
+            Ok(Arc::new(StoreControlPlane::new(store, name)))
         }
     }
 }

@@ -19,8 +19,10 @@ use subtle::ConstantTimeEq;
 use super::stream::{Draft, RunStream};
 use crate::event::wire::Rejected;
 use crate::event::{Event, EventId};
+use crate::protocol::http::{ParseError, bearer_token, limit_body, parse_batch, parse_event, refusal};
+use crate::protocol::{BatchAnswer, EventAnswer, EventOutcome, path};
 use crate::queue::authority;
-use crate::server;
+use crate::sync::lock;
 use crate::time::Timestamp;
 
 /// What the child reported about itself through the endpoint, for the worker's verdict.
@@ -61,9 +63,9 @@ impl LocalEndpoint {
         let state = LocalState { token: Arc::from(EventId::generate().0), attached: Arc::default() };
         let router = Router::new()
             .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
-            .route("/api/ingest/event", post(one))
-            .route("/api/ingest/events", post(batch));
-        let router = server::limit_body(router).with_state(state.clone());
+            .route(path::INGEST_EVENT, post(one))
+            .route(path::INGEST_EVENTS, post(batch));
+        let router = limit_body(router).with_state(state.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let serving = axum::serve(listener, router).with_graceful_shutdown(async {
@@ -99,15 +101,6 @@ impl LocalEndpoint {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// An error answer in the control plane's shape.
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    Refusal { status, message: message.into() }.into_response()
-}
-
 /// A refusal not yet turned into a response (a response is too large to pass around).
 struct Refusal {
     status: StatusCode,
@@ -116,13 +109,19 @@ struct Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        refusal(self.status, self.message)
+    }
+}
+
+impl From<ParseError> for Refusal {
+    fn from(err: ParseError) -> Self {
+        Refusal { status: err.status(), message: err.to_string() }
     }
 }
 
 impl LocalState {
     fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        let given = server::bearer_token(headers).unwrap_or_default();
+        let given = bearer_token(headers).unwrap_or_default();
         if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) {
             return Ok(());
         }
@@ -181,9 +180,9 @@ async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -
     if let Err(refused) = state.authorize(&headers) {
         return refused.into_response();
     }
-    let event = match server::parse_event(&headers, &body, Timestamp::now()) {
+    let event = match parse_event(&headers, &body, Timestamp::now()) {
         Ok(event) => event,
-        Err(err) => return err.into_response(),
+        Err(err) => return Refusal::from(err).into_response(),
     };
     let (stream, reported) = match state.stream() {
         Ok(found) => found,
@@ -195,8 +194,10 @@ async fn one(State(state): State<LocalState>, headers: HeaderMap, body: Bytes) -
         Err(refused) => return refused.into_response(),
     };
     match stream.emit_synced(draft).await {
-        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "outcome": "spooled" }))).into_response(),
-        Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        Ok(()) => {
+            (StatusCode::ACCEPTED, axum::Json(EventAnswer { id, outcome: EventOutcome::Spooled })).into_response()
+        }
+        Err(err) => refusal(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
     }
 }
 
@@ -204,9 +205,9 @@ async fn batch(State(state): State<LocalState>, headers: HeaderMap, body: Bytes)
     if let Err(refused) = state.authorize(&headers) {
         return refused.into_response();
     }
-    let parsed = match server::parse_batch(&headers, &body, Timestamp::now()) {
+    let parsed = match parse_batch(&headers, &body, Timestamp::now()) {
         Ok(parsed) => parsed,
-        Err(err) => return err.into_response(),
+        Err(err) => return Refusal::from(err).into_response(),
     };
     let (stream, reported) = match state.stream() {
         Ok(found) => found,
@@ -223,12 +224,8 @@ async fn batch(State(state): State<LocalState>, headers: HeaderMap, body: Bytes)
     rejected.sort_by_key(|rejected| rejected.line);
     let spooled = drafts.len();
     if let Err(err) = stream.emit_all_synced(drafts).await {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
     }
-    let answer = json!({
-        "accepted": spooled, "spooled": spooled,
-        "applied": 0, "duplicate": 0, "stale": 0, "orphan": 0,
-        "rejected": rejected,
-    });
+    let answer = BatchAnswer { accepted: spooled, spooled: Some(spooled), rejected, ..BatchAnswer::default() };
     (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
 }

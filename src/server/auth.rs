@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::protocol::http::bearer_token;
 use crate::queue::authority::Authority;
 
 /// What a token may do. Pods get `Ingest`; dashboards `Read`; operators `Admin` too.
@@ -135,18 +135,10 @@ pub(super) async fn require(
     Ok(next.run(request).await)
 }
 
-/// The token of an `Authorization: Bearer <token>` header. The scheme name is matched in
-/// any case (RFC 7235: `bearer` and `BEARER` are the same scheme); `None` when the header
-/// is missing, not text, another scheme, or has no token.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, header};
+
     use super::*;
 
     #[test]

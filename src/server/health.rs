@@ -57,9 +57,9 @@ impl WriteProbe {
         }
         let store = self.store.clone();
         let probe = slot.running.get_or_insert_with(|| {
-            tokio::spawn(async move {
-                store.probe_write(Timestamp::now()).await.map_err(|err| crate::emit::error_chain(&err))
-            })
+            tokio::spawn(
+                async move { store.probe_write(Timestamp::now()).await.map_err(|err| crate::errors::chain(&err)) },
+            )
         });
         // Cancel-safe: if this caller goes away the probe task runs on, kept in `running`.
         let result = match tokio::time::timeout(self.times.timeout, probe).await {

@@ -19,23 +19,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{Scope, Tokens, bearer_token};
+pub use auth::{Scope, Tokens};
 pub use conn::{Limits, REFUSAL_SLOTS};
 pub use error::ApiError;
 pub use health::ProbeTimes;
-pub use ingest::{BatchAnswer, EventAnswer, parse_batch, parse_event};
-pub use queue::WorkerMode;
 
-use crate::limits::MAX_BODY_BYTES;
+use crate::protocol::http::limit_body;
+use crate::protocol::path;
 use crate::store::Store;
 
 /// A request that has not been answered by then gets 408; the store work it started is
@@ -104,9 +102,9 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (endpoint(Method::GET, "/health", None), get(health)),
         (endpoint(Method::GET, "/metrics", Some(Read)), get(metrics::serve)),
         (endpoint(Method::GET, "/api/openapi.json", Some(Read)), get(openapi)),
-        (endpoint(Method::POST, "/api/ingest/event", Some(Ingest)), post(ingest::one)),
-        (endpoint(Method::POST, "/api/ingest/events", Some(Ingest)), post(ingest::batch)),
-        (endpoint(Method::POST, "/api/queue/claim", Some(Ingest)), post(queue::claim)),
+        (endpoint(Method::POST, path::INGEST_EVENT, Some(Ingest)), post(ingest::one)),
+        (endpoint(Method::POST, path::INGEST_EVENTS, Some(Ingest)), post(ingest::batch)),
+        (endpoint(Method::POST, path::CLAIM, Some(Ingest)), post(queue::claim)),
         (endpoint(Method::GET, "/api/queue/runs/{id}", Some(Ingest)), get(queue::check)),
         (endpoint(Method::POST, "/api/queue/ideation/{id}/heartbeat", Some(Ingest)), post(queue::hear_ideation)),
         (endpoint(Method::POST, "/api/queue/ideation/{id}/finish", Some(Ingest)), post(queue::finish_ideation)),
@@ -152,17 +150,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The one request body limit (`limits::MAX_BODY_BYTES`), refused in our error shape: for
-/// `serve` and for a worker's local endpoint alike.
-pub(crate) fn limit_body<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
-    router
-        // Both: the extractors' own 2 MiB default must not undercut the one limit, and a
-        // declared length over it is refused before the body is read.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(middleware::map_response(explain_too_large))
-}
-
 /// Serves on `listener` until `shutdown` completes, then finishes the requests in flight
 /// (live tails end at once). Connections are bounded by the state's [`Limits`]: slow or
 /// idle clients are closed, and past the cap new ones get a 503 instead of a wait.
@@ -179,7 +166,7 @@ pub async fn run(
 /// 200 when the store answers reads and took a write recently, 503 with the reason when not.
 async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     let checked = match state.store.counts().await {
-        Err(err) => Err(format!("the store does not answer reads: {}", crate::emit::error_chain(&err))),
+        Err(err) => Err(format!("the store does not answer reads: {}", crate::errors::chain(&err))),
         Ok(_) => state.write_probe.check().await.map_err(|reason| format!("the store refuses writes: {reason}")),
     };
     match checked {
@@ -205,15 +192,6 @@ async fn time_limit(
         Ok(response) => response,
         Err(_) => axum::response::IntoResponse::into_response(ApiError::Timeout(limit)),
     }
-}
-
-/// The body limit answers 413 in plain text; say what to do instead, in our error shape.
-async fn explain_too_large(response: axum::response::Response) -> axum::response::Response {
-    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value == "application/json");
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
-        return response;
-    }
-    axum::response::IntoResponse::into_response(error::ApiError::TooLarge(crate::limits::body_too_large()))
 }
 
 async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {

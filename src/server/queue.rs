@@ -2,44 +2,19 @@
 //! `POST /api/queue/claim` takes the next run (or ideation request), `GET
 //! /api/queue/runs/{id}` tells the worker whether its claim is still live and whether an
 //! operator asked to cancel, `POST /api/queue/ideation/{id}/heartbeat` keeps an ideation
-//! claim from being lost and `POST /api/queue/ideation/{id}/finish` ends it.
+//! claim from being lost and `POST /api/queue/ideation/{id}/finish` ends it. The bodies are
+//! `crate::protocol::claim`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
 use super::error::extract::{Json, Path, Query};
-use crate::queue::fence;
-use crate::run::{CancelRequest, DEFAULT_QUEUE, RunId, RunStatus};
+use crate::protocol::{ClaimCheck, ClaimRequest, ClaimState, IdeationFinish, IdeationHeard, WorkerMode};
+use crate::run::RunId;
 use crate::time::Timestamp;
-
-/// What a worker serves (`scientist work --mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerMode {
-    #[default]
-    Experiment,
-    Ideation,
-    Hybrid,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ClaimRequest {
-    /// The worker's id (its pod id); recorded as the run's `claimedBy`.
-    worker: String,
-    #[serde(default = "default_queue")]
-    queue: String,
-    #[serde(default)]
-    mode: WorkerMode,
-}
-
-fn default_queue() -> String {
-    DEFAULT_QUEUE.to_owned()
-}
 
 /// 200 with the claimed run (its `attempt` is the fencing token to stamp on every event),
 /// or 204 when the queue is empty.
@@ -74,17 +49,6 @@ pub(super) async fn claim(
     })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct IdeationFinish {
-    /// The claim's attempt (the fencing token the claim answered).
-    attempt: u32,
-    /// Why the ideation failed; absent when it completed (its ideas were sent as
-    /// `ai.ideation.generated` first).
-    #[serde(default)]
-    error: Option<String>,
-}
-
 /// 200 with the ended request, or 409 when that claim is not live (ended already, or the
 /// request was claimed again).
 pub(super) async fn finish_ideation(
@@ -97,13 +61,6 @@ pub(super) async fn finish_ideation(
         Some(request) => Ok((StatusCode::OK, axum::Json(request.document)).into_response()),
         None => Err(not_held(&id, finish.attempt)),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct IdeationHeard {
-    /// The claim's attempt (the fencing token the claim answered).
-    attempt: u32,
 }
 
 /// 200 with the request, its worker heard from now; or 409 when that claim is not live (the
@@ -125,36 +82,11 @@ fn not_held(id: &str, attempt: u32) -> ApiError {
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct ClaimCheck {
-    attempt: u32,
-}
-
-/// What a worker needs to know about the run it holds.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ClaimState {
-    id: RunId,
-    status: RunStatus,
-    attempt: u32,
-    /// Whether the asked attempt is still the run's live claim; when false the worker must
-    /// stop: its events are refused (the run was reset, reclaimed or finished).
-    live: bool,
-    cancel_requested: Option<CancelRequest>,
-}
-
 pub(super) async fn check(
     State(state): State<AppState>,
     Path(id): Path<RunId>,
     Query(ClaimCheck { attempt }): Query<ClaimCheck>,
 ) -> Result<axum::Json<ClaimState>, ApiError> {
     let run = state.store.get(&id).await?.ok_or_else(|| crate::store::Error::NotFound(id.clone()))?;
-    let live = fence::is_live(&run, attempt);
-    Ok(axum::Json(ClaimState {
-        id: run.id,
-        status: run.status,
-        attempt: run.attempt,
-        live,
-        cancel_requested: run.cancel_requested,
-    }))
+    Ok(axum::Json(ClaimState::of(run, attempt)))
 }

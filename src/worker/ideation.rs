@@ -168,7 +168,7 @@ async fn claim_lost(context: &Context<'_>, request: &IdeationRequest) {
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => tracing::warn!(
-                error = %crate::emit::error_chain(&err),
+                error = %crate::errors::chain(&err),
                 "could not tell the queue ideation {} is alive; trying again at the next heartbeat", request.id
             ),
         }
@@ -259,7 +259,7 @@ async fn report_ideas(context: &Context<'_>, request: &IdeationRequest, ideas: V
 async fn retrying<T, F, Fut>(context: &Context<'_>, what: &str, mut attempt: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, super::claims::Error>>,
+    Fut: std::future::Future<Output = Result<T, crate::control::Error>>,
 {
     let deadline = Instant::now() + context.config.flush_timeout;
     let mut pause = Duration::from_millis(500);
@@ -267,7 +267,7 @@ where
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(err) => {
-                let reason = crate::emit::error_chain(&err);
+                let reason = crate::errors::chain(&err);
                 let stop_now = *context.control.borrow() == Directive::StopNow;
                 if stop_now || Instant::now() + pause > deadline || !retryable(&err) {
                     return Err(format!("could not {what}: {reason}"));
@@ -280,8 +280,8 @@ where
     }
 }
 
-fn retryable(err: &super::claims::Error) -> bool {
-    use super::claims::Error;
+fn retryable(err: &crate::control::Error) -> bool {
+    use crate::control::Error;
     match err {
         Error::Send(err) => err.is_retryable(),
         Error::Store(_) => true,

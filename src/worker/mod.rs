@@ -1,14 +1,13 @@
 //! The body of `scientist work`: claim a run, run its pipeline as supervised child
 //! processes, report everything through one ordered, spooled event stream, repeat.
 //!
-//! `claims` (where runs come from), `supervise` (one run), `child` (process groups),
+//! `supervise` (one run), `child` (process groups),
 //! `relay` + `lines` + `logs` (output to log events), `outcome` (failure codes),
 //! `heartbeat`, `rundir`, `pipeline` (the TOML config), `identity`. The event stream and
 //! the child's local endpoint live in `emit`. Signals are `cmd::work`'s business: this
 //! module only sees [`Directive`]s.
 
 pub mod child;
-pub mod claims;
 pub mod heartbeat;
 pub mod ideation;
 pub mod identity;
@@ -25,12 +24,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use claims::Queue;
 pub use heartbeat::PodFacts;
 pub use identity::PodId;
 pub use pipeline::Pipeline;
 pub use supervise::{StopReason, Verdict};
 
+use crate::control::{self, ControlPlane};
 use crate::emit::{EventStream, LocalEndpoint};
 
 /// What the worker is asked to do, from its signals and drain file.
@@ -117,13 +116,13 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Claim(#[from] claims::Error),
+    Claim(#[from] control::Error),
 }
 
 /// What a run's supervision borrows from the worker.
 pub(crate) struct Context<'a> {
     pub config: &'a Config,
-    pub queue: &'a Queue,
+    pub queue: &'a dyn ControlPlane,
     pub stream: &'a EventStream,
     pub endpoint: &'a LocalEndpoint,
     pub facts: &'a PodFacts,
@@ -134,7 +133,7 @@ pub(crate) struct Context<'a> {
 /// delivers what it can of the stream and returns.
 pub async fn run(
     config: Config,
-    queue: Queue,
+    queue: std::sync::Arc<dyn ControlPlane>,
     stream: EventStream,
     endpoint: LocalEndpoint,
     facts: PodFacts,
@@ -146,12 +145,12 @@ pub async fn run(
         if *control.borrow() != Directive::Work || drain_requested(&config) {
             break Ok(());
         }
-        match claim_next(&queue, &config).await {
+        match claim_next(queue.as_ref(), &config).await {
             Ok(Some(job)) => {
                 claim_failing = false;
                 let context = Context {
                     config: &config,
-                    queue: &queue,
+                    queue: queue.as_ref(),
                     stream: &stream,
                     endpoint: &endpoint,
                     facts: &facts,
@@ -177,13 +176,13 @@ pub async fn run(
                 if !claim_failing {
                     eprintln!(
                         "scientist work: cannot claim runs ({}); retrying every poll",
-                        crate::emit::error_chain(&err)
+                        crate::errors::chain(&err)
                     );
                 }
                 claim_failing = true;
             }
         }
-        let pause = config.poll.mul_f64(0.8 + 0.4 * crate::emit::random_fraction());
+        let pause = crate::backoff::jitter(config.poll, 0.2);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             // Cancel-safe: only wakes the loop, which reads the directive again.
@@ -205,7 +204,7 @@ pub async fn run(
 
 /// Claims the next job the mode serves: an ideation request first, then a run (sweeping
 /// lost workers' runs before claiming one).
-async fn claim_next(queue: &Queue, config: &Config) -> Result<Option<Job>, claims::Error> {
+async fn claim_next(queue: &dyn ControlPlane, config: &Config) -> Result<Option<Job>, control::Error> {
     if config.mode.serves_ideation()
         && let Some(request) = queue.claim_ideation(config.pod.as_str()).await?
     {

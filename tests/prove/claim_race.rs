@@ -96,7 +96,7 @@ pub async fn claimer(spec: StoreSpec, args: &[String]) -> ExitCode {
             Ok(Some(run)) => println!("{}", run.id),
             Ok(None) => return ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("claimer: {}", scientist::emit::error_chain(&err));
+                eprintln!("claimer: {}", scientist::errors::chain(&err));
                 return ExitCode::from(3);
             }
         }

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scientist::emit::{Draft, EventStream, StoreSink, StreamConfig};
+use scientist::control::StoreControlPlane;
+use scientist::emit::{Draft, EventStream, StreamConfig};
 use scientist::run::{NewRun, RunId};
 use scientist::store::{EventFilter, Store};
 use scientist::time::Timestamp;
@@ -106,7 +107,7 @@ pub async fn writer(spec: StoreSpec, args: &[String]) -> ExitCode {
     };
     let store = spec.open().await;
     let last_seq = store.get(&run).await.ok().flatten().map_or(0, |run| run.last_event_seq);
-    let sink = Arc::new(StoreSink::new(store, spec.kind()));
+    let sink = Arc::new(StoreControlPlane::new(store, spec.kind()));
     let mut config = StreamConfig::new(spool.into(), "prove://spool-writer".into());
     config.flush_every = Duration::from_millis(5);
     let stream = match EventStream::open(config, sink) {

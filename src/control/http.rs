@@ -1,17 +1,26 @@
-//! An HTTP client of the ingest API (`scientist serve`, or a worker's local endpoint):
-//! sends one event or a batch and sorts every failure into rejected, auth or unreachable,
-//! which decide whether sending again can help.
+//! The control plane over HTTP: a connection-reusing client of `serve`'s API (or of a
+//! worker's local endpoint, which speaks the ingest part of it). Every failure is sorted
+//! into rejected, auth or unreachable, which decide whether sending again can help.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::{ControlPlane, Error};
 use crate::event::wire::Rejected;
+use crate::ideation::IdeationRequest;
 use crate::limits::{self, MAX_BATCH_EVENTS, MAX_BODY_BYTES};
-use crate::server::BatchAnswer;
+use crate::protocol::{
+    BatchAnswer, ClaimRequest, ClaimState, EventAnswer, IdeationFinish, IdeationHeard, WorkerMode, path,
+};
+use crate::run::{Run, RunId};
 
-/// Why events were not accepted.
+/// Why a request was not answered as hoped.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The events are invalid (or too large); sending them again will not help.
@@ -31,18 +40,9 @@ impl SendError {
     }
 }
 
-/// The answer to one event: the control plane's outcome (`applied`, `duplicate`, `stale`,
-/// `orphan`), or `spooled` from a worker's local endpoint (kept on the pod's disk, in its
-/// ordered stream to the control plane).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Receipt {
-    pub id: String,
-    pub outcome: String,
-}
-
-/// A connection-reusing client of one ingest API.
+/// `serve` (or a worker's local endpoint) at one base URL.
 #[derive(Debug, Clone)]
-pub struct Client {
+pub struct HttpControlPlane {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
@@ -51,45 +51,29 @@ pub struct Client {
 /// Long enough for a slow store, short enough that a hung server does not hang a pipeline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Client {
+impl HttpControlPlane {
     /// `base` is the server's root URL, e.g. `http://127.0.0.1:8080`.
-    pub fn new(base: &str, token: Option<String>) -> Result<Client, SendError> {
+    pub fn new(base: &str, token: Option<String>) -> Result<HttpControlPlane, SendError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
             .build()
             .map_err(|err| SendError::Unreachable { url: base.to_owned(), reason: err.to_string() })?;
-        Ok(Client { base: base.trim_end_matches('/').to_owned(), token, http })
+        Ok(HttpControlPlane { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    /// Sends one event in structured mode.
-    pub async fn send_one(&self, event: &Map<String, Value>) -> Result<Receipt, SendError> {
-        let body = Value::Object(event.clone()).to_string();
-        // The server would answer 413 before reading it all; say so without sending.
-        limits::check_event(body.len()).map_err(|message| SendError::Rejected { status: 413, message })?;
-        let answer = self.post("/api/ingest/event", "application/cloudevents+json", body).await?;
-        serde_json::from_value(answer).map_err(|err| self.unreachable(format!("unexpected answer: {err}")))
-    }
-
-    /// Sends events as NDJSON, in requests within the server's limits; the answer's
-    /// rejected line numbers count from 1 at the first event given. An event too large to
-    /// send at all is rejected here.
-    pub async fn send_batch(&self, events: &[Map<String, Value>]) -> Result<BatchAnswer, SendError> {
-        let lines: Vec<String> = events.iter().map(|event| Value::Object(event.clone()).to_string()).collect();
-        self.send_lines(&lines).await
-    }
-
-    /// Sends events already serialized (one JSON object each, no newline), as
-    /// [`send_batch`](Self::send_batch) does: the worker's spool keeps them in this form.
+    /// Sends events already serialized (one JSON object each, no newline) as NDJSON, in
+    /// requests within the server's limits; the answer's rejected line numbers count from 1
+    /// at the first event given. An event too large to send at all is rejected here.
     ///
     /// A request the server refuses whole (413, 400, …) is halved and each half sent again,
     /// until the refused event stands alone: it alone is reported rejected, and every other
     /// event is still delivered, in order.
-    pub async fn send_lines<L: AsRef<str>>(&self, events: &[L]) -> Result<BatchAnswer, SendError> {
+    async fn post_lines<L: AsRef<str>>(&self, events: &[L]) -> Result<BatchAnswer, SendError> {
         let mut total = BatchAnswer::default();
         // The requests still to send, in order, as the indices of their events.
         let mut parts: VecDeque<Vec<usize>> = VecDeque::new();
@@ -116,8 +100,12 @@ impl Client {
                 body.push_str(events[index].as_ref());
                 body.push('\n');
             }
-            match self.post("/api/ingest/events", "application/x-ndjson", body).await {
-                Ok(answer) => self.add_part(&mut total, answer, &part)?,
+            match self.post(path::INGEST_EVENTS, "application/x-ndjson", body).await {
+                Ok(answer) => {
+                    let answer: BatchAnswer = self.parse_answer(answer)?;
+                    let position = |line: usize| part.get(line.wrapping_sub(1)).map_or(line, |index| index + 1);
+                    total.add_part(answer, position);
+                }
                 Err(SendError::Rejected { message, .. }) if part.len() == 1 => {
                     total.rejected.push(Rejected { line: part[0] + 1, reason: message });
                 }
@@ -135,11 +123,11 @@ impl Client {
 
     /// A JSON request to another endpoint of the API (the queue endpoints): `Ok(None)` for
     /// an answer without a body (204), failures sorted as for events.
-    pub async fn request_json(
+    async fn request_json(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&impl Serialize>,
     ) -> Result<Option<Value>, SendError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
@@ -149,7 +137,7 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|err| self.unreachable(describe(&err)))?;
+        let response = request.send().await.map_err(|err| self.unreachable(crate::errors::chain(&err)))?;
         let status = response.status().as_u16();
         if status == 204 {
             return Ok(None);
@@ -158,36 +146,91 @@ impl Client {
         check_status(&url, status, answer).map(Some)
     }
 
-    /// Adds the answer to one request of `send_lines` (events `part`) to `total`.
-    fn add_part(&self, total: &mut BatchAnswer, answer: Value, part: &[usize]) -> Result<(), SendError> {
-        let answer: BatchAnswer =
-            serde_json::from_value(answer).map_err(|err| self.unreachable(format!("unexpected answer: {err}")))?;
-        total.accepted += answer.accepted;
-        total.applied += answer.applied;
-        total.duplicate += answer.duplicate;
-        total.stale += answer.stale;
-        total.orphan += answer.orphan;
-        total.rejected.extend(answer.rejected.into_iter().map(|rejected| Rejected {
-            line: part.get(rejected.line.wrapping_sub(1)).map_or(rejected.line, |index| index + 1),
-            reason: rejected.reason,
-        }));
-        Ok(())
-    }
-
     async fn post(&self, path: &str, content_type: &str, body: String) -> Result<Value, SendError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.post(&url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|err| self.unreachable(describe(&err)))?;
+        let response = request.send().await.map_err(|err| self.unreachable(crate::errors::chain(&err)))?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         check_status(&url, status, answer)
     }
 
+    /// An ingest answer of the expected shape; anything else may pass later (a proxy's page).
+    fn parse_answer<T: DeserializeOwned>(&self, answer: Value) -> Result<T, SendError> {
+        serde_json::from_value(answer).map_err(|err| self.unreachable(format!("unexpected answer: {err}")))
+    }
+
     fn unreachable(&self, reason: String) -> SendError {
         SendError::Unreachable { url: self.base.clone(), reason }
+    }
+
+    async fn claim_as(&self, request: &ClaimRequest) -> Result<Option<Value>, Error> {
+        Ok(self.request_json(reqwest::Method::POST, path::CLAIM, Some(request)).await?)
+    }
+}
+
+#[async_trait]
+impl ControlPlane for HttpControlPlane {
+    async fn claim(&self, worker: &str, queue: &str) -> Result<Option<Run>, Error> {
+        let request = ClaimRequest { worker: worker.to_owned(), queue: queue.to_owned(), mode: WorkerMode::Experiment };
+        match self.claim_as(&request).await? {
+            None => Ok(None),
+            Some(answer) => serde_json::from_value(answer).map(Some).map_err(|err| Error::Answer(err.to_string())),
+        }
+    }
+
+    async fn claim_ideation(&self, worker: &str) -> Result<Option<IdeationRequest>, Error> {
+        let request = ClaimRequest {
+            worker: worker.to_owned(),
+            queue: crate::run::DEFAULT_QUEUE.to_owned(),
+            mode: WorkerMode::Ideation,
+        };
+        match self.claim_as(&request).await? {
+            None => Ok(None),
+            Some(Value::Object(document)) => {
+                IdeationRequest::from_document(document).map(Some).map_err(|err| Error::Answer(err.to_string()))
+            }
+            Some(other) => Err(Error::Answer(format!("an ideation request that is not an object: {other}"))),
+        }
+    }
+
+    async fn check(&self, run_id: &RunId, attempt: u32) -> Result<ClaimState, Error> {
+        let answer = self
+            .request_json(reqwest::Method::GET, &path::claim_check(run_id, attempt), None::<&()>)
+            .await?
+            .ok_or_else(|| Error::Answer("an empty answer".into()))?;
+        serde_json::from_value(answer).map_err(|err| Error::Answer(err.to_string()))
+    }
+
+    async fn hear_ideation(&self, id: &str, attempt: u32) -> Result<bool, Error> {
+        let heard = IdeationHeard { attempt };
+        live_unless_conflict(
+            self.request_json(reqwest::Method::POST, &path::ideation_heartbeat(id), Some(&heard)).await,
+        )
+    }
+
+    async fn finish_ideation(&self, id: &str, attempt: u32, error: Option<String>) -> Result<bool, Error> {
+        let finish = IdeationFinish { attempt, error };
+        live_unless_conflict(self.request_json(reqwest::Method::POST, &path::ideation_finish(id), Some(&finish)).await)
+    }
+
+    async fn send_event(&self, event: &Map<String, Value>) -> Result<EventAnswer, Error> {
+        let body = Value::Object(event.clone()).to_string();
+        // The server would answer 413 before reading it all; say so without sending.
+        limits::check_event(body.len()).map_err(|message| SendError::Rejected { status: 413, message })?;
+        let answer = self.post(path::INGEST_EVENT, "application/cloudevents+json", body).await?;
+        Ok(self.parse_answer(answer)?)
+    }
+
+    async fn send_lines(&self, lines: &[Arc<str>]) -> Result<BatchAnswer, Error> {
+        Ok(self.post_lines(lines).await?)
+    }
+
+    fn describe(&self) -> String {
+        self.base.clone()
     }
 }
 
@@ -205,13 +248,11 @@ fn check_status(url: &str, status: u16, answer: Value) -> Result<Value, SendErro
     }
 }
 
-/// reqwest's error with its causes ("error sending request: … Connection refused").
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
+/// An ideation claim endpoint's answer: 409 says the claim is not live.
+fn live_unless_conflict(answer: Result<Option<Value>, SendError>) -> Result<bool, Error> {
+    match answer {
+        Ok(_) => Ok(true),
+        Err(SendError::Rejected { status: 409, .. }) => Ok(false),
+        Err(err) => Err(err.into()),
     }
-    text
 }

@@ -1,0 +1,78 @@
+//! What the disk writer and the sender share: the events spooled and not yet acknowledged,
+//! in stream order, and the segments that hold them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::emit::spool::{SegmentName, SpoolDir};
+
+/// What the writer and the sender share.
+pub(super) struct Shared {
+    pub(super) ledger: Mutex<Ledger>,
+    /// Wakes the sender: new events, or the stream is closing.
+    pub(super) wake: Notify,
+}
+
+impl Shared {
+    /// Never held across an await; every update is a single push, pop or counter change.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Ledger> {
+        crate::sync::lock(&self.ledger)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Ledger {
+    /// Spooled, not yet acknowledged, in stream order.
+    pub(super) pending: VecDeque<Pending>,
+    pub(super) segments: BTreeMap<SegmentName, Segment>,
+    /// No more events will come: deliver what waits without waiting for a full batch.
+    pub(super) closing: bool,
+}
+
+pub(super) struct Pending {
+    pub(super) line: Arc<str>,
+    /// The spool segment holding it; `None` when the disk failed and it lives in memory only.
+    pub(super) segment: Option<SegmentName>,
+    pub(super) since: Instant,
+}
+
+pub(super) struct Segment {
+    pub(super) path: PathBuf,
+    pub(super) written: usize,
+    pub(super) acked: usize,
+    /// Still being appended to by the writer.
+    pub(super) open: bool,
+}
+
+impl Ledger {
+    /// The first `count` pending events were acknowledged: forget them and remove the
+    /// segments that hold nothing undelivered any more.
+    pub(super) fn acknowledge(&mut self, count: usize) {
+        for pending in self.pending.drain(..count.min(self.pending.len())) {
+            if let Some(segment) = pending.segment.and_then(|number| self.segments.get_mut(&number)) {
+                segment.acked += 1;
+            }
+        }
+        self.remove_delivered_segments();
+    }
+
+    pub(super) fn remove_delivered_segments(&mut self) {
+        let done: Vec<SegmentName> = self
+            .segments
+            .iter()
+            .filter(|(_, segment)| !segment.open && segment.acked >= segment.written)
+            .map(|(name, _)| *name)
+            .collect();
+        for name in done {
+            if let Some(segment) = self.segments.remove(&name)
+                && let Err(err) = SpoolDir::remove_segment(&segment.path)
+            {
+                tracing::warn!(file = %segment.path.display(), error = %err, "could not remove a delivered spool segment");
+            }
+        }
+    }
+}
