@@ -3,7 +3,7 @@
 //! reducer then applies) or refused with a reason.
 
 use proptest::prelude::*;
-use scientist::event::payload::KNOWN_TYPES;
+use scientist::event::KNOWN_TYPES;
 use scientist::event::wire;
 use scientist::reduce;
 use scientist::run::{NewRun, Run};
