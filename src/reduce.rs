@@ -1,4 +1,5 @@
-//! The reducer: a pure function from (run, event) to the run's new state, SPEC.md's table.
+//! The reducer: a pure function from (run, event) to the run's new state: the "effect on
+//! the run" column of `docs/events.md`.
 //!
 //! Events arrive late, twice and out of order, so every rule here is a merge that gives the
 //! same result in any order and when repeated: counters and progress take the maximum,
@@ -9,6 +10,7 @@
 //! storage in `store`.
 
 use crate::event::Event;
+use crate::event::failure::UNNAMED_CODE;
 use crate::event::payload::{self, NodeData, NodeStep, Payload};
 use crate::run::{
     Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample, Run,
@@ -225,7 +227,7 @@ fn on_failed(run: &mut Run, failed: &payload::Failed, key: EventKey) {
         return; // the earliest failure is the cause; later ones are its echoes
     }
     let error = RunError {
-        error_type: failed.code.clone().unwrap_or_else(|| "UNKNOWN".into()),
+        error_type: failed.code.clone().unwrap_or_else(|| UNNAMED_CODE.into()),
         message: failed.message.clone().unwrap_or_default(),
         traceback: failed.traceback.clone(),
         stage: failed.stage.clone(),

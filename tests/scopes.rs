@@ -8,7 +8,7 @@
 mod test_server;
 
 use reqwest::StatusCode;
-use scientist::event::payload::KNOWN_TYPES;
+use scientist::event::KNOWN_TYPES;
 use scientist::run::{NewRun, RunId, RunStatus};
 use scientist::server::Tokens;
 use scientist::store::EventFilter;

@@ -1,9 +1,10 @@
 //! No input panics the ingest path: arbitrary bytes, and near-valid events with any JSON in
 //! any attribute or data field, are either accepted as well-formed events (which the
-//! reducer then applies) or refused with a reason.
+//! reducer then applies) or refused with a reason; an accepted payload serializes back to
+//! data that parses to the same payload.
 
 use proptest::prelude::*;
-use scientist::event::payload::KNOWN_TYPES;
+use scientist::event::{KNOWN_TYPES, Payload};
 use scientist::event::wire;
 use scientist::reduce;
 use scientist::run::{NewRun, Run};
@@ -88,5 +89,14 @@ proptest! {
         let lines = format!("{event}\n{event}\n");
         let batch = wire::parse_ndjson(lines.as_bytes(), now);
         prop_assert_eq!(batch.events.len() + batch.rejected.len(), 2);
+    }
+
+    #[test]
+    fn accepted_payloads_serialize_back_to_data_that_parses_the_same(event in near_valid_event()) {
+        let Ok(parsed) = wire::parse_structured(event.to_string().as_bytes(), Timestamp::now()) else { return Ok(()) };
+        if let Some(event_type) = parsed.payload.event_type() {
+            let again = Payload::parse(event_type.name(), &parsed.payload.to_data());
+            prop_assert_eq!(again.as_ref(), Ok(&parsed.payload), "{}", event);
+        }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 const CANARY: &str = "c4nary-Zq7x";
 
 /// Assignments in text the redactor promises to catch (`NAME=value` of a secret-like
-/// variable). Add a form here when `redact.rs` learns one.
+/// variable). Add a form here when `event/redact/` learns one.
 const TEXT_FORMS: &[&str] = &[
     "OPENAI_API_KEY={}",
     "GITHUB_TOKEN={}",

@@ -32,7 +32,7 @@ Examples:
 Exit codes: 0 accepted (or kept in the spool with --spool), 2 invalid before sending,
 5 rejected by the control plane, 6 unreachable, 7 missing or wrong token.")]
 pub struct Args {
-    /// Event type, e.g. ai.run.stage_progress (see SPEC's table; unknown ai.* types are stored).
+    /// Event type, e.g. ai.run.stage_progress (see docs/events.md; unknown ai.* types are stored).
     #[arg(required_unless_present = "batch")]
     pub event_type: Option<String>,
 

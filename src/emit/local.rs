@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use super::stream::{Draft, RunStream};
 use crate::event::wire::Rejected;
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, EventType};
 use crate::protocol::http::{ParseError, bearer_token, limit_body, parse_batch, parse_event, refusal};
 use crate::protocol::{BatchAnswer, EventAnswer, EventOutcome, path};
 use crate::queue::authority;
@@ -162,14 +162,14 @@ fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Resul
     let draft = Draft::from_object(event.to_json());
     stream.check_size(&draft).map_err(|message| Refusal { status: StatusCode::PAYLOAD_TOO_LARGE, message })?;
     let mut reported = lock(reported);
-    match event.event_type.as_str() {
-        "ai.run.stage_started" => {
+    match event.payload.event_type() {
+        Some(EventType::RunStageStarted) => {
             if let Some(stage) = event.data.get("stage").and_then(Value::as_str) {
                 reported.stage = Some(stage.to_owned());
             }
         }
-        terminal @ ("ai.run.completed" | "ai.run.failed" | "ai.run.canceled") => {
-            reported.terminal.get_or_insert_with(|| terminal.to_owned());
+        Some(EventType::RunCompleted | EventType::RunFailed | EventType::RunCanceled) => {
+            reported.terminal.get_or_insert_with(|| event.event_type.clone());
         }
         _ => {}
     }

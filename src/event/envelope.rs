@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{Error, Event, EventId, Payload, json_kind, redact};
+use super::{Error, Event, EventId, EventType, Payload, json_kind, redact};
 use crate::run::RunId;
 use crate::time::Timestamp;
 
@@ -154,7 +154,7 @@ fn run_id(event_type: &str, subject: Option<&str>, data: &Map<String, Value>) ->
     match chosen {
         Some(id) => id.parse().map(Some).map_err(Error::InvalidRunId),
         // Ideation belongs to a hypothesis, not to a run.
-        None if event_type == "ai.ideation.generated" => Ok(None),
+        None if event_type == EventType::IdeationGenerated.name() => Ok(None),
         None => Err(Error::MissingRunId),
     }
 }

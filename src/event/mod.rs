@@ -1,12 +1,16 @@
 //! The event model: CloudEvents 1.0 envelopes carrying `ai.*` run events.
 //!
-//! `envelope` validates one JSON object into an [`Event`], `payload` types its `data`,
-//! `wire` reads the HTTP forms (structured, binary `ce-*` headers, NDJSON and JSON batches)
-//! and `redact` keeps secrets out. Nothing here knows about stores or HTTP servers.
+//! `envelope` validates one JSON object into an [`Event`], `payload` types its `data` by
+//! the table of event types in `types` (the reference is `docs/events.md`), `failure` names
+//! the failure codes scientist reports, `wire` reads the HTTP forms (structured, binary
+//! `ce-*` headers, NDJSON and JSON batches) and `redact` keeps secrets out. Nothing here
+//! knows about stores or HTTP servers.
 
 mod envelope;
+pub mod failure;
 pub mod payload;
 pub mod redact;
+mod types;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -15,7 +19,9 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 pub use envelope::from_json_object;
+pub use failure::FailureCode;
 pub use payload::{LogLevel, Payload};
+pub use types::{EventData, EventType, KNOWN_TYPES};
 
 use crate::run::{EventKey, RunId};
 use crate::time::Timestamp;

@@ -1,13 +1,17 @@
-//! Typed `data` for every event type of SPEC.md's table.
+//! Typed `data` for every event type of the table in `types` (documented in
+//! `docs/events.md`).
 //!
 //! Fields are optional where an emitter may leave them out and typed where they are given,
-//! so a heartbeat with `"gpu_util": "high"` is rejected with the field named. Unknown fields
-//! are allowed (emitters add their own); unknown `ai.*` types parse as [`Payload::Unknown`].
+//! so a heartbeat with `"gpu_util": "high"` is rejected with the field named. Fields a struct
+//! does not type are allowed (emitters add their own) and kept in its `extra`; unknown `ai.*`
+//! types parse as [`Payload::Unknown`]. Every struct serializes back to the `data` it parses
+//! from, so emitters build `data` from these structs ([`super::EventData`]).
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use super::failure::FailureCode;
 use crate::run::Stage;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,34 +50,6 @@ pub enum NodeStep {
     SelectedBest,
 }
 
-/// Every known event type, for `--help` texts and the OpenAPI document.
-pub const KNOWN_TYPES: &[&str] = &[
-    "ai.run.enqueued",
-    "ai.run.started",
-    "ai.run.heartbeat",
-    "ai.run.stage_started",
-    "ai.run.stage_progress",
-    "ai.run.stage_metric",
-    "ai.run.stage_completed",
-    "ai.node.created",
-    "ai.node.code_generated",
-    "ai.node.executing",
-    "ai.node.completed",
-    "ai.node.selected_best",
-    "ai.run.log",
-    "ai.artifact.detected",
-    "ai.artifact.registered",
-    "ai.artifact.failed",
-    "ai.ideation.generated",
-    "ai.paper.started",
-    "ai.paper.generated",
-    "ai.validation.auto_started",
-    "ai.validation.auto_completed",
-    "ai.run.completed",
-    "ai.run.failed",
-    "ai.run.canceled",
-];
-
 impl Payload {
     /// Whether the event moves its run to another status after its creation (started,
     /// completed, failed, canceled).
@@ -81,40 +57,17 @@ impl Payload {
         matches!(self, Payload::Started(_) | Payload::Completed(_) | Payload::Failed(_) | Payload::Canceled(_))
     }
 
-    /// Parses `data` for `event_type`; the error names the offending field.
-    pub fn parse(event_type: &str, data: &Map<String, Value>) -> Result<Payload, String> {
-        Ok(match event_type {
-            "ai.run.enqueued" => Payload::Enqueued(typed(data)?),
-            "ai.run.started" => Payload::Started(typed(data)?),
-            "ai.run.heartbeat" => Payload::Heartbeat(typed(data)?),
-            "ai.run.stage_started" => Payload::StageStarted(typed(data)?),
-            "ai.run.stage_progress" => Payload::StageProgress(typed::<StageProgress>(data)?.checked()?),
-            "ai.run.stage_metric" => Payload::StageMetric(typed(data)?),
-            "ai.run.stage_completed" => Payload::StageCompleted(typed(data)?),
-            "ai.node.created" => Payload::Node(NodeStep::Created, typed(data)?),
-            "ai.node.code_generated" => Payload::Node(NodeStep::CodeGenerated, typed(data)?),
-            "ai.node.executing" => Payload::Node(NodeStep::Executing, typed(data)?),
-            "ai.node.completed" => Payload::Node(NodeStep::Completed, typed(data)?),
-            "ai.node.selected_best" => Payload::Node(NodeStep::SelectedBest, typed(data)?),
-            "ai.run.log" => Payload::Log(typed(data)?),
-            "ai.artifact.detected" => Payload::ArtifactDetected(typed(data)?),
-            "ai.artifact.registered" => Payload::ArtifactRegistered(typed(data)?),
-            "ai.artifact.failed" => Payload::ArtifactFailed(typed(data)?),
-            "ai.ideation.generated" => Payload::IdeationGenerated(typed(data)?),
-            "ai.paper.started" => Payload::PaperStarted(typed(data)?),
-            "ai.paper.generated" => Payload::PaperGenerated(typed(data)?),
-            "ai.validation.auto_started" => Payload::ValidationStarted(typed(data)?),
-            "ai.validation.auto_completed" => Payload::ValidationCompleted(typed(data)?),
-            "ai.run.completed" => Payload::Completed(typed(data)?),
-            "ai.run.failed" => Payload::Failed(typed(data)?),
-            "ai.run.canceled" => Payload::Canceled(typed(data)?),
-            _ => Payload::Unknown,
-        })
+    /// The rules serde cannot say, for [`Payload::parse`].
+    pub(super) fn check(&self) -> Result<(), String> {
+        match self {
+            Payload::StageProgress(progress) => progress.check(),
+            _ => Ok(()),
+        }
     }
 }
 
-fn typed<T: DeserializeOwned>(data: &Map<String, Value>) -> Result<T, String> {
-    // Borrowing deserialisation from a `&Map` avoids cloning the whole payload.
+pub(super) fn typed<T: DeserializeOwned>(data: &Map<String, Value>) -> Result<T, String> {
+    // Borrowing deserialisation from a `&Map` avoids cloning the typed fields.
     let deserializer = serde::de::value::MapDeserializer::new(data.iter().map(|(k, v)| (k.as_str(), v)));
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -132,115 +85,151 @@ fn scalar_as_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
     })
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Enqueued {
-    #[serde(default)]
-    pub priority: Option<i64>,
-    #[serde(default)]
-    pub queue: Option<String>,
-    #[serde(default)]
-    pub hypothesis_id: Option<String>,
-    #[serde(default)]
-    pub idea: Option<Value>,
+/// A payload struct: the typed fields as written, plus `extra` (the fields it does not
+/// type, kept as sent) and its field list for `EventType::data_fields`. Optional fields
+/// are left out of the serialized form when unset.
+macro_rules! data {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+            /// The fields not typed above, as sent (`run_id`, an emitter's own).
+            #[serde(flatten)]
+            pub extra: Map<String, Value>,
+        }
+
+        impl super::types::DataFields for $name {
+            const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+        }
+    };
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Started {
-    #[serde(default)]
-    pub pod_id: Option<String>,
-    #[serde(default)]
-    pub gpu: Option<String>,
-    #[serde(default)]
-    pub region: Option<String>,
-    #[serde(default)]
-    pub image: Option<String>,
+data! {
+    #[derive(Default)]
+    pub struct Enqueued {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub priority: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub queue: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub hypothesis_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub idea: Option<Value>,
+    }
 }
 
-/// A resource sample; named fields are type-checked, the rest is kept as sent.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Heartbeat {
-    #[serde(default)]
-    pub gpu_util: Option<f64>,
-    #[serde(default)]
-    pub gpu_mem: Option<f64>,
-    #[serde(default)]
-    pub cpu: Option<f64>,
-    #[serde(default)]
-    pub rss: Option<f64>,
+data! {
+    #[derive(Default)]
+    pub struct Started {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pod_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gpu: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub region: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub image: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct StageStarted {
-    pub stage: Stage,
-    #[serde(default)]
-    pub desc: Option<String>,
+data! {
+    /// A resource sample; named fields are type-checked, the rest is kept as sent.
+    #[derive(Default)]
+    pub struct Heartbeat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gpu_util: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gpu_mem: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cpu: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rss: Option<f64>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct StageProgress {
-    pub stage: Stage,
-    #[serde(default)]
-    pub iteration: Option<u64>,
-    #[serde(default)]
-    pub max_iterations: Option<u64>,
-    #[serde(default)]
-    pub progress: Option<f64>,
-    #[serde(default)]
-    pub good_nodes: Option<u64>,
-    #[serde(default)]
-    pub buggy_nodes: Option<u64>,
-    #[serde(default)]
-    pub total_nodes: Option<u64>,
-    #[serde(default, deserialize_with = "scalar_as_string")]
-    pub best_metric: Option<String>,
-    #[serde(default)]
-    pub eta_s: Option<f64>,
+data! {
+    pub struct StageStarted {
+        pub stage: Stage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub desc: Option<String>,
+    }
+}
+
+data! {
+    pub struct StageProgress {
+        pub stage: Stage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub iteration: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max_iterations: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub progress: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub good_nodes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub buggy_nodes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub total_nodes: Option<u64>,
+        #[serde(default, deserialize_with = "scalar_as_string", skip_serializing_if = "Option::is_none")]
+        pub best_metric: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub eta_s: Option<f64>,
+    }
 }
 
 impl StageProgress {
-    fn checked(self) -> Result<Self, String> {
+    fn check(&self) -> Result<(), String> {
         match self.progress {
             Some(progress) if !(0.0..=1.0).contains(&progress) => {
                 Err(format!("data.progress: {progress} is outside 0..1; send a fraction such as 0.25"))
             }
-            _ => Ok(self),
+            _ => Ok(()),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct StageMetric {
-    #[serde(default)]
-    pub stage: Option<Stage>,
-    pub name: String,
-    pub value: f64,
-    #[serde(default)]
-    pub step: Option<u64>,
+data! {
+    pub struct StageMetric {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stage: Option<Stage>,
+        pub name: String,
+        pub value: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub step: Option<u64>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct StageCompleted {
-    pub stage: Stage,
-    #[serde(default)]
-    pub duration_s: Option<f64>,
+data! {
+    pub struct StageCompleted {
+        pub stage: Stage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub duration_s: Option<f64>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct NodeData {
-    #[serde(default)]
-    pub stage: Option<Stage>,
-    pub node_id: String,
-    #[serde(default)]
-    pub parent_id: Option<String>,
-    #[serde(default)]
-    pub is_buggy: Option<bool>,
-    #[serde(default)]
-    pub metric: Option<Value>,
-    #[serde(default)]
-    pub summary: Option<String>,
+data! {
+    pub struct NodeData {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stage: Option<Stage>,
+        pub node_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub parent_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub is_buggy: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub metric: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub summary: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     #[serde(alias = "trace")]
@@ -252,102 +241,132 @@ pub enum LogLevel {
     Error,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Log {
-    pub message: String,
-    #[serde(default)]
-    pub level: Option<LogLevel>,
-    #[serde(default)]
-    pub source: Option<String>,
+data! {
+    pub struct Log {
+        pub message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub level: Option<LogLevel>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub source: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ArtifactDetected {
-    pub path: String,
-    /// The seeds' monitor sent this as `type`.
-    #[serde(default, alias = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub size_bytes: Option<u64>,
+data! {
+    pub struct ArtifactDetected {
+        pub path: String,
+        /// The seeds' monitor sent this as `type`.
+        #[serde(default, alias = "type", skip_serializing_if = "Option::is_none")]
+        pub kind: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub size_bytes: Option<u64>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ArtifactRegistered {
-    pub key: String,
-    #[serde(default)]
-    pub bytes: Option<u64>,
-    #[serde(default)]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub content_type: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
+data! {
+    pub struct ArtifactRegistered {
+        pub key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub content_type: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub kind: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ArtifactFailed {
-    pub path: String,
-    #[serde(default)]
-    pub error: Option<String>,
+data! {
+    pub struct ArtifactFailed {
+        pub path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct IdeationGenerated {
-    pub hypothesis_id: String,
-    pub ideas: Vec<Value>,
+data! {
+    pub struct IdeationGenerated {
+        pub hypothesis_id: String,
+        pub ideas: Vec<Value>,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct PaperStarted {
-    #[serde(default)]
-    pub artifact_key: Option<String>,
+data! {
+    #[derive(Default)]
+    pub struct PaperStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub artifact_key: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PaperGenerated {
-    pub artifact_key: String,
+data! {
+    pub struct PaperGenerated {
+        pub artifact_key: String,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct ValidationStarted {
-    #[serde(default)]
-    pub model: Option<String>,
+data! {
+    #[derive(Default)]
+    pub struct ValidationStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub model: Option<String>,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct ValidationCompleted {
-    #[serde(default)]
-    pub verdict: Option<String>,
-    #[serde(default)]
-    pub scores: Option<Value>,
-    #[serde(default)]
-    pub review: Option<Value>,
+data! {
+    #[derive(Default)]
+    pub struct ValidationCompleted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub verdict: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scores: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub review: Option<Value>,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Completed {
-    #[serde(default)]
-    pub duration_s: Option<f64>,
+data! {
+    #[derive(Default)]
+    pub struct Completed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub duration_s: Option<f64>,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Failed {
-    #[serde(default)]
-    pub stage: Option<String>,
-    #[serde(default)]
-    pub code: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub traceback: Option<String>,
-    #[serde(default)]
-    pub retryable: Option<bool>,
+data! {
+    #[derive(Default)]
+    pub struct Failed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stage: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub message: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub traceback: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retryable: Option<bool>,
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Canceled {
-    #[serde(default)]
-    pub by: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
+impl Failed {
+    /// A failure scientist itself reports: the code's string and its retryable rule.
+    pub fn of(code: FailureCode, message: String) -> Failed {
+        Failed {
+            code: Some(code.to_string()),
+            message: Some(message),
+            retryable: Some(code.retryable()),
+            ..Failed::default()
+        }
+    }
+}
+
+data! {
+    #[derive(Default)]
+    pub struct Canceled {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
 }

@@ -88,11 +88,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::event::EventType;
     use crate::run::NewRun;
     use crate::time::Timestamp;
 
-    fn event(event_type: &str, attempt: Option<u32>) -> Event {
-        let mut object = json!({"specversion": "1.0", "id": "e", "source": "pod://p", "type": event_type,
+    fn event(event_type: EventType, attempt: Option<u32>) -> Event {
+        let mut object = json!({"specversion": "1.0", "id": "e", "source": "pod://p", "type": event_type.name(),
             "subject": "run/r1", "data": {"stage": "Stage_1", "message": "m", "reason": "r"}});
         if let Some(attempt) = attempt {
             object["attempt"] = json!(attempt);
@@ -105,12 +106,12 @@ mod tests {
     fn a_pod_reports_on_held_runs_and_ends_them_only_with_an_attempt() {
         let now = Timestamp::EPOCH;
         let mut run = Run::queued(NewRun::new(json!(null)), now);
-        assert_eq!(pod_may_send(Some(&run), &event("ai.run.log", None)), Err(Refusal::NotHeld));
-        assert_eq!(pod_may_send(None, &event("ai.run.log", None)), Err(Refusal::NoSuchRun));
+        assert_eq!(pod_may_send(Some(&run), &event(EventType::RunLog, None)), Err(Refusal::NotHeld));
+        assert_eq!(pod_may_send(None, &event(EventType::RunLog, None)), Err(Refusal::NoSuchRun));
         run.claim("pod-a", now);
-        assert_eq!(pod_may_send(Some(&run), &event("ai.run.log", None)), Ok(()));
-        assert_eq!(pod_may_send(Some(&run), &event("ai.run.canceled", None)), Err(Refusal::NoAttempt));
-        assert_eq!(pod_may_send(Some(&run), &event("ai.run.canceled", Some(1))), Ok(()));
-        assert_eq!(pod_may_send(Some(&run), &event("ai.run.enqueued", Some(1))), Err(Refusal::Creates));
+        assert_eq!(pod_may_send(Some(&run), &event(EventType::RunLog, None)), Ok(()));
+        assert_eq!(pod_may_send(Some(&run), &event(EventType::RunCanceled, None)), Err(Refusal::NoAttempt));
+        assert_eq!(pod_may_send(Some(&run), &event(EventType::RunCanceled, Some(1))), Ok(()));
+        assert_eq!(pod_may_send(Some(&run), &event(EventType::RunEnqueued, Some(1))), Err(Refusal::Creates));
     }
 }

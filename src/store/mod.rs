@@ -390,7 +390,7 @@ pub(crate) fn parse_run_cursor(cursor: &str) -> Result<(i64, String)> {
 }
 
 /// The `ai.run.log` event type, which `EventFilter::min_level` selects.
-pub const LOG_EVENT_TYPE: &str = "ai.run.log";
+pub const LOG_EVENT_TYPE: &str = crate::event::EventType::RunLog.name();
 
 /// The stored spellings of `data.level` (those `LogLevel` accepts) at or above `min`, with
 /// `info` among them when a line without a level qualifies: both backends read a missing

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::emit::{Draft, RunStream};
+use crate::event::EventData;
+use crate::event::payload::Heartbeat;
 use crate::gpu::{GpuFacts, Gpus};
 
 /// What the pod is, measured once, and its GPUs for sampling. Cheap to clone.
@@ -77,8 +79,8 @@ pub async fn beat(stream: RunStream, every: Duration, facts: PodFacts, group: Ar
         .await;
         let Ok((gpu_samples, usage, system)) = sampled else { return };
         processes = system;
-        let data = heartbeat_data(&gpu_samples, usage);
-        if stream.emit(Draft::new("ai.run.heartbeat", data)).await.is_err() {
+        let beat = heartbeat(&gpu_samples, usage);
+        if stream.emit(Draft::new(beat.event_type().name(), beat.to_data())).await.is_err() {
             return;
         }
     }
@@ -118,34 +120,35 @@ fn group_usage(system: &mut sysinfo::System, pgid: i32) -> Usage {
     usage
 }
 
-/// The heartbeat's data: `gpu_util` and `gpu_mem` (fractions, averaged over the devices),
-/// `cpu` (percent of one core) and `rss` (bytes) of the run's processes, and `gpus` per device.
-fn heartbeat_data(gpus: &[crate::gpu::GpuSample], usage: Option<Usage>) -> Map<String, Value> {
-    let mut data = Map::new();
+/// The heartbeat: `gpu_util` and `gpu_mem` (fractions, averaged over the devices), `cpu`
+/// (percent of one core) and `rss` (bytes) of the run's processes, and, untyped, `gpus` per
+/// device and the number of `processes`.
+fn heartbeat(gpus: &[crate::gpu::GpuSample], usage: Option<Usage>) -> Heartbeat {
     let average = |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
-    if let Some(util) = average(gpus.iter().filter_map(|gpu| gpu.util).collect()) {
-        data.insert("gpu_util".into(), json!(util));
-    }
     let memory = gpus
         .iter()
         .filter_map(|gpu| Some(gpu.mem_used_bytes? as f64 / gpu.mem_total_bytes.filter(|total| *total > 0)? as f64))
         .collect();
-    if let Some(fraction) = average(memory) {
-        data.insert("gpu_mem".into(), json!(fraction));
-    }
+    let mut beat = Heartbeat {
+        gpu_util: average(gpus.iter().filter_map(|gpu| gpu.util).collect()),
+        gpu_mem: average(memory),
+        cpu: usage.map(|usage| usage.cpu_percent),
+        rss: usage.map(|usage| usage.rss_bytes as f64),
+        extra: Map::new(),
+    };
     if !gpus.is_empty() {
-        data.insert("gpus".into(), serde_json::to_value(gpus).unwrap_or(Value::Null));
+        beat.extra.insert("gpus".into(), serde_json::to_value(gpus).unwrap_or(Value::Null));
     }
     if let Some(usage) = usage {
-        data.insert("cpu".into(), json!(usage.cpu_percent));
-        data.insert("rss".into(), json!(usage.rss_bytes as f64));
-        data.insert("processes".into(), json!(usage.processes));
+        beat.extra.insert("processes".into(), Value::from(usage.processes));
     }
-    data
+    beat
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::gpu::GpuSample;
 
@@ -167,12 +170,12 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let data = heartbeat_data(&gpus, Some(Usage { cpu_percent: 150.0, rss_bytes: 1024, processes: 2 }));
+        let data = heartbeat(&gpus, Some(Usage { cpu_percent: 150.0, rss_bytes: 1024, processes: 2 })).to_data();
         assert_eq!(data["gpu_util"], json!(0.75));
         assert_eq!(data["gpu_mem"], json!(0.5));
         assert_eq!(data["cpu"], json!(150.0));
         assert_eq!(data["gpus"].as_array().map(Vec::len), Some(2));
-        let bare = heartbeat_data(&[], None);
+        let bare = heartbeat(&[], None).to_data();
         assert!(bare.is_empty(), "{bare:?}");
     }
 

@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use super::child::{self, Child, Launch};
 use super::pipeline::Step;
 use super::{Context, Directive, rundir, supervise};
+use crate::event::EventData;
+use crate::event::payload::IdeationGenerated;
 use crate::ideation::IdeationRequest;
 
 pub const REQUEST_FILE: &str = "request.json";
@@ -238,15 +240,20 @@ fn read_ideas(file: &PathBuf) -> Result<Vec<Value>, String> {
 /// Sends the ideas as `ai.ideation.generated`. Its id is the same for every try of this
 /// claim, so a retry after a lost answer is a duplicate, not a second report.
 async fn report_ideas(context: &Context<'_>, request: &IdeationRequest, ideas: Vec<Value>) -> Result<(), String> {
+    let generated = IdeationGenerated {
+        hypothesis_id: request.hypothesis_id.clone(),
+        ideas,
+        extra: Map::from_iter([("request_id".to_owned(), json!(request.id))]),
+    };
     let mut event = Map::new();
     for (name, value) in [
         ("specversion", json!("1.0")),
         ("id", json!(format!("ideas:{}:{}", request.id, request.attempt))),
         ("source", json!(context.config.pod.source())),
-        ("type", json!("ai.ideation.generated")),
+        ("type", json!(generated.event_type().name())),
         ("subject", json!(format!("hypothesis/{}", request.hypothesis_id))),
         ("time", json!(crate::time::Timestamp::now().to_string())),
-        ("data", json!({ "hypothesis_id": request.hypothesis_id, "request_id": request.id, "ideas": ideas })),
+        ("data", Value::Object(generated.to_data())),
     ] {
         event.insert(name.into(), value);
     }

@@ -7,13 +7,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::lines::Splitter;
 use super::logs::{Grouper, Record};
 use super::outcome::Tail;
 use crate::emit::{Draft, RunStream};
+use crate::event::EventData;
+use crate::event::payload::Log;
 
 /// A rewritten line (progress bar) is reported at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,11 +106,9 @@ pub async fn relay(
 }
 
 fn draft(record: Record, source: &str) -> Draft {
-    let mut data = Map::new();
-    data.insert("message".into(), Value::from(record.message));
-    data.insert("level".into(), serde_json::to_value(record.level).unwrap_or(Value::Null));
-    data.insert("source".into(), Value::from(source));
-    Draft::new("ai.run.log", data)
+    let log =
+        Log { message: record.message, level: Some(record.level), source: Some(source.to_owned()), extra: Map::new() };
+    Draft::new(log.event_type().name(), log.to_data())
 }
 
 /// Records on their way to the stream, in order.

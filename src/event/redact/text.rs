@@ -1,190 +1,14 @@
-//! Keeps secrets out of everything that is stored. Secret values become [`REDACTED`].
-//!
-//! Entry points: [`redact_text`] for one string, [`redact_value`] / [`redact_map`] for JSON.
-//! Callers are the choke points where outside data becomes something stored: every event
-//! (`event::from_json_object`: context attributes, extensions and `data`), every new run
-//! (`Run::queued`: idea, hypothesis, queue), every ideation request (`IdeationRequest::queued`,
-//! `IdeationRequest::finish`), an operator's cancel (`store::cancel_run`), and the worker's
-//! spool (`emit::stream`).
-//!
-//! The rules, in the order they run on text:
-//! 1. **PEM private keys**: `-----BEGIN … PRIVATE KEY-----` up to its END line (or the end of
-//!    the text, for a cut-off traceback) goes whole.
-//! 2. **URL userinfo**: `scheme://user:PASSWORD@host` keeps the scheme, user and host and loses
-//!    the password; a user alone (`https://TOKEN@github.com`) goes when it is 16 characters or
-//!    longer, since services take tokens as user names; short ones (`ssh://git@…`) stay.
-//! 3. **Token shapes**: OpenAI/Anthropic `sk-…`, Stripe `sk_live_…`/`rk_live_…`, GitHub
-//!    `ghp_ gho_ ghu_ ghs_ ghr_ github_pat_…`, GitLab `glpat-…`, Hugging Face `hf_…`, AWS
-//!    `AKIA…`/`ASIA…` key ids, Slack `xox[abposr]-…`, Google `AIza…`, npm `npm_…`, JWTs
-//!    (`eyJ….….…`), and `Bearer …` credentials.
-//! 4. **Assignments**: `NAME=value`, `name: value`, `--name value`, `--name=value`, JSON-ish
-//!    `"name": "value"` (quotes, escaped quotes, `Authorization: Basic …`) where NAME is
-//!    secret-like by the key rule below. An unquoted value ends at white space or one of
-//!    `"'`,;&)}<>` and backslash.
-//!
-//! **The key rule** ([`is_secret_name`]), for JSON field names, extension attributes and the
-//! names in assignments: the name is split into words at `_ - .`, spaces and camelCase
-//! boundaries (`openaiApiKey`, `OPENAI_API_KEY`, `X-Api-Key` are all `openai api key`). It is
-//! secret-like when a word is one of [`SECRET_WORDS`] or ends with one of [`SECRET_ENDINGS`]
-//! (`authtoken`, `openaiapikey`), when `key`/`keys` follows one of [`KEY_KINDS`] (`api key`,
-//! `private key`, `openai key`; a lone `key` is an artifact key), or when it says connection
-//! string, unless a word is one of [`NOT_SECRET_WORDS`] (`token_count`, `max_token`,
-//! `password_file`: a count or a pointer to a secret, not the secret). `tokens` (plural) is
-//! not a secret word, so `max_tokens` and `input_tokens` are counts.
-//! In JSON, the key rule takes **string** values (all strings inside an object or array under
-//! such a field): numbers, booleans and null stay, so `"token_count": 5` and `"session": 3` are
-//! kept; in text every value after a secret-like name goes, whatever it looks like.
-//! Every string is also scanned with the text rules, and so are JSON object keys (two keys
-//! that redact to the same name keep the later value).
-//!
-//! Not redacted: secrets without a name or a known shape (`hunter2` on its own, a random
-//! string in a field called `note`), numbers under secret-like names, values after a name
-//! this rule does not know (`pin: 1234`), and identifiers: an event `id` or a run id that
-//! redaction would change is refused instead ([`would_change`]), since rewriting one would
-//! merge it with others (a second event would be dropped as a duplicate).
-//!
-//! Redaction is idempotent, never panics, and costs one scan of a [`RegexSet`] for text that
-//! holds nothing secret-like.
+//! The text rules, in the order they run: PEM private keys, URL userinfo, token shapes,
+//! `Bearer` credentials, then assignments to secret-like names (module doc of `redact`).
 
 use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
 use regex::{Captures, Regex, RegexSet};
-use serde_json::{Map, Value};
 
-pub const REDACTED: &str = "[REDACTED]";
-
-/// Words that make a name secret-like on their own.
-pub const SECRET_WORDS: &[&str] = &[
-    "token",
-    "secret",
-    "secrets",
-    "password",
-    "passwords",
-    "passwd",
-    "pwd",
-    "passphrase",
-    "credential",
-    "credentials",
-    "creds",
-    "apikey",
-    "apikeys",
-    "auth",
-    "oauth",
-    "authorization",
-    "cookie",
-    "cookies",
-    "session",
-    "dsn",
-    "connstr",
-];
-
-/// Endings that make one unsplit word secret-like (`authtoken`, `openaiapikey`, `dbpassword`):
-/// extension attribute names allow no separators.
-pub const SECRET_ENDINGS: &[&str] = &[
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "passphrase",
-    "credential",
-    "credentials",
-    "apikey",
-    "accesskey",
-    "privatekey",
-    "secretkey",
-    "cookie",
-];
-
-/// What a `key` is when it is a secret: `api key`, `private key`, a provider's key.
-pub const KEY_KINDS: &[&str] = &[
-    "api",
-    "access",
-    "private",
-    "secret",
-    "ssh",
-    "signing",
-    "encryption",
-    "master",
-    "client",
-    "service",
-    "account",
-    "app",
-    "auth",
-    "session",
-    "hmac",
-    "webhook",
-    "license",
-    "deploy",
-    "admin",
-    "root",
-    "storage",
-    "subscription",
-    "openai",
-    "anthropic",
-    "gemini",
-    "google",
-    "cohere",
-    "mistral",
-    "groq",
-    "together",
-    "replicate",
-    "wandb",
-    "hf",
-    "huggingface",
-    "aws",
-    "azure",
-    "gcp",
-    "stripe",
-    "github",
-    "slack",
-    "pinecone",
-    "runpod",
-];
-
-/// Words that make a secret-like name a count, a setting or a pointer to a secret instead.
-pub const NOT_SECRET_WORDS: &[&str] = &[
-    "count",
-    "counts",
-    "num",
-    "number",
-    "max",
-    "min",
-    "total",
-    "limit",
-    "limits",
-    "len",
-    "length",
-    "size",
-    "type",
-    "kind",
-    "mode",
-    "method",
-    "scheme",
-    "ttl",
-    "expiry",
-    "expires",
-    "expiration",
-    "usage",
-    "budget",
-    "file",
-    "path",
-    "dir",
-    "url",
-    "uri",
-    "endpoint",
-    "name",
-    "env",
-    "var",
-    "field",
-    "prefix",
-    "hint",
-    "provider",
-    "enabled",
-    "required",
-    "format",
-];
+use super::REDACTED;
+use super::names::is_secret_name;
 
 /// Authorization schemes whose credential follows them after a space (`Authorization: Basic …`).
 const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "digest", "negotiate"];
@@ -222,7 +46,7 @@ macro_rules! name_fragments {
         "(?:token|secret|pass|pwd|key|cred|auth|cookie|session|dsn|conn)"
     };
 }
-const NAME_HINT: &str = concat!("(?i)", name_fragments!());
+pub(super) const NAME_HINT: &str = concat!("(?i)", name_fragments!());
 /// A candidate name and its separator; [`is_secret_name`] decides.
 const ASSIGNMENT: &str = concat!(
     r#"(?i)(--?|\\?["'])?(?-u:\b)"#,
@@ -237,7 +61,7 @@ const NAME_GROUP: usize = 2;
 const SEP_GROUP: usize = 3;
 
 /// A compiled pattern; the patterns are constants, checked by the unit tests.
-fn compile(pattern: &str) -> Regex {
+pub(super) fn compile(pattern: &str) -> Regex {
     Regex::new(pattern).unwrap_or_else(|err| panic!("redaction pattern {pattern:?} is invalid: {err}"))
 }
 
@@ -250,7 +74,6 @@ static URL_RE: LazyLock<Regex> = LazyLock::new(|| compile(URL_USERINFO));
 static TOKEN_RE: LazyLock<Regex> = LazyLock::new(|| compile(TOKEN_SHAPES));
 static BEARER_RE: LazyLock<Regex> = LazyLock::new(|| compile(BEARER));
 static ASSIGNMENT_RE: LazyLock<Regex> = LazyLock::new(|| compile(ASSIGNMENT));
-static NAME_HINT_RE: LazyLock<Regex> = LazyLock::new(|| compile(NAME_HINT));
 
 /// `text` with every secret the text rules find replaced by [`REDACTED`]; borrowed when
 /// there was none.
@@ -277,22 +100,6 @@ pub fn redact_string(text: String) -> String {
 /// rewritten.
 pub fn would_change(text: &str) -> bool {
     redact_text(text) != text
-}
-
-/// Redacts a JSON value in place: by the key rule inside objects, by the text rules in every
-/// string (object keys included).
-pub fn redact_value(value: &mut Value) {
-    walk(value, false);
-}
-
-/// [`redact_value`] for an object's fields.
-pub fn redact_map(map: &mut Map<String, Value>) {
-    walk_map(map, false);
-}
-
-/// Redacts one named value (a field, an extension attribute) in place.
-pub fn redact_field(name: &str, value: &mut Value) {
-    walk(value, is_secret_name(name));
 }
 
 /// Applies one rule to the output of the last, keeping it borrowed while nothing changed.
@@ -400,88 +207,10 @@ fn ends_unquoted_value(c: char) -> bool {
     c.is_whitespace() || "\"'`,;&)}<>\\".contains(c)
 }
 
-/// The key rule (see the module doc): whether a field or variable called `name` holds a secret.
-pub fn is_secret_name(name: &str) -> bool {
-    if !NAME_HINT_RE.is_match(name) {
-        return false;
-    }
-    let words = words(name);
-    if words.iter().any(|word| NOT_SECRET_WORDS.contains(&word.as_str())) {
-        return false;
-    }
-    words.iter().enumerate().any(|(index, word)| {
-        let previous = index.checked_sub(1).map(|before| words[before].as_str());
-        SECRET_WORDS.contains(&word.as_str())
-            || SECRET_ENDINGS.iter().any(|ending| word.ends_with(ending))
-            || (matches!(word.as_str(), "key" | "keys") && previous.is_some_and(|kind| KEY_KINDS.contains(&kind)))
-            || (matches!(word.as_str(), "string" | "str") && matches!(previous, Some("connection" | "conn")))
-    })
-}
-
-/// `name` in lower-case words, split at non-alphanumerics and camelCase boundaries
-/// (`APIKey` → `api key`, `openaiApiKey` → `openai api key`).
-fn words(name: &str) -> Vec<String> {
-    let chars: Vec<char> = name.chars().collect();
-    let mut words = Vec::new();
-    let mut word = String::new();
-    for (index, &c) in chars.iter().enumerate() {
-        if !c.is_alphanumeric() {
-            if !word.is_empty() {
-                words.push(std::mem::take(&mut word));
-            }
-            continue;
-        }
-        if c.is_uppercase() && !word.is_empty() {
-            let previous = chars[index - 1];
-            let next_is_lower = chars.get(index + 1).is_some_and(|next| next.is_lowercase());
-            if !previous.is_uppercase() || next_is_lower {
-                words.push(std::mem::take(&mut word));
-            }
-        }
-        word.extend(c.to_lowercase());
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    words
-}
-
-/// `secret`: the value sits under a secret-like name, so every string in it goes.
-fn walk(value: &mut Value, secret: bool) {
-    match value {
-        Value::String(text) if secret => {
-            if !text.is_empty() && text != REDACTED {
-                *text = REDACTED.to_owned();
-            }
-        }
-        Value::String(text) => {
-            if let Cow::Owned(clean) = redact_text(text) {
-                *text = clean;
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|item| walk(item, secret)),
-        Value::Object(map) => walk_map(map, secret),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
-fn walk_map(map: &mut Map<String, Value>, secret: bool) {
-    if map.keys().any(|name| would_change(name)) {
-        // Rare: a secret as a field name. The map is rebuilt with the names redacted.
-        let entries = std::mem::take(map);
-        for (name, value) in entries {
-            map.insert(redact_text(&name).into_owned(), value);
-        }
-    }
-    for (name, value) in map.iter_mut() {
-        walk(value, secret || is_secret_name(name));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::event::redact::{KEY_KINDS, SECRET_ENDINGS, SECRET_WORDS};
 
     #[test]
     fn patterns_compile() {
@@ -506,107 +235,6 @@ mod tests {
             let text = format!("{name}=value1");
             assert_eq!(redact_text(&text), format!("{name}={REDACTED}"), "{name}");
         }
-    }
-
-    #[test]
-    fn names_split_into_words_in_every_case_style() {
-        let cases = [
-            ("openaiApiKey", &["openai", "api", "key"][..]),
-            ("OPENAI_API_KEY", &["openai", "api", "key"]),
-            ("X-Api-Key", &["x", "api", "key"]),
-            ("APIKey", &["api", "key"]),
-            ("HTTPAuthToken", &["http", "auth", "token"]),
-            ("s3Key", &["s3", "key"]),
-            ("db.passwd", &["db", "passwd"]),
-            ("", &[]),
-        ];
-        for (name, expected) in cases {
-            assert_eq!(words(name), expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn secret_names() {
-        for name in [
-            "OPENAI_API_KEY",
-            "api_key",
-            "GITHUB_TOKEN",
-            "db-password",
-            "aws_secret_access_key",
-            "accessToken",
-            "openaiApiKey",
-            "x-api-key",
-            "apikey",
-            "authtoken",
-            "openaiapikey",
-            "Authorization",
-            "set-cookie",
-            "session_id",
-            "dsn",
-            "connectionString",
-            "privateKey",
-            "openai_key",
-            "pwd",
-        ] {
-            assert!(is_secret_name(name), "{name}");
-        }
-        for name in [
-            "key",
-            "artifact_key",
-            "public_key",
-            "sort_key",
-            "keyboard",
-            "run_id",
-            "monkey",
-            "max_tokens",
-            "num_tokens",
-            "token_count",
-            "input_tokens",
-            "tokens",
-            "tokenizer",
-            "author",
-            "token_type",
-            "password_file",
-            "api_key_env",
-            "secretary",
-        ] {
-            assert!(!is_secret_name(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn fields_are_redacted_by_name_and_strings_by_the_text_rules() {
-        let mut data = json!({
-            "key": "runs/r1/plot.png",
-            "api_key": "sk-123",
-            "token_count": 5,
-            "session": 3,
-            "message": "export OPENAI_API_KEY=sk-live-abc and PATH=/usr/bin",
-            "nested": [{"password": "hunter2", "note": "ok"}],
-            "credentials": {"user": "bob", "id": 7},
-            "empty_token": "",
-        });
-        redact_value(&mut data);
-        assert_eq!(
-            data,
-            json!({
-                "key": "runs/r1/plot.png",
-                "api_key": REDACTED,
-                "token_count": 5,
-                "session": 3,
-                "message": format!("export OPENAI_API_KEY={REDACTED} and PATH=/usr/bin"),
-                "nested": [{"password": REDACTED, "note": "ok"}],
-                "credentials": {"user": REDACTED, "id": 7},
-                "empty_token": "",
-            })
-        );
-    }
-
-    #[test]
-    fn field_names_that_are_secrets_are_redacted_too() {
-        let mut data = json!({"env": {"ghp_abcdefghijklmnopqrstuvwxyz0123456789": true}});
-        redact_value(&mut data);
-        assert_eq!(data, json!({"env": {REDACTED: true}}));
     }
 
     #[test]
