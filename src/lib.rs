@@ -11,6 +11,7 @@ pub mod event;
 pub mod gpu;
 pub mod ideation;
 pub mod limits;
+pub mod logging;
 pub mod monitor;
 pub mod queue;
 pub mod reduce;

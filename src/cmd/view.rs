@@ -7,7 +7,6 @@
 //! not be able to drive an operator's terminal (see [`printable`]).
 
 use std::borrow::Cow;
-use std::io::IsTerminal;
 
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use serde_json::Value;
@@ -31,9 +30,8 @@ pub(crate) struct Look {
 
 impl Look {
     pub fn for_stdout() -> Look {
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
         let width = std::env::var("COLUMNS").ok().and_then(|columns| columns.parse().ok());
-        Look { color: std::io::stdout().is_terminal() && !no_color, width, raw: false }
+        Look { color: crate::logging::colour_allowed(&std::io::stdout()), width, raw: false }
     }
 
     /// Stored text shown on one line: every control character escaped (tabs kept).

@@ -102,7 +102,8 @@ impl Monitor {
             let dir = match RunDir::open(&dir) {
                 Ok(dir) => dir,
                 Err(err) => {
-                    eprintln!(
+                    crate::notice!(
+                        warn,
                         "scientist work: cannot open the run directory {} ({err}); no artifacts or log files \
                          are collected for this run",
                         dir.display()
@@ -227,7 +228,8 @@ impl Looking {
                 Some(changes)
             }
             Err(err) => {
-                eprintln!(
+                crate::notice!(
+                    warn,
                     "scientist work: cannot watch the run directory {} ({err}); artifacts and log files are \
                      collected when the run ends (raise fs.inotify.max_user_watches to watch again)",
                     self.dir.path().display()
@@ -662,7 +664,8 @@ impl Looking {
         if let Err(err) = record::save(&self.dir, &record)
             && !std::mem::replace(&mut self.record_failed, true)
         {
-            eprintln!(
+            crate::notice!(
+                warn,
                 "scientist work: cannot write the monitor's record ({err}); a retry of this run will upload its \
                  files again"
             );

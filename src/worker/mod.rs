@@ -168,14 +168,15 @@ pub async fn run(
                 continue;
             }
             Ok(None) if config.once => {
-                eprintln!("scientist work: nothing queued for {}; --once exits", describe_mode(&config));
+                crate::notice!("scientist work: nothing queued for {}; --once exits", describe_mode(&config));
                 break Ok(());
             }
             Ok(None) => claim_failing = false,
             Err(err) if err.is_auth() => break Err(err.into()),
             Err(err) => {
                 if !claim_failing {
-                    eprintln!(
+                    crate::notice!(
+                        warn,
                         "scientist work: cannot claim runs ({}); retrying every poll",
                         crate::emit::error_chain(&err)
                     );
@@ -195,7 +196,8 @@ pub async fn run(
     let closing = stream.close(within).await;
     summary.undelivered = closing.undelivered;
     if closing.undelivered > 0 {
-        eprintln!(
+        crate::notice!(
+            warn,
             "scientist work: {} event(s) not delivered yet; they stay in the spool and the next start sends them",
             closing.undelivered
         );
@@ -229,7 +231,7 @@ fn describe_mode(config: &Config) -> String {
 fn drain_requested(config: &Config) -> bool {
     let requested = config.drain_file.as_ref().is_some_and(|file| file.exists());
     if requested {
-        eprintln!("scientist work: drain file found; claiming nothing more");
+        crate::notice!("scientist work: drain file found; claiming nothing more");
     }
     requested
 }

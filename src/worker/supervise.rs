@@ -63,7 +63,7 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
             return Verdict::Stopped(StopReason::Shutdown);
         }
     };
-    eprintln!("scientist work: running {run_id} (attempt {})", run.attempt);
+    crate::notice!(run = %run_id, attempt = run.attempt, "scientist work: running {run_id} (attempt {})", run.attempt);
     let mut started_data = Map::new();
     started_data.insert("pod_id".into(), Value::from(context.config.pod.as_str()));
     for (name, value) in context.facts.started_fields() {
@@ -115,7 +115,9 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
             };
             let report = monitor.finish(within).await;
             if report.unfinished > 0 {
-                eprintln!(
+                crate::notice!(
+                    warn,
+                    run = %run_id,
                     "scientist work: {} artifact upload(s) of run {run_id} did not finish within {}",
                     report.unfinished,
                     humantime::format_duration(within)
@@ -152,7 +154,7 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
         Verdict::Stopped(StopReason::ClaimLost(status)) => format!("stopped: the claim was lost (run is {status})"),
         Verdict::Stopped(StopReason::Shutdown) => "stopped: the worker is shutting down".to_owned(),
     };
-    eprintln!("scientist work: run {run_id} {said} after {:.1} s", started.elapsed().as_secs_f64());
+    crate::notice!(run = %run_id, "scientist work: run {run_id} {said} after {:.1} s", started.elapsed().as_secs_f64());
     verdict
 }
 
@@ -306,7 +308,8 @@ impl Steps<'_> {
         };
         match child::stop_group(pgid, self.context.config.grace, hurry).await {
             Stopped::Terminated => {}
-            Stopped::Killed => eprintln!(
+            Stopped::Killed => crate::notice!(
+                warn,
                 "scientist work: the stage's processes outlived the grace period of {}; killed them",
                 humantime::format_duration(self.context.config.grace)
             ),
