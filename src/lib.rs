@@ -5,6 +5,7 @@
 //! (SQLite and MongoDB behind one trait), then the subcommands in `cmd`. `emit` and
 //! `monitor` hold the pod side as it lands. ARCHITECTURE.md has the map.
 
+pub mod capture;
 pub mod cmd;
 pub mod emit;
 pub mod event;
@@ -18,5 +19,6 @@ pub mod reduce;
 pub mod run;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod time;
 pub mod worker;

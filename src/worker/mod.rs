@@ -2,7 +2,7 @@
 //! processes, report everything through one ordered, spooled event stream, repeat.
 //!
 //! `claims` (where runs come from), `supervise` (one run), `child` (process groups),
-//! `relay` + `lines` + `logs` (output to log events), `outcome` (failure codes),
+//! `relay` (a child's output to log events, through `capture`), `outcome` (failure codes),
 //! `heartbeat`, `rundir`, `pipeline` (the TOML config), `identity`. The event stream and
 //! the child's local endpoint live in `emit`. Signals are `cmd::work`'s business: this
 //! module only sees [`Directive`]s.
@@ -12,8 +12,6 @@ pub mod claims;
 pub mod heartbeat;
 pub mod ideation;
 pub mod identity;
-pub mod lines;
-pub mod logs;
 pub mod outcome;
 pub mod pipeline;
 pub mod relay;
