@@ -1,5 +1,5 @@
 //! Tailing one `*.log` file of a run directory: what was appended since the last read,
-//! split into lines and grouped (tracebacks kept together, levels detected) exactly as the
+//! split into lines and grouped (tracebacks kept together, levels detected) by `capture`, as the
 //! worker does with the child's stdout and stderr. A file that shrank was truncated or
 //! replaced: it is read again from its start. Each read opens the file through the run
 //! directory ([`RunDir::open_file`]), so a log that is (or becomes) a link is never read.
