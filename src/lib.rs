@@ -6,6 +6,7 @@
 //! `monitor` hold the pod side as it lands. ARCHITECTURE.md has the map.
 
 pub mod backoff;
+pub mod capture;
 pub mod cmd;
 pub mod control;
 pub mod emit;
@@ -14,6 +15,7 @@ pub mod event;
 pub mod gpu;
 pub mod ideation;
 pub mod limits;
+pub mod logging;
 pub mod monitor;
 pub mod protocol;
 pub mod queue;

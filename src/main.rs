@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use scientist::cmd::{self, Cli};
+use scientist::logging::{self, Format, NOTICE_TARGET, PlainMessage};
+use scientist::notice;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -11,7 +17,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            notice!(error, "error: cannot start the async runtime: {err}");
             return ExitCode::from(cmd::exit::FAILURE);
         }
     };
@@ -20,21 +26,37 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::from(cmd::exit::OK),
         Err(err) => {
             // An error may quote stored text (a run's failure message): escaped as any view's.
-            eprintln!("error: {}", cmd::printable(&format!("{err:#}"), cmd::Kept::TabsAndNewlines));
+            notice!(error, "error: {}", cmd::printable(&format!("{err:#}"), cmd::Kept::TabsAndNewlines));
             ExitCode::from(cmd::exit_code(&err))
         }
     }
 }
 
-/// Logs go to stderr; `LOG_LEVEL` (or `RUST_LOG`) picks the level, `warn` by default, and
-/// `LOG_FORMAT=json` makes them one JSON object a line for log collectors.
+/// Logs go to stderr; `LOG_LEVEL` (or `RUST_LOG`) picks the level of diagnostics, `warn` by
+/// default. Notices (`logging::notice!`) are always written: in text mode as their bare
+/// message, beside diagnostics with time and level; with `LOG_FORMAT=json` every line, notices
+/// included, is one JSON object for log collectors. Colour only where `colour_allowed` says.
 fn init_tracing() {
-    let filter = std::env::var("LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match std::env::var("LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().init(),
-        _ => logs.init(),
+    let level = std::env::var("LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "warn".into());
+    let diagnostics = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let notices = Targets::new().with_target(NOTICE_TARGET, tracing::Level::TRACE);
+    let not_notice = filter_fn(|metadata| metadata.target() != NOTICE_TARGET);
+    match Format::from_env() {
+        Format::Json => {
+            let logs = fmt::layer().json().with_writer(std::io::stderr).with_filter(notices.or(diagnostics));
+            tracing_subscriber::registry().with(logs).init();
+        }
+        Format::Text => {
+            let colour = logging::colour_allowed(&std::io::stderr());
+            let logs =
+                fmt::layer().with_ansi(colour).with_writer(std::io::stderr).with_filter(not_notice.and(diagnostics));
+            let notices = fmt::layer()
+                .event_format(PlainMessage)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .with_filter(notices);
+            tracing_subscriber::registry().with(logs).with(notices).init();
+        }
     }
 }
 

@@ -133,3 +133,18 @@ fn a_bad_clock_override_is_a_usage_error() {
         .code(2)
         .stderr(contains("SCIENTIST_NOW=\"yesterday\" is not an RFC 3339 time"));
 }
+
+#[test]
+fn under_log_format_json_the_error_line_is_json_too() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let assert = scientist(&store).env("LOG_FORMAT", "json").args(["runs", "show", "no-such-run"]).assert().code(3);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).expect("utf-8");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line:?}")))
+        .collect();
+    let error = lines.last().expect("an error line");
+    assert_eq!(error["level"], "ERROR", "{stderr}");
+    let message = error["fields"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("error: ") && message.contains("run no-such-run not found"), "{stderr}");
+}

@@ -829,3 +829,61 @@ async fn ideation_claims_live_on_heartbeats_and_are_lost_with_their_worker() {
     let request = pod.store.get_ideation("idea-frozen").await.expect("get").expect("request");
     assert!(is_lost(&request), "the thawed worker changed nothing: {request:?}");
 }
+
+/// A stage that leaves a process in its group behind: the worker warns (and stops it), so
+/// the run's stderr holds a warning as well as the worker's notices.
+const LEAVES_A_PROCESS: &str = "command = [\"sh\", \"-c\", \"sleep 30 & echo done\"]\n";
+
+#[tokio::test]
+async fn log_format_json_makes_every_stderr_line_json() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let config = pod.config(LEAVES_A_PROCESS);
+    let worker = pod.worker(&config).arg("--once").env("LOG_FORMAT", "json").env_remove("NO_COLOR").spawn();
+    let (status, stderr) = finish(worker.expect("start worker"), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pod.run(&id).await.status, RunStatus::Completed, "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line:?}\n{stderr}")))
+        .collect();
+    assert!(lines.iter().all(Value::is_object), "{stderr}");
+    let notices = lines.iter().filter(|line| line["target"] == "scientist::notice").count();
+    assert!(notices >= 2, "the worker's progress lines are JSON too: {stderr}");
+    assert!(
+        lines.iter().any(|line| line["fields"]["message"].as_str().is_some_and(|text| text.contains("left processes"))),
+        "the warning is there: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_terminal_stderr_carries_no_colour_codes() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let config = pod.config(LEAVES_A_PROCESS);
+    let worker = pod.worker(&config).arg("--once").env_remove("LOG_FORMAT").env_remove("NO_COLOR").spawn();
+    let (status, stderr) = finish(worker.expect("start worker"), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pod.run(&id).await.status, RunStatus::Completed, "{stderr}");
+    assert!(stderr.contains("WARN") && stderr.contains("left processes"), "a warning was logged: {stderr}");
+    assert!(stderr.lines().any(|line| line.starts_with("scientist work: running ")), "notices are plain: {stderr}");
+    assert!(!stderr.contains('\x1b'), "ANSI escapes in a log that is not a terminal: {stderr:?}");
+}
+
+/// `--config pipeline.toml` (no directory part) from the config's folder: the stage finds
+/// its script through `$SCIENTIST_CONFIG_DIR`, an absolute directory.
+#[tokio::test]
+async fn a_bare_config_file_name_gives_the_stage_an_absolute_config_dir() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    std::fs::write(pod.path("stage.sh"), "echo \"$SCIENTIST_CONFIG_DIR\" > \"$SCIENTIST_RUN_DIR/config_dir\"\n")
+        .expect("write the stage");
+    pod.config("command = 'sh \"$SCIENTIST_CONFIG_DIR/stage.sh\"'\n");
+    let worker = pod.worker(std::path::Path::new("pipeline.toml")).arg("--once").current_dir(pod.path("")).spawn();
+    let (status, stderr) = finish(worker.expect("start worker"), Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pod.run(&id).await.status, RunStatus::Completed, "{stderr}");
+    let seen = std::fs::read_to_string(pod.run_dir(&id).await.join("config_dir")).expect("the stage ran");
+    let expected = std::fs::canonicalize(pod.path("")).expect("the pod's dir");
+    assert_eq!(std::path::Path::new(seen.trim()), expected);
+}

@@ -110,7 +110,8 @@ pub(crate) fn run_line(run: &Run) -> anyhow::Result<Value> {
 }
 
 /// The live part of `runs show --follow` on stderr: a status line and one bar per stage.
-/// indicatif draws nothing when stderr is not a terminal; log lines still reach stdout.
+/// indicatif draws nothing when stderr is not a terminal, nor with `LOG_FORMAT=json` (every
+/// stderr line is JSON then); log lines still reach stdout.
 pub(crate) struct LiveView {
     multi: MultiProgress,
     header: ProgressBar,
@@ -119,7 +120,12 @@ pub(crate) struct LiveView {
 
 impl LiveView {
     pub fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let json = crate::logging::Format::from_env() == crate::logging::Format::Json;
+        let multi = MultiProgress::with_draw_target(if json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
         let header = multi.add(ProgressBar::new_spinner());
         header.set_style(
             ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),

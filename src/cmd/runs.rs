@@ -263,7 +263,7 @@ async fn follow_live(
     let logs_only = EventFilter { types: vec![LOG_EVENT_TYPE.into()], ..Default::default() };
     let mut tail = EventTail::from_latest(store, id.clone(), logs_only).await?;
     super::print_as(look, detail(store, &id, log_lines, look).await?)?;
-    eprintln!("following run {id} until it ends (Ctrl-C stops watching; the run goes on)");
+    crate::notice!("following run {id} until it ends (Ctrl-C stops watching; the run goes on)");
     let mut live = LiveView::new();
     let watched = follow::watch(store, &mut tail, interval, |update| {
         match update {
@@ -382,7 +382,7 @@ async fn reset(args: ResetArgs) -> anyhow::Result<()> {
     if args.json {
         super::print(serde_json::to_string_pretty(&run)?)?;
     }
-    eprintln!("run {} is QUEUED again (retry {})", run.id, run.retry_count);
+    crate::notice!("run {} is QUEUED again (retry {})", run.id, run.retry_count);
     Ok(())
 }
 
@@ -394,10 +394,11 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
         super::print(serde_json::to_string_pretty(&run)?)?;
     }
     match run.status {
-        RunStatus::Canceled => eprintln!("run {} canceled", run.id),
-        _ => eprintln!(
+        RunStatus::Canceled => crate::notice!("run {} canceled", run.id),
+        _ => crate::notice!(
             "cancel requested: run {}'s worker will stop it (`scientist runs show {} --follow` to watch)",
-            run.id, run.id
+            run.id,
+            run.id
         ),
     }
     Ok(())

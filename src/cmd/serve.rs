@@ -90,7 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
-    eprintln!("scientist serve: listening on http://{}", listener.local_addr()?);
+    crate::notice!("scientist serve: listening on http://{}", listener.local_addr()?);
     let limits = Limits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
@@ -131,10 +131,12 @@ fn fit_connections(wanted: usize) -> usize {
     }
     let reserve = FD_RESERVE.min(limit.rlim_cur / 2);
     let fitted = (limit.rlim_cur - reserve).max(1) as usize;
-    eprintln!(
+    crate::notice!(
+        warn,
         "scientist serve: warning: the open-file limit is {} (hard limit {}), too low for --max-connections {wanted}; \
          serving at most {fitted} connections. Raise it (`ulimit -n`, LimitNOFILE= in a systemd unit) to allow more",
-        limit.rlim_cur, limit.rlim_max
+        limit.rlim_cur,
+        limit.rlim_max
     );
     fitted
 }

@@ -214,7 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let facts = PodFacts::detect(Gpus::open());
     let (directives, control) = watch::channel(Directive::Work);
     tokio::spawn(relay_signals(directives));
-    eprintln!(
+    crate::notice!(
         "scientist work: pod {pod}, queue {:?}, {}; children report to {}",
         args.queue,
         facts.gpu_facts().summary().unwrap_or_else(|| "no GPU".into()),
@@ -262,7 +262,7 @@ fn monitor_settings(
     } else {
         let store = ArtifactStore::open(&spec, args.artifacts_endpoint.as_deref())
             .map_err(|err| UsageError(format!("--artifacts: {err}")))?;
-        eprintln!("scientist work: artifacts go to {}", store.location());
+        crate::notice!("scientist work: artifacts go to {}", store.location());
         Some(store)
     };
     let mut settings = monitor::Settings::new(artifacts);
@@ -306,7 +306,7 @@ async fn relay_signals(directives: watch::Sender<Directive>) {
                 (false, Directive::Work) => Directive::Drain,
                 (false, other) => other,
             };
-            eprintln!(
+            crate::notice!(
                 "scientist work: {}",
                 match *directive {
                     Directive::StopNow => "stopping now",

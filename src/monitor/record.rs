@@ -80,7 +80,8 @@ pub fn load(dir: &RunDir) -> Record {
         Ok(record) => record,
         Err(BeneathError::Missing { .. }) => Record::default(),
         Err(err) => {
-            eprintln!(
+            crate::notice!(
+                warn,
                 "scientist work: ignoring the monitor's record in {} ({err}); the run directory's files \
                  are uploaded again",
                 dir.path().display()

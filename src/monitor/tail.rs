@@ -1,5 +1,5 @@
 //! Tailing one `*.log` file of a run directory: what was appended since the last read,
-//! split into lines and grouped (tracebacks kept together, levels detected) exactly as the
+//! split into lines and grouped (tracebacks kept together, levels detected) by `capture`, as the
 //! worker does with the child's stdout and stderr. A file that shrank was truncated or
 //! replaced: it is read again from its start. Each read opens the file through the run
 //! directory ([`RunDir::open_file`]), so a log that is (or becomes) a link is never read.
@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::beneath::{BeneathError, RunDir};
-use crate::worker::lines::Splitter;
-use crate::worker::logs::{Grouper, Record};
+use crate::capture::{Capture, Record};
 
 /// A rewritten line (a progress bar in a log file) is reported at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -23,15 +22,14 @@ pub struct LogTail {
     /// Relative to the run directory.
     path: PathBuf,
     offset: u64,
-    splitter: Splitter,
-    grouper: Grouper,
+    capture: Capture,
 }
 
 impl LogTail {
     /// Tails `path` (relative to the run directory) from byte `offset` (0 for a new file;
     /// where an earlier attempt of the run stopped reporting, for one it read).
     pub fn new(path: PathBuf, offset: u64) -> LogTail {
-        LogTail { path, offset, splitter: Splitter::new(PROGRESS_INTERVAL), grouper: Grouper::default() }
+        LogTail { path, offset, capture: Capture::new(PROGRESS_INTERVAL) }
     }
 
     pub fn path(&self) -> &Path {
@@ -69,34 +67,19 @@ impl LogTail {
         let mut buffer = Vec::with_capacity(READ_BYTES.min((length - self.offset) as usize));
         file.take(READ_BYTES as u64).read_to_end(&mut buffer).map_err(io_error)?;
         self.offset += buffer.len() as u64;
-        let mut pieces = Vec::new();
-        self.splitter.feed(&buffer, now, &mut pieces);
-        for piece in pieces {
-            self.grouper.push(piece, now, out);
-        }
+        self.capture.feed(&buffer, now, out);
         Ok(self.offset < length)
     }
 
     /// Reports what waited for time to pass (a progress bar's latest state, a traceback
     /// that stopped growing).
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Record>) {
-        let mut pieces = Vec::new();
-        self.splitter.tick(now, &mut pieces);
-        for piece in pieces {
-            self.grouper.push(piece, now, out);
-        }
-        self.grouper.tick(now, out);
+        self.capture.tick(now, out);
     }
 
     /// The run ended: a last line without its newline is a line too.
     pub fn finish(&mut self, out: &mut Vec<Record>) {
-        let mut pieces = Vec::new();
-        self.splitter.finish(&mut pieces);
-        let now = Instant::now();
-        for piece in pieces {
-            self.grouper.push(piece, now, out);
-        }
-        self.grouper.finish(out);
+        self.capture.finish(Instant::now(), out);
     }
 }
 

@@ -35,7 +35,8 @@ pub enum IdeationVerdict {
 
 /// Runs `request` to its end and reports it.
 pub(super) async fn serve(context: &Context<'_>, request: IdeationRequest) -> IdeationVerdict {
-    eprintln!(
+    crate::notice!(
+        ideation = %request.id,
         "scientist work: ideation {} for hypothesis {} (attempt {})",
         request.id, request.hypothesis_id, request.attempt
     );
@@ -60,17 +61,23 @@ pub(super) async fn serve(context: &Context<'_>, request: IdeationRequest) -> Id
     .await;
     match (&verdict, ended) {
         (_, Ok(true)) => {}
-        (_, Ok(false)) => eprintln!(
+        (_, Ok(false)) => crate::notice!(
+            warn,
+            ideation = %request.id,
             "scientist work: ideation {} was no longer this worker's (ended or claimed again); left as it is",
             request.id
         ),
-        (_, Err(reason)) => eprintln!("scientist work: could not end ideation {}: {reason}", request.id),
+        (_, Err(reason)) => {
+            crate::notice!(warn, ideation = %request.id, "scientist work: could not end ideation {}: {reason}", request.id)
+        }
     }
     match &verdict {
         IdeationVerdict::Completed { ideas } => {
-            eprintln!("scientist work: ideation {} produced {ideas} idea(s)", request.id)
+            crate::notice!(ideation = %request.id, "scientist work: ideation {} produced {ideas} idea(s)", request.id)
         }
-        IdeationVerdict::Failed(reason) => eprintln!("scientist work: ideation {} failed: {reason}", request.id),
+        IdeationVerdict::Failed(reason) => {
+            crate::notice!(ideation = %request.id, "scientist work: ideation {} failed: {reason}", request.id)
+        }
     }
     verdict
 }
@@ -203,7 +210,7 @@ async fn relay(output: impl AsyncRead + Unpin, prefix: String, keep: usize) -> V
     let mut lines = BufReader::new(output).lines();
     let mut tail = VecDeque::with_capacity(keep);
     while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("{prefix} {line}");
+        crate::notice!("{prefix} {line}");
         if keep > 0 {
             if tail.len() == keep {
                 tail.pop_front();

@@ -2,7 +2,7 @@
 //! processes, report everything through one ordered, spooled event stream, repeat.
 //!
 //! `supervise` (one run), `child` (process groups),
-//! `relay` + `lines` + `logs` (output to log events), `outcome` (failure codes),
+//! `relay` (a child's output to log events, through `capture`), `outcome` (failure codes),
 //! `heartbeat`, `rundir`, `pipeline` (the TOML config), `identity`. The event stream and
 //! the child's local endpoint live in `emit`. Signals are `cmd::work`'s business: this
 //! module only sees [`Directive`]s.
@@ -11,8 +11,6 @@ pub mod child;
 pub mod heartbeat;
 pub mod ideation;
 pub mod identity;
-pub mod lines;
-pub mod logs;
 pub mod outcome;
 pub mod pipeline;
 pub mod relay;
@@ -167,14 +165,15 @@ pub async fn run(
                 continue;
             }
             Ok(None) if config.once => {
-                eprintln!("scientist work: nothing queued for {}; --once exits", describe_mode(&config));
+                crate::notice!("scientist work: nothing queued for {}; --once exits", describe_mode(&config));
                 break Ok(());
             }
             Ok(None) => claim_failing = false,
             Err(err) if err.is_auth() => break Err(err.into()),
             Err(err) => {
                 if !claim_failing {
-                    eprintln!(
+                    crate::notice!(
+                        warn,
                         "scientist work: cannot claim runs ({}); retrying every poll",
                         crate::errors::chain(&err)
                     );
@@ -194,7 +193,8 @@ pub async fn run(
     let closing = stream.close(within).await;
     summary.undelivered = closing.undelivered;
     if closing.undelivered > 0 {
-        eprintln!(
+        crate::notice!(
+            warn,
             "scientist work: {} event(s) not delivered yet; they stay in the spool and the next start sends them",
             closing.undelivered
         );
@@ -228,7 +228,7 @@ fn describe_mode(config: &Config) -> String {
 fn drain_requested(config: &Config) -> bool {
     let requested = config.drain_file.as_ref().is_some_and(|file| file.exists());
     if requested {
-        eprintln!("scientist work: drain file found; claiming nothing more");
+        crate::notice!("scientist work: drain file found; claiming nothing more");
     }
     requested
 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::logs::Record;
+use crate::capture::Record;
 
 /// Lines of output kept for the failure message.
 const TAIL_LINES: usize = 40;

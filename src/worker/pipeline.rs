@@ -103,8 +103,15 @@ struct RawStage {
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Pipeline, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        let config_dir = path.parent().map(Path::to_owned).unwrap_or_default();
-        let config_dir = std::fs::canonicalize(&config_dir).unwrap_or(config_dir);
+        // `pipeline.toml`'s parent is the empty path: the current directory, made absolute, so
+        // that a stage's `"$SCIENTIST_CONFIG_DIR/stage.py"` never becomes `/stage.py`.
+        let config_dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let config_dir = std::fs::canonicalize(config_dir)
+            .or_else(|_| std::path::absolute(config_dir))
+            .unwrap_or_else(|_| config_dir.to_owned());
         Pipeline::parse(&text, &config_dir).map_err(|reason| Error::Invalid { path: path.to_owned(), reason })
     }
 

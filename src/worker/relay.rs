@@ -7,15 +7,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Map;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::lines::Splitter;
-use super::logs::{Grouper, Record};
 use super::outcome::Tail;
+use crate::capture::{Capture, Record, log_draft};
 use crate::emit::{Draft, RunStream};
-use crate::event::EventData;
-use crate::event::payload::Log;
 
 /// A rewritten line (progress bar) is reported at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,12 +38,10 @@ pub async fn relay(
     stream: RunStream,
     tail: Arc<Mutex<Tail>>,
 ) -> Relayed {
-    let mut splitter = Splitter::new(PROGRESS_INTERVAL);
-    let mut grouper = Grouper::default();
+    let mut capture = Capture::new(PROGRESS_INTERVAL);
     let mut outbox =
         Outbox { stream: &stream, waiting: VecDeque::new(), relayed: Relayed::default(), unreported_drops: 0 };
     let mut buffer = vec![0u8; READ_BYTES];
-    let mut pieces = Vec::new();
     let mut records = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -60,28 +54,12 @@ pub async fn relay(
                 match read {
                     Ok(0) | Err(_) => {
                         open = false;
-                        splitter.finish(&mut pieces);
-                        for piece in pieces.drain(..) {
-                            grouper.push(piece, now, &mut records);
-                        }
-                        grouper.finish(&mut records);
+                        capture.finish(now, &mut records);
                     }
-                    Ok(read) => {
-                        splitter.feed(&buffer[..read], now, &mut pieces);
-                        for piece in pieces.drain(..) {
-                            grouper.push(piece, now, &mut records);
-                        }
-                    }
+                    Ok(read) => capture.feed(&buffer[..read], now, &mut records),
                 }
             }
-            _ = tick.tick(), if open => {
-                let now = std::time::Instant::now();
-                splitter.tick(now, &mut pieces);
-                for piece in pieces.drain(..) {
-                    grouper.push(piece, now, &mut records);
-                }
-                grouper.tick(now, &mut records);
-            }
+            _ = tick.tick(), if open => capture.tick(std::time::Instant::now(), &mut records),
             // Cancel-safe: a permit not used is given back.
             permit = stream.reserve(), if !outbox.waiting.is_empty() => {
                 match permit {
@@ -93,22 +71,16 @@ pub async fn relay(
             else => break,
         }
         if !records.is_empty() {
-            let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut tail = crate::sync::lock(&tail);
             for record in &records {
                 tail.observe(record);
             }
         }
         for record in records.drain(..) {
-            outbox.push(draft(record, source));
+            outbox.push(log_draft(record, source));
         }
     }
     outbox.relayed
-}
-
-fn draft(record: Record, source: &str) -> Draft {
-    let log =
-        Log { message: record.message, level: Some(record.level), source: Some(source.to_owned()), extra: Map::new() };
-    Draft::new(log.event_type().name(), log.to_data())
 }
 
 /// Records on their way to the stream, in order.
@@ -152,7 +124,7 @@ impl Outbox<'_> {
             );
             let record = Record::new(message, crate::event::LogLevel::Warning, false);
             self.unreported_drops = 0;
-            self.waiting.push_back(draft(record, "worker"));
+            self.waiting.push_back(log_draft(record, "worker"));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! claim watched for an operator's cancel or a lost claim, and the one terminal event.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,11 +13,13 @@ use serde_json::{Map, Value, json};
 use super::child::{self, Child, Launch, Stopped};
 use super::outcome::{self, Ending, Failure, Tail};
 use super::pipeline::Step;
-use super::relay::relay;
+use super::relay::{Relayed, relay};
 use super::{Context, Directive, heartbeat, rundir};
+use crate::capture::{object, queue};
 use crate::emit::{Draft, Reported, RunStream};
 use crate::monitor::Monitor;
 use crate::run::{Run, RunId, RunStatus};
+use crate::sync::lock;
 
 /// After a stage's processes are gone, its output pipes close; a process that escaped the
 /// group may hold them open, so the relays get this long to finish.
@@ -63,79 +66,10 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
             return Verdict::Stopped(StopReason::Shutdown);
         }
     };
-    eprintln!("scientist work: running {run_id} (attempt {})", run.attempt);
-    let mut started_data = Map::new();
-    started_data.insert("pod_id".into(), Value::from(context.config.pod.as_str()));
-    for (name, value) in context.facts.started_fields() {
-        started_data.insert(name.into(), value);
-    }
-    emit(&stream, Draft::new("ai.run.started", started_data)).await;
-
+    crate::notice!(run = %run_id, attempt = run.attempt, "scientist work: running {run_id} (attempt {})", run.attempt);
+    queue(&stream, started_event(context)).await;
     let verdict = match rundir::prepare(&context.config.runs_dir, &run) {
-        Ok(dir) => {
-            let reported = context.endpoint.attach(stream.clone());
-            let group = Arc::new(AtomicI32::new(0));
-            let beats = tokio::spawn(heartbeat::beat(
-                stream.clone(),
-                context.config.heartbeat,
-                context.facts.clone(),
-                group.clone(),
-            ));
-            let monitor = Monitor::start(context.config.monitor.clone(), run_id.clone(), dir.clone(), stream.clone());
-            let watcher = watch_claim(context, &run_id, run.attempt);
-            tokio::pin!(watcher);
-            let mut verdict = Verdict::Completed;
-            let mut failed_stage = None;
-            for step in &context.config.pipeline.steps {
-                let steps = Steps { context, stream: &stream, dir: &dir, run: &run, group: &group };
-                let end = steps.run(step, &mut watcher).await;
-                let stage =
-                    || step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(&reported).stage.clone());
-                match end {
-                    StepEnd::Done => {}
-                    StepEnd::Failed(failure) => {
-                        failed_stage = stage();
-                        verdict = Verdict::Failed(failure);
-                        break;
-                    }
-                    StepEnd::Stopped(reason) => {
-                        failed_stage = stage();
-                        verdict = Verdict::Stopped(reason);
-                        break;
-                    }
-                }
-            }
-            // The last artifacts and log lines go before the terminal event; heartbeats go on
-            // meanwhile, since a long final upload is not a lost worker.
-            let within = match *context.control.borrow() {
-                _ if matches!(verdict, Verdict::Stopped(StopReason::ClaimLost(_))) => Duration::ZERO,
-                Directive::StopNow => Duration::ZERO,
-                Directive::Stop => context.config.artifact_wait.min(context.config.grace),
-                Directive::Work | Directive::Drain => context.config.artifact_wait,
-            };
-            let report = monitor.finish(within).await;
-            if report.unfinished > 0 {
-                eprintln!(
-                    "scientist work: {} artifact upload(s) of run {run_id} did not finish within {}",
-                    report.unfinished,
-                    humantime::format_duration(within)
-                );
-            }
-            // Awaited: a heartbeat being sent on another thread must be in the stream before
-            // the terminal event, never after it.
-            beats.abort();
-            let _ = beats.await;
-            context.endpoint.detach();
-            if verdict == Verdict::Completed {
-                if lock(&reported).terminal.is_none() {
-                    let data = json!({ "duration_s": started.elapsed().as_secs_f64() });
-                    emit(&stream, Draft::new("ai.run.completed", object(data))).await;
-                }
-            } else {
-                report_failure(&stream, &verdict, failed_stage, &reported).await;
-            }
-            verdict
-        }
+        Ok(dir) => Supervised { context, run: &run, stream: &stream, dir: &dir, started }.run_pipeline().await,
         Err(err) => {
             let message =
                 format!("cannot prepare the run directory under {}: {err}", context.config.runs_dir.display());
@@ -145,15 +79,119 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
             verdict
         }
     };
-    let said = match &verdict {
-        Verdict::Completed => "completed".to_owned(),
-        Verdict::Failed(failure) => format!("failed ({}: {})", failure.code, failure.message),
-        Verdict::Stopped(StopReason::Canceled { by, .. }) => format!("canceled by {by}"),
-        Verdict::Stopped(StopReason::ClaimLost(status)) => format!("stopped: the claim was lost (run is {status})"),
-        Verdict::Stopped(StopReason::Shutdown) => "stopped: the worker is shutting down".to_owned(),
-    };
-    eprintln!("scientist work: run {run_id} {said} after {:.1} s", started.elapsed().as_secs_f64());
+    crate::notice!(
+        run = %run_id,
+        "scientist work: run {run_id} {} after {:.1} s",
+        verdict.describe(),
+        started.elapsed().as_secs_f64()
+    );
     verdict
+}
+
+impl Verdict {
+    /// How the run ended, in the worker's words.
+    fn describe(&self) -> String {
+        match self {
+            Verdict::Completed => "completed".to_owned(),
+            Verdict::Failed(failure) => format!("failed ({}: {})", failure.code, failure.message),
+            Verdict::Stopped(StopReason::Canceled { by, .. }) => format!("canceled by {by}"),
+            Verdict::Stopped(StopReason::ClaimLost(status)) => format!("stopped: the claim was lost (run is {status})"),
+            Verdict::Stopped(StopReason::Shutdown) => "stopped: the worker is shutting down".to_owned(),
+        }
+    }
+}
+
+/// `ai.run.started`: the pod and its facts.
+fn started_event(context: &Context<'_>) -> Draft {
+    let mut data = Map::new();
+    data.insert("pod_id".into(), Value::from(context.config.pod.as_str()));
+    for (name, value) in context.facts.started_fields() {
+        data.insert(name.into(), value);
+    }
+    Draft::new("ai.run.started", data)
+}
+
+/// One run whose directory is ready.
+struct Supervised<'a> {
+    context: &'a Context<'a>,
+    run: &'a Run,
+    stream: &'a RunStream,
+    dir: &'a Path,
+    started: Instant,
+}
+
+impl Supervised<'_> {
+    /// The pipeline's steps with heartbeats, the monitor and the claim watched around them;
+    /// then the monitor's last uploads and the run's terminal event (unless the child sent
+    /// its own).
+    async fn run_pipeline(&self) -> Verdict {
+        let context = self.context;
+        let reported = context.endpoint.attach(self.stream.clone());
+        let group = Arc::new(AtomicI32::new(0));
+        let beats = tokio::spawn(heartbeat::beat(
+            self.stream.clone(),
+            context.config.heartbeat,
+            context.facts.clone(),
+            group.clone(),
+        ));
+        let monitor =
+            Monitor::start(context.config.monitor.clone(), self.run.id.clone(), self.dir.into(), self.stream.clone());
+        let (verdict, failed_stage) = self.run_steps(&group, &reported).await;
+        // The last artifacts and log lines go before the terminal event; heartbeats go on
+        // meanwhile, since a long final upload is not a lost worker.
+        self.finish_monitor(monitor, &verdict).await;
+        // Awaited: a heartbeat being sent on another thread must be in the stream before
+        // the terminal event, never after it.
+        beats.abort();
+        let _ = beats.await;
+        context.endpoint.detach();
+        if verdict != Verdict::Completed {
+            report_failure(self.stream, &verdict, failed_stage, &reported).await;
+        } else if lock(&reported).terminal.is_none() {
+            let data = json!({ "duration_s": self.started.elapsed().as_secs_f64() });
+            queue(self.stream, Draft::new("ai.run.completed", object(data))).await;
+        }
+        verdict
+    }
+
+    /// Each step in turn until one does not end well; then its verdict and the stage it was in.
+    async fn run_steps(&self, group: &Arc<AtomicI32>, reported: &Arc<Mutex<Reported>>) -> (Verdict, Option<String>) {
+        let watcher = watch_claim(self.context, &self.run.id, self.run.attempt);
+        tokio::pin!(watcher);
+        let steps = Steps { context: self.context, stream: self.stream, dir: self.dir, run: self.run, group };
+        for step in &self.context.config.pipeline.steps {
+            let verdict = match steps.run(step, &mut watcher).await {
+                StepEnd::Done => continue,
+                StepEnd::Failed(failure) => Verdict::Failed(failure),
+                StepEnd::Stopped(reason) => Verdict::Stopped(reason),
+            };
+            let stage = step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(reported).stage.clone());
+            return (verdict, stage);
+        }
+        (Verdict::Completed, None)
+    }
+
+    /// Waits for the monitor's last uploads as long as the run's end allows.
+    async fn finish_monitor(&self, monitor: Monitor, verdict: &Verdict) {
+        let config = self.context.config;
+        let within = match *self.context.control.borrow() {
+            _ if matches!(verdict, Verdict::Stopped(StopReason::ClaimLost(_))) => Duration::ZERO,
+            Directive::StopNow => Duration::ZERO,
+            Directive::Stop => config.artifact_wait.min(config.grace),
+            Directive::Work | Directive::Drain => config.artifact_wait,
+        };
+        let report = monitor.finish(within).await;
+        if report.unfinished > 0 {
+            crate::notice!(
+                warn,
+                run = %self.run.id,
+                "scientist work: {} artifact upload(s) of run {} did not finish within {}",
+                report.unfinished,
+                self.run.id,
+                humantime::format_duration(within)
+            );
+        }
+    }
 }
 
 /// The terminal event of a run that did not complete, unless the child already sent one
@@ -178,7 +216,7 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
             failed_event(&failure, stage)
         }
     };
-    emit(stream, draft).await;
+    queue(stream, draft).await;
 }
 
 fn failed_event(failure: &Failure, stage: Option<String>) -> Draft {
@@ -196,83 +234,41 @@ fn failed_event(failure: &Failure, stage: Option<String>) -> Draft {
 struct Steps<'a> {
     context: &'a Context<'a>,
     stream: &'a RunStream,
-    dir: &'a std::path::Path,
+    dir: &'a Path,
     run: &'a Run,
     /// The process group of the running step (0: none), for heartbeats.
     group: &'a Arc<AtomicI32>,
 }
 
+/// How a step's child stopped running.
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Stopped(StopReason),
+}
+
+/// The relays of a step's stdout and stderr, and the tail of output they keep for its verdict.
+struct Relays {
+    handles: [tokio::task::JoinHandle<Relayed>; 2],
+    tail: Arc<Mutex<Tail>>,
+}
+
 impl Steps<'_> {
+    /// One step: its stage's events around it, its child spawned, waited for (or stopped),
+    /// its output relayed to the last line, and its ending judged.
     async fn run(&self, step: &Step, watcher: &mut (impl Future<Output = StopReason> + Unpin)) -> StepEnd {
         let started = Instant::now();
         if let Some(stage) = step.stage {
             let data = json!({ "stage": stage.as_str(), "desc": stage.description() });
-            emit(self.stream, Draft::new("ai.run.stage_started", object(data))).await;
+            queue(self.stream, Draft::new("ai.run.stage_started", object(data))).await;
         }
-        let env = self.child_env(step);
-        let launch = Launch { dir: self.dir, env: &env, env_removed: ENV_REMOVED };
-        let argv = step.command.argv();
-        let (mut child, stdout, stderr) = match Child::spawn(&argv, &launch) {
+        let (mut child, relays) = match self.spawn(step) {
             Ok(spawned) => spawned,
-            Err(err) => {
-                let message = format!("cannot start `{}`: {err}", step.command.display());
-                return StepEnd::Failed(Failure {
-                    code: "SPAWN_FAILED".into(),
-                    message,
-                    traceback: None,
-                    retryable: false,
-                });
-            }
+            Err(failure) => return StepEnd::Failed(failure),
         };
-        // Heartbeats sample this group's processes.
-        self.group.store(child.pgid(), Ordering::Relaxed);
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let relays = [
-            tokio::spawn(relay(stdout, "stdout", self.stream.clone(), tail.clone())),
-            tokio::spawn(relay(stderr, "stderr", self.stream.clone(), tail.clone())),
-        ];
-        let deadline = step.timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-        let timeout = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        enum Ended {
-            Exited(std::io::Result<std::process::ExitStatus>),
-            TimedOut,
-            Stopped(StopReason),
-        }
-        let ended = tokio::select! {
-            // Cancel-safe: waiting on a child can be resumed.
-            status = child.wait() => Ended::Exited(status),
-            () = timeout => Ended::TimedOut,
-            // Not cancelled: the watcher is polled by reference and lives for the whole run.
-            reason = &mut *watcher => Ended::Stopped(reason),
-        };
-        let pgid = child.pgid();
-        match &ended {
-            Ended::Exited(_) => {
-                if child::group_alive(pgid) {
-                    tracing::warn!(pgid, "the stage's command exited but left processes in its group; stopping them");
-                    self.stop(pgid).await;
-                }
-            }
-            _ => {
-                self.stop(pgid).await;
-                // Reaps the leader; its status no longer matters.
-                let _ = child.wait().await;
-            }
-        }
-        self.group.store(0, Ordering::Relaxed);
-        // One deadline for both pipes: a process holding one open usually holds both.
-        let drained_by = tokio::time::Instant::now() + RELAY_DRAIN;
-        for relay in relays {
-            if tokio::time::timeout_at(drained_by, relay).await.is_err() {
-                tracing::warn!("a process outside the stage's group holds its output open; stopped relaying it");
-            }
-        }
-        let tail = lock(&tail).clone();
+        let ended = self.wait(&mut child, step, watcher).await;
+        self.reap(&mut child, &ended).await;
+        let tail = drain(relays).await;
         let ending = match ended {
             Ended::Stopped(reason) => return StepEnd::Stopped(reason),
             Ended::TimedOut => Ending::TimedOut(step.timeout.unwrap_or_default()),
@@ -292,9 +288,72 @@ impl Steps<'_> {
         }
         if let Some(stage) = step.stage {
             let data = json!({ "stage": stage.as_str(), "duration_s": started.elapsed().as_secs_f64() });
-            emit(self.stream, Draft::new("ai.run.stage_completed", object(data))).await;
+            queue(self.stream, Draft::new("ai.run.stage_completed", object(data))).await;
         }
         StepEnd::Done
+    }
+
+    /// Starts the step's child in its own process group, its output relayed.
+    fn spawn(&self, step: &Step) -> Result<(Child, Relays), Failure> {
+        let env = self.child_env(step);
+        let launch = Launch { dir: self.dir, env: &env, env_removed: ENV_REMOVED };
+        let (child, stdout, stderr) = Child::spawn(&step.command.argv(), &launch).map_err(|err| Failure {
+            code: "SPAWN_FAILED".into(),
+            message: format!("cannot start `{}`: {err}", step.command.display()),
+            traceback: None,
+            retryable: false,
+        })?;
+        // Heartbeats sample this group's processes.
+        self.group.store(child.pgid(), Ordering::Relaxed);
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let handles = [
+            tokio::spawn(relay(stdout, "stdout", self.stream.clone(), tail.clone())),
+            tokio::spawn(relay(stderr, "stderr", self.stream.clone(), tail.clone())),
+        ];
+        Ok((child, Relays { handles, tail }))
+    }
+
+    /// Until the child exits, its timeout passes, or the run must stop.
+    async fn wait(
+        &self,
+        child: &mut Child,
+        step: &Step,
+        watcher: &mut (impl Future<Output = StopReason> + Unpin),
+    ) -> Ended {
+        let deadline = step.timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // Cancel-safe: waiting on a child can be resumed.
+            status = child.wait() => Ended::Exited(status),
+            () = timeout => Ended::TimedOut,
+            // Not cancelled: the watcher is polled by reference and lives for the whole run.
+            reason = &mut *watcher => Ended::Stopped(reason),
+        }
+    }
+
+    /// No process of the step's group outlives it: what an exited leader left behind, or
+    /// the whole group of a step timed out or stopped.
+    async fn reap(&self, child: &mut Child, ended: &Ended) {
+        let pgid = child.pgid();
+        match ended {
+            Ended::Exited(_) => {
+                if child::group_alive(pgid) {
+                    tracing::warn!(pgid, "the stage's command exited but left processes in its group; stopping them");
+                    self.stop(pgid).await;
+                }
+            }
+            _ => {
+                self.stop(pgid).await;
+                // Reaps the leader; its status no longer matters.
+                let _ = child.wait().await;
+            }
+        }
+        self.group.store(0, Ordering::Relaxed);
     }
 
     /// Stops the step's process group: SIGTERM, then SIGKILL after the grace period (at
@@ -306,7 +365,8 @@ impl Steps<'_> {
         };
         match child::stop_group(pgid, self.context.config.grace, hurry).await {
             Stopped::Terminated => {}
-            Stopped::Killed => eprintln!(
+            Stopped::Killed => crate::notice!(
+                warn,
                 "scientist work: the stage's processes outlived the grace period of {}; killed them",
                 humantime::format_duration(self.context.config.grace)
             ),
@@ -338,6 +398,18 @@ impl Steps<'_> {
         }
         env
     }
+}
+
+/// Waits for the relays to reach the end of the output, and returns its tail.
+async fn drain(relays: Relays) -> Tail {
+    // One deadline for both pipes: a process holding one open usually holds both.
+    let drained_by = tokio::time::Instant::now() + RELAY_DRAIN;
+    for handle in relays.handles {
+        if tokio::time::timeout_at(drained_by, handle).await.is_err() {
+            tracing::warn!("a process outside the stage's group holds its output open; stopped relaying it");
+        }
+    }
+    lock(&relays.tail).clone()
 }
 
 fn ending_of(status: std::process::ExitStatus) -> Ending {
@@ -382,23 +454,4 @@ async fn watch_claim(context: &Context<'_>, run_id: &RunId, attempt: u32) -> Sto
             Err(_) => {}
         }
     }
-}
-
-/// Queues a worker event; a stream that is gone means the worker is exiting, and the
-/// spool already holds everything before this.
-async fn emit(stream: &RunStream, draft: Draft) {
-    if let Err(err) = stream.emit(draft).await {
-        tracing::warn!(error = %err, "could not queue a worker event");
-    }
-}
-
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

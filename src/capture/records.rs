@@ -1,5 +1,5 @@
-//! Turns a child's output lines into log records: a level detected from the text, and a
-//! Python traceback kept together as one record instead of a dozen unrelated lines.
+//! Turns output lines (a child's, or a log file's) into log records: a level detected from the
+//! text, and a Python traceback kept together as one record instead of a dozen unrelated lines.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};

@@ -1,0 +1,176 @@
+//! What becomes of one artifact file: compared with the version stored, uploaded with
+//! bounded concurrency (the rest wait their turn), registered or failed, and for
+//! `metrics.json` its changed values sent as `ai.run.stage_metric`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::{Looking, path_text};
+use crate::capture::{object, queue};
+use crate::emit::Draft;
+use crate::monitor::beneath::BeneathError;
+use crate::monitor::classify;
+use crate::monitor::metrics;
+use crate::monitor::record::Version;
+use crate::monitor::upload::{UploadError, Uploaded};
+use crate::run::Stage;
+
+/// One upload's end, back in the loop.
+pub(super) struct Finished {
+    relative: PathBuf,
+    /// The file as it was before the upload started.
+    version: Version,
+    key: String,
+    outcome: Result<Uploaded, UploadError>,
+    /// `metrics.json`'s values, read after the upload.
+    metrics: Option<metrics::Metrics>,
+}
+
+impl Looking {
+    /// A settled file: uploaded if it differs from the version stored. The file is opened
+    /// here, once: what is compared, uploaded and hashed is that open file.
+    pub(super) async fn consider(&mut self, relative: PathBuf) {
+        let Some(state) = self.files.get_mut(&relative) else { return };
+        if state.in_flight {
+            state.dirty = true;
+            return;
+        }
+        if state.queued {
+            return;
+        }
+        let file = match self.dir.open_file(&relative) {
+            Ok(file) => file,
+            Err(err @ BeneathError::Link { .. }) => return self.refuse(&err).await,
+            // Gone again (a temporary file) or not a regular file: nothing to upload.
+            Err(_) => return,
+        };
+        let Ok(metadata) = file.metadata() else { return };
+        let version = Version::of(&metadata);
+        let Some(state) = self.files.get_mut(&relative) else { return };
+        if state.stored.as_ref().is_some_and(|stored| stored.same_file(&version)) {
+            return;
+        }
+        if !state.detected {
+            state.detected = true;
+            let data = json!({
+                "path": path_text(&relative),
+                "kind": state.kind.as_str(),
+                "size_bytes": version.bytes,
+            });
+            queue(&self.stream, Draft::new("ai.artifact.detected", object(data))).await;
+        }
+        let Some(artifacts) = self.settings.artifacts.clone() else {
+            // Nowhere to upload: detected is all there is to say.
+            if let Some(state) = self.files.get_mut(&relative) {
+                state.stored = Some(version);
+                self.record_dirty = true;
+            }
+            return;
+        };
+        let Some(state) = self.files.get_mut(&relative) else { return };
+        if self.uploads.len() >= self.settings.uploads.max(1) {
+            state.queued = true;
+            self.waiting.push_back(relative);
+            return;
+        }
+        state.in_flight = true;
+        let key = artifacts.key(&self.run_id, &relative);
+        let is_metrics = relative.file_name().is_some_and(|name| name == classify::METRICS_FILE);
+        self.uploads.spawn(async move {
+            let content_type = classify::content_type(&relative);
+            // A second descriptor of the same open file: the values are those of the version uploaded.
+            let values = if is_metrics { file.try_clone().ok() } else { None };
+            let outcome = artifacts.upload(file, &relative, &key, content_type).await;
+            let metrics = match (&outcome, values) {
+                (Ok(_), Some(mut values)) => {
+                    tokio::task::spawn_blocking(move || metrics::read(&mut values)).await.ok().flatten()
+                }
+                _ => None,
+            };
+            Finished { relative, version, key: key.to_string(), outcome, metrics }
+        });
+    }
+
+    pub(super) async fn on_joined(&mut self, joined: Result<Finished, tokio::task::JoinError>) {
+        let finished = match joined {
+            Ok(finished) => finished,
+            Err(err) => {
+                // Only a panic in object_store could get here; the file is looked at again
+                // at the final sweep.
+                tracing::error!(error = %err, "an artifact upload task failed");
+                return;
+            }
+        };
+        let Finished { relative, mut version, key, outcome, metrics } = finished;
+        let Some(state) = self.files.get_mut(&relative) else { return };
+        state.in_flight = false;
+        let kind = state.kind;
+        match outcome {
+            Ok(uploaded) => {
+                let new = state.stored.as_ref().and_then(|stored| stored.sha256.as_ref()) != Some(&uploaded.sha256);
+                version.sha256 = Some(uploaded.sha256.clone());
+                state.stored = Some(version);
+                self.record_dirty = true;
+                if new {
+                    self.report.registered += 1;
+                    let data = json!({
+                        "key": key,
+                        "bytes": uploaded.bytes,
+                        "sha256": uploaded.sha256,
+                        "content_type": classify::content_type(&relative),
+                        "kind": kind.as_str(),
+                        "path": path_text(&relative),
+                    });
+                    queue(&self.stream, Draft::new("ai.artifact.registered", object(data))).await;
+                    if let Some(metrics) = metrics {
+                        self.emit_metrics(&metrics, &relative).await;
+                    }
+                }
+            }
+            Err(err) => {
+                self.report.failed += 1;
+                tracing::warn!(file = %relative.display(), error = %err, "artifact upload failed");
+                let data = json!({ "path": path_text(&relative), "key": key, "error": err.to_string() });
+                queue(&self.stream, Draft::new("ai.artifact.failed", object(data))).await;
+            }
+        }
+        if let Some(state) = self.files.get_mut(&relative)
+            && std::mem::take(&mut state.dirty)
+        {
+            if self.ending {
+                self.consider(relative).await;
+            } else {
+                self.settler.touch(relative, Instant::now());
+            }
+        }
+        while self.uploads.len() < self.settings.uploads.max(1)
+            && let Some(next) = self.waiting.pop_front()
+        {
+            if let Some(state) = self.files.get_mut(&next) {
+                state.queued = false;
+            }
+            self.consider(next).await;
+        }
+    }
+
+    /// `metrics.json` values that changed, as `ai.run.stage_metric` events.
+    async fn emit_metrics(&mut self, metrics: &metrics::Metrics, relative: &Path) {
+        let stage = metrics.stage.clone().and_then(|name| Stage::try_from(name).ok());
+        for (name, value) in metrics::changed(metrics, &self.reported_metrics) {
+            let mut data = Map::new();
+            data.insert("name".into(), Value::from(name.clone()));
+            data.insert("value".into(), Value::from(value));
+            if let Some(step) = metrics.step {
+                data.insert("step".into(), Value::from(step));
+            }
+            if let Some(stage) = stage {
+                data.insert("stage".into(), Value::from(stage.as_str()));
+            }
+            data.insert("source".into(), Value::from(path_text(relative)));
+            queue(&self.stream, Draft::new("ai.run.stage_metric", data)).await;
+            self.reported_metrics.insert(name, value);
+        }
+    }
+}
