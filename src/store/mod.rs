@@ -167,7 +167,10 @@ pub trait Store: Send + Sync + 'static {
     /// stored (acknowledge only then); on Err, retrying the same events is always safe.
     async fn apply_events(&self, events: Vec<Event>, now: Timestamp) -> Result<Vec<Outcome>>;
 
-    /// A run's events in stored order, after `filter.cursor`.
+    /// A run's events in stored order, after `filter.cursor`. The order is one every process
+    /// agrees on, and a page never hands out an event while one before it may still be
+    /// stored: a live tail that follows `cursor`s misses nothing (on MongoDB a page may wait
+    /// up to `mongo::GAP_GRACE` for an event whose writer is mid-way). Cursors are opaque.
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>>;
 
     /// A run's events newest first, before `filter.cursor` (a cursor from either listing);

@@ -10,7 +10,7 @@ use mongodb::error::ErrorKind;
 
 use super::bson::{is_duplicate_key, parse_event_key, to_document};
 use super::pages::{event_document, parse_stored_event};
-use super::{DUPLICATE_KEY, EVENT_RUN_ID, MAX_CAS_TRIES, MongoStore};
+use super::{DUPLICATE_KEY, EVENT_RUN_ID, EVENT_SEQ, MAX_CAS_TRIES, MongoStore};
 use crate::event::Event;
 use crate::run::{EventKey, RunId};
 use crate::store::{Effect, Error, Outcome, Result, SideRecord, apply_new_event, replaces, replay, side_record};
@@ -50,7 +50,8 @@ impl MongoStore {
         }
 
         let pending = undecided(&outcomes);
-        let documents = pending.iter().map(|&i| event_document(&events[i], now)).collect();
+        let seqs = self.reserve_batch_seqs(&events, &pending).await?;
+        let documents = pending.iter().zip(seqs).map(|(&i, seq)| event_document(&events[i], now, seq)).collect();
         for position in insert_all(&self.events, documents).await? {
             let i = pending[position];
             // Claimed just now, yet already stored: its claim expired (TTL) after an earlier
@@ -99,10 +100,41 @@ impl MongoStore {
             .collect())
     }
 
+    /// The seq of each of `events[pending]` in its run's order (`None` for an event without a
+    /// run), in batch order: one reservation per run.
+    async fn reserve_batch_seqs(&self, events: &[Event], pending: &[usize]) -> Result<Vec<Option<i64>>> {
+        let mut per_run: Vec<(&RunId, usize)> = Vec::new();
+        for &i in pending {
+            if let Some(run_id) = &events[i].run_id {
+                match per_run.iter_mut().find(|(id, _)| *id == run_id) {
+                    Some((_, count)) => *count += 1,
+                    None => per_run.push((run_id, 1)),
+                }
+            }
+        }
+        let mut next: HashMap<&RunId, i64> = HashMap::with_capacity(per_run.len());
+        for (run_id, count) in per_run {
+            next.insert(run_id, self.reserve_seqs(run_id, count).await?);
+        }
+        Ok(pending
+            .iter()
+            .map(|&i| {
+                let seq = next.get_mut(events[i].run_id.as_ref()?)?;
+                *seq += 1;
+                Some(*seq - 1)
+            })
+            .collect())
+    }
+
     /// A run's stored events, oldest first.
     pub(super) async fn run_events(&self, id: &RunId) -> Result<Vec<Event>> {
-        let documents: Vec<Document> =
-            self.events.find(doc! { EVENT_RUN_ID: id.as_str() }).sort(doc! { "_id": 1 }).await?.try_collect().await?;
+        let documents: Vec<Document> = self
+            .events
+            .find(doc! { EVENT_RUN_ID: id.as_str() })
+            .sort(doc! { EVENT_SEQ: 1, "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
         documents.into_iter().map(|document| Ok(parse_stored_event(document)?.event)).collect()
     }
 

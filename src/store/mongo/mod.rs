@@ -8,10 +8,12 @@ mod ideation;
 mod mirror;
 mod pages;
 mod runs;
+mod sequence;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +23,8 @@ use mongodb::options::{Acknowledgment, ClientOptions, DatabaseOptions, IndexOpti
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use self::bson::{corrupt, error_code, is_duplicate_key};
+pub use self::sequence::GAP_GRACE;
+use self::sequence::{Gaps, SEQUENCE_COLLECTION};
 use super::{
     Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Result, RunChange, RunFilter, Stats,
     Store, StoredEvent, cancel_run, reset_run,
@@ -61,6 +65,8 @@ const NAMESPACE_EXISTS: i32 = 48;
 const EVENT_RUN_ID: &str = "runId";
 const EVENT_TIME_AT: &str = "timeAt";
 const EVENT_RECEIVED_AT: &str = "receivedAt";
+/// The event's place in its run's order (see `sequence`).
+const EVENT_SEQ: &str = "storeSeq";
 
 /// Where `GET /health` writes its probe document.
 pub const HEALTH_COLLECTION: &str = "health";
@@ -76,6 +82,10 @@ pub struct MongoStore {
     artifacts: Collection<Document>,
     hypotheses: Collection<Document>,
     ideation: Collection<Document>,
+    /// Per-run counters of `storeSeq`.
+    sequences: Collection<Document>,
+    /// Gaps in the event order this process has seen, shared by clones.
+    gaps: Arc<Gaps>,
 }
 
 impl MongoStore {
@@ -111,6 +121,8 @@ impl MongoStore {
             artifacts: db.collection("artifacts"),
             hypotheses: db.collection("hypotheses"),
             ideation: db.collection("ideation_requests"),
+            sequences: db.collection(SEQUENCE_COLLECTION),
+            gaps: Arc::default(),
             db,
         };
         store.ensure_schema().await?;
@@ -142,7 +154,10 @@ impl MongoStore {
             ])
             .await?;
         self.events
-            .create_indexes([unique(doc! { "source": 1, "id": 1 }), index(doc! { EVENT_RUN_ID: 1, "_id": 1 })])
+            .create_indexes([
+                unique(doc! { "source": 1, "id": 1 }),
+                index(doc! { EVENT_RUN_ID: 1, EVENT_SEQ: 1, "_id": 1 }),
+            ])
             .await?;
         let ttl = IndexOptions::builder().expire_after(SEEN_TTL).build();
         self.events_seen
@@ -186,11 +201,11 @@ impl Store for MongoStore {
     }
 
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
-        self.events_page(run_id, filter, 1).await
+        self.events_page(run_id, filter, true).await
     }
 
     async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
-        self.events_page(run_id, filter, -1).await
+        self.events_page(run_id, filter, false).await
     }
 
     async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>> {

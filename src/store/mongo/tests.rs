@@ -8,6 +8,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use serde_json::{Value, json};
 
 use super::apply::seen_document;
+use super::pages::event_document;
 use super::*;
 use crate::event::{self, Event};
 
@@ -184,5 +185,73 @@ async fn serves_the_frontends_ideation_requests() {
     let hypothesis = store.hypotheses.find_one(doc! { "_id": "hyp-9" }).await.expect("find").expect("kept");
     assert_eq!(hypothesis.get_document("ideation").expect("ideation").get_str("status"), Ok("COMPLETED"));
     assert_eq!(hypothesis.get_str("title"), Ok("LR"));
+    store.drop_database().await.expect("drop");
+}
+
+fn listed_ids(page: &Page<StoredEvent>) -> Vec<&str> {
+    page.items.iter().map(|stored| stored.event.id.0.as_str()).collect()
+}
+
+/// A seq reserved but written late is waited for, never skipped; one that is never written
+/// (its writer died) is passed after the grace period, and the newest-first page a tail
+/// starts from leaves out what lies above an open gap.
+#[tokio::test]
+async fn a_reader_waits_for_a_late_write_and_passes_a_dead_one() {
+    let store = test_store().await;
+    let run_id: RunId = "run-unit-gap".parse().expect("id");
+    let log = |id: &str, seconds| event(id, "ai.run.log", run_id.as_str(), seconds, None, json!({"message": id}));
+    store.apply_events(vec![log("g1", 0)], at(0)).await.expect("apply");
+    let first = store.list_events(&run_id, &EventFilter::default()).await.expect("list");
+    assert_eq!(listed_ids(&first), ["g1"]);
+
+    // A slow writer has reserved seq 2 but not written it; another writer stores seq 3.
+    let slow = store.reserve_seqs(&run_id, 1).await.expect("reserve");
+    assert_eq!(slow, 2);
+    store.apply_events(vec![log("g3", 3)], at(3)).await.expect("apply");
+    let after_g1 = EventFilter { cursor: Some(first.items[0].cursor.clone()), ..Default::default() };
+    let late_write = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.events.insert_one(event_document(&log("g2", 2), at(2), Some(slow))).await.expect("late write");
+    };
+    let (page, ()) = tokio::join!(store.list_events(&run_id, &after_g1), late_write);
+    let page = page.expect("list");
+    assert_eq!(listed_ids(&page), ["g2", "g3"], "held back at the gap until it was filled");
+
+    // Seq 4 is reserved by a writer that dies: the reader passes it after the grace period.
+    store.reserve_seqs(&run_id, 1).await.expect("reserve");
+    store.apply_events(vec![log("g5", 5)], at(5)).await.expect("apply");
+    let after_g3 = EventFilter { cursor: page.items.last().map(|last| last.cursor.clone()), ..Default::default() };
+    let started = std::time::Instant::now();
+    let page = store.list_events(&run_id, &after_g3).await.expect("list");
+    assert_eq!(listed_ids(&page), ["g5"]);
+    assert!(started.elapsed() >= GAP_GRACE - Duration::from_millis(200), "waited {:?}", started.elapsed());
+
+    // Seq 6 is reserved, seq 7 stored: a tail starting now starts below the open gap.
+    store.reserve_seqs(&run_id, 1).await.expect("reserve");
+    store.apply_events(vec![log("g7", 7)], at(7)).await.expect("apply");
+    let newest = store.list_recent_events(&run_id, &EventFilter::default()).await.expect("recent");
+    assert_eq!(listed_ids(&newest), ["g5", "g3", "g2", "g1"]);
+    store.drop_database().await.expect("drop");
+}
+
+/// Events stored before `storeSeq` existed come first, by `_id`, and their ObjectId cursors
+/// keep working in both directions; the events stored since follow them.
+#[tokio::test]
+async fn events_stored_before_seqs_come_first() {
+    let store = test_store().await;
+    let run_id: RunId = "run-unit-old".parse().expect("id");
+    let log = |id: &str, seconds| event(id, "ai.run.log", run_id.as_str(), seconds, None, json!({"message": id}));
+    for (id, seconds) in [("old1", 0), ("old2", 1)] {
+        store.events.insert_one(event_document(&log(id, seconds), at(seconds), None)).await.expect("old event");
+    }
+    store.apply_events(vec![log("new1", 2)], at(2)).await.expect("apply");
+    let all = store.list_events(&run_id, &EventFilter::default()).await.expect("list");
+    assert_eq!(listed_ids(&all), ["old1", "old2", "new1"]);
+    assert_eq!(all.items[0].cursor.len(), 24, "an ObjectId cursor: {}", all.items[0].cursor);
+    let after_old1 = EventFilter { cursor: Some(all.items[0].cursor.clone()), ..Default::default() };
+    assert_eq!(listed_ids(&store.list_events(&run_id, &after_old1).await.expect("list")), ["old2", "new1"]);
+    let before_new1 = EventFilter { cursor: Some(all.items[2].cursor.clone()), ..Default::default() };
+    let older = store.list_recent_events(&run_id, &before_new1).await.expect("recent");
+    assert_eq!(listed_ids(&older), ["old2", "old1"]);
     store.drop_database().await.expect("drop");
 }

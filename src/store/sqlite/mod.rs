@@ -7,6 +7,11 @@
 //! `synchronous=FULL`: when a call returns Ok the data survives a crash or power loss.
 //! rusqlite blocks, so calls run on tokio's blocking pool; one writer connection per
 //! process, reads from a small pool of reader connections.
+//!
+//! Events are ordered by `pos` (the rowid, `AUTOINCREMENT`). Writers are serialized by the
+//! write lock, so positions are assigned in commit order: a reader never sees a later event
+//! before an earlier one, and a cursor (a `pos`) never passes an event still to come. The
+//! MongoDB store needs its `storeSeq` and gap rule for that; this one has it for free.
 
 mod events;
 mod ideation;
