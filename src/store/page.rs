@@ -47,7 +47,7 @@ impl<T> PageFill<T> {
     }
 
     /// Fills the page from `rows` (each an item and its size), reading no further than it needs.
-    pub(crate) fn from_rows<E>(
+    pub(crate) fn fill_from<E>(
         mut self,
         rows: impl IntoIterator<Item = Result<(T, usize), E>>,
         cursor_of: impl Fn(&T) -> String,
@@ -69,17 +69,17 @@ mod tests {
     #[test]
     fn keeps_the_limit_and_says_when_more_is_left() {
         let rows = (1..=4).map(|n| Ok::<_, ()>((n, 1)));
-        let page = PageFill::new(3).from_rows(rows, |n: &i32| n.to_string()).expect("page");
+        let page = PageFill::new(3).fill_from(rows, |n: &i32| n.to_string()).expect("page");
         assert_eq!((page.items, page.next), (vec![1, 2, 3], Some("3".to_owned())));
         let rows = (1..=3).map(|n| Ok::<_, ()>((n, 1)));
-        let page = PageFill::new(3).from_rows(rows, |n: &i32| n.to_string()).expect("page");
+        let page = PageFill::new(3).fill_from(rows, |n: &i32| n.to_string()).expect("page");
         assert_eq!((page.items, page.next), (vec![1, 2, 3], None));
     }
 
     #[test]
     fn cuts_at_the_byte_bound_but_always_keeps_one() {
         let rows = [Ok::<_, ()>((1, MAX_PAGE_BYTES)), Ok((2, 1))];
-        let page = PageFill::new(10).from_rows(rows, |n: &i32| n.to_string()).expect("page");
+        let page = PageFill::new(10).fill_from(rows, |n: &i32| n.to_string()).expect("page");
         assert_eq!((page.items, page.next), (vec![1], Some("1".to_owned())));
         let fill = PageFill::<i32>::new(0);
         assert_eq!(fill.rows_to_read(), super::super::DEFAULT_LIMIT + 1);

@@ -26,7 +26,7 @@ impl SqliteStore {
                 let (id, doc) = row?;
                 Ok((parse_run(&id, &doc)?, doc.len()))
             });
-            page.from_rows(rows, run_cursor)
+            page.fill_from(rows, run_cursor)
         })
         .await
     }
@@ -115,7 +115,7 @@ pub(super) fn events_page(
         let (pos, received_at, body) = row?;
         Ok((parse_stored_event(pos, received_at, &body)?, body.len()))
     });
-    page.from_rows(rows, |event| event.cursor.clone())
+    page.fill_from(rows, |event| event.cursor.clone())
 }
 
 /// `?, ?, …` for an `IN (…)` list of `n` values.
