@@ -1,13 +1,19 @@
 //! `serve` is stateless: two `scientist serve` processes (the built binary) on one MongoDB,
-//! receiving interleaved events for the same runs at the same time, lose no update.
+//! receiving interleaved events for the same runs at the same time, lose no update; and a
+//! third replica tailing a run while two others write to it sees every event exactly once.
 
+mod common;
 #[path = "common/stores.rs"]
 #[allow(dead_code)] // only `mongo_url` is used here
 mod stores;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use scientist::run::{NewRun, RunId};
+use scientist::store::{EventFilter, MongoStore, Store};
 use serde_json::{Value, json};
 
 /// A `scientist serve` process on an OS-chosen loopback port; killed when dropped.
@@ -160,4 +166,74 @@ async fn two_servers_on_one_mongodb_lose_no_interleaved_update() {
     assert_eq!(answer["outcome"], "duplicate");
     let store = scientist::store::MongoStore::connect(&mongodb_url, Some(&database)).await.expect("connect");
     store.drop_database().await.expect("drop the test database");
+}
+
+/// Two store handles (two replicas) store events of one run at once, in batches of 1 to 4,
+/// while a third pages through them by cursor as the live tail does: every event is seen
+/// exactly once, none skipped because a batch committed after a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tail_on_a_third_replica_sees_each_event_of_two_writers_once() {
+    const PER_WRITER: usize = 120;
+    const TAIL_PAGE: usize = 7;
+    let mongodb_url = stores::mongo_url();
+    let database = format!("scientist_replicas_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(MongoStore::connect(&mongodb_url, Some(&database)).await.expect("connect"));
+    }
+    let reader = handles.pop().expect("three handles");
+    let run_id: RunId = "rep-tail".parse().expect("run id");
+    let new_run = NewRun { id: run_id.clone(), ..NewRun::new(json!({})) };
+    handles[0].enqueue(new_run, common::at(0)).await.expect("enqueue");
+
+    let mut writers = Vec::new();
+    for (writer, store) in handles.into_iter().enumerate() {
+        let run = run_id.to_string();
+        writers.push(tokio::spawn(async move {
+            let (mut sent, mut batch) = (0, 1);
+            while sent < PER_WRITER {
+                let events = (sent..PER_WRITER.min(sent + batch))
+                    .map(|n| {
+                        let id = format!("w{writer}-{n}");
+                        common::event(&id, "ai.run.log", &run, n as i64, json!({"message": id}))
+                    })
+                    .collect::<Vec<_>>();
+                sent += events.len();
+                store.apply_events(events, common::at(sent as i64)).await.expect("apply");
+                batch = batch % 4 + 1;
+            }
+        }));
+    }
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cursor = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut writing = true;
+    loop {
+        assert!(Instant::now() < deadline, "the tail saw {} of {} events", seen.len(), 2 * PER_WRITER);
+        let filter = EventFilter { cursor: cursor.clone(), limit: TAIL_PAGE, ..Default::default() };
+        let page = reader.list_events(&run_id, &filter).await.expect("tail");
+        let empty = page.items.is_empty();
+        if let Some(last) = page.items.last() {
+            cursor = Some(last.cursor.clone());
+        }
+        for stored in page.items {
+            *seen.entry(stored.event.id.0).or_default() += 1;
+        }
+        if empty {
+            // Done once the writers have finished and a read after that finds nothing new.
+            if !writing {
+                break;
+            }
+            writing = !writers.iter().all(|writer| writer.is_finished());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "seen more than once: {twice:?}");
+    assert_eq!(seen.len(), 2 * PER_WRITER, "every event seen once");
+    reader.drop_database().await.expect("drop the test database");
 }

@@ -63,6 +63,46 @@ async fn claims_highest_priority_then_oldest(store: &dyn Store) {
     assert_eq!(order, [high_old.id, high_new.id, low.id, negative.id]);
 }
 
+/// A claim writes exactly what `Run::claim` (and the store's `updatedAt` and `rev`) makes of
+/// the run as stored: MongoDB writes it as one hand-made update, which must not drift from
+/// `Run::claim`. A fresh run, then a reset one with an older attempt, a silent flag and a
+/// `heardAt` later than the claim's clock (which `Run::heard` keeps).
+async fn claim_writes_what_run_claim_makes(store: &dyn Store) {
+    async fn claim_and_compare(store: &dyn Store, id: &RunId, now: scientist::time::Timestamp) {
+        let before = store.get(id).await.expect("get").expect("the queued run");
+        let claimed = store.claim("pod-c", "default", now).await.expect("claim").expect("the queued run");
+        let mut expected = before;
+        expected.claim("pod-c", now);
+        expected.rev += 1;
+        expected.updated_at = now;
+        assert_eq!(claimed, expected, "the claim returns what Run::claim makes");
+        assert_eq!(store.get(id).await.expect("get"), Some(expected), "and stores it");
+    }
+    let run = store.enqueue(new_run(0), at(0)).await.expect("enqueue");
+    claim_and_compare(store, &run.id, at(1)).await;
+    let failed = store.update_if(
+        &run.id,
+        at(2),
+        Box::new(|run| {
+            run.status = RunStatus::Failed;
+            true
+        }),
+    );
+    failed.await.expect("fail").expect("changed");
+    store.reset(&run.id, at(3)).await.expect("reset");
+    let silent = store.update_if(
+        &run.id,
+        at(4),
+        Box::new(|run| {
+            run.silent_since = Some(at(4));
+            run.heard_at = Some(at(50));
+            true
+        }),
+    );
+    silent.await.expect("mark silent").expect("changed");
+    claim_and_compare(store, &run.id, at(5)).await;
+}
+
 async fn claims_only_from_its_queue(store: &dyn Store) {
     let run = store.enqueue(NewRun { queue: "gpu-a100".into(), ..new_run(0) }, at(0)).await.expect("enqueue");
     assert!(store.claim("pod-a", "default", at(1)).await.expect("claim").is_none());
@@ -906,6 +946,7 @@ macro_rules! store_suite {
             case!(enqueue_and_get_round_trip);
             case!(claims_highest_priority_then_oldest);
             case!(claims_only_from_its_queue);
+            case!(claim_writes_what_run_claim_makes);
             two_handle_case!(concurrent_claimers_claim_each_run_once);
             case!(events_drive_a_run_to_completion);
             case!(duplicates_are_acknowledged_and_change_nothing);

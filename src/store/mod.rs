@@ -5,6 +5,7 @@
 //! `queue::fence`; the backends share them through [`plan`], so they cannot drift apart.
 
 pub mod mongo;
+mod page;
 pub mod sqlite;
 pub mod stats;
 
@@ -20,6 +21,7 @@ use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
 use crate::time::Timestamp;
 
 pub use mongo::MongoStore;
+pub(crate) use page::PageFill;
 pub use sqlite::SqliteStore;
 pub use stats::Stats;
 
@@ -165,7 +167,10 @@ pub trait Store: Send + Sync + 'static {
     /// stored (acknowledge only then); on Err, retrying the same events is always safe.
     async fn apply_events(&self, events: Vec<Event>, now: Timestamp) -> Result<Vec<Outcome>>;
 
-    /// A run's events in stored order, after `filter.cursor`.
+    /// A run's events in stored order, after `filter.cursor`. The order is one every process
+    /// agrees on, and a page never hands out an event while one before it may still be
+    /// stored: a live tail that follows `cursor`s misses nothing (on MongoDB a page may wait
+    /// up to `mongo::GAP_GRACE` for an event whose writer is mid-way). Cursors are opaque.
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>>;
 
     /// A run's events newest first, before `filter.cursor` (a cursor from either listing);
@@ -405,33 +410,16 @@ pub(crate) fn level_names_at_or_above(min: LogLevel) -> Vec<&'static str> {
     spellings.into_iter().filter(|(level, _)| *level >= min).flat_map(|(_, names)| names.iter().copied()).collect()
 }
 
-/// Fills a page from `rows` (in page order, each with its size in bytes as JSON): at most
-/// `limit` items and about `limits::MAX_PAGE_BYTES` (always one item, when one is left), so
-/// a read's memory stays bounded however large the stored documents are. `next` is the
-/// cursor of the last item kept, when a row was left over.
-pub(crate) fn bounded_page<T>(
-    rows: impl IntoIterator<Item = Result<(T, usize)>>,
-    limit: usize,
-    cursor_of: impl Fn(&T) -> String,
-) -> Result<Page<T>> {
-    let mut items = Vec::new();
-    let mut bytes = 0;
-    for row in rows {
-        let (item, size) = row?;
-        if items.len() == limit || (!items.is_empty() && bytes + size > crate::limits::MAX_PAGE_BYTES) {
-            let next = items.last().map(&cursor_of);
-            return Ok(Page { items, next });
-        }
-        bytes += size;
-        items.push(item);
-    }
-    Ok(Page { items, next: None })
-}
-
 /// Default page size, and the largest a caller may ask for.
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 1000;
 
 pub(crate) fn clamp_limit(limit: usize) -> usize {
     if limit == 0 { DEFAULT_LIMIT } else { limit.min(MAX_LIMIT) }
+}
+
+/// A poisoned lock only means another call panicked mid-way: what it guards stays usable
+/// (SQLite rolled that call's work back; the MongoDB store's caches hold no half-made state).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

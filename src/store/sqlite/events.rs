@@ -1,0 +1,161 @@
+//! Stored events and what they record beside their runs (artifacts, hypotheses' ideas),
+//! and `apply_events`: one transaction, one commit, for a whole batch.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::{Map, Value};
+
+use super::SqliteStore;
+use super::runs::{insert_run, load_run, save_run, to_json};
+use crate::event::{self, Event};
+use crate::run::{Run, RunId};
+use crate::store::{
+    Artifact, Effect, Error, HypothesisIdeas, Outcome, Result, SideRecord, StoredEvent, apply_new_event, replaces,
+    replay, side_record,
+};
+use crate::time::Timestamp;
+
+impl SqliteStore {
+    pub(super) async fn run_artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>> {
+        let run_id = run_id.clone();
+        self.read(move |conn| {
+            let mut statement = conn.prepare("SELECT key, doc FROM artifacts WHERE run_id = ?1 ORDER BY key")?;
+            let rows = statement
+                .query_map([run_id.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+            rows.map(|row| {
+                let (key, doc) = row?;
+                serde_json::from_str(&doc).map_err(|source| Error::Corrupt { what: format!("artifact {key}"), source })
+            })
+            .collect()
+        })
+        .await
+    }
+}
+
+/// Applies a batch inside one transaction: one commit (one fsync) for the whole batch.
+pub(super) fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result<Vec<Outcome>> {
+    // Runs touched by the batch, loaded once and written once at the end.
+    let mut touched: HashMap<RunId, (Option<Run>, bool)> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        if !insert_event(tx, event, now)? {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        if let Some(record) = side_record(event) {
+            save_side_record(tx, record)?;
+        }
+        let Some(run_id) = &event.run_id else {
+            outcomes.push(Outcome::Applied);
+            continue;
+        };
+        let (slot, is_new) = match touched.entry(run_id.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert((load_run(tx, run_id)?, false)),
+        };
+        let effect = apply_new_event(slot, event, now);
+        if effect == Effect::Created {
+            *is_new = true;
+            if let Some(run) = slot.as_mut() {
+                replay(run, &run_events(tx, run_id)?);
+            }
+        }
+        outcomes.push(effect.outcome());
+    }
+    for (_, (slot, is_new)) in touched {
+        let Some(mut run) = slot else { continue };
+        if is_new {
+            run.updated_at = now;
+            insert_run(tx, &run)?;
+        } else {
+            save_run(tx, &mut run, now)?;
+        }
+    }
+    Ok(outcomes)
+}
+
+pub(super) fn parse_stored_event(pos: i64, received_at: i64, body: &str) -> Result<StoredEvent> {
+    let what = || format!("event at position {pos}");
+    let object: Map<String, Value> =
+        serde_json::from_str(body).map_err(|source| Error::Corrupt { what: what(), source })?;
+    let received_at = Timestamp::from_millis(received_at);
+    let event = event::from_json_object(object, received_at)
+        .map_err(|err| Error::Corrupt { what: what(), source: serde::de::Error::custom(err.to_string()) })?;
+    Ok(StoredEvent { cursor: pos.to_string(), received_at, event })
+}
+
+/// A run's stored events, oldest first.
+fn run_events(conn: &Connection, id: &RunId) -> Result<Vec<Event>> {
+    let mut statement =
+        conn.prepare_cached("SELECT pos, received_at, body FROM events WHERE run_id = ?1 ORDER BY pos")?;
+    let rows = statement.query_map([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
+    rows.map(|row| {
+        let (pos, received_at, body) = row?;
+        Ok(parse_stored_event(pos, received_at, &body)?.event)
+    })
+    .collect()
+}
+
+/// Inserts the event unless its (source, id) pair is known. True when it was new.
+fn insert_event(tx: &Transaction<'_>, event: &Event, now: Timestamp) -> Result<bool> {
+    let body = to_json("event", &event.to_json())?;
+    let mut statement = tx.prepare_cached(
+        "INSERT INTO events (source, event_id, run_id, type, time, received_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source, event_id) DO NOTHING",
+    )?;
+    let inserted = statement.execute(params![
+        event.source,
+        event.id.0,
+        event.run_id.as_ref().map(RunId::as_str),
+        event.event_type,
+        event.time.millis(),
+        now.millis(),
+        body
+    ])?;
+    Ok(inserted == 1)
+}
+
+fn save_side_record(tx: &Transaction<'_>, record: SideRecord) -> Result<()> {
+    match record {
+        SideRecord::Artifact(artifact) => {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM artifacts WHERE run_id = ?1 AND key = ?2",
+                    params![artifact.run_id.as_str(), artifact.key],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let existing: Option<Artifact> = existing
+                .map(|doc| serde_json::from_str(&doc))
+                .transpose()
+                .map_err(|source| Error::Corrupt { what: format!("artifact {}", artifact.key), source })?;
+            if replaces(existing.as_ref().map(|a| &a.at), &artifact.at) {
+                tx.execute(
+                    "INSERT INTO artifacts (run_id, key, doc) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (run_id, key) DO UPDATE SET doc = excluded.doc",
+                    params![artifact.run_id.as_str(), artifact.key, to_json("artifact", &artifact)?],
+                )?;
+            }
+        }
+        SideRecord::Hypothesis(ideas) => {
+            let existing = load_hypothesis(tx, &ideas.id)?;
+            if replaces(existing.as_ref().map(|h| &h.at), &ideas.at) {
+                tx.execute(
+                    "INSERT INTO hypotheses (id, doc) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                    params![ideas.id, to_json("hypothesis", &ideas)?],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn load_hypothesis(conn: &Connection, id: &str) -> Result<Option<HypothesisIdeas>> {
+    let doc: Option<String> =
+        conn.query_row("SELECT doc FROM hypotheses WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+    doc.map(|doc| serde_json::from_str(&doc))
+        .transpose()
+        .map_err(|source| Error::Corrupt { what: format!("hypothesis {id}"), source })
+}

@@ -1,0 +1,266 @@
+//! The embedded store: one SQLite file in WAL mode, shared by `serve`, `work` and `runs`
+//! on one machine (not over NFS).
+//!
+//! Run documents are stored as JSON beside the columns the queue sorts and filters on.
+//! Every write is one `BEGIN IMMEDIATE` transaction (the write lock is taken up front, so a
+//! claim or an event batch never interleaves with another process's), committed with
+//! `synchronous=FULL`: when a call returns Ok the data survives a crash or power loss.
+//! rusqlite blocks, so calls run on tokio's blocking pool; one writer connection per
+//! process, reads from a small pool of reader connections.
+//!
+//! Events are ordered by `pos` (the rowid, `AUTOINCREMENT`). Writers are serialized by the
+//! write lock, so positions are assigned in commit order: a reader never sees a later event
+//! before an earlier one, and a cursor (a `pos`) never passes an event still to come. The
+//! MongoDB store needs its `storeSeq` and gap rule for that; this one has it for free.
+
+mod events;
+mod ideation;
+mod pages;
+mod runs;
+mod schema;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use self::events::{apply_batch, load_hypothesis};
+use self::ideation::load_ideation;
+use self::pages::{Direction, events_page};
+use self::runs::{insert_run, load_run, save_run};
+use self::schema::{SCHEMA, migrate};
+use super::{
+    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Result, RunChange, RunFilter, Stats,
+    Store, StoredEvent, cancel_run, lock, reset_run,
+};
+use crate::event::Event;
+use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
+use crate::run::{NewRun, Run, RunId, RunStatus};
+use crate::time::Timestamp;
+
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reader connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The embedded store. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, with its parent directories.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|err| Error::Open {
+                    path: path.display().to_string(),
+                    reason: format!("cannot create {}: {err}", parent.display()),
+                })?;
+            }
+            let mut writer = connect(&path)?;
+            writer.execute_batch(SCHEMA)?;
+            migrate(&mut writer, &path)?;
+            Ok(SqliteStore {
+                inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+            })
+        })
+        .await?
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction on the writer connection.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = lock(&inner.writer);
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await?
+    }
+
+    /// Runs `work` on a reader connection (WAL readers never block the writer).
+    async fn read<T: Send + 'static>(&self, work: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = lock(&inner.readers).pop();
+            let connection = match pooled {
+                Some(connection) => connection,
+                None => connect(&inner.path)?,
+            };
+            let value = work(&connection);
+            let mut readers = lock(&inner.readers);
+            if readers.len() < MAX_IDLE_READERS {
+                readers.push(connection);
+            }
+            value
+        })
+        .await?
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers run beside the one writer; FULL syncs the WAL on every commit,
+    // which is what makes "acknowledged" mean durable.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    Ok(connection)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run> {
+        self.write(move |tx| {
+            let run = Run::queued(new_run, now);
+            insert_run(tx, &run)?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn get(&self, id: &RunId) -> Result<Option<Run>> {
+        let id = id.clone();
+        self.read(move |conn| load_run(conn, &id)).await
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<Page<Run>> {
+        self.list_runs(filter).await
+    }
+
+    async fn claim(&self, worker: &str, queue: &str, now: Timestamp) -> Result<Option<Run>> {
+        self.claim_next(worker, queue, now).await
+    }
+
+    async fn apply_events(&self, events: Vec<Event>, now: Timestamp) -> Result<Vec<Outcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |tx| apply_batch(tx, &events, now)).await
+    }
+
+    async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
+        let (run_id, filter) = (run_id.clone(), filter.clone());
+        self.read(move |conn| events_page(conn, &run_id, &filter, Direction::Forward)).await
+    }
+
+    async fn list_recent_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
+        let (run_id, filter) = (run_id.clone(), filter.clone());
+        self.read(move |conn| events_page(conn, &run_id, &filter, Direction::Backward)).await
+    }
+
+    async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>> {
+        let id = id.clone();
+        self.write(move |tx| {
+            let Some(mut run) = load_run(tx, &id)? else { return Ok(None) };
+            if !change(&mut run) {
+                return Ok(None);
+            }
+            save_run(tx, &mut run, now)?;
+            Ok(Some(run))
+        })
+        .await
+    }
+
+    async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
+        let id = id.clone();
+        self.write(move |tx| {
+            let run = load_run(tx, &id)?.ok_or_else(|| Error::NotFound(id.clone()))?;
+            let mut run = reset_run(run, now)?;
+            save_run(tx, &mut run, now)?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: &RunId, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
+        let (id, by) = (id.clone(), by.to_owned());
+        self.write(move |tx| {
+            let run = load_run(tx, &id)?.ok_or_else(|| Error::NotFound(id.clone()))?;
+            let mut run = cancel_run(run, &by, reason, now)?;
+            save_run(tx, &mut run, now)?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        self.count_by_status().await
+    }
+
+    async fn probe_write(&self, now: Timestamp) -> Result<()> {
+        self.write(move |tx| {
+            // Created here rather than in the schema: a probe table needs no migration, and
+            // an older build opening the file ignores it.
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+            )?;
+            tx.execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                [now.millis()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<Stats> {
+        self.gather_stats(now).await
+    }
+
+    async fn resolve_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {
+        self.runs_with_prefix(prefix).await
+    }
+
+    async fn artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>> {
+        self.run_artifacts(run_id).await
+    }
+
+    async fn hypothesis_ideas(&self, id: &str) -> Result<Option<HypothesisIdeas>> {
+        let id = id.to_owned();
+        self.read(move |conn| load_hypothesis(conn, &id)).await
+    }
+
+    async fn enqueue_ideation(&self, new: NewIdeation, now: Timestamp) -> Result<IdeationRequest> {
+        self.insert_ideation(new, now).await
+    }
+
+    async fn get_ideation(&self, id: &str) -> Result<Option<IdeationRequest>> {
+        let id = id.to_owned();
+        self.read(move |conn| load_ideation(conn, &id)).await
+    }
+
+    async fn list_ideation(&self, statuses: &[IdeationStatus], limit: usize) -> Result<Vec<IdeationRequest>> {
+        self.list_ideation_requests(statuses, limit).await
+    }
+
+    async fn claim_ideation(&self, worker: &str, now: Timestamp) -> Result<Option<IdeationRequest>> {
+        self.claim_oldest_ideation(worker, now).await
+    }
+
+    async fn update_ideation_if(&self, id: &str, change: IdeationChange) -> Result<Option<IdeationRequest>> {
+        self.update_ideation(id, change).await
+    }
+}

@@ -1,0 +1,107 @@
+//! Run rows: documents stored as JSON beside the columns the queue sorts and filters on,
+//! the claim, and the lookup of id prefixes.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
+
+use super::SqliteStore;
+use super::schema::{DERIVED_COLUMNS, derived_values, write_stage_durations};
+use crate::run::{Run, RunId};
+use crate::store::{Error, Result};
+use crate::time::Timestamp;
+
+impl SqliteStore {
+    pub(super) async fn claim_next(&self, worker: &str, queue: &str, now: Timestamp) -> Result<Option<Run>> {
+        let (worker, queue) = (worker.to_owned(), queue.to_owned());
+        self.write(move |tx| {
+            let candidate: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT id, doc FROM runs WHERE queue = ?1 AND status = 'QUEUED'
+                     ORDER BY priority DESC, created_at, id LIMIT 1",
+                    [&queue],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((id, doc)) = candidate else { return Ok(None) };
+            let mut run = parse_run(&id, &doc)?;
+            run.claim(&worker, now);
+            save_run(tx, &mut run, now)?;
+            Ok(Some(run))
+        })
+        .await
+    }
+
+    pub(super) async fn runs_with_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {
+        let prefix = prefix.to_owned();
+        self.read(move |conn| {
+            // Ids starting with the prefix sort right after it: read two from there.
+            let mut statement = conn.prepare_cached("SELECT id FROM runs WHERE id >= ?1 ORDER BY id LIMIT 2")?;
+            let ids = statement.query_map([&prefix], |row| row.get::<_, String>(0))?;
+            let mut matches = Vec::new();
+            for id in ids {
+                let id = id?;
+                if id.starts_with(&prefix) {
+                    matches.push(RunId::try_from(id.clone()).map_err(|reason| corrupt_id(&id, reason))?);
+                }
+            }
+            Ok(matches)
+        })
+        .await
+    }
+}
+
+pub(super) fn parse_run(id: &str, doc: &str) -> Result<Run> {
+    serde_json::from_str(doc).map_err(|source| Error::Corrupt { what: format!("run {id}"), source })
+}
+
+pub(super) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Corrupt { what: what.to_owned(), source })
+}
+
+pub(super) fn load_run(conn: &Connection, id: &RunId) -> Result<Option<Run>> {
+    let doc: Option<String> =
+        conn.query_row("SELECT doc FROM runs WHERE id = ?1", [id.as_str()], |row| row.get(0)).optional()?;
+    doc.map(|doc| parse_run(id.as_str(), &doc)).transpose()
+}
+
+pub(super) fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO runs (id, status, queue, priority, created_at, doc, {DERIVED_COLUMNS})
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    );
+    let values = [
+        SqlValue::from(run.id.to_string()),
+        SqlValue::from(run.status.as_str().to_owned()),
+        SqlValue::from(run.queue.clone()),
+        SqlValue::from(run.priority),
+        SqlValue::from(run.created_at.millis()),
+        SqlValue::from(to_json("run", run)?),
+    ];
+    let inserted = tx.prepare_cached(&sql)?.execute(params_from_iter(values.into_iter().chain(derived_values(run))))?;
+    if inserted == 0 {
+        return Err(Error::AlreadyExists(run.id.clone()));
+    }
+    write_stage_durations(tx, run)
+}
+
+/// Writes `run` back, stamping `updatedAt` and bumping its revision.
+pub(super) fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp) -> Result<()> {
+    run.updated_at = now;
+    run.rev += 1;
+    let sql = format!(
+        "UPDATE runs SET (status, queue, priority, doc, {DERIVED_COLUMNS}) = (?, ?, ?, ?, ?, ?, ?, ?, ?) WHERE id = ?"
+    );
+    let values = [
+        SqlValue::from(run.status.as_str().to_owned()),
+        SqlValue::from(run.queue.clone()),
+        SqlValue::from(run.priority),
+        SqlValue::from(to_json("run", run)?),
+    ];
+    let id = SqlValue::from(run.id.to_string());
+    tx.prepare_cached(&sql)?.execute(params_from_iter(values.into_iter().chain(derived_values(run)).chain([id])))?;
+    write_stage_durations(tx, run)
+}
+
+fn corrupt_id(id: &str, reason: String) -> Error {
+    Error::Corrupt { what: format!("run id {id:?}"), source: serde::de::Error::custom(reason) }
+}

@@ -1,0 +1,229 @@
+//! The embedded store's schema, and the migration of files written by older versions.
+
+use std::path::Path;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from_iter};
+
+use super::runs::parse_run;
+use crate::run::Run;
+use crate::store::{Error, Result};
+use crate::time::Timestamp;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    priority    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_claim ON runs (queue, status, priority DESC, created_at, id);
+CREATE INDEX IF NOT EXISTS runs_newest ON runs (created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS runs_status_newest ON runs (status, created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS events (
+    pos          INTEGER PRIMARY KEY AUTOINCREMENT,
+    source       TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    run_id       TEXT,
+    type         TEXT NOT NULL,
+    time         INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    body         TEXT NOT NULL,
+    UNIQUE (source, event_id)
+);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, pos);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id  TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    doc     TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS hypotheses (
+    id   TEXT PRIMARY KEY,
+    doc  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ideation_requests (
+    id          TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ideation_queue ON ideation_requests (status, created_at, id);
+";
+
+/// The schema version this build writes (`PRAGMA user_version`). A file of an older version
+/// is migrated on open; 0 is the first release's schema (`SCHEMA` alone).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1: columns derived from each run document (kept by `insert_run` / `save_run`)
+/// and one row per completed stage, so `stats` and the queue's views read indexes rather
+/// than parse documents.
+const MIGRATION_1: &str = "
+ALTER TABLE runs ADD COLUMN seen_at INTEGER;
+ALTER TABLE runs ADD COLUMN finished_at INTEGER;
+ALTER TABLE runs ADD COLUMN error_code TEXT;
+ALTER TABLE runs ADD COLUMN gpu_from INTEGER;
+ALTER TABLE runs ADD COLUMN gpu_until INTEGER;
+CREATE INDEX runs_seen ON runs (status, seen_at);
+CREATE INDEX runs_finished ON runs (status, finished_at);
+CREATE INDEX runs_failures ON runs (status, error_code);
+CREATE INDEX runs_gpu ON runs (gpu_from, gpu_until) WHERE gpu_from IS NOT NULL;
+CREATE TABLE run_stages (
+    run_id      TEXT NOT NULL,
+    stage       TEXT NOT NULL,
+    duration_s  REAL NOT NULL,
+    PRIMARY KEY (run_id, stage)
+) WITHOUT ROWID;
+CREATE INDEX run_stages_duration ON run_stages (stage, duration_s);
+";
+
+/// Brings an older file up to [`SCHEMA_VERSION`] in one transaction (so two processes
+/// opening it at once migrate it once), and refuses a file from a newer build.
+pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Open {
+            path: path.display().to_string(),
+            reason: format!(
+                "it was written by a newer scientist (schema {version}, this build knows {SCHEMA_VERSION}); \
+                 upgrade scientist or pass another --store"
+            ),
+        });
+    }
+    if version < 1 {
+        tx.execute_batch(MIGRATION_1)?;
+        backfill_derived(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Fills the derived columns and stage rows of runs written before they existed.
+fn backfill_derived(tx: &Transaction<'_>) -> Result<()> {
+    let runs: Vec<(String, String)> = {
+        let mut statement = tx.prepare("SELECT id, doc FROM runs")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (id, doc) in runs {
+        let run = parse_run(&id, &doc)?;
+        write_derived(tx, &run)?;
+    }
+    Ok(())
+}
+
+/// The derived columns of `run`, in the order of [`DERIVED_COLUMNS`].
+pub(super) fn derived_values(run: &Run) -> [SqlValue; 5] {
+    let gpu = run.gpu_interval();
+    let millis = |at: Option<Timestamp>| at.map_or(SqlValue::Null, |at| SqlValue::from(at.millis()));
+    [
+        millis(run.last_seen_at()),
+        millis(run.finished_at()),
+        run.error.as_ref().map_or(SqlValue::Null, |error| SqlValue::from(error.error_type.clone())),
+        millis(gpu.map(|(from, _)| from)),
+        millis(gpu.map(|(_, until)| until)),
+    ]
+}
+
+/// Columns kept from each run document for `stats` (schema version 1).
+pub(super) const DERIVED_COLUMNS: &str = "seen_at, finished_at, error_code, gpu_from, gpu_until";
+
+/// Stores what `stats` reads from a run: its derived columns and completed stages.
+fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {
+    let sql = format!("UPDATE runs SET ({DERIVED_COLUMNS}) = (?, ?, ?, ?, ?) WHERE id = ?");
+    let values = derived_values(run).into_iter().chain([SqlValue::from(run.id.to_string())]);
+    tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+    write_stage_durations(tx, run)
+}
+
+/// Rewrites a run's `run_stages` rows, only when its completed stages changed (most writes,
+/// a heartbeat or a log line, change none).
+pub(super) fn write_stage_durations(tx: &Transaction<'_>, run: &Run) -> Result<()> {
+    let mut wanted: Vec<(&str, f64)> = run.completed_stage_durations().collect();
+    wanted.sort_by(|a, b| a.0.cmp(b.0));
+    let stored: Vec<(String, f64)> = tx
+        .prepare_cached("SELECT stage, duration_s FROM run_stages WHERE run_id = ?1 ORDER BY stage")?
+        .query_map([run.id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    if stored.iter().map(|(stage, duration_s)| (stage.as_str(), *duration_s)).eq(wanted.iter().copied()) {
+        return Ok(());
+    }
+    tx.prepare_cached("DELETE FROM run_stages WHERE run_id = ?1")?.execute([run.id.as_str()])?;
+    let mut insert = tx.prepare_cached("INSERT INTO run_stages (run_id, stage, duration_s) VALUES (?1, ?2, ?3)")?;
+    for (stage, duration_s) in wanted {
+        insert.execute(params![run.id.as_str(), stage, duration_s])?;
+    }
+    Ok(())
+}
+
+/// Opening files written by older versions.
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::run::{NewRun, Pod, RunStatus, StageTiming};
+    use crate::store::Store;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::sqlite::runs::to_json;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_millis(1_761_159_600_000 + seconds * 1000)
+    }
+
+    /// A file in the first release's schema (no `user_version`, no derived columns) opens,
+    /// is migrated once, and its runs count in `stats`.
+    #[tokio::test]
+    async fn migrates_a_first_release_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite");
+        let mut run = Run::queued(NewRun::new(json!({"title": "old"})), at(0));
+        run.status = RunStatus::Completed;
+        run.started_at = Some(at(10));
+        run.completed_at = Some(at(70));
+        run.pod = Some(Pod {
+            id: "pod-1".into(),
+            at: crate::run::EventKey { time: at(10), id: "e".into(), source: "s".into() },
+            gpu: Some("A100".into()),
+            region: None,
+            image: None,
+        });
+        let timing = StageTiming { completed_at: Some(at(40)), duration_s: Some(30.0), ..Default::default() };
+        run.stage_timing.insert("Stage_1".into(), timing);
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(SCHEMA).expect("first release schema");
+            connection
+                .execute(
+                    "INSERT INTO runs (id, status, queue, priority, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        run.id.as_str(),
+                        "COMPLETED",
+                        "default",
+                        0,
+                        at(0).millis(),
+                        to_json("run", &run).expect("json")
+                    ],
+                )
+                .expect("insert an old run");
+        }
+        let store = SqliteStore::open(&path).await.expect("migrates");
+        let stats = store.stats(at(100)).await.expect("stats");
+        assert_eq!(stats.by_status.completed, 1);
+        assert_eq!((stats.throughput.completed, stats.gpu_hours), (1, 60.0 / 3600.0));
+        assert_eq!(
+            stats.stage_durations.iter().map(|d| (d.stage.as_str(), d.max_s)).collect::<Vec<_>>(),
+            [("Stage_1", 30.0)]
+        );
+        drop(store);
+        // Opening again is a no-op; a file from a newer build is refused with the fix.
+        SqliteStore::open(&path).await.expect("reopens");
+        Connection::open(&path).expect("open").pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+        let newer = SqliteStore::open(&path).await.err().expect("refused");
+        assert!(newer.to_string().contains("upgrade scientist"), "{newer}");
+    }
+}
