@@ -341,7 +341,11 @@ async fn small_limit_proxy(upstream: String, limit: usize) -> String {
             (status, answer.text().await.expect("upstream body"))
         }
     };
-    let app = axum::Router::new().route("/api/ingest/events", axum::routing::post(forward));
+    // The proxy reads every body whole before it answers: with axum's default 2 MiB cap it
+    // would answer 413 and close mid-upload, and the client would see a reset, not the 413.
+    let app = axum::Router::new()
+        .route("/api/ingest/events", axum::routing::post(forward))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
