@@ -66,6 +66,12 @@ impl MongoStore {
             let page = self.read_events(run_id, filter, cursor, forward, Some(horizon.seq)).await?;
             match horizon.held_for {
                 Some(wait) if forward && page.items.is_empty() => tokio::time::sleep(wait).await,
+                // Cut short at a gap that may still fill: there is more, so say where to go on
+                // from (a reader that pages until `next` is None must not stop at the gap).
+                Some(_) if forward && page.next.is_none() => {
+                    let next = page.items.last().map(|event| event.cursor.clone());
+                    return Ok(Page { next, ..page });
+                }
                 _ => return Ok(page),
             }
         }

@@ -8,9 +8,11 @@
 //! events, and a slow writer of one run never holds back the tail of another.
 //!
 //! A reservation is written a moment after it is taken, so a reader may see seq 7 before
-//! seq 6. It hands out nothing past such a gap until the gap is filled or [`GAP_GRACE`] has
-//! passed since this process first saw it (a writer that crashed between reserving and
-//! inserting, or an insert refused as a duplicate, leaves a gap that is never filled).
+//! seq 6. It hands out nothing past such a gap until the gap is filled, or until it is
+//! plainly dead: the first event stored above it arrived more than [`GAP_GRACE`] ago, or this
+//! process has been waiting on it that long (a writer that crashed between reserving and
+//! inserting, or an insert refused as a duplicate, leaves a gap that is never filled). The
+//! first rule is what lets a fresh process, such as `runs logs`, pass old dead gaps at once.
 //!
 //! Events stored before `storeSeq` existed (or by an older replica) have none: they sort
 //! first, by `_id`, as they always did, and their cursors stay ObjectId hex.
@@ -24,9 +26,10 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 
 use super::bson::{corrupt, is_duplicate_key};
-use super::{EVENT_RUN_ID, EVENT_SEQ, MongoStore};
+use super::{EVENT_RECEIVED_AT, EVENT_RUN_ID, EVENT_SEQ, MongoStore};
 use crate::run::RunId;
 use crate::store::{Error, Result, lock};
+use crate::time::Timestamp;
 
 /// The collection of per-run counters: `{ _id: runId, last: <highest seq reserved> }`.
 pub(super) const SEQUENCE_COLLECTION: &str = "event_sequences";
@@ -172,7 +175,11 @@ impl MongoStore {
                 }
             }
             let missing = low;
-            let left = self.gaps.wait_left(run_id, missing);
+            let left = if self.stored_long_above(run_id, missing).await? {
+                Duration::ZERO
+            } else {
+                self.gaps.wait_left(run_id, missing)
+            };
             if !left.is_zero() {
                 return Ok(Horizon { seq: missing - 1, held_for: Some(left.min(GAP_POLL)) });
             }
@@ -180,6 +187,22 @@ impl MongoStore {
             floor = missing;
         }
         Ok(Horizon { seq: highest, held_for: None })
+    }
+
+    /// Whether the first event stored above the gap at `missing` arrived more than
+    /// [`GAP_GRACE`] ago: a writer still alive would have filled the gap by then.
+    async fn stored_long_above(&self, run_id: &RunId, missing: i64) -> Result<bool> {
+        let above = self
+            .events
+            .find_one(doc! { EVENT_RUN_ID: run_id.as_str(), EVENT_SEQ: { "$gt": missing } })
+            .sort(doc! { EVENT_SEQ: 1 })
+            .projection(doc! { EVENT_RECEIVED_AT: 1 })
+            .await?;
+        let Some(received) = above.as_ref().and_then(|document| document.get_datetime(EVENT_RECEIVED_AT).ok()) else {
+            return Ok(false);
+        };
+        let grace_ms = i64::try_from(GAP_GRACE.as_millis()).unwrap_or(i64::MAX);
+        Ok(received.timestamp_millis() < Timestamp::now().millis().saturating_sub(grace_ms))
     }
 
     async fn highest_seq(&self, run_id: &RunId) -> Result<Option<i64>> {

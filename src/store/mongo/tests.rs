@@ -193,44 +193,65 @@ fn listed_ids(page: &Page<StoredEvent>) -> Vec<&str> {
 }
 
 /// A seq reserved but written late is waited for, never skipped; one that is never written
-/// (its writer died) is passed after the grace period, and the newest-first page a tail
-/// starts from leaves out what lies above an open gap.
+/// (its writer died) is passed at once when the event above it arrived long ago, else after
+/// the grace period; a page cut short at an open gap says where to go on from; and the
+/// newest-first page a tail starts from leaves out what lies above an open gap.
 #[tokio::test]
 async fn a_reader_waits_for_a_late_write_and_passes_a_dead_one() {
     let store = test_store().await;
     let run_id: RunId = "run-unit-gap".parse().expect("id");
     let log = |id: &str, seconds| event(id, "ai.run.log", run_id.as_str(), seconds, None, json!({"message": id}));
-    store.apply_events(vec![log("g1", 0)], at(0)).await.expect("apply");
+    // Received now unless said otherwise: how long ago an event arrived is what tells a gap
+    // that may still fill from a dead one.
+    let now = Timestamp::now;
+    store.apply_events(vec![log("g1", 0)], now()).await.expect("apply");
     let first = store.list_events(&run_id, &EventFilter::default()).await.expect("list");
     assert_eq!(listed_ids(&first), ["g1"]);
+    let after = |page: &Page<StoredEvent>| EventFilter {
+        cursor: page.items.last().map(|last| last.cursor.clone()),
+        ..Default::default()
+    };
 
     // A slow writer has reserved seq 2 but not written it; another writer stores seq 3.
     let slow = store.reserve_seqs(&run_id, 1).await.expect("reserve");
     assert_eq!(slow, 2);
-    store.apply_events(vec![log("g3", 3)], at(3)).await.expect("apply");
-    let after_g1 = EventFilter { cursor: Some(first.items[0].cursor.clone()), ..Default::default() };
+    store.apply_events(vec![log("g3", 3)], now()).await.expect("apply");
     let late_write = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        store.events.insert_one(event_document(&log("g2", 2), at(2), Some(slow))).await.expect("late write");
+        store.events.insert_one(event_document(&log("g2", 2), now(), Some(slow))).await.expect("late write");
     };
-    let (page, ()) = tokio::join!(store.list_events(&run_id, &after_g1), late_write);
+    let (page, ()) = tokio::join!(store.list_events(&run_id, &after(&first)), late_write);
     let page = page.expect("list");
     assert_eq!(listed_ids(&page), ["g2", "g3"], "held back at the gap until it was filled");
 
-    // Seq 4 is reserved by a writer that dies: the reader passes it after the grace period.
+    // Seq 4's writer died long ago (the event above it arrived in the past): passed at once,
+    // even by a reader that never saw the gap before (a fresh `runs logs`).
     store.reserve_seqs(&run_id, 1).await.expect("reserve");
     store.apply_events(vec![log("g5", 5)], at(5)).await.expect("apply");
-    let after_g3 = EventFilter { cursor: page.items.last().map(|last| last.cursor.clone()), ..Default::default() };
     let started = std::time::Instant::now();
-    let page = store.list_events(&run_id, &after_g3).await.expect("list");
+    let page = store.list_events(&run_id, &after(&page)).await.expect("list");
     assert_eq!(listed_ids(&page), ["g5"]);
+    assert!(started.elapsed() < GAP_GRACE, "waited {:?} at an old dead gap", started.elapsed());
+
+    // Seq 6's writer dies now: the reader passes the gap after the grace period.
+    store.reserve_seqs(&run_id, 1).await.expect("reserve");
+    store.apply_events(vec![log("g7", 7)], now()).await.expect("apply");
+    let started = std::time::Instant::now();
+    let page = store.list_events(&run_id, &after(&page)).await.expect("list");
+    assert_eq!(listed_ids(&page), ["g7"]);
     assert!(started.elapsed() >= GAP_GRACE - Duration::from_millis(200), "waited {:?}", started.elapsed());
 
-    // Seq 6 is reserved, seq 7 stored: a tail starting now starts below the open gap.
+    // Seq 8 stored, 9 reserved, 10 stored: the page ends at the open gap and says there is more.
+    store.apply_events(vec![log("g8", 8)], now()).await.expect("apply");
     store.reserve_seqs(&run_id, 1).await.expect("reserve");
-    store.apply_events(vec![log("g7", 7)], at(7)).await.expect("apply");
+    store.apply_events(vec![log("g10", 10)], now()).await.expect("apply");
+    let page = store.list_events(&run_id, &after(&page)).await.expect("list");
+    assert_eq!(listed_ids(&page), ["g8"]);
+    assert_eq!(page.next.as_deref(), Some(page.items[0].cursor.as_str()), "a cut page is not the end");
+
+    // A tail starting now starts below the open gap.
     let newest = store.list_recent_events(&run_id, &EventFilter::default()).await.expect("recent");
-    assert_eq!(listed_ids(&newest), ["g5", "g3", "g2", "g1"]);
+    assert_eq!(listed_ids(&newest), ["g8", "g7", "g5", "g3", "g2", "g1"]);
     store.drop_database().await.expect("drop");
 }
 
