@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::event::FailureCode;
 use crate::ideation::{IdeationRequest, IdeationStatus};
 use crate::queue::lease::{self, Action, OnLost, Policy};
 use crate::run::{Run, RunId};
@@ -116,7 +117,7 @@ pub async fn ideation(store: &dyn Store, policy: &Policy, now: Timestamp) -> sto
         let attempt = listed.attempt;
         let error = format!(
             "{}: no word from worker {} for the whole lease ({})",
-            lease::WORKER_LOST,
+            FailureCode::WorkerLost,
             listed.claimed_by.as_deref().unwrap_or("(none)"),
             humantime::format_duration(policy.lease)
         );

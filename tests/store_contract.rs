@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{at, attempt_event, event};
-use scientist::event::LogLevel;
+use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::queue::fence;
 use scientist::queue::lease::{self, Action, OnLost};
@@ -662,7 +662,7 @@ async fn silent_workers_are_flagged_then_their_runs_failed(store: &dyn Store) {
     let lost = get(id.clone()).await;
     assert_eq!(lost.status, RunStatus::Failed);
     let error = lost.error.as_ref().expect("an error");
-    assert_eq!((error.error_type.as_str(), error.retryable), (lease::WORKER_LOST, true));
+    assert_eq!((error.error_type.as_str(), error.retryable), (FailureCode::WorkerLost.to_string().as_str(), true));
     assert!(error.message.contains("pod-a"), "{}", error.message);
     assert_eq!(lost.heard_at, Some(at(100)), "the sweep's own record is no word from the worker");
     assert!(!fence::is_live(&lost, 1), "the worker learns its run is over");
@@ -741,7 +741,7 @@ async fn a_sweeper_stopped_before_the_record_leaves_it_to_the_next_sweep(store: 
     let lost = store.get(&id).await.expect("get").expect("run");
     assert_eq!(lost.status, RunStatus::Failed);
     let error = lost.error.as_ref().expect("an error");
-    assert_eq!((error.error_type.as_str(), error.failed_at), (lease::WORKER_LOST, at(700)), "failed as decided");
+    assert_eq!((error.error_type.as_str(), error.failed_at), (FailureCode::WorkerLost.to_string().as_str(), at(700)), "failed as decided");
     let recorded = store.list_events(&id, &failed).await.expect("events").items;
     assert_eq!(recorded.len(), 1, "the failure is in the run's history");
     assert_eq!(recorded[0].event.time, at(700));
@@ -809,7 +809,7 @@ async fn lost_ideation_requests_are_failed_or_requeued(store: &dyn Store) {
     let stored = store.get_ideation("idea-1").await.expect("get").expect("stored");
     assert_eq!(stored.status, IdeationStatus::Failed);
     let error = stored.error.unwrap_or_default();
-    assert!(error.contains(lease::WORKER_LOST) && error.contains("pod-a"), "{error}");
+    assert!(error.contains(&FailureCode::WorkerLost.to_string()) && error.contains("pod-a"), "{error}");
     assert!(store.hear_ideation("idea-1", 1, at(701)).await.expect("hear").is_none(), "the worker must stop");
     assert!(store.finish_ideation("idea-1", 1, None, at(702)).await.expect("finish").is_none());
 

@@ -1,9 +1,10 @@
 //! The pod's events on a run's stream: the one way the worker and the monitor queue an
 //! event (a failure is logged, never fatal), and the `ai.run.log` draft of a record.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::Record;
+use crate::event::payload;
 use crate::emit::{Draft, RunStream};
 
 /// Queues an event on the run's stream. A stream that is gone means the worker is exiting,
@@ -17,17 +18,10 @@ pub async fn queue(stream: &RunStream, draft: Draft) {
 
 /// The `ai.run.log` event of one record, from `source` (`stdout`, `stderr`, a log file's name).
 pub fn log_draft(record: Record, source: &str) -> Draft {
-    let mut data = Map::new();
-    data.insert("message".into(), Value::from(record.message));
-    data.insert("level".into(), serde_json::to_value(record.level).unwrap_or(Value::Null));
-    data.insert("source".into(), Value::from(source));
-    Draft::new("ai.run.log", data)
-}
-
-/// The object a `json!({...})` literal builds, as an event's `data`.
-pub fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
+    Draft::of(&payload::Log {
+        message: record.message,
+        level: Some(record.level),
+        source: Some(source.into()),
+        extra: Map::new(),
+    })
 }

@@ -10,7 +10,7 @@ pub mod records;
 
 use std::time::{Duration, Instant};
 
-pub use events::{log_draft, object, queue};
+pub use events::{log_draft, queue};
 pub use lines::{MAX_LINE_BYTES, Piece, Splitter};
 pub use records::{Grouper, Record, level_of, strip_ansi};
 

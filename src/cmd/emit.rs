@@ -125,7 +125,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let spool = spool.context("no spool directory: pass --spool-dir")?;
             let path =
                 spool.write_segment(&lines).with_context(|| format!("keeping events in {}", spool.dir().display()))?;
-            eprintln!(
+            crate::notice!(
+                warn,
+                kept = events.len(),
+                path = %path.display(),
                 "kept {} event(s) in {} ({err}); the next emit or worker sends them",
                 events.len(),
                 path.display()
@@ -165,7 +168,13 @@ async fn drain(spool: &SpoolDir, plane: &HttpControlPlane) -> anyhow::Result<Res
     match spool.drain(&lock, plane).await {
         Ok(drained) => {
             if drained.delivered + drained.refused > 0 {
-                eprintln!("sent {} event(s) kept in {} earlier", drained.delivered, spool.dir().display());
+                crate::notice!(
+                    sent = drained.delivered,
+                    spool = %spool.dir().display(),
+                    "sent {} event(s) kept in {} earlier",
+                    drained.delivered,
+                    spool.dir().display()
+                );
             }
             if drained.refused > 0 {
                 tracing::warn!(refused = drained.refused, spool = %spool.dir().display(),
@@ -214,13 +223,21 @@ fn report(args: &Args, answer: &Value, invalid: &[Rejected]) -> anyhow::Result<(
         (Some(event_type), None) => {
             let outcome = answer.get("outcome").and_then(Value::as_str).unwrap_or("accepted");
             let id = answer.get("id").and_then(Value::as_str).unwrap_or_default();
-            eprintln!("{event_type} {id}: {outcome}");
+            crate::notice!(event_type, id, outcome, "{event_type} {id}: {outcome}");
         }
         _ => {
             let rejected = answer.get("rejected").and_then(Value::as_array).cloned().unwrap_or_default();
-            eprintln!("{} accepted, {} duplicate, {} rejected", count("accepted"), count("duplicate"), rejected.len());
+            let (accepted, duplicate) = (count("accepted"), count("duplicate"));
+            crate::notice!(
+                accepted,
+                duplicate,
+                rejected = rejected.len(),
+                "{accepted} accepted, {duplicate} duplicate, {} rejected",
+                rejected.len()
+            );
             for line in &rejected {
-                eprintln!("  line {}: {}", line["line"], line["reason"].as_str().unwrap_or_default());
+                let (number, reason) = (&line["line"], line["reason"].as_str().unwrap_or_default());
+                crate::notice!(warn, line = %number, reason, "  line {number}: {reason}");
             }
             if !rejected.is_empty() {
                 let message = format!("{} line(s) rejected; the others were sent", rejected.len());

@@ -15,7 +15,8 @@ use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
 use crate::emit::{EventStream, LocalEndpoint, StreamConfig};
 use crate::gpu::Gpus;
 use crate::monitor::{self, ArtifactStore};
-use crate::worker::{self, Directive, Mode, Pipeline, PodFacts, PodId};
+use crate::protocol::WorkerMode;
+use crate::worker::{self, Directive, Pipeline, PodFacts, PodId};
 
 const AFTER_HELP: &str = "\
 The pipeline config (--config) is TOML: one command for the whole run, or a command per stage
@@ -93,8 +94,8 @@ pub struct Args {
 
     /// What to serve: experiment runs, ideation requests (the pipeline's [ideation]
     /// command), or both with ideation first.
-    #[arg(long, env = "WORKER_MODE", value_enum, default_value_t = Mode::Experiment)]
-    pub mode: Mode,
+    #[arg(long, env = "WORKER_MODE", value_enum, default_value_t = ModeArg::Experiment)]
+    pub mode: ModeArg,
 
     /// Time between claims while the queue is empty (±20% jitter), e.g. 10s, 1m.
     #[arg(long, env = "SCIENTIST_POLL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -165,6 +166,27 @@ pub struct Args {
     pub artifact_wait: Duration,
 }
 
+/// `--mode`: the command line's names for `protocol::WorkerMode` (clap stays in `cmd/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Experiment runs from the run queue.
+    Experiment,
+    /// Ideation requests only.
+    Ideation,
+    /// Both: an ideation request first when one waits, else a run.
+    Hybrid,
+}
+
+impl From<ModeArg> for WorkerMode {
+    fn from(arg: ModeArg) -> WorkerMode {
+        match arg {
+            ModeArg::Experiment => WorkerMode::Experiment,
+            ModeArg::Ideation => WorkerMode::Ideation,
+            ModeArg::Hybrid => WorkerMode::Hybrid,
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.emit_listen.ip().is_loopback() {
         return Err(UsageError(format!(
@@ -175,19 +197,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let lease = args.lease.policy()?;
     let pipeline = Pipeline::load(&args.config).map_err(|err| UsageError(err.to_string()))?;
-    if args.mode.serves_ideation() && pipeline.ideation.is_none() {
+    let mode = WorkerMode::from(args.mode);
+    if worker::serves_ideation(mode) && pipeline.ideation.is_none() {
         return Err(UsageError(format!(
-            "--mode {:?} serves ideation requests, but {} has no [ideation] command; add one (see examples/pipeline.toml)",
-            args.mode,
+            "--mode {mode:?} serves ideation requests, but {} has no [ideation] command; add one (see examples/pipeline.toml)",
             args.config.display()
         ))
         .into());
     }
-    if args.mode.serves_experiments() && pipeline.steps.is_empty() {
+    if worker::serves_experiments(mode) && pipeline.steps.is_empty() {
         return Err(UsageError(format!(
-            "--mode {:?} runs experiments, but {} has only an [ideation] command; add `command` or [[stage]] tables, \
+            "--mode {mode:?} runs experiments, but {} has only an [ideation] command; add `command` or [[stage]] tables, \
              or pass --mode ideation",
-            args.mode,
             args.config.display()
         ))
         .into());
@@ -223,7 +244,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = worker::Config {
         pod,
         queue: args.queue.clone(),
-        mode: args.mode,
+        mode,
         poll: args.poll,
         once: args.once,
         grace: args.grace,

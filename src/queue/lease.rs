@@ -5,7 +5,7 @@
 //! (`Run::heard_at`, the store's clock). Silent for `silent_after`, the run is flagged
 //! `silentSince` and nothing else changes: unreachable is not dead, and a network blip must
 //! not kill a healthy run. Silent for the whole `lease`, it is lost: failed with code
-//! WORKER_LOST (retryable) or put back in the queue, per [`OnLost`].
+//! `FailureCode::WorkerLost` (retryable) or put back in the queue, per [`OnLost`].
 //!
 //! Each decision is taken on a listed run ([`decide`]) and taken again on the run as stored,
 //! inside one conditional write ([`take`]: same attempt, still held, still as silent), so a
@@ -22,12 +22,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::event::{self, Event};
+use crate::event::{self, Event, EventData, FailureCode, LogLevel, payload};
 use crate::run::{Run, RunStatus};
 use crate::time::Timestamp;
-
-/// The failure code of a run whose worker was lost.
-pub const WORKER_LOST: &str = "WORKER_LOST";
 
 /// The statuses in which a worker holds a run and must be heard from. AWAITING_HUMAN waits
 /// on a person, not a worker, and is never swept.
@@ -159,35 +156,26 @@ pub fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Opt
         humantime::format_duration(Duration::from_secs(silent_s as u64)),
         humantime::format_duration(policy.lease)
     );
-    let (name, event_type, mut data) = if action == Action::Requeued {
-        (
-            "requeued",
-            "ai.run.log",
-            json!({ "level": "warning", "source": "sweep", "message": format!("{message}; requeued") }),
-        )
+    // The run's id goes in `data` too, as every emitter's does.
+    let extra = Map::from_iter([("run_id".to_owned(), Value::from(run.id.as_str()))]);
+    let (name, data): (&str, Box<dyn EventData>) = if action == Action::Requeued {
+        let message = format!("{message}; requeued");
+        let log = payload::Log { message, level: Some(LogLevel::Warning), source: Some("sweep".into()), extra };
+        ("requeued", Box::new(log))
     } else {
-        (
-            "lost",
-            "ai.run.failed",
-            json!({
-                "code": WORKER_LOST,
-                "message": message,
-                "retryable": true,
-                "stage": run.current_stage.as_ref().map(|stage| stage.name.as_str()),
-            }),
-        )
+        let stage = run.current_stage.as_ref().map(|stage| stage.name.as_str().to_owned());
+        ("lost", Box::new(payload::Failed { stage, extra, ..payload::Failed::of(FailureCode::WorkerLost, message) }))
     };
-    data["run_id"] = Value::from(run.id.as_str());
     let mut object = Map::new();
     for (name, value) in [
         ("specversion", json!("1.0")),
         ("id", json!(format!("{name}:{}:{}", run.id, run.attempt))),
         ("source", json!(SWEEP_SOURCE)),
-        ("type", json!(event_type)),
+        ("type", json!(data.event_type().name())),
         ("subject", json!(format!("run/{}", run.id))),
         ("time", json!(time.to_string())),
         ("attempt", json!(run.attempt)),
-        ("data", data),
+        ("data", Value::Object(data.to_data())),
     ] {
         object.insert(name.into(), value);
     }
@@ -198,7 +186,7 @@ pub fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Payload;
+    use crate::event::{EventType, Payload};
     use crate::run::NewRun;
 
     fn held_run() -> Run {
@@ -258,13 +246,13 @@ mod tests {
         assert!(take(&mut run, 1, Action::Failed, &policy(), now));
         let failed = record(&run, Action::Failed, &policy(), now).expect("a valid failure");
         let Payload::Failed(failure) = &failed.payload else { panic!("{:?}", failed.payload) };
-        assert_eq!((failure.code.as_deref(), failure.retryable), (Some(WORKER_LOST), Some(true)));
+        assert_eq!((failure.code.as_deref(), failure.retryable), (Some("WORKER_LOST"), Some(true)));
         assert_eq!((failed.attempt, failed.run_id.as_ref()), (Some(1), Some(&run.id)));
         assert!(is_sweep_record(&failed));
         let later = record(&run, Action::Failed, &policy(), now.plus_seconds(30)).expect("a valid failure");
         assert_eq!((&later.id, later.time), (&failed.id, failed.time), "every sweeper's is the same");
         let requeued = record(&run, Action::Requeued, &policy(), now).expect("a valid log line");
-        assert_eq!(requeued.event_type, "ai.run.log");
+        assert_eq!(requeued.event_type, EventType::RunLog.name());
         assert_ne!(requeued.id, failed.id);
         assert!(record(&run, Action::FlaggedSilent, &policy(), now).is_none());
     }

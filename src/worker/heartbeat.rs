@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::emit::{Draft, RunStream};
-use crate::event::EventData;
-use crate::event::payload::Heartbeat;
+use crate::event::payload::{Heartbeat, Started};
 use crate::gpu::{GpuFacts, Gpus};
 
 /// What the pod is, measured once, and its GPUs for sampling. Cheap to clone.
@@ -30,28 +29,27 @@ impl PodFacts {
         &self.facts
     }
 
-    /// The fields of `ai.run.started` besides `pod_id`: `gpu`, `region`, `image`, the
-    /// driver and CUDA versions, where known.
-    pub fn started_fields(&self) -> Vec<(&'static str, Value)> {
-        let mut fields = Vec::new();
-        if let Some(gpu) = self.facts.summary() {
-            fields.push(("gpu", Value::from(gpu)));
-        }
+    /// `ai.run.started` from pod `pod_id`: `gpu`, `region`, `image`, and (untyped) the driver
+    /// and CUDA versions, where known.
+    pub fn started(&self, pod_id: &str) -> Started {
+        let mut extra = Map::new();
         if let Some(driver) = &self.facts.driver {
-            fields.push(("driver", Value::from(driver.clone())));
+            extra.insert("driver".into(), Value::from(driver.clone()));
         }
         if let Some(cuda) = &self.facts.cuda {
-            fields.push(("cuda", Value::from(cuda.clone())));
+            extra.insert("cuda".into(), Value::from(cuda.clone()));
         }
         // RunPod describes the pod in its environment; other hosts may set these.
-        for (field, variables) in
-            [("region", ["SCIENTIST_REGION", "RUNPOD_DC_ID"]), ("image", ["SCIENTIST_IMAGE", "RUNPOD_POD_IMAGE"])]
-        {
-            if let Some(value) = variables.iter().find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty())) {
-                fields.push((field, Value::from(value)));
-            }
+        let described = |variables: [&str; 2]| {
+            variables.iter().find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        };
+        Started {
+            pod_id: Some(pod_id.to_owned()),
+            gpu: self.facts.summary(),
+            region: described(["SCIENTIST_REGION", "RUNPOD_DC_ID"]),
+            image: described(["SCIENTIST_IMAGE", "RUNPOD_POD_IMAGE"]),
+            extra,
         }
-        fields
     }
 }
 
@@ -79,8 +77,7 @@ pub async fn beat(stream: RunStream, every: Duration, facts: PodFacts, group: Ar
         .await;
         let Ok((gpu_samples, usage, system)) = sampled else { return };
         processes = system;
-        let beat = heartbeat(&gpu_samples, usage);
-        if stream.emit(Draft::new(beat.event_type().name(), beat.to_data())).await.is_err() {
+        if stream.emit(Draft::of(&heartbeat(&gpu_samples, usage))).await.is_err() {
             return;
         }
     }
@@ -150,6 +147,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::event::EventData;
     use crate::gpu::GpuSample;
 
     #[test]

@@ -283,7 +283,7 @@ where
             Err(err) => {
                 let reason = crate::errors::chain(&err);
                 let stop_now = *context.control.borrow() == Directive::StopNow;
-                if stop_now || Instant::now() + pause > deadline || !retryable(&err) {
+                if stop_now || Instant::now() + pause > deadline || !err.is_retryable() {
                     return Err(format!("could not {what}: {reason}"));
                 }
                 tracing::warn!(error = %reason, "could not {what}; retrying in {}", humantime::format_duration(pause));
@@ -291,14 +291,5 @@ where
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
-    }
-}
-
-fn retryable(err: &crate::control::Error) -> bool {
-    use crate::control::Error;
-    match err {
-        Error::Send(err) => err.is_retryable(),
-        Error::Store(_) => true,
-        Error::Answer(_) | Error::Gone(_) | Error::Refused(_) => false,
     }
 }

@@ -29,6 +29,7 @@ pub use supervise::{StopReason, Verdict};
 
 use crate::control::{self, ControlPlane};
 use crate::emit::{EventStream, LocalEndpoint};
+use crate::protocol::WorkerMode;
 
 /// What the worker is asked to do, from its signals and drain file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,25 +44,14 @@ pub enum Directive {
     StopNow,
 }
 
-/// What a worker serves (`--mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Experiment runs from the run queue.
-    Experiment,
-    /// Ideation requests only.
-    Ideation,
-    /// Both: an ideation request first when one waits, else a run.
-    Hybrid,
+/// Whether a worker of `mode` claims ideation requests.
+pub fn serves_ideation(mode: WorkerMode) -> bool {
+    matches!(mode, WorkerMode::Ideation | WorkerMode::Hybrid)
 }
 
-impl Mode {
-    pub fn serves_ideation(self) -> bool {
-        matches!(self, Mode::Ideation | Mode::Hybrid)
-    }
-
-    pub fn serves_experiments(self) -> bool {
-        matches!(self, Mode::Experiment | Mode::Hybrid)
-    }
+/// Whether a worker of `mode` claims experiment runs.
+pub fn serves_experiments(mode: WorkerMode) -> bool {
+    matches!(mode, WorkerMode::Experiment | WorkerMode::Hybrid)
 }
 
 /// The next job a worker claimed.
@@ -78,7 +68,7 @@ pub struct Config {
     pub pod: PodId,
     /// The queue (pool) to claim runs from.
     pub queue: String,
-    pub mode: Mode,
+    pub mode: WorkerMode,
     /// Time between claims when the queue is empty (±20% jitter).
     pub poll: Duration,
     /// Run one job, then exit (also at once when nothing is queued).
@@ -205,12 +195,12 @@ pub async fn run(
 /// Claims the next job the mode serves: an ideation request first, then a run (sweeping
 /// lost workers' runs before claiming one).
 async fn claim_next(queue: &dyn ControlPlane, config: &Config) -> Result<Option<Job>, control::Error> {
-    if config.mode.serves_ideation()
+    if serves_ideation(config.mode)
         && let Some(request) = queue.claim_ideation(config.pod.as_str()).await?
     {
         return Ok(Some(Job::Ideation(request)));
     }
-    if !config.mode.serves_experiments() {
+    if !serves_experiments(config.mode) {
         return Ok(None);
     }
     queue.sweep(&config.lease).await;
@@ -219,9 +209,9 @@ async fn claim_next(queue: &dyn ControlPlane, config: &Config) -> Result<Option<
 
 fn describe_mode(config: &Config) -> String {
     match config.mode {
-        Mode::Experiment => format!("queue {:?}", config.queue),
-        Mode::Ideation => "ideation".into(),
-        Mode::Hybrid => format!("ideation or queue {:?}", config.queue),
+        WorkerMode::Experiment => format!("queue {:?}", config.queue),
+        WorkerMode::Ideation => "ideation".into(),
+        WorkerMode::Hybrid => format!("ideation or queue {:?}", config.queue),
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::capture::Record;
+use crate::event::FailureCode;
 
 /// Lines of output kept for the failure message.
 const TAIL_LINES: usize = 40;
@@ -86,49 +87,44 @@ pub enum Ending {
     TimedOut(Duration),
 }
 
-/// What `ai.run.failed` says.
+/// What `ai.run.failed` says; whether a retry may help is the code's (`code.retryable()`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
     pub traceback: Option<String>,
-    pub retryable: bool,
 }
 
 /// The failure a non-zero ending stands for; `None` for a clean exit.
 pub fn judge(ending: &Ending, tail: &Tail) -> Option<Failure> {
     let traceback = tail.traceback_tail();
-    let failure = |code: String, message: String, retryable| {
-        Some(Failure { code, message, traceback: traceback.clone(), retryable })
-    };
+    let failure = |code, message| Some(Failure { code, message, traceback: traceback.clone() });
     match ending {
         Ending::Exited(0) => None,
         Ending::TimedOut(limit) => failure(
-            "TIMEOUT".into(),
+            FailureCode::Timeout,
             format!("the stage ran past its timeout of {} and was stopped", humantime::format_duration(*limit)),
-            false,
         ),
         // An out-of-memory death is said by the output, or by a SIGKILL nobody here sent
         // (the kernel's OOM killer; 137 is a shell reporting it).
         _ if tail.oom.is_some() => {
             let line = tail.oom.clone().unwrap_or_default();
-            failure("OOM".into(), format!("out of memory: {line}"), false)
+            failure(FailureCode::Oom, format!("out of memory: {line}"))
         }
         Ending::Signaled(9) | Ending::Exited(137) => failure(
-            "OOM".into(),
+            FailureCode::Oom,
             "killed by SIGKILL, most likely by the out-of-memory killer (check `dmesg` on the pod)".into(),
-            false,
         ),
         Ending::Exited(code) => {
             let message = match tail.last_word() {
                 Some(line) => format!("exited with status {code}: {line}"),
                 None => format!("exited with status {code}"),
             };
-            failure(format!("EXIT_{code}"), message, false)
+            failure(FailureCode::Exit(*code), message)
         }
         // A signal from outside (a pod being preempted, a segfault) may well pass next time.
         Ending::Signaled(signal) => {
-            failure(format!("SIGNAL_{signal}"), format!("killed by signal {} ({signal})", signal_name(*signal)), true)
+            failure(FailureCode::Signal(*signal), format!("killed by signal {} ({signal})", signal_name(*signal)))
         }
     }
 }
@@ -166,18 +162,18 @@ mod tests {
         tail.observe(&record("Traceback (most recent call last):\n  File \"x\"\nKeyError: 'lr'", true));
         assert_eq!(judge(&Ending::Exited(0), &tail), None);
         let failed = judge(&Ending::Exited(1), &tail).expect("failure");
-        assert_eq!(failed.code, "EXIT_1");
+        assert_eq!(failed.code.to_string(), "EXIT_1");
         assert_eq!(failed.message, "exited with status 1: KeyError: 'lr'");
         assert!(failed.traceback.expect("tail").ends_with("KeyError: 'lr'"));
-        assert_eq!(judge(&Ending::Signaled(11), &tail).expect("failure").code, "SIGNAL_11");
-        assert!(judge(&Ending::Signaled(11), &tail).expect("failure").retryable);
-        assert_eq!(judge(&Ending::Signaled(9), &tail).expect("failure").code, "OOM");
+        assert_eq!(judge(&Ending::Signaled(11), &tail).expect("failure").code.to_string(), "SIGNAL_11");
+        assert!(judge(&Ending::Signaled(11), &tail).expect("failure").code.retryable());
+        assert_eq!(judge(&Ending::Signaled(9), &tail).expect("failure").code.to_string(), "OOM");
         let timed_out = judge(&Ending::TimedOut(Duration::from_secs(90)), &tail).expect("failure");
-        assert_eq!((timed_out.code.as_str(), timed_out.message.contains("1m 30s")), ("TIMEOUT", true));
+        assert_eq!((timed_out.code.to_string().as_str(), timed_out.message.contains("1m 30s")), ("TIMEOUT", true));
 
         tail.observe(&record("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", false));
         let oom = judge(&Ending::Exited(1), &tail).expect("failure");
-        assert_eq!(oom.code, "OOM");
+        assert_eq!(oom.code.to_string(), "OOM");
         assert!(oom.message.contains("Tried to allocate"), "{}", oom.message);
     }
 

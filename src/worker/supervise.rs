@@ -8,15 +8,17 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::Map;
 
 use super::child::{self, Child, Launch, Stopped};
 use super::outcome::{self, Ending, Failure, Tail};
 use super::pipeline::Step;
 use super::relay::{Relayed, relay};
 use super::{Context, Directive, heartbeat, rundir};
-use crate::capture::{object, queue};
+use crate::capture::queue;
 use crate::emit::{Draft, Reported, RunStream};
+use crate::event::FailureCode;
+use crate::event::payload::{Canceled, Completed, Failed, StageCompleted, StageStarted};
 use crate::monitor::Monitor;
 use crate::run::{Run, RunId, RunStatus};
 use crate::sync::lock;
@@ -67,14 +69,13 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
         }
     };
     crate::notice!(run = %run_id, attempt = run.attempt, "scientist work: running {run_id} (attempt {})", run.attempt);
-    queue(&stream, started_event(context)).await;
+    queue(&stream, Draft::of(&context.facts.started(context.config.pod.as_str()))).await;
     let verdict = match rundir::prepare(&context.config.runs_dir, &run) {
         Ok(dir) => Supervised { context, run: &run, stream: &stream, dir: &dir, started }.run_pipeline().await,
         Err(err) => {
             let message =
                 format!("cannot prepare the run directory under {}: {err}", context.config.runs_dir.display());
-            let verdict =
-                Verdict::Failed(Failure { code: "WORKER_ERROR".into(), message, traceback: None, retryable: true });
+            let verdict = Verdict::Failed(Failure { code: FailureCode::WorkerError, message, traceback: None });
             report_failure(&stream, &verdict, None, &Arc::default()).await;
             verdict
         }
@@ -99,16 +100,6 @@ impl Verdict {
             Verdict::Stopped(StopReason::Shutdown) => "stopped: the worker is shutting down".to_owned(),
         }
     }
-}
-
-/// `ai.run.started`: the pod and its facts.
-fn started_event(context: &Context<'_>) -> Draft {
-    let mut data = Map::new();
-    data.insert("pod_id".into(), Value::from(context.config.pod.as_str()));
-    for (name, value) in context.facts.started_fields() {
-        data.insert(name.into(), value);
-    }
-    Draft::new("ai.run.started", data)
 }
 
 /// One run whose directory is ready.
@@ -148,8 +139,8 @@ impl Supervised<'_> {
         if verdict != Verdict::Completed {
             report_failure(self.stream, &verdict, failed_stage, &reported).await;
         } else if lock(&reported).terminal.is_none() {
-            let data = json!({ "duration_s": self.started.elapsed().as_secs_f64() });
-            queue(self.stream, Draft::new("ai.run.completed", object(data))).await;
+            let completed = Completed { duration_s: Some(self.started.elapsed().as_secs_f64()), extra: Map::new() };
+            queue(self.stream, Draft::of(&completed)).await;
         }
         verdict
     }
@@ -204,14 +195,13 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
         Verdict::Completed | Verdict::Stopped(StopReason::ClaimLost(_)) => return,
         Verdict::Failed(failure) => failed_event(failure, stage),
         Verdict::Stopped(StopReason::Canceled { by, reason }) => {
-            Draft::new("ai.run.canceled", object(json!({ "by": by, "reason": reason })))
+            Draft::of(&Canceled { by: Some(by.clone()), reason: reason.clone(), extra: Map::new() })
         }
         Verdict::Stopped(StopReason::Shutdown) => {
             let failure = Failure {
-                code: "WORKER_SHUTDOWN".into(),
+                code: FailureCode::WorkerShutdown,
                 message: "the worker was stopped (SIGTERM or SIGINT) while the run was going; it can be retried".into(),
                 traceback: None,
-                retryable: true,
             };
             failed_event(&failure, stage)
         }
@@ -220,14 +210,11 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
 }
 
 fn failed_event(failure: &Failure, stage: Option<String>) -> Draft {
-    let data = json!({
-        "stage": stage,
-        "code": failure.code,
-        "message": failure.message,
-        "traceback": failure.traceback,
-        "retryable": failure.retryable,
-    });
-    Draft::new("ai.run.failed", object(data))
+    Draft::of(&Failed {
+        stage,
+        traceback: failure.traceback.clone(),
+        ..Failed::of(failure.code, failure.message.clone())
+    })
 }
 
 /// One step's child, from spawn to the last line of its output.
@@ -259,8 +246,8 @@ impl Steps<'_> {
     async fn run(&self, step: &Step, watcher: &mut (impl Future<Output = StopReason> + Unpin)) -> StepEnd {
         let started = Instant::now();
         if let Some(stage) = step.stage {
-            let data = json!({ "stage": stage.as_str(), "desc": stage.description() });
-            queue(self.stream, Draft::new("ai.run.stage_started", object(data))).await;
+            let started = StageStarted { stage, desc: Some(stage.description().into()), extra: Map::new() };
+            queue(self.stream, Draft::of(&started)).await;
         }
         let (mut child, relays) = match self.spawn(step) {
             Ok(spawned) => spawned,
@@ -275,20 +262,16 @@ impl Steps<'_> {
             Ended::Exited(Ok(status)) => ending_of(status),
             Ended::Exited(Err(err)) => {
                 let message = format!("lost track of the stage's process: {err}");
-                return StepEnd::Failed(Failure {
-                    code: "WORKER_ERROR".into(),
-                    message,
-                    traceback: None,
-                    retryable: true,
-                });
+                return StepEnd::Failed(Failure { code: FailureCode::WorkerError, message, traceback: None });
             }
         };
         if let Some(failure) = outcome::judge(&ending, &tail) {
             return StepEnd::Failed(failure);
         }
         if let Some(stage) = step.stage {
-            let data = json!({ "stage": stage.as_str(), "duration_s": started.elapsed().as_secs_f64() });
-            queue(self.stream, Draft::new("ai.run.stage_completed", object(data))).await;
+            let completed =
+                StageCompleted { stage, duration_s: Some(started.elapsed().as_secs_f64()), extra: Map::new() };
+            queue(self.stream, Draft::of(&completed)).await;
         }
         StepEnd::Done
     }
@@ -298,10 +281,9 @@ impl Steps<'_> {
         let env = self.child_env(step);
         let launch = Launch { dir: self.dir, env: &env, env_removed: ENV_REMOVED };
         let (child, stdout, stderr) = Child::spawn(&step.command.argv(), &launch).map_err(|err| Failure {
-            code: "SPAWN_FAILED".into(),
+            code: FailureCode::SpawnFailed,
             message: format!("cannot start `{}`: {err}", step.command.display()),
             traceback: None,
-            retryable: false,
         })?;
         // Heartbeats sample this group's processes.
         self.group.store(child.pgid(), Ordering::Relaxed);

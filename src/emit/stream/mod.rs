@@ -34,7 +34,7 @@ use self::ledger::Shared;
 use self::writer::Writer;
 use super::spool::SpoolDir;
 use crate::control::ControlPlane;
-use crate::event::redact;
+use crate::event::{EventData, redact};
 use crate::limits::{self, MAX_BATCH_EVENTS};
 use crate::run::RunId;
 use crate::time::Timestamp;
@@ -105,6 +105,12 @@ impl Draft {
         object.insert("time".into(), Value::from(Timestamp::now().to_string()));
         object.insert("data".into(), Value::Object(data));
         Draft { object }
+    }
+
+    /// A new event of a typed payload (its type from the event table), timed now: the way
+    /// scientist's own emitters build events.
+    pub fn of(data: &impl EventData) -> Draft {
+        Draft::new(data.event_type().name(), data.to_data())
     }
 
     /// An event given whole (structured mode JSON); `seq` and `attempt` are replaced.

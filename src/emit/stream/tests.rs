@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::*;
 use crate::control::{ControlPlane, Error, SendError};
+use crate::event::payload;
 use crate::ideation::IdeationRequest;
 use crate::protocol::{BatchAnswer, ClaimState, EventAnswer};
 use crate::run::Run;
@@ -71,9 +72,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn log(message: &str) -> Draft {
-    let mut data = Map::new();
-    data.insert("message".into(), Value::from(message));
-    Draft::new("ai.run.log", data)
+    Draft::of(&payload::Log { message: message.into(), level: None, source: None, extra: Map::new() })
 }
 
 #[tokio::test]

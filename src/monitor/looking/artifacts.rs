@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Looking, path_text};
-use crate::capture::{object, queue};
+use crate::capture::queue;
 use crate::emit::Draft;
+use crate::event::payload::{ArtifactDetected, ArtifactFailed, ArtifactRegistered, StageMetric};
 use crate::monitor::beneath::BeneathError;
 use crate::monitor::classify;
 use crate::monitor::metrics;
@@ -54,12 +55,13 @@ impl Looking {
         }
         if !state.detected {
             state.detected = true;
-            let data = json!({
-                "path": path_text(&relative),
-                "kind": state.kind.as_str(),
-                "size_bytes": version.bytes,
-            });
-            queue(&self.stream, Draft::new("ai.artifact.detected", object(data))).await;
+            let detected = ArtifactDetected {
+                path: path_text(&relative),
+                kind: Some(state.kind.as_str().into()),
+                size_bytes: Some(version.bytes),
+                extra: Map::new(),
+            };
+            queue(&self.stream, Draft::of(&detected)).await;
         }
         let Some(artifacts) = self.settings.artifacts.clone() else {
             // Nowhere to upload: detected is all there is to say.
@@ -115,15 +117,15 @@ impl Looking {
                 self.record_dirty = true;
                 if new {
                     self.report.registered += 1;
-                    let data = json!({
-                        "key": key,
-                        "bytes": uploaded.bytes,
-                        "sha256": uploaded.sha256,
-                        "content_type": classify::content_type(&relative),
-                        "kind": kind.as_str(),
-                        "path": path_text(&relative),
-                    });
-                    queue(&self.stream, Draft::new("ai.artifact.registered", object(data))).await;
+                    let registered = ArtifactRegistered {
+                        key,
+                        bytes: Some(uploaded.bytes),
+                        sha256: Some(uploaded.sha256),
+                        content_type: Some(classify::content_type(&relative).into()),
+                        kind: Some(kind.as_str().into()),
+                        extra: Map::from_iter([("path".to_owned(), Value::from(path_text(&relative)))]),
+                    };
+                    queue(&self.stream, Draft::of(&registered)).await;
                     if let Some(metrics) = metrics {
                         self.emit_metrics(&metrics, &relative).await;
                     }
@@ -132,8 +134,12 @@ impl Looking {
             Err(err) => {
                 self.report.failed += 1;
                 tracing::warn!(file = %relative.display(), error = %err, "artifact upload failed");
-                let data = json!({ "path": path_text(&relative), "key": key, "error": err.to_string() });
-                queue(&self.stream, Draft::new("ai.artifact.failed", object(data))).await;
+                let failed = ArtifactFailed {
+                    path: path_text(&relative),
+                    error: Some(err.to_string()),
+                    extra: Map::from_iter([("key".to_owned(), Value::from(key))]),
+                };
+                queue(&self.stream, Draft::of(&failed)).await;
             }
         }
         if let Some(state) = self.files.get_mut(&relative)
@@ -159,17 +165,14 @@ impl Looking {
     async fn emit_metrics(&mut self, metrics: &metrics::Metrics, relative: &Path) {
         let stage = metrics.stage.clone().and_then(|name| Stage::try_from(name).ok());
         for (name, value) in metrics::changed(metrics, &self.reported_metrics) {
-            let mut data = Map::new();
-            data.insert("name".into(), Value::from(name.clone()));
-            data.insert("value".into(), Value::from(value));
-            if let Some(step) = metrics.step {
-                data.insert("step".into(), Value::from(step));
-            }
-            if let Some(stage) = stage {
-                data.insert("stage".into(), Value::from(stage.as_str()));
-            }
-            data.insert("source".into(), Value::from(path_text(relative)));
-            queue(&self.stream, Draft::new("ai.run.stage_metric", data)).await;
+            let metric = StageMetric {
+                stage,
+                name: name.clone(),
+                value,
+                step: metrics.step,
+                extra: Map::from_iter([("source".to_owned(), Value::from(path_text(relative)))]),
+            };
+            queue(&self.stream, Draft::of(&metric)).await;
             self.reported_metrics.insert(name, value);
         }
     }

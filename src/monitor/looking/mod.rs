@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::Map;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
@@ -21,8 +21,9 @@ use super::settle::Settler;
 use super::tail::LogTail;
 use super::watch::{self, Change};
 use super::{Report, Settings};
-use crate::capture::{object, queue};
+use crate::capture::queue;
 use crate::emit::{Draft, RunStream};
+use crate::event::payload::ArtifactFailed;
 use crate::run::RunId;
 
 /// How often log files with news are read, and progress bars and tracebacks in them looked at.
@@ -291,11 +292,9 @@ impl Looking {
         for relative in abandoned {
             self.report.unfinished += 1;
             self.report.failed += 1;
-            let data = json!({
-                "path": path_text(&relative),
-                "error": "the run ended before its upload finished (see --artifact-wait)",
-            });
-            queue(&self.stream, Draft::new("ai.artifact.failed", object(data))).await;
+            let error = "the run ended before its upload finished (see --artifact-wait)";
+            let failed = ArtifactFailed { path: path_text(&relative), error: Some(error.into()), extra: Map::new() };
+            queue(&self.stream, Draft::of(&failed)).await;
         }
         for (relative, tail) in &self.tails {
             self.log_offsets.insert(relative.clone(), tail.offset());
@@ -311,8 +310,8 @@ impl Looking {
             return;
         }
         self.report.failed += 1;
-        let data = json!({ "path": path_text(link), "error": refusal.to_string() });
-        queue(&self.stream, Draft::new("ai.artifact.failed", object(data))).await;
+        let failed = ArtifactFailed { path: path_text(link), error: Some(refusal.to_string()), extra: Map::new() };
+        queue(&self.stream, Draft::of(&failed)).await;
     }
 
     /// Writes what was reported so far for a later attempt (see `record`); a failure is said
