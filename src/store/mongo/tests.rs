@@ -220,7 +220,8 @@ async fn a_reader_waits_for_a_late_write_and_passes_a_dead_one() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         store.events.insert_one(event_document(&log("g2", 2), now(), Some(slow))).await.expect("late write");
     };
-    let (page, ()) = tokio::join!(store.list_events(&run_id, &after(&first)), late_write);
+    let after_g1 = after(&first);
+    let (page, ()) = tokio::join!(store.list_events(&run_id, &after_g1), late_write);
     let page = page.expect("list");
     assert_eq!(listed_ids(&page), ["g2", "g3"], "held back at the gap until it was filled");
 
