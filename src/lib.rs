@@ -19,6 +19,7 @@ pub mod logging;
 pub mod monitor;
 pub mod protocol;
 pub mod queue;
+pub mod redact;
 pub mod reduce;
 pub mod run;
 pub mod server;

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use proptest::prelude::*;
 use reqwest::StatusCode;
-use scientist::event::redact::{self, REDACTED};
+use scientist::redact::{self, REDACTED};
 use scientist::event::{self, Event};
 use scientist::ideation::NewIdeation;
 use scientist::run::NewRun;

@@ -7,7 +7,7 @@
 //!
 //! Shared by `fuzz_targets/redact.rs` and `tests/fuzz_corpus.rs`; a violation panics.
 
-use scientist::event::redact;
+use scientist::redact;
 use serde_json::{Map, Value};
 
 /// The planted secret. Inputs that already contain it are not checked for it.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{Error, Event, EventId, EventType, Payload, json_kind, redact};
+use super::{Error, Event, EventId, EventType, Payload, json_kind};
+use crate::redact;
 use crate::run::RunId;
 use crate::time::Timestamp;
 

@@ -3,13 +3,12 @@
 //! `envelope` validates one JSON object into an [`Event`], `payload` types its `data` by
 //! the table of event types in `types` (the reference is `docs/events.md`), `failure` names
 //! the failure codes scientist reports, `wire` reads the HTTP forms (structured, binary
-//! `ce-*` headers, NDJSON and JSON batches) and `redact` keeps secrets out. Nothing here
+//! `ce-*` headers, NDJSON and JSON batches); secrets are kept out by `crate::redact`. Nothing here
 //! knows about stores or HTTP servers.
 
 mod envelope;
 pub mod failure;
 pub mod payload;
-pub mod redact;
 mod types;
 pub mod wire;
 

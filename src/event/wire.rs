@@ -46,7 +46,7 @@ pub fn parse_structured(body: &[u8], received: Timestamp) -> Result<Event, Error
 /// (ids are stored as sent: redacting one would merge two events), and on the receiver's
 /// clock. Events already stored are read without these checks, so none becomes unreadable.
 fn receive(object: Map<String, Value>, received: Timestamp) -> Result<Event, Error> {
-    if object.get("id").and_then(Value::as_str).is_some_and(super::redact::would_change) {
+    if object.get("id").and_then(Value::as_str).is_some_and(crate::redact::would_change) {
         return Err(Error::SecretInIdentifier("id"));
     }
     on_receivers_clock(from_json_object(object, received)?, received)

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::redact;
+use crate::redact;
 
 /// Longest run id accepted from outside; ours are 36-character UUIDs.
 const MAX_RUN_ID_LEN: usize = 128;

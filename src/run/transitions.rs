@@ -2,7 +2,7 @@
 //! reset) and the facts derived from it.
 
 use super::{NewRun, Run, RunStatus};
-use crate::event::redact;
+use crate::redact;
 use crate::time::Timestamp;
 
 impl Run {

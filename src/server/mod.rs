@@ -173,7 +173,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_
         Ok(()) => (StatusCode::OK, axum::Json(json!({ "status": "ok" }))),
         Err(reason) => {
             // /health needs no token: keep secrets that a driver message might quote out of it.
-            let reason = crate::event::redact::redact_text(&reason).into_owned();
+            let reason = crate::redact::redact_text(&reason).into_owned();
             tracing::warn!(%reason, "health check failed");
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "error": reason })))
         }

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::{Event, LogLevel, Payload, redact};
+use crate::event::{Event, LogLevel, Payload};
+use crate::redact;
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use crate::queue::{fence, lease};
 use crate::reduce;

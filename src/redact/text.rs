@@ -210,7 +210,7 @@ fn ends_unquoted_value(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::redact::{KEY_KINDS, SECRET_ENDINGS, SECRET_WORDS};
+    use crate::redact::{KEY_KINDS, SECRET_ENDINGS, SECRET_WORDS};
 
     #[test]
     fn patterns_compile() {
