@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::redact;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum IdeationStatus {
     Queued,
@@ -55,7 +55,7 @@ impl FromStr for IdeationStatus {
 }
 
 /// One request for ideas about a hypothesis.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdeationRequest {
     #[serde(rename = "_id")]
@@ -74,6 +74,7 @@ pub struct IdeationRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heard_at: Option<Timestamp>,
     /// Fencing token, as a run's: incremented by every claim; only the live claim ends it.
+    #[schema(required = true)]
     #[serde(default)]
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

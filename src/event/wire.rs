@@ -17,8 +17,9 @@ pub struct Batch {
 }
 
 /// One rejected line of a batch.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Rejected {
+    /// 1-based line (NDJSON) or element (JSON array).
     pub line: usize,
     pub reason: String,
 }

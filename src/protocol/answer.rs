@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::event::wire::Rejected;
 use crate::store::Outcome;
 
-/// What became of one accepted event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What became of one accepted event: applied (stored and applied), duplicate (its `source`
+/// and `id` were seen before; changes nothing), stale (stored, but its attempt is not the
+/// run's live claim), orphan (stored; its run does not exist yet), spooled (worker only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventOutcome {
     /// Stored and applied to its run (or hypothesis).
@@ -35,7 +37,7 @@ impl From<Outcome> for EventOutcome {
 }
 
 /// The answer to one event (`POST /api/ingest/event`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventAnswer {
     pub id: String,
     pub outcome: EventOutcome,
@@ -43,7 +45,7 @@ pub struct EventAnswer {
 
 /// The answer to a batch (`POST /api/ingest/events`): counts by outcome, and each rejected
 /// line with its reason.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchAnswer {
     /// Stored: applied, stale (fenced) or orphan (run not created yet); from a worker's
     /// local endpoint, spooled.

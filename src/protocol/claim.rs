@@ -7,7 +7,7 @@ use crate::queue::fence;
 use crate::run::{CancelRequest, DEFAULT_QUEUE, Run, RunId, RunStatus};
 
 /// What a claim asks for (`scientist work --mode`, one mode a claim).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerMode {
     #[default]
@@ -19,12 +19,13 @@ pub enum WorkerMode {
 
 /// `POST /api/queue/claim`: 200 with the claimed run (its `attempt` is the fencing token to
 /// stamp on every event) or ideation request, 204 when nothing waits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// The worker's id (its pod id); recorded as the run's `claimedBy`.
     pub worker: String,
     #[serde(default = "default_queue")]
+    #[schema(default = default_queue)]
     pub queue: String,
     #[serde(default)]
     pub mode: WorkerMode,
@@ -35,13 +36,13 @@ fn default_queue() -> String {
 }
 
 /// The query of `GET /api/queue/runs/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimCheck {
     pub attempt: u32,
 }
 
 /// Where a claimed run stands, as its worker needs to know (`GET /api/queue/runs/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimState {
     pub id: RunId,
@@ -51,6 +52,7 @@ pub struct ClaimState {
     /// Whether the asked attempt is still the run's live claim; when false the worker must
     /// stop: its events are refused (the run was reset, reclaimed or finished).
     pub live: bool,
+    #[schema(required = true)]
     #[serde(default)]
     pub cancel_requested: Option<CancelRequest>,
 }
@@ -71,7 +73,7 @@ impl ClaimState {
 
 /// `POST /api/queue/ideation/{id}/finish`: 200 with the ended request, 409 when that claim
 /// is not live.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdeationFinish {
     /// The claim's attempt (the fencing token the claim answered).
@@ -84,7 +86,7 @@ pub struct IdeationFinish {
 
 /// `POST /api/queue/ideation/{id}/heartbeat`: 200 while the claim is live, else 409 (the
 /// worker must stop).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdeationHeard {
     /// The claim's attempt (the fencing token the claim answered).

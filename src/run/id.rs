@@ -11,7 +11,7 @@ use crate::redact;
 const MAX_RUN_ID_LEN: usize = 128;
 
 /// A run's id: a UUID for runs we create, any short token for runs named by an emitter.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct RunId(String);
 

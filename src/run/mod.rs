@@ -26,7 +26,7 @@ pub use parts::{
 pub use status::{RunStatus, Stage};
 
 /// One experiment run. Serialized as-is into MongoDB's `runs` collection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Run {
     #[serde(rename = "_id")]
@@ -35,15 +35,19 @@ pub struct Run {
     pub hypothesis_id: Option<String>,
     pub status: RunStatus,
     /// Defaults keep runs created directly by the web frontend (no priority, no queue) readable.
+    #[schema(required = true)]
     #[serde(default)]
     pub priority: i64,
+    #[schema(required = true)]
     #[serde(default = "default_queue")]
     pub queue: String,
     /// The idea/config payload the pipeline runs.
+    #[schema(required = true)]
     #[serde(default)]
     pub idea: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<CurrentStage>,
+    #[schema(required = true)]
     #[serde(default)]
     pub stage_timing: std::collections::BTreeMap<String, StageTiming>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,13 +88,16 @@ pub struct Run {
     pub lost_at: Option<Timestamp>,
     #[serde(rename = "duration_s", default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
+    #[schema(required = true)]
     #[serde(default)]
     pub last_event_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<String>,
     /// Fencing token: incremented by every claim; events stamped with an older one are refused.
+    #[schema(required = true)]
     #[serde(default)]
     pub attempt: u32,
+    #[schema(required = true)]
     #[serde(default)]
     pub retry_count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,8 +106,10 @@ pub struct Run {
     pub canceled: Option<Cancellation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceSample>,
+    #[schema(required = true)]
     #[serde(default)]
     pub metrics: Vec<MetricPoint>,
+    #[schema(required = true)]
     #[serde(default)]
     pub nodes: Vec<Node>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +117,7 @@ pub struct Run {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
     /// Document revision for optimistic concurrency; bumped by every write.
+    #[schema(required = true)]
     #[serde(default)]
     pub rev: u64,
 }

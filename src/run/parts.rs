@@ -10,7 +10,7 @@ use crate::time::Timestamp;
 
 /// Orders facts that may arrive in any order: the later `(time, event id, source)` wins.
 /// Storing the key beside a value makes "keep the latest" independent of arrival order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventKey {
     pub time: Timestamp,
     pub id: String,
@@ -18,7 +18,7 @@ pub struct EventKey {
 }
 
 /// The stage the run is in now and how far it got.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CurrentStage {
     pub name: Stage,
@@ -55,7 +55,7 @@ impl CurrentStage {
 }
 
 /// Timing of one stage; `elapsed_s` is derived from the earliest start and the latest activity.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageTiming {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,7 +71,7 @@ pub struct StageTiming {
 }
 
 /// Why a run failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunError {
     #[serde(rename = "type")]
@@ -88,7 +88,7 @@ pub struct RunError {
 }
 
 /// The machine a run runs on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
     pub id: String,
@@ -103,7 +103,7 @@ pub struct Pod {
 }
 
 /// The latest heartbeat's resource sample (GPU, CPU, memory…), kept as sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceSample {
     pub at: EventKey,
@@ -111,7 +111,7 @@ pub struct ResourceSample {
 }
 
 /// The latest value of one metric series (the whole series stays in the run's events).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPoint {
     pub name: String,
@@ -124,7 +124,7 @@ pub struct MetricPoint {
 }
 
 /// How far a search-tree node got; nodes only move forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Created,
@@ -134,14 +134,14 @@ pub enum NodeState {
 }
 
 /// Orders node details: an event of a later step wins, then the later event.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DetailsFrom {
     pub state: NodeState,
     pub at: EventKey,
 }
 
 /// One node of the experiment search tree.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     pub id: String,
@@ -165,7 +165,7 @@ pub struct Node {
 }
 
 /// Paper generation, from `ai.paper.*` events.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Paper {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +180,7 @@ pub struct Paper {
 }
 
 /// Automatic review, from `ai.validation.*` events.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Validation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,7 +203,7 @@ pub struct Validation {
 }
 
 /// An operator's cancel request for a run a worker holds; the worker acts on it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelRequest {
     pub by: String,
@@ -213,7 +213,7 @@ pub struct CancelRequest {
 }
 
 /// Who canceled a run, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cancellation {
     #[serde(default, skip_serializing_if = "Option::is_none")]

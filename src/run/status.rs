@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Where a run is in its life. `rank` orders the non-terminal states; terminal states are sticky.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     Queued,
@@ -116,6 +116,16 @@ impl Stage {
         }
     }
 }
+
+/// Serialized through `String`: the schema lists the names `as_str` writes.
+impl utoipa::PartialSchema for Stage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(Stage::ALL.map(Stage::as_str))).into()
+    }
+}
+
+impl utoipa::ToSchema for Stage {}
 
 impl TryFrom<String> for Stage {
     type Error = String;

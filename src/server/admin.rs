@@ -12,7 +12,7 @@ use super::error::extract::{Json, Path};
 use crate::run::{DEFAULT_QUEUE, NewRun, Run, RunId};
 use crate::time::Timestamp;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct EnqueueRequest {
     /// The idea/config the pipeline runs.
@@ -22,6 +22,7 @@ pub(super) struct EnqueueRequest {
     #[serde(default)]
     priority: i64,
     #[serde(default = "default_queue")]
+    #[schema(default = default_queue)]
     queue: String,
     hypothesis_id: Option<String>,
 }
@@ -50,10 +51,12 @@ pub(super) async fn reset(State(state): State<AppState>, Path(id): Path<RunId>) 
     Ok(axum::Json(state.store.reset(&id, Timestamp::now()).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CancelBody)]
 pub(super) struct CancelRequest {
     /// Who asked, for the record [default: "api"].
+    #[schema(default = "api")]
     by: Option<String>,
     reason: Option<String>,
 }

@@ -10,6 +10,7 @@ mod error;
 mod health;
 mod ingest;
 mod metrics;
+mod openapi;
 mod queue;
 mod read;
 mod tail;
@@ -23,7 +24,6 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::routing::{MethodRouter, get, post};
-use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -39,10 +39,6 @@ use crate::store::Store;
 /// A request that has not been answered by then gets 408; the store work it started is
 /// either committed or rolled back, so a retry is safe. Live tails are exempt.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The OpenAPI 3.1 document served at `/api/openapi.json`; `tests/openapi.rs` checks it
-/// against [`endpoints`] and real answers.
-pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -101,7 +97,7 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     vec![
         (endpoint(Method::GET, "/health", None), get(health)),
         (endpoint(Method::GET, "/metrics", Some(Read)), get(metrics::serve)),
-        (endpoint(Method::GET, "/api/openapi.json", Some(Read)), get(openapi)),
+        (endpoint(Method::GET, "/api/openapi.json", Some(Read)), get(serve_openapi)),
         (endpoint(Method::POST, path::INGEST_EVENT, Some(Ingest)), post(ingest::one)),
         (endpoint(Method::POST, path::INGEST_EVENTS, Some(Ingest)), post(ingest::batch)),
         (endpoint(Method::POST, path::CLAIM, Some(Ingest)), post(queue::claim)),
@@ -164,20 +160,38 @@ pub async fn run(
 }
 
 /// 200 when the store answers reads and took a write recently, 503 with the reason when not.
-async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
     let checked = match state.store.counts().await {
         Err(err) => Err(format!("the store does not answer reads: {}", crate::errors::chain(&err))),
         Ok(_) => state.write_probe.check().await.map_err(|reason| format!("the store refuses writes: {reason}")),
     };
     match checked {
-        Ok(()) => (StatusCode::OK, axum::Json(json!({ "status": "ok" }))),
+        Ok(()) => (StatusCode::OK, axum::Json(Health { status: HealthStatus::Ok, error: None })),
         Err(reason) => {
             // /health needs no token: keep secrets that a driver message might quote out of it.
             let reason = crate::redact::redact_text(&reason).into_owned();
             tracing::warn!(%reason, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "error": reason })))
+            let answer = Health { status: HealthStatus::Unavailable, error: Some(reason) };
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(answer))
         }
     }
+}
+
+/// What `GET /health` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    status: HealthStatus,
+    /// With `unavailable`: `the store does not answer reads: …` or `the store refuses writes: …`,
+    /// and the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum HealthStatus {
+    Ok,
+    Unavailable,
 }
 
 /// Answers 408, in our error shape, when the handler has not answered within `limit`.
@@ -194,6 +208,6 @@ async fn time_limit(
     }
 }
 
-async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+async fn serve_openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::DOCUMENT.as_str())
 }

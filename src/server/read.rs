@@ -71,12 +71,14 @@ fn parse_level(level: &str) -> Result<LogLevel, ApiError> {
 }
 
 /// An event as the API shows it: the CloudEvent as stored, with its place in the run's log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = StoredEvent)]
 pub(super) struct EventView {
     /// Pass as `cursor` to get the events after this one.
     pub cursor: String,
     pub received_at: Timestamp,
+    #[schema(value_type = super::openapi::CloudEvent)]
     pub event: Map<String, Value>,
 }
 

@@ -74,9 +74,10 @@ pub enum Outcome {
 }
 
 /// A page of results and the cursor for the next one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    #[schema(required = true)]
     pub next: Option<String>,
 }
 
@@ -111,7 +112,7 @@ pub struct StoredEvent {
 }
 
 /// A file a run stored through object storage (`ai.artifact.registered`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub run_id: RunId,

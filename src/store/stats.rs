@@ -20,7 +20,7 @@ pub const TOP_FAILURE_CODES: usize = 5;
 pub const HELD_STATUSES: [RunStatus; 3] = [RunStatus::Scheduled, RunStatus::Running, RunStatus::AwaitingHuman];
 
 /// A snapshot of the whole store. The JSON form (camelCase) is stable; README documents it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// The `now` the figures were computed for.
@@ -41,7 +41,7 @@ pub struct Stats {
 }
 
 /// Runs in each status; every status is present, zero or not.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub struct StatusCounts {
     pub queued: u64,
@@ -84,7 +84,7 @@ impl StatusCounts {
 }
 
 /// The queue: runs waiting to be claimed (all pools together).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueStats {
     pub depth: u64,
@@ -97,7 +97,7 @@ pub struct QueueStats {
 }
 
 /// A worker and one run it holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveWorker {
     /// `claimedBy`, else the pod the run reported.
@@ -114,7 +114,7 @@ pub struct ActiveWorker {
 }
 
 /// Runs finished within the window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Throughput {
     pub window_hours: i64,
@@ -124,7 +124,7 @@ pub struct Throughput {
 }
 
 /// Durations of one stage over every run that completed it (nearest-rank percentiles).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageDurations {
     pub stage: String,
     pub count: u64,
@@ -133,7 +133,7 @@ pub struct StageDurations {
     pub max_s: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailureCount {
     pub code: String,
     pub count: u64,
