@@ -1,9 +1,11 @@
 //! `scientist` queues, runs and watches long AI-research experiment runs on GPU pods.
 //!
-//! Reading order: `time` and `run` (the run document), `event` (CloudEvents in, typed),
-//! `reduce` (what an event does to a run), `queue` (fencing and queue rules), `store`
-//! (SQLite and MongoDB behind one trait), then the subcommands in `cmd`. `emit` and
-//! `monitor` hold the pod side as it lands. ARCHITECTURE.md has the map.
+//! Reading order, bottom layer first (ARCHITECTURE.md has the map; `tests/layers.rs` holds
+//! the code to it): `time`, `redact` and `run` (the run document), `event` (CloudEvents in,
+//! typed), `reduce` (what an event does to a run), `queue` (pure queue rules), `store` (SQLite
+//! and MongoDB behind one trait), `sweep`, `protocol` (the wire contract), `control` (the
+//! control plane as clients see it), `emit`, `capture`, `monitor` and `worker` (the pod side),
+//! `server`, then the subcommands in `cmd`.
 
 pub mod backoff;
 pub mod capture;
