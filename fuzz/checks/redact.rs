@@ -87,7 +87,11 @@ fn plant_in_text(text: &str, form: &str, position: usize) -> String {
     while !text.is_char_boundary(at) {
         at -= 1;
     }
-    format!("{}{}{}", &text[..at], form.replace("{}", CANARY), &text[at..])
+    // The form starts a name of its own: glued to a word before it, it would be another
+    // name (`max_` + `password=…` is `max_password`, a setting, not a secret).
+    let glued = text[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || "_-.".contains(c));
+    let separator = if glued { " " } else { "" };
+    format!("{}{separator}{}{}", &text[..at], form.replace("{}", CANARY), &text[at..])
 }
 
 /// Sets the field `name` to the canary in every object, however deep.

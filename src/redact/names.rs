@@ -146,17 +146,25 @@ pub fn is_secret_name(name: &str) -> bool {
         return false;
     }
     let words = words(name);
-    if words.iter().any(|word| NOT_SECRET_WORDS.contains(&word.as_str())) {
-        return false;
-    }
-    words.iter().enumerate().any(|(index, word)| {
+    let is_secret_word = |index: usize| {
+        let word = words[index].as_str();
         let previous = index.checked_sub(1).map(|before| words[before].as_str());
-        SECRET_WORDS.contains(&word.as_str())
+        SECRET_WORDS.contains(&word)
             || SECRET_ENDINGS.iter().any(|ending| word.ends_with(ending))
-            || (matches!(word.as_str(), "key" | "keys") && previous.is_some_and(|kind| KEY_KINDS.contains(&kind)))
-            || (matches!(word.as_str(), "string" | "str") && matches!(previous, Some("connection" | "conn")))
-    })
+            || (matches!(word, "key" | "keys") && previous.is_some_and(|kind| KEY_KINDS.contains(&kind)))
+            || (matches!(word, "string" | "str") && matches!(previous, Some("connection" | "conn")))
+    };
+    let Some(last) = (0..words.len()).rev().find(|&index| is_secret_word(index)) else { return false };
+    // A qualifier after the secret word makes the name a setting or a pointer (`token_count`,
+    // `password_file`, `api_key_env`); before it, only a count word right in front does
+    // (`max_token`): `ENV_GITHUB_TOKEN` and `prefix_GITHUB_TOKEN` still name a token.
+    let qualified_after = words[last + 1..].iter().any(|word| NOT_SECRET_WORDS.contains(&word.as_str()));
+    let counted = last.checked_sub(1).is_some_and(|before| COUNT_WORDS.contains(&words[before].as_str()));
+    !(qualified_after || counted)
 }
+
+/// The words of [`NOT_SECRET_WORDS`] that make a count of what follows them (`max_token`).
+const COUNT_WORDS: &[&str] = &["count", "counts", "num", "number", "max", "min", "total", "limit", "limits"];
 
 /// `name` in lower-case words, split at non-alphanumerics and camelCase boundaries
 /// (`APIKey` → `api key`, `openaiApiKey` → `openai api key`).
@@ -229,6 +237,11 @@ mod tests {
             "privateKey",
             "openai_key",
             "pwd",
+            // A qualifier before the secret word does not make it a setting.
+            "ENV_GITHUB_TOKEN",
+            "prefix_GITHUB_TOKEN",
+            "FILE_UPLOAD_TOKEN",
+            "url_signing_secret",
         ] {
             assert!(is_secret_name(name), "{name}");
         }
@@ -251,6 +264,9 @@ mod tests {
             "password_file",
             "api_key_env",
             "secretary",
+            "max_token",
+            "GITHUB_TOKEN_ENV",
+            "token_prefix",
         ] {
             assert!(!is_secret_name(name), "{name}");
         }
