@@ -51,7 +51,8 @@ fn every_event_type_is_documented_once_with_its_data_fields() {
         if types.is_empty() {
             continue;
         }
-        let rows = table(&lines, "| field | type |").unwrap_or_else(|| panic!("{types:?}: no `| field | type |` table"));
+        let rows =
+            table(&lines, "| field | type |").unwrap_or_else(|| panic!("{types:?}: no `| field | type |` table"));
         let fields: Vec<String> = rows
             .iter()
             .map(|row| code(row[0]).unwrap_or_else(|| panic!("{types:?}: a field row without a `name`")).to_owned())

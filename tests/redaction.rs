@@ -13,9 +13,9 @@ use std::process::Command;
 
 use proptest::prelude::*;
 use reqwest::StatusCode;
-use scientist::redact::{self, REDACTED};
 use scientist::event::{self, Event};
 use scientist::ideation::NewIdeation;
+use scientist::redact::{self, REDACTED};
 use scientist::run::NewRun;
 use scientist::store::{SqliteStore, Store};
 use scientist::time::Timestamp;

@@ -741,7 +741,11 @@ async fn a_sweeper_stopped_before_the_record_leaves_it_to_the_next_sweep(store: 
     let lost = store.get(&id).await.expect("get").expect("run");
     assert_eq!(lost.status, RunStatus::Failed);
     let error = lost.error.as_ref().expect("an error");
-    assert_eq!((error.error_type.as_str(), error.failed_at), (FailureCode::WorkerLost.to_string().as_str(), at(700)), "failed as decided");
+    assert_eq!(
+        (error.error_type.as_str(), error.failed_at),
+        (FailureCode::WorkerLost.to_string().as_str(), at(700)),
+        "failed as decided"
+    );
     let recorded = store.list_events(&id, &failed).await.expect("events").items;
     assert_eq!(recorded.len(), 1, "the failure is in the run's history");
     assert_eq!(recorded[0].event.time, at(700));

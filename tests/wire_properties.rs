@@ -4,8 +4,8 @@
 //! data that parses to the same payload.
 
 use proptest::prelude::*;
-use scientist::event::{KNOWN_TYPES, Payload};
 use scientist::event::wire;
+use scientist::event::{KNOWN_TYPES, Payload};
 use scientist::reduce;
 use scientist::run::{NewRun, Run};
 use scientist::time::Timestamp;

@@ -4,8 +4,8 @@
 use serde_json::Map;
 
 use super::Record;
-use crate::event::payload;
 use crate::emit::{Draft, RunStream};
+use crate::event::payload;
 
 /// Queues an event on the run's stream. A stream that is gone means the worker is exiting,
 /// and the spool already holds everything queued before: the failure is logged, not returned.

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
-use crate::redact;
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use crate::queue::{fence, lease};
+use crate::redact;
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
 use crate::time::Timestamp;

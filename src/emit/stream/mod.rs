@@ -35,8 +35,8 @@ use self::writer::Writer;
 use super::spool::SpoolDir;
 use crate::control::ControlPlane;
 use crate::event::EventData;
-use crate::redact;
 use crate::limits::{self, MAX_BATCH_EVENTS};
+use crate::redact;
 use crate::run::RunId;
 use crate::time::Timestamp;
 
