@@ -1,8 +1,10 @@
 //! `cargo bench --bench ingest`: events per second through `scientist serve`'s HTTP ingest
 //! on the embedded store, with acknowledgement latency percentiles, for single events and
-//! NDJSON batches of 50 over keep-alive connections; then `scientist emit` one-shot wall
-//! time (process start to acknowledgement) beside `curl` posting the same event.
+//! NDJSON batches of 50 over keep-alive connections; claims through `POST /api/queue/claim`
+//! by concurrent claimers (each run claimed exactly once, checked); then `scientist emit`
+//! one-shot wall time (process start to acknowledgement) beside `curl` posting the same event.
 
+use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +16,12 @@ use scientist::time::Timestamp;
 use serde_json::json;
 
 const RUNS: usize = 8;
-const SINGLE_EVENTS: usize = 2_000;
-const BATCHES: usize = 200;
+const SINGLE_EVENTS: usize = 8_000;
+const BATCHES: usize = 400;
 const BATCH_SIZE: usize = 50;
 const ONE_SHOTS: usize = 25;
+const CLAIMABLE_RUNS: usize = 10_000;
+const CLAIMERS: usize = 8;
 
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -39,10 +43,11 @@ fn main() {
             let figure = single_events(&base, connections).await;
             figure.print(&format!("single events, {connections} connection(s)"));
         }
-        for connections in [1, 8] {
+        for connections in [1, 4, 8] {
             let figure = batches(&base, connections).await;
             figure.print(&format!("NDJSON batches of {BATCH_SIZE}, {connections} conn."));
         }
+        claims(&base, &*store).await.print(&format!("claims, {CLAIMERS} claimers (runs/s)"));
         one_shots(&base).await;
     });
 }
@@ -108,6 +113,61 @@ async fn single_events(base: &str, connections: usize) -> Figure {
     let prefix = format!("single-{connections}");
     let bodies = (0..SINGLE_EVENTS).map(|n| (url.clone(), "application/cloudevents+json", event(&prefix, n))).collect();
     drive(connections, bodies, 1).await
+}
+
+/// [`CLAIMABLE_RUNS`] queued runs taken by [`CLAIMERS`] clients claiming until the queue is
+/// empty; every run must be claimed exactly once.
+async fn claims(base: &str, store: &dyn Store) -> Figure {
+    let queue = "bench-claims";
+    // Enqueued concurrently, so that they share commits.
+    let enqueues = (0..CLAIMABLE_RUNS)
+        .map(|_| store.enqueue(NewRun { queue: queue.to_owned(), ..NewRun::new(json!({})) }, Timestamp::now()));
+    for enqueued in futures_util::future::join_all(enqueues).await {
+        enqueued.expect("enqueue");
+    }
+    let url = format!("{base}/api/queue/claim");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLAIMERS)
+        .map(|claimer| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+                let body = json!({"worker": format!("pod-{claimer}"), "queue": queue}).to_string();
+                let (mut claimed, mut latencies) = (Vec::new(), Vec::new());
+                loop {
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("claim");
+                    latencies.push(sent.elapsed());
+                    match response.status().as_u16() {
+                        200 => {
+                            let run: serde_json::Value = response.json().await.expect("claimed run");
+                            claimed.push(run["id"].as_str().expect("run id").to_owned());
+                        }
+                        204 => return (claimed, latencies),
+                        status => panic!("claim answered {status}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut claimed, mut latencies) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (ids, times) = task.await.expect("claimer");
+        claimed.extend(ids);
+        latencies.extend(times);
+    }
+    let elapsed = started.elapsed();
+    let distinct: HashSet<&String> = claimed.iter().collect();
+    assert_eq!(claimed.len(), CLAIMABLE_RUNS, "every queued run claimed once");
+    assert_eq!(distinct.len(), CLAIMABLE_RUNS, "no run claimed twice");
+    latencies.sort();
+    Figure { events: claimed.len(), elapsed, latencies }
 }
 
 async fn batches(base: &str, connections: usize) -> Figure {

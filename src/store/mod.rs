@@ -55,6 +55,9 @@ pub enum Error {
     Mongo(#[from] mongodb::error::Error),
     #[error("embedded store worker stopped")]
     Join(#[from] tokio::task::JoinError),
+    /// The group this write shared a transaction with did not commit; nothing of it is stored.
+    #[error("embedded store could not commit: {0}")]
+    Commit(String),
     #[error("embedded store at {path}: {reason}")]
     Open { path: String, reason: String },
 }

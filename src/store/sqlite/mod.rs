@@ -2,11 +2,11 @@
 //! on one machine (not over NFS).
 //!
 //! Run documents are stored as JSON beside the columns the queue sorts and filters on.
-//! Every write is one `BEGIN IMMEDIATE` transaction (the write lock is taken up front, so a
-//! claim or an event batch never interleaves with another process's), committed with
-//! `synchronous=FULL`: when a call returns Ok the data survives a crash or power loss.
-//! rusqlite blocks, so calls run on tokio's blocking pool; one writer connection per
-//! process, reads from a small pool of reader connections.
+//! Writes go through one writer thread per process that commits them in groups (see
+//! `group`): each group is one `BEGIN IMMEDIATE` transaction (the write lock is taken up
+//! front, so a claim or an event batch never interleaves with another process's), committed
+//! with `synchronous=FULL`: when a call returns Ok the data survives a crash or power loss.
+//! Reads run on tokio's blocking pool, from a small pool of reader connections.
 //!
 //! Events are ordered by `pos` (the rowid, `AUTOINCREMENT`). Writers are serialized by the
 //! write lock, so positions are assigned in commit order: a reader never sees a later event
@@ -14,6 +14,7 @@
 //! MongoDB store needs its `storeSeq` and gap rule for that; this one has it for free.
 
 mod events;
+mod group;
 mod ideation;
 mod pages;
 mod runs;
@@ -25,9 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction};
 
 use self::events::{apply_batch, load_hypothesis};
+use self::group::GroupWriter;
 use self::ideation::load_ideation;
 use self::pages::{Direction, events_page};
 use self::runs::{insert_run, load_run, save_run};
@@ -55,7 +57,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: GroupWriter,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -73,9 +75,8 @@ impl SqliteStore {
             let mut writer = connect(&path)?;
             writer.execute_batch(SCHEMA)?;
             migrate(&mut writer, &path)?;
-            Ok(SqliteStore {
-                inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
-            })
+            let writer = GroupWriter::start(writer)?;
+            Ok(SqliteStore { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()) }) })
         })
         .await?
     }
@@ -84,20 +85,12 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `work` in one `BEGIN IMMEDIATE` transaction on the writer connection.
+    /// Runs `work` in the writer's next group commit; Ok once that commit is durable.
     async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = lock(&inner.writer);
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = work(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await?
+        self.inner.writer.write(work).await
     }
 
     /// Runs `work` on a reader connection (WAL readers never block the writer).
