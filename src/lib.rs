@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod queue;
 pub mod redact;
 pub mod reduce;
+pub mod retention;
 pub mod run;
 pub mod server;
 pub mod store;

@@ -97,6 +97,24 @@ fn serve_refuses_a_public_address_without_a_token() {
 }
 
 #[test]
+fn a_retention_too_short_or_unreadable_is_refused_with_an_example() {
+    let store = tempfile::tempdir().expect("temp dir");
+    for (age, reason) in [("10s", "must be at least 1m"), ("a month", "write an age such as 30d")] {
+        scientist(&store)
+            .args(["serve", "--retain-logs", age])
+            .assert()
+            .code(2)
+            .stderr(contains("--retain-logs").and(contains(reason)));
+    }
+    scientist(&store)
+        .env_remove("SCIENTIST_STORE")
+        .args(["work", "--config", "x.toml", "--server", "http://127.0.0.1:9", "--retain-logs", "30d"])
+        .assert()
+        .code(2)
+        .stderr(contains("pass it to `scientist serve`"));
+}
+
+#[test]
 fn follow_exit_codes_are_in_the_help() {
     let store = tempfile::tempdir().expect("temp dir");
     scientist(&store).arg("--help").assert().success().stdout(contains("8 when it failed, 9 when it was canceled"));

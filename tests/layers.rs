@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["ideation", "reduce"],
     &["queue"],
     &["store"],
-    &["sweep"],
+    &["sweep", "retention"],
     &["protocol"],
     &["control"],
     &["emit"],

@@ -348,6 +348,42 @@ async fn log_lines_filter_by_minimum_level(store: &dyn Store) {
     assert_eq!(listed(LogLevel::Error, vec!["ai.run.log".into()]).await, everything[6..]);
 }
 
+async fn old_log_lines_are_pruned_and_everything_else_kept(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let other = store.enqueue(new_run(0), at(0)).await.expect("enqueue").id;
+    let log = |n: usize, run: &RunId| {
+        event(&format!("log-{run}-{n}"), "ai.run.log", run.as_str(), 5, json!({"message": "x"}))
+    };
+    let old: Vec<_> = (0..5).map(|n| log(n, &id)).chain((0..3).map(|n| log(n, &other))).collect();
+    let kept = event("beat", "ai.run.heartbeat", id.as_str(), 5, json!({"gpu_util": 0.5}));
+    store.apply_events([old, vec![kept]].concat(), at(10)).await.expect("old events");
+    store.apply_events((5..8).map(|n| log(n, &id)).collect(), at(100)).await.expect("new logs");
+    let before = store.get(&id).await.expect("get").expect("run");
+    // Pages of two, to cross several calls.
+    let (mut deleted, mut from) = (0, None);
+    loop {
+        let pruned = store.prune_logs(at(50), from, 2).await.expect("prune");
+        deleted += pruned.deleted;
+        match pruned.next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(deleted, 8, "the eight log lines received before the cutoff, of both runs");
+    let left = store.list_events(&id, &EventFilter::default()).await.expect("events");
+    let left: Vec<_> = left.items.iter().map(|stored| stored.event.id.0.clone()).collect();
+    let newer = |n: usize| format!("log-{id}-{n}");
+    assert_eq!(left, ["beat".to_owned(), newer(5), newer(6), newer(7)], "the heartbeat and newer lines stay");
+    assert!(store.list_events(&other, &EventFilter::default()).await.expect("other").items.is_empty());
+    assert_eq!(store.get(&id).await.expect("get").expect("run"), before, "the run document is untouched");
+    assert_eq!(sweep_retention(store, at(50)).await, 0, "a second round finds nothing");
+    assert_eq!(sweep_retention(store, at(101)).await, 3, "a later cutoff takes the newer lines");
+}
+
+async fn sweep_retention(store: &dyn Store, cutoff: scientist::time::Timestamp) -> u64 {
+    scientist::retention::prune_once(store, cutoff).await.expect("prune")
+}
+
 async fn recent_events_page_newest_first(store: &dyn Store) {
     let id = claimed_run(store).await;
     let events: Vec<_> = (0..5)
@@ -961,6 +997,7 @@ macro_rules! store_suite {
             case!(run_events_page_in_stored_order);
             case!(log_lines_filter_by_minimum_level);
             case!(recent_events_page_newest_first);
+            case!(old_log_lines_are_pruned_and_everything_else_kept);
             case!(pages_of_large_documents_are_bounded_by_bytes);
             case!(reset_only_from_failed_or_canceled);
             case!(cancel_depends_on_status);

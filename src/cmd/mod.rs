@@ -142,6 +142,36 @@ pub struct LeaseArgs {
     pub on_lost: OnLostArg,
 }
 
+/// Log retention for a process that owns a store (`serve`, a worker on a store).
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Delete log lines (`ai.run.log` events) received longer ago than this, e.g. 30d, in the
+    /// background, a batch at a time; run documents, their other events and artifacts are
+    /// kept. SQLite reuses the freed pages (the file stops growing; `VACUUM` shrinks it).
+    /// [default: keep every log line]
+    #[arg(long, env = "SCIENTIST_RETAIN_LOGS", value_name = "AGE", value_parser = retention_age)]
+    pub retain_logs: Option<std::time::Duration>,
+}
+
+impl RetentionArgs {
+    /// Starts pruning in the background when a retention is set.
+    pub fn spawn(&self, store: &Arc<dyn Store>) -> Option<tokio::task::JoinHandle<()>> {
+        let retain = self.retain_logs?;
+        crate::notice!("log lines older than {} are deleted every hour", humantime::format_duration(retain));
+        Some(tokio::spawn(crate::retention::keep_pruning(store.clone(), retain)))
+    }
+}
+
+fn retention_age(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(age) if age < std::time::Duration::from_secs(60) => {
+            Err("must be at least 1m (a shorter retention would delete lines still being followed), e.g. 30d".into())
+        }
+        Ok(age) => Ok(age),
+        Err(err) => Err(format!("{err}: write an age such as 30d, 12h or 90m")),
+    }
+}
+
 /// `--on-lost`: the command line's names for `lease::OnLost` (clap stays in `cmd/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnLostArg {

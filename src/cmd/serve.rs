@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{LeaseArgs, StoreArgs, UsageError};
+use super::{LeaseArgs, RetentionArgs, StoreArgs, UsageError};
 use crate::server::{self, AppState, Limits, Tokens};
 use crate::sweep;
 
@@ -32,6 +32,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub lease: LeaseArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     /// How often held runs are checked for a silent or lost worker.
     #[arg(long, env = "SCIENTIST_SWEEP_EVERY", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -87,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let store = args.store.open().await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
+    let pruner = args.retention.spawn(&store);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
@@ -100,6 +104,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state = AppState::new(store, tokens).with_limits(limits);
     let served = server::run(listener, state, shutdown_signal()).await;
     sweeper.abort();
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     served.context("serving HTTP")
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::{LeaseArgs, StoreArgs, UsageError};
+use super::{LeaseArgs, RetentionArgs, StoreArgs, UsageError};
 use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
 use crate::emit::{EventStream, LocalEndpoint, StreamConfig};
 use crate::gpu::Gpus;
@@ -74,6 +74,10 @@ pub struct Args {
     /// runs for lost workers, as `serve` does.
     #[command(flatten)]
     pub lease: LeaseArgs,
+
+    /// A worker on a store prunes its log lines as `serve` does (not one on --server).
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     /// Claim and report through this control plane instead of a store (needs a token
     /// beyond loopback). Used when neither --store nor MONGODB_URL is set.
@@ -195,6 +199,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if args.retention.retain_logs.is_some() && !args.on_store() {
+        return Err(UsageError(
+            "--retain-logs applies to a worker on a store; with --server, pass it to `scientist serve`".into(),
+        )
+        .into());
+    }
     let lease = args.lease.policy()?;
     let pipeline = Pipeline::load(&args.config).map_err(|err| UsageError(err.to_string()))?;
     let mode = WorkerMode::from(args.mode);
@@ -292,13 +302,21 @@ fn monitor_settings(
     Ok(settings)
 }
 
+impl Args {
+    /// A store is used when one is configured, or when no --server is given.
+    fn on_store(&self) -> bool {
+        self.store.store.is_some() || self.store.mongodb_url.is_some() || self.server.is_none()
+    }
+}
+
 /// The store when one is configured, else the control plane named by --server.
 async fn open_queue(args: &Args) -> anyhow::Result<Arc<dyn ControlPlane>> {
-    let store_configured = args.store.store.is_some() || args.store.mongodb_url.is_some();
-    match (&args.server, store_configured) {
-        (Some(server), false) => Ok(Arc::new(HttpControlPlane::new(server, args.token.clone())?)),
+    match &args.server {
+        Some(server) if !args.on_store() => Ok(Arc::new(HttpControlPlane::new(server, args.token.clone())?)),
         _ => {
             let store = args.store.open().await?;
+            // Detached: it ends with the process.
+            drop(args.retention.spawn(&store));
             let name = if args.store.mongodb_url.is_some() { "MongoDB" } else { "the embedded store" };
             Ok(Arc::new(StoreControlPlane::new(store, name)))
         }

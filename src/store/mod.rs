@@ -76,6 +76,14 @@ pub enum Outcome {
     Orphan,
 }
 
+/// What one [`Store::prune_logs`] call deleted, and where the next call goes on from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pruned {
+    pub deleted: u64,
+    /// `None`: nothing older is left past this point.
+    pub next: Option<String>,
+}
+
 /// A page of results and the cursor for the next one.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
@@ -202,6 +210,12 @@ pub trait Store: Send + Sync + 'static {
     /// IMMEDIATE` transaction; MongoDB: majority, journaled). Ok means the store takes writes
     /// now; `GET /health` calls it, at most every few seconds.
     async fn probe_write(&self, now: Timestamp) -> Result<()>;
+
+    /// Deletes up to `limit` log events (`ai.run.log`) received before `cutoff`, going on
+    /// from `from` (the previous call's `next`; `None` to start). Each call is one short
+    /// write, so ingest is never held up for long. Runs, their other events and artifacts
+    /// are kept; a run document already holds what its log lines changed.
+    async fn prune_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned>;
 
     /// The whole store's figures at `now` (see [`Stats`]), from indexed queries only: cheap
     /// enough to call every few seconds whatever the number of runs and events.

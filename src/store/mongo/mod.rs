@@ -7,6 +7,7 @@ mod bson;
 mod ideation;
 mod mirror;
 mod pages;
+mod prune;
 mod runs;
 mod sequence;
 mod stats;
@@ -26,8 +27,8 @@ use self::bson::{corrupt, error_code, is_duplicate_key};
 pub use self::sequence::GAP_GRACE;
 use self::sequence::{Gaps, SEQUENCE_COLLECTION};
 use super::{
-    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Result, RunChange, RunFilter, Stats,
-    Store, StoredEvent, cancel_run, reset_run,
+    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Pruned, Result, RunChange, RunFilter,
+    Stats, Store, StoredEvent, cancel_run, reset_run,
 };
 use crate::event::Event;
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
@@ -239,6 +240,10 @@ impl Store for MongoStore {
             .upsert(true)
             .await?;
         Ok(())
+    }
+
+    async fn prune_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned> {
+        self.prune_old_logs(cutoff, from, limit).await
     }
 
     async fn stats(&self, now: Timestamp) -> Result<Stats> {

@@ -12,8 +12,8 @@ use super::runs::{insert_run, load_run, save_run, to_json};
 use crate::event::{self, Event};
 use crate::run::{Run, RunId};
 use crate::store::{
-    Artifact, Effect, Error, HypothesisIdeas, Outcome, Result, SideRecord, StoredEvent, apply_new_event, replaces,
-    replay, side_record,
+    Artifact, Effect, Error, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Pruned, Result, SideRecord, StoredEvent,
+    apply_new_event, replaces, replay, side_record,
 };
 use crate::time::Timestamp;
 
@@ -31,6 +31,42 @@ impl SqliteStore {
             .collect()
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    /// The old log events are found on a reader (a scan in `pos` order, no lock held), then
+    /// deleted by position in one short write that checks them again.
+    pub(super) async fn prune_old_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned> {
+        let after: i64 = match &from {
+            None => 0,
+            Some(cursor) => cursor.parse().map_err(|_| Error::InvalidCursor(cursor.clone()))?,
+        };
+        let cutoff = cutoff.millis();
+        let found: Vec<i64> = self
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT pos FROM events WHERE pos > ?1 AND type = ?2 AND received_at < ?3 ORDER BY pos LIMIT ?4",
+                )?;
+                let rows =
+                    statement.query_map(params![after, LOG_EVENT_TYPE, cutoff, limit as i64], |row| row.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .await?;
+        let Some(&last) = found.last() else { return Ok(Pruned { deleted: 0, next: None }) };
+        let next = (found.len() == limit).then(|| last.to_string());
+        let deleted = self
+            .write(move |tx| {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM events WHERE pos = ?1 AND type = ?2 AND received_at < ?3")?;
+                let mut deleted = 0;
+                for pos in found {
+                    deleted += delete.execute(params![pos, LOG_EVENT_TYPE, cutoff])? as u64;
+                }
+                Ok(deleted)
+            })
+            .await?;
+        Ok(Pruned { deleted, next })
     }
 }
 

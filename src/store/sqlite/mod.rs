@@ -35,8 +35,8 @@ use self::pages::{Direction, events_page};
 use self::runs::{insert_run, load_run, save_run};
 use self::schema::{SCHEMA, migrate};
 use super::{
-    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Result, RunChange, RunFilter, Stats,
-    Store, StoredEvent, cancel_run, lock, reset_run,
+    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Pruned, Result, RunChange, RunFilter,
+    Stats, Store, StoredEvent, cancel_run, lock, reset_run,
 };
 use crate::event::Event;
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
@@ -83,6 +83,12 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Transactions this process has committed (each one fsync); with the events applied,
+    /// how many writes shared a commit.
+    pub fn commits(&self) -> u64 {
+        self.inner.writer.commits()
     }
 
     /// Runs `work` in the writer's next group commit; Ok once that commit is durable.
@@ -217,6 +223,10 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn prune_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned> {
+        self.prune_old_logs(cutoff, from, limit).await
     }
 
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
