@@ -35,7 +35,7 @@ fn main() {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(server::run(listener, AppState::new(store, Tokens::default()), std::future::pending()));
+        tokio::spawn(server::run(listener, AppState::new(store.clone(), Tokens::default()), std::future::pending()));
 
         println!("scientist HTTP ingest benchmark (embedded store, synchronous=FULL, loopback)\n");
         println!("{:<34} {:>10} {:>10} {:>10}", "workload", "events/s", "p50 ms", "p99 ms");

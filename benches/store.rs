@@ -2,6 +2,10 @@
 //! beside the physical ceiling measured in the same run (a plain SQLite WAL insert of the same
 //! rows with the same durability; a plain MongoDB `insert_many` of the same documents).
 //!
+//! For SQLite it also splits a batch's time (the same events to runs that do not exist: stored
+//! and deduplicated, no run document read or written), shows group commit (single events from
+//! concurrent writers), and measures the bytes on disk per stored small metric event.
+//!
 //! MongoDB figures need SCIENTIST_TEST_MONGODB_URL (`scripts/bench` starts a server). They are
 //! quoted as ratios to that ceiling: the test server is not MongoDB's own, so its absolute
 //! speed says nothing about MongoDB's.
@@ -108,7 +112,87 @@ async fn sqlite_figures() {
         let ours = apply_in_batches(&store, batch_events, batch).await;
         let ceiling = plain_sqlite_inserts(&dir.path().join("plain.sqlite"), &bodies, batch);
         print_row("sqlite", batch, &ours, &ceiling);
+        if batch > 1 {
+            // The same events to runs that do not exist: what storing them costs without
+            // their runs' read, reduce and write.
+            let absent: Vec<String> = (0..RUNS).map(|n| format!("absent-{n}")).collect();
+            let stored_only = apply_in_batches(&store, events("orphan", count, &absent), batch).await;
+            println!(
+                "  split of a batch's time: storing and deduplicating {:.0}%, the runs' documents {:.0}% \
+                 (the plain insert alone is {:.0}%)",
+                100.0 * stored_only.elapsed.as_secs_f64() / ours.elapsed.as_secs_f64(),
+                100.0 * (1.0 - stored_only.elapsed.as_secs_f64() / ours.elapsed.as_secs_f64()),
+                100.0 * ceiling.elapsed.as_secs_f64() / ours.elapsed.as_secs_f64(),
+            );
+        }
     }
+    concurrent_single_events().await;
+    bytes_per_event().await;
+}
+
+/// Writers each sending single events at once: group commit lets them share commits.
+async fn concurrent_single_events() {
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 1_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("group.sqlite")).await.expect("open");
+    let run_ids = seed_runs(&store).await;
+    let commits_before = store.commits();
+    let started = Instant::now();
+    let writers = (0..WRITERS).map(|writer| {
+        let events = events(&format!("w{writer}"), PER_WRITER, &run_ids);
+        let store = &store;
+        async move {
+            for event in events {
+                store.apply_events(vec![event], Timestamp::now()).await.expect("apply");
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let figure = Figure { events: WRITERS * PER_WRITER, elapsed: started.elapsed() };
+    let commits = store.commits() - commits_before;
+    println!(
+        "sqlite   single events from {WRITERS} writers: {:>9.0} events/s   {commits} commits, {:.1} events per commit",
+        figure.per_second(),
+        figure.events as f64 / commits as f64
+    );
+}
+
+/// Bytes the file grows by per stored small metric event (`ai.run.stage_metric`), after a
+/// checkpoint folds the write-ahead log into it.
+async fn bytes_per_event() {
+    const COUNT: usize = 50_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("size.sqlite");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let run_ids = seed_runs(&store).await;
+    let file_size = || {
+        let connection = rusqlite::Connection::open(&path).expect("open");
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).expect("checkpoint");
+        std::fs::metadata(&path).expect("size").len()
+    };
+    let before = file_size();
+    let metrics: Vec<Event> = (0..COUNT)
+        .map(|n| {
+            let run_id = &run_ids[n % run_ids.len()];
+            let Value::Object(object) = json!({
+                "specversion": "1.0", "id": ulid::Ulid::generate().to_string(), "source": "pod://gpu-node-7",
+                "type": "ai.run.stage_metric", "subject": format!("run/{run_id}"),
+                "time": Timestamp::now().to_string(), "seq": n, "attempt": 1,
+                "data": {"stage": "Stage_1", "name": "val_loss", "value": 0.4312 - n as f64 * 1e-6, "step": n / 8},
+            }) else {
+                unreachable!("literal object")
+            };
+            event::from_json_object(object, Timestamp::now()).expect("a valid metric event")
+        })
+        .collect();
+    let sample = Value::Object(metrics[0].to_json()).to_string().len();
+    apply_in_batches(&store, metrics, 50).await;
+    let grown = file_size() - before;
+    println!(
+        "sqlite   bytes on disk per small metric event: {:.0} (its JSON is {sample} bytes; {COUNT} events)",
+        grown as f64 / COUNT as f64
+    );
 }
 
 /// The same rows inserted with nothing else: same file settings, same transaction size.

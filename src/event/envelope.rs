@@ -11,7 +11,7 @@ use crate::redact;
 use crate::run::RunId;
 use crate::time::Timestamp;
 
-pub(super) const SPECVERSION: &str = "1.0";
+pub const SPECVERSION: &str = "1.0";
 
 const SUBJECT_PREFIX: &str = "run/";
 

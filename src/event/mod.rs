@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-pub use envelope::from_json_object;
+pub use envelope::{SPECVERSION, from_json_object};
 pub use failure::FailureCode;
 pub use payload::{LogLevel, Payload};
 pub use types::{EventData, EventType, KNOWN_TYPES};

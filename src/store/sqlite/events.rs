@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use serde_json::{Map, Value};
 
 use super::SqliteStore;
+use super::event_rows::{Names, insert_event, lookup, run_events};
 use super::runs::{insert_run, load_run, save_run, to_json};
-use crate::event::{self, Event};
+use crate::event::Event;
 use crate::run::{Run, RunId};
 use crate::store::{
-    Artifact, Effect, Error, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Pruned, Result, SideRecord, StoredEvent,
-    apply_new_event, replaces, replay, side_record,
+    Artifact, Effect, Error, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Pruned, Result, SideRecord, apply_new_event,
+    replaces, replay, side_record,
 };
 use crate::time::Timestamp;
 
@@ -43,17 +43,19 @@ impl SqliteStore {
             Some(cursor) => cursor.parse().map_err(|_| Error::InvalidCursor(cursor.clone()))?,
         };
         let cutoff = cutoff.millis();
-        let found: Vec<i64> = self
+        let (log_type, found): (Option<i64>, Vec<i64>) = self
             .read(move |conn| {
+                let Some(log_type) = lookup(conn, LOG_EVENT_TYPE)? else { return Ok((None, Vec::new())) };
                 let mut statement = conn.prepare_cached(
                     "SELECT pos FROM events WHERE pos > ?1 AND type = ?2 AND received_at < ?3 ORDER BY pos LIMIT ?4",
                 )?;
-                let rows =
-                    statement.query_map(params![after, LOG_EVENT_TYPE, cutoff, limit as i64], |row| row.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
+                let rows = statement.query_map(params![after, log_type, cutoff, limit as i64], |row| row.get(0))?;
+                Ok((Some(log_type), rows.collect::<rusqlite::Result<_>>()?))
             })
             .await?;
-        let Some(&last) = found.last() else { return Ok(Pruned { deleted: 0, next: None }) };
+        let (Some(log_type), Some(&last)) = (log_type, found.last()) else {
+            return Ok(Pruned { deleted: 0, next: None });
+        };
         let next = (found.len() == limit).then(|| last.to_string());
         let deleted = self
             .write(move |tx| {
@@ -61,7 +63,7 @@ impl SqliteStore {
                     tx.prepare_cached("DELETE FROM events WHERE pos = ?1 AND type = ?2 AND received_at < ?3")?;
                 let mut deleted = 0;
                 for pos in found {
-                    deleted += delete.execute(params![pos, LOG_EVENT_TYPE, cutoff])? as u64;
+                    deleted += delete.execute(params![pos, log_type, cutoff])? as u64;
                 }
                 Ok(deleted)
             })
@@ -75,8 +77,9 @@ pub(super) fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp
     // Runs touched by the batch, loaded once and written once at the end.
     let mut touched: HashMap<RunId, (Option<Run>, bool)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(events.len());
+    let mut names = Names::default();
     for event in events {
-        if !insert_event(tx, event, now)? {
+        if !insert_event(tx, &mut names, event, now)? {
             outcomes.push(Outcome::Duplicate);
             continue;
         }
@@ -110,47 +113,6 @@ pub(super) fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp
         }
     }
     Ok(outcomes)
-}
-
-pub(super) fn parse_stored_event(pos: i64, received_at: i64, body: &str) -> Result<StoredEvent> {
-    let what = || format!("event at position {pos}");
-    let object: Map<String, Value> =
-        serde_json::from_str(body).map_err(|source| Error::Corrupt { what: what(), source })?;
-    let received_at = Timestamp::from_millis(received_at);
-    let event = event::from_json_object(object, received_at)
-        .map_err(|err| Error::Corrupt { what: what(), source: serde::de::Error::custom(err.to_string()) })?;
-    Ok(StoredEvent { cursor: pos.to_string(), received_at, event })
-}
-
-/// A run's stored events, oldest first.
-fn run_events(conn: &Connection, id: &RunId) -> Result<Vec<Event>> {
-    let mut statement =
-        conn.prepare_cached("SELECT pos, received_at, body FROM events WHERE run_id = ?1 ORDER BY pos")?;
-    let rows = statement.query_map([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
-    rows.map(|row| {
-        let (pos, received_at, body) = row?;
-        Ok(parse_stored_event(pos, received_at, &body)?.event)
-    })
-    .collect()
-}
-
-/// Inserts the event unless its (source, id) pair is known. True when it was new.
-fn insert_event(tx: &Transaction<'_>, event: &Event, now: Timestamp) -> Result<bool> {
-    let body = to_json("event", &event.to_json())?;
-    let mut statement = tx.prepare_cached(
-        "INSERT INTO events (source, event_id, run_id, type, time, received_at, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source, event_id) DO NOTHING",
-    )?;
-    let inserted = statement.execute(params![
-        event.source,
-        event.id.0,
-        event.run_id.as_ref().map(RunId::as_str),
-        event.event_type,
-        event.time.millis(),
-        now.millis(),
-        body
-    ])?;
-    Ok(inserted == 1)
 }
 
 fn save_side_record(tx: &Transaction<'_>, record: SideRecord) -> Result<()> {

@@ -162,6 +162,8 @@ mod tests {
         statement.query_map([], |row| row.get(0)).expect("rows").collect::<rusqlite::Result<_>>().expect("rows")
     }
 
+    type TestJob = Box<dyn FnOnce(&Transaction<'_>) -> Result<i64> + Send>;
+
     fn insert(tx: &Transaction<'_>, n: i64) -> Result<i64> {
         tx.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
         Ok(n)
@@ -169,10 +171,7 @@ mod tests {
 
     /// Holds the writer busy in a first job until released, queues `jobs` behind it (so they
     /// all wait for one group), then releases it and returns the queued jobs' answers.
-    async fn behind_a_busy_writer(
-        writer: &Arc<GroupWriter>,
-        jobs: Vec<Box<dyn FnOnce(&Transaction<'_>) -> Result<i64> + Send>>,
-    ) -> Vec<Result<i64>> {
+    async fn behind_a_busy_writer(writer: &Arc<GroupWriter>, jobs: Vec<TestJob>) -> Vec<Result<i64>> {
         let (started, running) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let first = writer.clone();
@@ -212,8 +211,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("group.sqlite");
         let writer = Arc::new(GroupWriter::start(open(&path)).expect("start"));
-        let jobs: Vec<Box<dyn FnOnce(&Transaction<'_>) -> Result<i64> + Send>> = (1..=12)
-            .map(|n| -> Box<dyn FnOnce(&Transaction<'_>) -> Result<i64> + Send> {
+        let jobs: Vec<TestJob> = (1..=12)
+            .map(|n| -> TestJob {
                 match n % 4 {
                     // Writes, then fails: its row must not survive.
                     1 => Box::new(move |tx| {

@@ -13,6 +13,7 @@
 //! before an earlier one, and a cursor (a `pos`) never passes an event still to come. The
 //! MongoDB store needs its `storeSeq` and gap rule for that; this one has it for free.
 
+mod event_rows;
 mod events;
 mod group;
 mod ideation;

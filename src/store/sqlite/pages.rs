@@ -5,7 +5,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 
 use super::SqliteStore;
-use super::events::parse_stored_event;
+use super::event_rows::{EVENT_COLUMNS, EventRow, lookup};
 use super::runs::parse_run;
 use crate::run::{Run, RunId, RunStatus};
 use crate::store::{
@@ -87,35 +87,45 @@ pub(super) fn events_page(
         None => None,
         Some(cursor) => Some(cursor.parse().map_err(|_| Error::InvalidCursor(cursor.clone()))?),
     };
-    let mut sql = String::from("SELECT pos, received_at, body FROM events WHERE run_id = ?");
-    let mut values = vec![SqlValue::from(run_id.to_string())];
+    let Some(run) = lookup(conn, run_id.as_str())? else {
+        return page.fill_from(std::iter::empty::<Result<_>>(), cursor_of);
+    };
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.run = ?");
+    let mut values = vec![SqlValue::from(run)];
     if let Some(cursor) = cursor {
-        sql.push_str(if direction == Direction::Forward { " AND pos > ?" } else { " AND pos < ?" });
+        sql.push_str(if direction == Direction::Forward { " AND e.pos > ?" } else { " AND e.pos < ?" });
         values.push(SqlValue::from(cursor));
     }
     if !filter.types.is_empty() {
-        sql.push_str(&format!(" AND type IN ({})", placeholders(filter.types.len())));
+        sql.push_str(&format!(
+            " AND e.type IN (SELECT key FROM names WHERE name IN ({}))",
+            placeholders(filter.types.len())
+        ));
         values.extend(filter.types.iter().cloned().map(SqlValue::from));
     }
     if let Some(min_level) = filter.min_level {
         let names = level_names_at_or_above(min_level);
         sql.push_str(&format!(
-            " AND type = ? AND COALESCE(json_extract(body, '$.data.level'), 'info') IN ({})",
+            " AND e.type = (SELECT key FROM names WHERE name = ?) \
+             AND COALESCE(json_extract(e.body, '$.data.level'), 'info') IN ({})",
             placeholders(names.len())
         ));
         values.push(SqlValue::from(LOG_EVENT_TYPE.to_owned()));
         values.extend(names.into_iter().map(|name| SqlValue::from(name.to_owned())));
     }
-    sql.push_str(if direction == Direction::Forward { " ORDER BY pos LIMIT ?" } else { " ORDER BY pos DESC LIMIT ?" });
+    sql.push_str(if direction == Direction::Forward {
+        " ORDER BY e.pos LIMIT ?"
+    } else {
+        " ORDER BY e.pos DESC LIMIT ?"
+    });
     values.push(SqlValue::from(page.rows_to_read() as i64));
     let mut statement = conn.prepare_cached(&sql)?;
-    let rows = statement
-        .query_map(params_from_iter(values), |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))?;
-    let rows = rows.map(|row| {
-        let (pos, received_at, body) = row?;
-        Ok((parse_stored_event(pos, received_at, &body)?, body.len()))
-    });
-    page.fill_from(rows, |event| event.cursor.clone())
+    let rows = statement.query_map(params_from_iter(values), EventRow::read)?;
+    page.fill_from(rows.map(|row| row?.parse()), cursor_of)
+}
+
+fn cursor_of(event: &StoredEvent) -> String {
+    event.cursor.clone()
 }
 
 /// `?, ?, …` for an `IN (…)` list of `n` values.

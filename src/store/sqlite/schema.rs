@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter};
 
 use super::runs::parse_run;
 use crate::run::Run;
@@ -55,7 +55,7 @@ CREATE INDEX IF NOT EXISTS ideation_queue ON ideation_requests (status, created_
 
 /// The schema version this build writes (`PRAGMA user_version`). A file of an older version
 /// is migrated on open; 0 is the first release's schema (`SCHEMA` alone).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Version 1: columns derived from each run document (kept by `insert_run` / `save_run`)
 /// and one row per completed stage, so `stats` and the queue's views read indexes rather
@@ -79,6 +79,43 @@ CREATE TABLE run_stages (
 CREATE INDEX run_stages_duration ON run_stages (stage, duration_s);
 ";
 
+/// Version 2: compact events (see `event_rows`). Every distinct source, type, run id and
+/// subject is stored once in `names`; an event keeps their keys, and its JSON without the
+/// attributes held in columns. Existing events are rewritten into the new table, in order,
+/// keeping their positions (so cursors handed out stay valid).
+const MIGRATION_2: &str = "
+CREATE TABLE names (key INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+INSERT OR IGNORE INTO names (name) SELECT source FROM events;
+INSERT OR IGNORE INTO names (name) SELECT type FROM events;
+INSERT OR IGNORE INTO names (name) SELECT run_id FROM events WHERE run_id IS NOT NULL;
+INSERT OR IGNORE INTO names (name)
+    SELECT json_extract(body, '$.subject') FROM events WHERE json_extract(body, '$.subject') IS NOT NULL;
+CREATE TABLE events_v2 (
+    pos          INTEGER PRIMARY KEY AUTOINCREMENT,
+    source       INTEGER NOT NULL,
+    event_id     TEXT NOT NULL,
+    run          INTEGER,
+    type         INTEGER NOT NULL,
+    subject      INTEGER,
+    time         INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    body         TEXT NOT NULL,
+    UNIQUE (source, event_id)
+);
+INSERT INTO events_v2 (pos, source, event_id, run, type, subject, time, received_at, body)
+    SELECT e.pos, s.key, e.event_id, r.key, t.key, sub.key, e.time, e.received_at,
+           json_remove(e.body, '$.specversion', '$.id', '$.source', '$.type', '$.subject', '$.time')
+    FROM events e
+    JOIN names s ON s.name = e.source
+    JOIN names t ON t.name = e.type
+    LEFT JOIN names r ON r.name = e.run_id
+    LEFT JOIN names sub ON sub.name = json_extract(e.body, '$.subject')
+    ORDER BY e.pos;
+DROP TABLE events;
+ALTER TABLE events_v2 RENAME TO events;
+CREATE INDEX events_run ON events (run, pos);
+";
+
 /// Brings an older file up to [`SCHEMA_VERSION`] in one transaction (so two processes
 /// opening it at once migrate it once), and refuses a file from a newer build.
 pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
@@ -97,8 +134,22 @@ pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
         tx.execute_batch(MIGRATION_1)?;
         backfill_derived(&tx)?;
     }
+    if version < 2 {
+        compact_events(&tx)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// [`MIGRATION_2`], keeping the highest position ever handed out.
+fn compact_events(tx: &Transaction<'_>) -> Result<()> {
+    let highest: Option<i64> =
+        tx.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'events'", [], |row| row.get(0)).optional()?;
+    tx.execute_batch(MIGRATION_2)?;
+    if let Some(highest) = highest {
+        tx.execute("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'events'", [highest])?;
+    }
     Ok(())
 }
 
@@ -169,7 +220,7 @@ mod tests {
     use crate::run::{NewRun, Pod, RunStatus, StageTiming};
     use crate::store::Store;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::sqlite::runs::to_json;
+    use crate::store::sqlite::runs::{insert_run, to_json};
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_millis(1_761_159_600_000 + seconds * 1000)
@@ -225,5 +276,62 @@ mod tests {
         Connection::open(&path).expect("open").pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
         let newer = SqliteStore::open(&path).await.err().expect("refused");
         assert!(newer.to_string().contains("upgrade scientist"), "{newer}");
+    }
+
+    /// A version 1 file's events are rewritten compactly on open: each reads back as it was
+    /// stored, at the position it had, and a new event goes after the highest position ever
+    /// handed out (here one whose event is gone).
+    #[tokio::test]
+    async fn compacts_the_events_of_a_version_1_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.sqlite");
+        let run = Run::queued(NewRun::new(json!({"title": "v1"})), at(0));
+        let event = |n: i64, subject: Option<&str>| {
+            let mut object = json!({
+                "specversion": "1.0", "id": format!("e{n}"), "source": "pod://old", "type": "ai.run.log",
+                "time": at(n).to_string(), "seq": n, "data": {"message": format!("line {n}"), "run_id": run.id.as_str()},
+            });
+            if let Some(subject) = subject {
+                object["subject"] = json!(subject);
+            }
+            let serde_json::Value::Object(object) = object else { unreachable!("an object literal") };
+            crate::event::from_json_object(object, at(n)).expect("a valid event")
+        };
+        let old = [event(1, Some(&format!("run/{}", run.id))), event(2, None), event(3, Some("elsewhere"))];
+        {
+            let mut connection = Connection::open(&path).expect("open");
+            connection.execute_batch(SCHEMA).expect("first release schema");
+            connection.execute_batch(MIGRATION_1).expect("version 1");
+            connection.pragma_update(None, "user_version", 1).expect("version");
+            let tx = connection.transaction().expect("tx");
+            insert_run(&tx, &run).expect("run");
+            for (pos, event) in [10_i64, 11, 12].into_iter().zip(&old) {
+                tx.execute(
+                    "INSERT INTO events (pos, source, event_id, run_id, type, time, received_at, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        pos,
+                        event.source,
+                        event.id.0,
+                        run.id.as_str(),
+                        event.event_type,
+                        event.time.millis(),
+                        at(20).millis(),
+                        serde_json::Value::Object(event.to_json()).to_string()
+                    ],
+                )
+                .expect("an old event");
+            }
+            tx.execute("UPDATE sqlite_sequence SET seq = 40 WHERE name = 'events'", []).expect("a deleted event");
+            tx.commit().expect("commit");
+        }
+        let store = SqliteStore::open(&path).await.expect("migrates");
+        let page = store.list_events(&run.id, &Default::default()).await.expect("events");
+        let read: Vec<_> = page.items.iter().map(|stored| (stored.cursor.as_str(), &stored.event)).collect();
+        assert_eq!(read, [("10", &old[0]), ("11", &old[1]), ("12", &old[2])]);
+        assert!(page.items.iter().all(|stored| stored.received_at == at(20)));
+        store.apply_events(vec![event(4, None)], at(30)).await.expect("a new event");
+        let page = store.list_events(&run.id, &Default::default()).await.expect("events");
+        assert_eq!(page.items.last().map(|stored| stored.cursor.as_str()), Some("41"));
     }
 }
