@@ -72,13 +72,25 @@ impl SqliteStore {
     }
 }
 
-/// Applies a batch inside one transaction: one commit (one fsync) for the whole batch.
-pub(super) fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp) -> Result<Vec<Outcome>> {
-    // Runs touched by the batch, loaded once and written once at the end.
-    let mut touched: HashMap<RunId, (Option<Run>, bool)> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(events.len());
+/// A run touched by a batch: loaded once, written once at the end if an event changed it.
+struct Touched {
+    run: Option<Run>,
+    created: bool,
+    changed: bool,
+    /// When the latest event that changed it was received.
+    at: Timestamp,
+}
+
+/// Applies a batch inside one transaction: one commit (one fsync) for the whole batch. Each
+/// event comes with when it was received (a group commit applies several requests' events).
+pub(super) fn apply_batch<'e>(
+    tx: &Transaction<'_>,
+    events: impl IntoIterator<Item = (&'e Event, Timestamp)>,
+) -> Result<Vec<Outcome>> {
+    let mut touched: HashMap<RunId, Touched> = HashMap::new();
+    let mut outcomes = Vec::new();
     let mut names = Names::default();
-    for event in events {
+    for (event, now) in events {
         if !insert_event(tx, &mut names, event, now)? {
             outcomes.push(Outcome::Duplicate);
             continue;
@@ -90,26 +102,36 @@ pub(super) fn apply_batch(tx: &Transaction<'_>, events: &[Event], now: Timestamp
             outcomes.push(Outcome::Applied);
             continue;
         };
-        let (slot, is_new) = match touched.entry(run_id.clone()) {
+        let slot = match touched.entry(run_id.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert((load_run(tx, run_id)?, false)),
+            Entry::Vacant(entry) => {
+                entry.insert(Touched { run: load_run(tx, run_id)?, created: false, changed: false, at: now })
+            }
         };
-        let effect = apply_new_event(slot, event, now);
-        if effect == Effect::Created {
-            *is_new = true;
-            if let Some(run) = slot.as_mut() {
-                replay(run, &run_events(tx, run_id)?);
+        let effect = apply_new_event(&mut slot.run, event, now);
+        match effect {
+            Effect::Created => {
+                slot.created = true;
+                if let Some(run) = slot.run.as_mut() {
+                    replay(run, &run_events(tx, run_id)?);
+                }
+            }
+            Effect::Updated => {}
+            Effect::Stale | Effect::Orphan => {
+                outcomes.push(effect.outcome());
+                continue;
             }
         }
+        (slot.changed, slot.at) = (true, slot.at.max(now));
         outcomes.push(effect.outcome());
     }
-    for (_, (slot, is_new)) in touched {
-        let Some(mut run) = slot else { continue };
-        if is_new {
-            run.updated_at = now;
+    for touched in touched.into_values().filter(|touched| touched.changed) {
+        let Some(mut run) = touched.run else { continue };
+        if touched.created {
+            run.updated_at = touched.at;
             insert_run(tx, &run)?;
         } else {
-            save_run(tx, &mut run, now)?;
+            save_run(tx, &mut run, touched.at)?;
         }
     }
     Ok(outcomes)

@@ -7,6 +7,10 @@
 //! for every request in a group; a job that fails is rolled back to its savepoint alone and
 //! never fails its neighbours. Jobs run one after another on one connection, so each sees
 //! the writes of the jobs before it (two claims in one group never take the same run).
+//!
+//! Event batches next to each other in a group are applied as one batch, so that a run
+//! they share is read and written once; should that merged batch fail, each is applied
+//! again on its own, so that one request's bad event still fails only that request.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -15,7 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Error, Result};
+use super::events::apply_batch;
+use crate::event::Event;
+use crate::store::{Error, Outcome, Result};
+use crate::time::Timestamp;
 
 /// Jobs sharing one commit at most: bounds how long one transaction holds the file's write
 /// lock (other processes on the same file wait for it) and how much one failed commit fails.
@@ -30,6 +37,54 @@ trait Job: Send {
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
     /// Answers the caller once the group's fate is known.
     fn answer(self: Box<Self>, committed: std::result::Result<(), &str>);
+    /// An event batch's events and when they were received; `None` for other writes.
+    fn events(&self) -> Option<(&[Event], Timestamp)> {
+        None
+    }
+    /// An event batch's outcomes, when it was applied as part of a merged batch.
+    fn applied(&mut self, _outcomes: Vec<Outcome>) {}
+}
+
+/// `Store::apply_events`: a job that may be merged with its neighbours.
+struct Apply {
+    events: Vec<Event>,
+    now: Timestamp,
+    outcomes: Option<Result<Vec<Outcome>>>,
+    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+}
+
+impl Job for Apply {
+    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+        let now = self.now;
+        let outcomes = catch_unwind(AssertUnwindSafe(|| apply_batch(tx, self.events.iter().map(|event| (event, now)))))
+            .unwrap_or_else(|_| Err(Error::Commit("applying the events panicked; see the log".into())));
+        let ok = outcomes.is_ok();
+        self.outcomes = Some(outcomes);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: std::result::Result<(), &str>) {
+        let _ = self.reply.send(settle(committed, self.outcomes));
+    }
+
+    fn events(&self) -> Option<(&[Event], Timestamp)> {
+        Some((&self.events, self.now))
+    }
+
+    fn applied(&mut self, outcomes: Vec<Outcome>) {
+        self.outcomes = Some(Ok(outcomes));
+    }
+}
+
+/// A write's answer: its value if it ran and the group committed, else why not.
+fn settle<T>(committed: std::result::Result<(), &str>, value: Option<Result<T>>) -> Result<T> {
+    match (committed, value) {
+        // A failed job's own error says more than the commit of the others.
+        (_, Some(Err(err))) => Err(err),
+        (Ok(()), Some(value)) => value,
+        (Ok(()), None) => Err(Error::Commit("the write never ran".into())),
+        (Err(reason), _) => Err(Error::Commit(reason.to_owned())),
+    }
 }
 
 struct Pending<T, F> {
@@ -49,15 +104,8 @@ impl<T: Send, F: FnOnce(&Transaction<'_>) -> Result<T> + Send> Job for Pending<T
     }
 
     fn answer(self: Box<Self>, committed: std::result::Result<(), &str>) {
-        let answer = match (committed, self.value) {
-            // A failed job's own error says more than the commit of the others.
-            (_, Some(Err(err))) => Err(err),
-            (Ok(()), Some(value)) => value,
-            (Ok(()), None) => Err(Error::Commit("the write never ran".into())),
-            (Err(reason), _) => Err(Error::Commit(reason.to_owned())),
-        };
         // The caller may have gone (a client hung up): its write stands or falls the same.
-        let _ = self.reply.send(answer);
+        let _ = self.reply.send(settle(committed, self.value));
     }
 }
 
@@ -92,9 +140,19 @@ impl GroupWriter {
         work: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(Pending { work: Some(work), value: None, reply });
-        self.jobs.send(job).await.map_err(|_| writer_gone())?;
+        self.send(Box::new(Pending { work: Some(work), value: None, reply })).await?;
         answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Applies an event batch received at `now` in the next group; its outcomes once durable.
+    pub(super) async fn apply(&self, events: Vec<Event>, now: Timestamp) -> Result<Vec<Outcome>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Box::new(Apply { events, now, outcomes: None, reply })).await?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    async fn send(&self, job: Box<dyn Job>) -> Result<()> {
+        self.jobs.send(job).await.map_err(|_| writer_gone())
     }
 }
 
@@ -126,17 +184,48 @@ fn write_groups(mut connection: Connection, mut queue: mpsc::Receiver<Box<dyn Jo
     }
 }
 
-/// Runs the group's jobs in one transaction, each in a savepoint, and commits it.
+/// Runs the group's jobs in one transaction and commits it: neighbouring event batches
+/// merged, every other job in its own savepoint.
 fn run_group(connection: &mut Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for job in group.iter_mut() {
-        tx.execute_batch("SAVEPOINT job")?;
-        let end = if job.run(&tx) { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-        // Failing here means SQLite rolled the whole transaction back (a full disk, an I/O
-        // error): every job of the group, earlier ones too, then hears that it failed.
-        tx.execute_batch(end)?;
+    let mut next = 0;
+    while next < group.len() {
+        let batches = group[next..].iter().take_while(|job| job.events().is_some()).count();
+        if batches > 1 && apply_merged(&tx, &mut group[next..next + batches])? {
+            next += batches;
+            continue;
+        }
+        for job in &mut group[next..next + batches.max(1)] {
+            tx.execute_batch("SAVEPOINT job")?;
+            let end = if job.run(&tx) { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            // Failing here means SQLite rolled the whole transaction back (a full disk, an I/O
+            // error): every job of the group, earlier ones too, then hears that it failed.
+            tx.execute_batch(end)?;
+        }
+        next += batches.max(1);
     }
     tx.commit()
+}
+
+/// Applies neighbouring event batches as one; false (and nothing written) when that failed.
+fn apply_merged(tx: &Transaction<'_>, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<bool> {
+    tx.execute_batch("SAVEPOINT merged")?;
+    let events = jobs
+        .iter()
+        .filter_map(|job| job.events())
+        .flat_map(|(events, now)| events.iter().map(move |event| (event, now)));
+    let applied = catch_unwind(AssertUnwindSafe(|| apply_batch(tx, events)));
+    let Ok(Ok(outcomes)) = applied else {
+        tx.execute_batch("ROLLBACK TO merged; RELEASE merged")?;
+        return Ok(false);
+    };
+    tx.execute_batch("RELEASE merged")?;
+    let mut outcomes = outcomes.into_iter();
+    for job in jobs {
+        let count = job.events().map_or(0, |(events, _)| events.len());
+        job.applied(outcomes.by_ref().take(count).collect());
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -254,5 +343,102 @@ mod tests {
         other.execute_batch("COMMIT").expect("other commits");
         assert_eq!(writer.write(|tx| insert(tx, 4)).await.expect("next write"), 4);
         assert_eq!(rows(&path), vec![4, 100], "nothing of the failed group was stored");
+    }
+
+    fn log_line(id: &str, run: &crate::run::RunId) -> crate::event::Event {
+        let serde_json::Value::Object(object) = serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "pod://test", "type": "ai.run.log",
+            "subject": format!("run/{run}"), "time": "2026-12-01T10:00:00Z", "data": {"message": id},
+        }) else {
+            unreachable!("an object literal")
+        };
+        crate::event::from_json_object(object, crate::time::Timestamp::now()).expect("a valid event")
+    }
+
+    /// Holds the store's writer, applies `batches` concurrently behind it (so that they all
+    /// wait for one group), lets it go; the batches' answers.
+    async fn apply_behind_a_busy_writer(
+        store: &crate::store::sqlite::SqliteStore,
+        batches: Vec<Vec<crate::event::Event>>,
+    ) -> Vec<Result<Vec<crate::store::Outcome>>> {
+        use crate::store::Store;
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = store.clone();
+        let first = tokio::spawn(async move {
+            holder
+                .write(move |_| {
+                    let _ = started.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+        });
+        running.await.expect("the first job runs");
+        let count = batches.len();
+        let applying: Vec<_> = batches
+            .into_iter()
+            .map(|events| {
+                let store = store.clone();
+                tokio::spawn(async move { store.apply_events(events, crate::time::Timestamp::now()).await })
+            })
+            .collect();
+        while store.inner.writer.jobs.capacity() != QUEUE_DEPTH - count {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("release");
+        first.await.expect("first").expect("first job");
+        let mut answers = Vec::new();
+        for applied in applying {
+            answers.push(applied.await.expect("apply task"));
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn neighbouring_event_batches_are_applied_as_one_and_a_failing_one_fails_alone() {
+        use crate::store::sqlite::SqliteStore;
+        use crate::store::{EventFilter, Outcome, Store};
+        use crate::time::Timestamp;
+
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open");
+        let new_run = || crate::run::NewRun::new(serde_json::json!({}));
+        let good = store.enqueue(new_run(), Timestamp::now()).await.expect("enqueue").id;
+        let broken = store.enqueue(new_run(), Timestamp::now()).await.expect("enqueue").id;
+        let rev = |store: &SqliteStore| {
+            let (store, good) = (store.clone(), good.clone());
+            async move { store.get(&good).await.expect("get").expect("run").rev }
+        };
+
+        // Three requests' batches for one run: its document is written once for all three.
+        let before = rev(&store).await;
+        let batches = vec![
+            vec![log_line("a1", &good), log_line("a2", &good)],
+            vec![log_line("a3", &good)],
+            vec![log_line("a4", &good)],
+        ];
+        let answers = apply_behind_a_busy_writer(&store, batches).await;
+        assert!(answers.iter().all(|answer| answer.as_ref().is_ok_and(|o| o.iter().all(|o| *o == Outcome::Applied))));
+        assert_eq!(rev(&store).await, before + 1, "one write of the run for the merged batches");
+
+        // One batch fails (its run's document is unreadable): the others still apply.
+        let id = broken.to_string();
+        store
+            .write(move |tx| Ok(tx.execute("UPDATE runs SET doc = 'not a run' WHERE id = ?1", [id])?))
+            .await
+            .expect("break a run document");
+        let commits = store.commits();
+        let batches = vec![vec![log_line("b1", &good)], vec![log_line("x1", &broken)], vec![log_line("b2", &good)]];
+        let answers = apply_behind_a_busy_writer(&store, batches).await;
+        assert_eq!(answers[0].as_ref().ok(), Some(&vec![Outcome::Applied]));
+        assert!(matches!(answers[1], Err(Error::Corrupt { .. })), "{:?}", answers[1]);
+        assert_eq!(answers[2].as_ref().ok(), Some(&vec![Outcome::Applied]));
+        assert_eq!(store.commits() - commits, 2, "the holder's commit, then one for the three batches");
+        let stored = store.list_events(&good, &EventFilter::default()).await.expect("events");
+        let ids: Vec<_> = stored.items.iter().map(|stored| stored.event.id.0.as_str()).collect();
+        assert_eq!(ids, ["a1", "a2", "a3", "a4", "b1", "b2"]);
+        let broken_events = store.list_events(&broken, &EventFilter::default()).await.expect("events");
+        assert!(broken_events.items.is_empty(), "the failed batch left nothing");
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, Transaction};
 
-use self::events::{apply_batch, load_hypothesis};
+use self::events::load_hypothesis;
 use self::group::GroupWriter;
 use self::ideation::load_ideation;
 use self::pages::{Direction, events_page};
@@ -158,7 +158,7 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |tx| apply_batch(tx, &events, now)).await
+        self.inner.writer.apply(events, now).await
     }
 
     async fn list_events(&self, run_id: &RunId, filter: &EventFilter) -> Result<Page<StoredEvent>> {
