@@ -5,6 +5,7 @@ use std::path::Path;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter};
 
+use super::event_rows::id_column;
 use super::runs::parse_run;
 use crate::run::Run;
 use crate::store::{Error, Result};
@@ -147,6 +148,19 @@ fn compact_events(tx: &Transaction<'_>) -> Result<()> {
     let highest: Option<i64> =
         tx.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'events'", [], |row| row.get(0)).optional()?;
     tx.execute_batch(MIGRATION_2)?;
+    // Ids as new events store them, so that a resent old event is still caught as a duplicate.
+    let ids: Vec<(i64, String)> = {
+        let mut statement = tx.prepare("SELECT pos, event_id FROM events")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut update = tx.prepare("UPDATE events SET event_id = ?1 WHERE pos = ?2")?;
+    for (pos, id) in ids {
+        let column = id_column(&id);
+        if !matches!(column, SqlValue::Text(_)) {
+            update.execute(params![column, pos])?;
+        }
+    }
     if let Some(highest) = highest {
         tx.execute("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'events'", [highest])?;
     }
@@ -218,9 +232,9 @@ mod tests {
 
     use super::*;
     use crate::run::{NewRun, Pod, RunStatus, StageTiming};
-    use crate::store::Store;
     use crate::store::sqlite::SqliteStore;
     use crate::store::sqlite::runs::{insert_run, to_json};
+    use crate::store::{Outcome, Store};
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_millis(1_761_159_600_000 + seconds * 1000)
@@ -286,9 +300,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("v1.sqlite");
         let run = Run::queued(NewRun::new(json!({"title": "v1"})), at(0));
+        let ulid = ulid::Ulid::generate().to_string();
+        let uuid = uuid::Uuid::new_v4().to_string();
         let event = |n: i64, subject: Option<&str>| {
+            let id = match n {
+                1 => ulid.clone(),
+                2 => uuid.clone(),
+                n => format!("e{n}"),
+            };
             let mut object = json!({
-                "specversion": "1.0", "id": format!("e{n}"), "source": "pod://old", "type": "ai.run.log",
+                "specversion": "1.0", "id": id, "source": "pod://old", "type": "ai.run.log",
                 "time": at(n).to_string(), "seq": n, "data": {"message": format!("line {n}"), "run_id": run.id.as_str()},
             });
             if let Some(subject) = subject {
@@ -330,8 +351,12 @@ mod tests {
         let read: Vec<_> = page.items.iter().map(|stored| (stored.cursor.as_str(), &stored.event)).collect();
         assert_eq!(read, [("10", &old[0]), ("11", &old[1]), ("12", &old[2])]);
         assert!(page.items.iter().all(|stored| stored.received_at == at(20)));
+        let resent = store.apply_events(vec![event(1, None), event(2, None)], at(30)).await.expect("resent");
+        assert_eq!(resent, [Outcome::Duplicate, Outcome::Duplicate], "old ULID and UUID ids still deduplicate");
         store.apply_events(vec![event(4, None)], at(30)).await.expect("a new event");
         let page = store.list_events(&run.id, &Default::default()).await.expect("events");
-        assert_eq!(page.items.last().map(|stored| stored.cursor.as_str()), Some("41"));
+        assert_eq!(page.items.len(), 4, "the three old events and the new one");
+        let newest: i64 = page.items[3].cursor.parse().expect("a position");
+        assert!(newest > 40, "the new event goes after every position handed out, got {newest}");
     }
 }
