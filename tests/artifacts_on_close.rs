@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 #[path = "common/recorder.rs"]
 mod recorder;
 
-use recorder::Deliveries;
+use recorder::{Deliveries, Delivery};
 
 /// Longer than any test: nothing settles while one runs.
 const NEVER: Duration = Duration::from_secs(3600);
@@ -43,7 +43,7 @@ impl Watched {
         std::fs::create_dir_all(&run_dir).expect("mkdir");
         leases_answer(temp.path());
         let run_id: RunId = "run-close".parse().expect("run id");
-        let (stream, run_stream, events) = recorder::open(&temp.path().join("spool"), &run_id).await;
+        let (stream, run_stream, events) = recorder::open(&temp.path().join("spool"), &run_id, Delivery::AtOnce).await;
         let mut settings = Settings::new(Some(ArtifactStore::local(&store_dir).expect("local store")));
         settings.settle = settle;
         let mut monitor = Monitor::start(settings, run_id, run_dir.clone(), run_stream);

@@ -1,6 +1,6 @@
 //! A control plane that serves no queue and hands each event delivered to it, with the time
 //! it arrived, to a channel; and the worker's own event stream (spool, writer thread,
-//! sender) in front of it, delivering each event as soon as it is spooled. What the
+//! sender) in front of it. What the
 //! run-directory monitor reports reaches the recorder the way it reaches a real control
 //! plane. Used by `tests/artifacts_on_close.rs` and `benches/artifacts.rs` with `#[path]`.
 
@@ -83,12 +83,23 @@ impl ControlPlane for Recorder {
     }
 }
 
-/// The event stream a worker opens, spooling in `spool_dir` and delivering to a recorder
-/// as soon as an event is spooled; `run_id`'s claim 1 on it; and what the recorder gets.
-pub async fn open(spool_dir: &Path, run_id: &RunId) -> (EventStream, RunStream, Deliveries) {
+/// How the stream in front of the recorder batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Each event as soon as it is spooled.
+    AtOnce,
+    /// As `scientist work` does: 50 at a time, or once the oldest waited a second.
+    Worker,
+}
+
+/// The event stream a worker opens, spooling in `spool_dir` and delivering to a recorder;
+/// `run_id`'s claim 1 on it; and what the recorder gets.
+pub async fn open(spool_dir: &Path, run_id: &RunId, delivery: Delivery) -> (EventStream, RunStream, Deliveries) {
     let (delivered, received) = mpsc::unbounded_channel();
     let mut config = StreamConfig::new(spool_dir.to_owned(), "pod://recorder".into());
-    config.batch_events = 1;
+    if delivery == Delivery::AtOnce {
+        config.batch_events = 1;
+    }
     let stream = EventStream::open(config, Arc::new(Recorder { delivered })).expect("open the event stream");
     let run_stream = stream.begin(run_id, 1, 0).await.expect("begin the run's stream");
     (stream, run_stream, Deliveries { received, seen: Vec::new() })
