@@ -69,11 +69,7 @@ impl Watched {
 
     /// Every registration of `relative` seen so far, as sha256s in order.
     fn registrations(&self, relative: &str) -> Vec<String> {
-        self.events
-            .about(REGISTERED, relative)
-            .iter()
-            .map(|delivered| delivered.data_text("sha256").expect("a sha256").to_owned())
-            .collect()
+        registrations(&self.events, relative)
     }
 
     /// Ends the run: the monitor's final sweep and uploads, then every event delivered.
@@ -95,11 +91,7 @@ struct Ended {
 
 impl Ended {
     fn registrations(&self, relative: &str) -> Vec<String> {
-        self.events
-            .about(REGISTERED, relative)
-            .iter()
-            .map(|delivered| delivered.data_text("sha256").expect("a sha256").to_owned())
-            .collect()
+        registrations(&self.events, relative)
     }
 
     /// The object stored for `relative`.
@@ -107,6 +99,15 @@ impl Ended {
         let object = self.store_dir.join("runs/run-close").join(relative);
         std::fs::read(&object).unwrap_or_else(|err| panic!("reading {}: {err}", object.display()))
     }
+}
+
+/// The sha256s of `relative`'s registrations among `events`, in order.
+fn registrations(events: &Deliveries, relative: &str) -> Vec<String> {
+    events
+        .about(REGISTERED, relative)
+        .iter()
+        .map(|delivered| delivered.data_text("sha256").expect("a sha256").to_owned())
+        .collect()
 }
 
 /// The close path needs the kernel to say whether a file is open for writing; a file system
