@@ -1,6 +1,7 @@
 //! The run-directory monitor: while a run's pipeline runs, the worker watches its directory
-//! (notify, no polling), uploads artifacts once they settle (and again when their content
-//! changes) and tails `*.log` files into `ai.run.log` events; when the run ends a final
+//! (notify, no polling), uploads artifacts as soon as their writer closed them and nobody
+//! else writes them, or once they settle (a file kept open, a rewrite; and again when their
+//! content changes) and tails `*.log` files into `ai.run.log` events; when the run ends a final
 //! sweep catches what was written last. It owns no process and never blocks the child:
 //! it only reads files and queues events on the run's stream.
 //!
@@ -9,8 +10,9 @@
 //! descriptor is what is checked), and the watch does not enter linked folders. A link is
 //! reported once, as `ai.artifact.failed`.
 //!
-//! `classify` (which files), `settle` (debouncing), `watch` (notify), `beneath` (opening
-//! without links), `upload` (object_store, sha256), `tail` (one log file), `metrics`
+//! `classify` (which files), `settle` (debouncing), `watch` (notify), `writers` (whether a
+//! file is still open for writing), `beneath` (opening without links), `upload`
+//! (object_store, sha256), `tail` (one log file), `metrics`
 //! (`metrics.json` values), `record` (what earlier attempts reported). The loop over one
 //! run is `looking` (with its artifact uploads in `looking::artifacts` and its log tails in
 //! `looking::logs`); this file is the monitor's face: settings, start, finish, report.
@@ -24,6 +26,7 @@ pub mod settle;
 pub mod tail;
 pub mod upload;
 pub mod watch;
+pub mod writers;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,7 +46,8 @@ use crate::run::RunId;
 pub struct Settings {
     /// Where artifacts go; `None`: they are detected but not uploaded.
     pub artifacts: Option<ArtifactStore>,
-    /// A file is uploaded once no change was seen on it for this long.
+    /// A file nobody closed (or that is rewritten) is uploaded once no change was seen on it
+    /// for this long.
     pub settle: Duration,
     /// Files uploaded at once.
     pub uploads: usize,
@@ -71,6 +75,7 @@ pub struct Report {
 /// A running monitor; [`Monitor::finish`] ends it.
 pub struct Monitor {
     finish: oneshot::Sender<Instant>,
+    watching: Option<oneshot::Receiver<()>>,
     task: tokio::task::JoinHandle<Report>,
 }
 
@@ -81,6 +86,7 @@ impl Monitor {
     /// where they stopped.
     pub fn start(settings: Settings, run_id: RunId, dir: PathBuf, stream: RunStream) -> Monitor {
         let (finish, finished) = oneshot::channel();
+        let (watching_tx, watching) = oneshot::channel();
         let task = tokio::spawn(async move {
             let dir = match RunDir::open(&dir) {
                 Ok(dir) => dir,
@@ -96,10 +102,19 @@ impl Monitor {
                 }
             };
             let mut looking = Looking::new(settings, run_id, dir, stream);
-            looking.run(finished).await;
+            looking.run(watching_tx, finished).await;
             looking.report
         });
-        Monitor { finish, task }
+        Monitor { finish, watching: Some(watching), task }
+    }
+
+    /// Waits until the run directory is watched and what was already in it listed: a file
+    /// written from then on raises an event (tests and benchmarks write then). Returns at
+    /// once when the directory could not be opened.
+    pub async fn watching(&mut self) {
+        if let Some(watching) = self.watching.take() {
+            let _ = watching.await;
+        }
     }
 
     /// The run ended: sweeps the directory for what no event announced yet, reads the logs

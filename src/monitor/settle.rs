@@ -57,6 +57,11 @@ impl<K: Hash + Eq + Clone> Settler<K> {
         due
     }
 
+    /// Stops waiting for `key`: it was handled another way (closed by its writer).
+    pub fn forget(&mut self, key: &K) {
+        self.changed.remove(key);
+    }
+
     /// Removes and returns every waiting key, due or not (the run ended).
     pub fn take_all(&mut self) -> Vec<K> {
         self.changed.drain().map(|(key, _)| key).collect()
@@ -137,6 +142,17 @@ mod tests {
         settler.touch("a.png", at(start, 1000));
         settler.touch("a.png", at(start, 0));
         assert_eq!(settler.next_due(), Some(at(start, 3000)));
+    }
+
+    #[test]
+    fn a_forgotten_file_is_no_longer_due() {
+        let start = Instant::now();
+        let mut settler = Settler::new(QUIET, MAX_WAIT);
+        settler.touch("a.png", start);
+        settler.touch("b.png", start);
+        settler.forget(&"a.png");
+        assert_eq!(settler.take_due(at(start, 2000)), vec!["b.png"]);
+        assert_eq!(settler.next_due(), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, EventKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{Config, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -22,10 +22,15 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 /// What changed in the watched directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// These files were created, written, closed after writing or renamed into place.
+    /// These files were created, written or renamed away: they wait to settle.
     Files(Vec<PathBuf>),
+    /// These files were closed after writing (inotify's IN_CLOSE_WRITE: the last descriptor
+    /// of one open was closed) or renamed into place: their writer may be done. Backends
+    /// without close events never say it, and their files wait to settle.
+    Closed(Vec<PathBuf>),
     /// A folder appeared. notify adds its watch only after reporting it, so files written
-    /// into it before that raise no event: the monitor scans it once it has settled.
+    /// into it before that raise no event: the monitor scans it at once, and again shortly
+    /// after.
     Folder(PathBuf),
     /// Events were lost (the channel or the kernel's queue overflowed): scan everything.
     Rescan,
@@ -110,10 +115,13 @@ impl Changes {
 fn change_of(event: notify::Event) -> Option<Change> {
     match event.kind {
         EventKind::Create(CreateKind::Folder) => event.paths.into_iter().next().map(Change::Folder),
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Change::Closed(event.paths)),
+        // inotify reports a rename's two paths as `From` and `To` as well.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
         EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => {
             Some(Change::Files(event.paths))
         }
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Files(event.paths)),
         EventKind::Access(_) | EventKind::Remove(_) => None,
     }
 }
@@ -137,13 +145,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_and_new_folders_are_seen() {
+    async fn writes_closes_renames_and_new_folders_are_seen() {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical");
         let (_watcher, mut changes) = watch(&root).expect("watch");
         let plot = root.join("loss.png");
         std::fs::write(&plot, b"png").expect("write");
         wait_for(&mut changes, |change| matches!(change, Change::Files(paths) if paths.contains(&plot))).await;
+        wait_for(&mut changes, |change| matches!(change, Change::Closed(paths) if paths.contains(&plot))).await;
+        let renamed = root.join("model.pt");
+        std::fs::write(root.join(".model.pt.tmp"), b"pt").expect("write");
+        std::fs::rename(root.join(".model.pt.tmp"), &renamed).expect("rename");
+        wait_for(&mut changes, |change| matches!(change, Change::Closed(paths) if paths.contains(&renamed))).await;
         let folder = root.join("Stage_1");
         std::fs::create_dir(&folder).expect("mkdir");
         wait_for(&mut changes, |change| *change == Change::Folder(folder.clone())).await;

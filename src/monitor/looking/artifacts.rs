@@ -1,22 +1,38 @@
 //! What becomes of one artifact file: compared with the version stored, uploaded with
 //! bounded concurrency (the rest wait their turn), registered or failed, and for
 //! `metrics.json` its changed values sent as `ai.run.stage_metric`.
+//!
+//! A file is looked at when it settled, or at once when its writer closed it. A closed file
+//! is uploaded only if nobody has it open for writing (`writers`), and registered only if,
+//! after the upload, it is still the same version with still nobody writing it; else it
+//! waits to settle, as does every later change of a file once uploaded on close (a rewrite).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use super::{Looking, path_text};
+use super::{FileState, Looking, path_text};
 use crate::capture::queue;
 use crate::emit::Draft;
 use crate::event::payload::{ArtifactDetected, ArtifactFailed, ArtifactRegistered, StageMetric};
 use crate::monitor::beneath::BeneathError;
-use crate::monitor::classify;
+use crate::monitor::classify::{self, Class};
 use crate::monitor::metrics;
 use crate::monitor::record::Version;
 use crate::monitor::upload::{UploadError, Uploaded};
+use crate::monitor::writers::{Writers, writers};
 use crate::run::Stage;
+
+/// Why a file is looked at now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ready {
+    /// No change was seen on it for the settle time (or the run ended).
+    Settled,
+    /// Its writer closed it (or renamed it into place).
+    Closed,
+}
 
 /// One upload's end, back in the loop.
 pub(super) struct Finished {
@@ -25,14 +41,31 @@ pub(super) struct Finished {
     version: Version,
     key: String,
     outcome: Result<Uploaded, UploadError>,
+    /// An upload on close found the file changed, or open for writing, once it was done:
+    /// what was stored may be half a version, and is not registered.
+    changed: bool,
     /// `metrics.json`'s values, read after the upload.
     metrics: Option<metrics::Metrics>,
 }
 
 impl Looking {
-    /// A settled file: uploaded if it differs from the version stored. The file is opened
-    /// here, once: what is compared, uploaded and hashed is that open file.
-    pub(super) async fn consider(&mut self, relative: PathBuf) {
+    /// A file its writer closed: looked at now, unless it was uploaded on close before (a
+    /// rewrite waits to settle). A log is read at the next tick.
+    pub(super) async fn on_closed(&mut self, relative: PathBuf, now: Instant) {
+        let Some(Class::Artifact(kind)) = classify::classify(&relative) else {
+            return self.on_file(relative, now);
+        };
+        let state = self.files.entry(relative.clone()).or_insert_with(|| FileState::new(kind));
+        if state.closed_once {
+            self.settler.touch(relative, now);
+        } else {
+            self.consider(relative, Ready::Closed).await;
+        }
+    }
+
+    /// A file that is `ready`: uploaded if it differs from the version stored. The file is
+    /// opened here, once: what is compared, uploaded and hashed is that open file.
+    pub(super) async fn consider(&mut self, relative: PathBuf, ready: Ready) {
         let Some(state) = self.files.get_mut(&relative) else { return };
         if state.in_flight {
             state.dirty = true;
@@ -53,6 +86,11 @@ impl Looking {
         if state.stored.as_ref().is_some_and(|stored| stored.same_file(&version)) {
             return;
         }
+        // Another descriptor still writes it (or the kernel cannot say): it waits to settle.
+        if ready == Ready::Closed && writers(&file) != Writers::None {
+            self.settler.touch(relative, Instant::now());
+            return;
+        }
         if !state.detected {
             state.detected = true;
             let detected = ArtifactDetected {
@@ -69,13 +107,31 @@ impl Looking {
                 state.stored = Some(version);
                 self.record_dirty = true;
             }
+            if ready == Ready::Closed {
+                self.settler.forget(&relative);
+            }
             return;
         };
         let Some(state) = self.files.get_mut(&relative) else { return };
         if self.uploads.len() >= self.settings.uploads.max(1) {
             state.queued = true;
-            self.waiting.push_back(relative);
+            self.waiting.push_back((relative, ready));
             return;
+        }
+        // A second descriptor of the same open file, to look at it again after the upload.
+        let check = match ready {
+            Ready::Settled => None,
+            Ready::Closed => match file.try_clone() {
+                Ok(check) => Some(check),
+                Err(_) => {
+                    self.settler.touch(relative, Instant::now());
+                    return;
+                }
+            },
+        };
+        if check.is_some() {
+            state.closed_once = true;
+            self.settler.forget(&relative);
         }
         state.in_flight = true;
         let key = artifacts.key(&self.run_id, &relative);
@@ -85,13 +141,14 @@ impl Looking {
             // A second descriptor of the same open file: the values are those of the version uploaded.
             let values = if is_metrics { file.try_clone().ok() } else { None };
             let outcome = artifacts.upload(file, &relative, &key, content_type).await;
+            let changed = outcome.is_ok() && check.is_some_and(|check| !unchanged(&check, &version));
             let metrics = match (&outcome, values) {
                 (Ok(_), Some(mut values)) => {
                     tokio::task::spawn_blocking(move || metrics::read(&mut values)).await.ok().flatten()
                 }
                 _ => None,
             };
-            Finished { relative, version, key: key.to_string(), outcome, metrics }
+            Finished { relative, version, key: key.to_string(), outcome, changed, metrics }
         });
     }
 
@@ -105,11 +162,16 @@ impl Looking {
                 return;
             }
         };
-        let Finished { relative, mut version, key, outcome, metrics } = finished;
+        let Finished { relative, mut version, key, outcome, changed, metrics } = finished;
         let Some(state) = self.files.get_mut(&relative) else { return };
         state.in_flight = false;
         let kind = state.kind;
         match outcome {
+            Ok(_) if changed => {
+                // Written again while it went up: stored again once it settles.
+                tracing::debug!(file = %relative.display(), "an artifact changed during its upload on close");
+                state.dirty = true;
+            }
             Ok(uploaded) => {
                 let new = state.stored.as_ref().and_then(|stored| stored.sha256.as_ref()) != Some(&uploaded.sha256);
                 version.sha256 = Some(uploaded.sha256.clone());
@@ -146,18 +208,18 @@ impl Looking {
             && std::mem::take(&mut state.dirty)
         {
             if self.ending {
-                self.consider(relative).await;
+                self.consider(relative, Ready::Settled).await;
             } else {
                 self.settler.touch(relative, Instant::now());
             }
         }
         while self.uploads.len() < self.settings.uploads.max(1)
-            && let Some(next) = self.waiting.pop_front()
+            && let Some((next, ready)) = self.waiting.pop_front()
         {
             if let Some(state) = self.files.get_mut(&next) {
                 state.queued = false;
             }
-            self.consider(next).await;
+            self.consider(next, ready).await;
         }
     }
 
@@ -176,4 +238,10 @@ impl Looking {
             self.reported_metrics.insert(name, value);
         }
     }
+}
+
+/// Whether `file` is still `version`, with nobody writing it: what an upload on close read
+/// from it was one whole version.
+fn unchanged(file: &File, version: &Version) -> bool {
+    file.metadata().is_ok_and(|metadata| Version::of(&metadata).same_file(version)) && writers(file) == Writers::None
 }

@@ -1,6 +1,6 @@
-//! The loop over one run's directory: changes from notify, settled files, finished
-//! uploads, log ticks, until the run ends; then the final sweep and the record for a later
-//! attempt. What becomes of an artifact is `artifacts`, of a log file `logs`.
+//! The loop over one run's directory: changes from notify, files closed by their writer or
+//! settled, finished uploads, log ticks, until the run ends; then the final sweep and the
+//! record for a later attempt. What becomes of an artifact is `artifacts`, of a log file `logs`.
 
 mod artifacts;
 mod logs;
@@ -13,7 +13,7 @@ use serde_json::Map;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use self::artifacts::Finished;
+use self::artifacts::{Finished, Ready};
 use super::beneath::{BeneathError, EntryKind, RunDir};
 use super::classify::{Class, Kind, classify};
 use super::record::{self, Record, Version};
@@ -32,6 +32,10 @@ const LOG_TICK: Duration = Duration::from_millis(250);
 /// A file that never stops changing is still uploaded this often.
 const MAX_SETTLE_WAIT: Duration = Duration::from_secs(60);
 
+/// A new folder is scanned again this long after it appeared (or after the settle time, if
+/// shorter), for files written into it before notify watched it.
+const FOLDER_RESCAN: Duration = Duration::from_millis(250);
+
 /// The record of what was reported is written at most this often (and at the end).
 const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -48,6 +52,8 @@ struct FileState {
     dirty: bool,
     /// Waiting for an upload slot.
     queued: bool,
+    /// An upload on close was started: later changes are rewrites, which wait to settle.
+    closed_once: bool,
 }
 
 /// The monitor's state for one run. Paths are relative to the run directory.
@@ -60,7 +66,7 @@ pub(super) struct Looking {
     watcher: Option<watch::DirWatcher>,
     files: HashMap<PathBuf, FileState>,
     settler: Settler<PathBuf>,
-    /// New folders (the empty path: all of them), scanned once they settled (see
+    /// New folders (the empty path: all of them), scanned again once they settled (see
     /// `watch::Change::Folder`).
     folders: Settler<PathBuf>,
     tails: HashMap<PathBuf, LogTail>,
@@ -75,7 +81,7 @@ pub(super) struct Looking {
     /// Logs with news since they were last read.
     logs_pending: HashSet<PathBuf>,
     uploads: JoinSet<Finished>,
-    waiting: VecDeque<PathBuf>,
+    waiting: VecDeque<(PathBuf, Ready)>,
     /// The values of `metrics.json` already sent as `ai.run.stage_metric`.
     reported_metrics: BTreeMap<String, f64>,
     /// The run ended: a file changed during its upload is uploaded again at once.
@@ -94,7 +100,7 @@ impl Looking {
             watcher: None,
             files: HashMap::new(),
             settler: Settler::new(settle, MAX_SETTLE_WAIT),
-            folders: Settler::new(settle, settle),
+            folders: Settler::new(FOLDER_RESCAN.min(settle), settle),
             tails: HashMap::new(),
             log_offsets: BTreeMap::new(),
             refused: HashSet::new(),
@@ -110,7 +116,9 @@ impl Looking {
         }
     }
 
-    pub(super) async fn run(&mut self, mut finished: oneshot::Receiver<Instant>) {
+    /// Watches until `finished` says the run ended; `watching` is told once the directory
+    /// is watched and what was there already listed.
+    pub(super) async fn run(&mut self, watching: oneshot::Sender<()>, mut finished: oneshot::Receiver<Instant>) {
         // Watch first, then take stock: a file written in between is seen twice, never missed.
         let mut changes = match watch::watch(self.dir.path()) {
             Ok((watcher, changes)) => {
@@ -128,6 +136,7 @@ impl Looking {
             }
         };
         self.take_stock().await;
+        let _ = watching.send(());
         let mut tick = tokio::time::interval(LOG_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let deadline = loop {
@@ -141,7 +150,7 @@ impl Looking {
             tokio::select! {
                 // Cancel-safe: an mpsc receive. (The channel closes only with the watcher,
                 // which lives until `end`.)
-                Some(change) = next_change(&mut changes) => self.on_change(change),
+                Some(change) = next_change(&mut changes) => self.on_change(change).await,
                 // Cancel-safe: a sleep, recreated each turn.
                 () = due_sleep => self.on_due(Instant::now()).await,
                 // Cancel-safe: a finished task stays in the set until joined.
@@ -190,13 +199,15 @@ impl Looking {
         self.sweep(Path::new(""), Instant::now()).await;
     }
 
-    /// Every file under `folder` counts as changed at `now`. A folder that turned out to be a
-    /// link (swapped in after notify saw a folder there) loses its watch and is reported.
+    /// Every file under `folder` counts as changed at `now`, and as closed: one that nobody
+    /// has open for writing is looked at now (its close may have come before the watch, or
+    /// been lost with the events of an overflow). A folder that turned out to be a link
+    /// (swapped in after notify saw a folder there) loses its watch and is reported.
     async fn sweep(&mut self, folder: &Path, now: Instant) {
         match scan(&self.dir, folder) {
             Ok(found) => {
                 for relative in found {
-                    self.on_file(relative, now);
+                    self.on_closed(relative, now).await;
                 }
             }
             Err(err @ BeneathError::Link { .. }) => {
@@ -210,7 +221,7 @@ impl Looking {
         }
     }
 
-    fn on_change(&mut self, change: Change) {
+    async fn on_change(&mut self, change: Change) {
         let now = Instant::now();
         let relative = |path: &Path| path.strip_prefix(self.dir.path()).ok().map(Path::to_owned);
         match change {
@@ -220,8 +231,17 @@ impl Looking {
                     self.on_file(path, now);
                 }
             }
+            Change::Closed(paths) => {
+                let paths: Vec<PathBuf> = paths.iter().filter_map(|path| relative(path)).collect();
+                for path in paths {
+                    self.on_closed(path, now).await;
+                }
+            }
             Change::Folder(path) => {
                 if let Some(folder) = relative(&path) {
+                    // What is in it already is looked at now; what comes before notify
+                    // watches it raises no event, and is found when it settled.
+                    self.sweep(&folder, now).await;
                     self.folders.touch(folder, now);
                 }
             }
@@ -229,7 +249,8 @@ impl Looking {
         }
     }
 
-    /// A file changed (or was found): logs are read at the next tick, artifacts wait to settle.
+    /// A file changed (or was found): logs are read at the next tick, artifacts wait to settle
+    /// (or for their writer to close them).
     fn on_file(&mut self, relative: PathBuf, now: Instant) {
         match classify(&relative) {
             Some(Class::Log) => {
@@ -252,7 +273,7 @@ impl Looking {
             self.sweep(&folder, now).await;
         }
         for relative in self.settler.take_due(now) {
-            self.consider(relative).await;
+            self.consider(relative, Ready::Settled).await;
         }
     }
 
@@ -263,7 +284,7 @@ impl Looking {
         self.watcher = None;
         if let Some(changes) = changes.as_mut() {
             while let Some(change) = changes.try_recv() {
-                self.on_change(change);
+                self.on_change(change).await;
             }
         }
         let now = Instant::now();
@@ -271,7 +292,7 @@ impl Looking {
         self.folders.take_all();
         self.sweep(Path::new(""), now).await;
         for relative in self.settler.take_all() {
-            self.consider(relative).await;
+            self.consider(relative, Ready::Settled).await;
         }
         self.read_logs(true).await;
         while !self.uploads.is_empty() {
@@ -339,7 +360,15 @@ impl Looking {
 
 impl FileState {
     fn new(kind: Kind) -> FileState {
-        FileState { kind, detected: false, stored: None, in_flight: false, dirty: false, queued: false }
+        FileState {
+            kind,
+            detected: false,
+            stored: None,
+            in_flight: false,
+            dirty: false,
+            queued: false,
+            closed_once: false,
+        }
     }
 }
 
