@@ -147,7 +147,7 @@ async fn claims(base: &str, store: &dyn Store) -> Figure {
                     match response.status().as_u16() {
                         200 => {
                             let run: serde_json::Value = response.json().await.expect("claimed run");
-                            claimed.push(run["id"].as_str().expect("run id").to_owned());
+                            claimed.push(run["_id"].as_str().expect("the claimed run's _id").to_owned());
                         }
                         204 => return (claimed, latencies),
                         status => panic!("claim answered {status}"),
