@@ -11,7 +11,7 @@ import uuid
 
 from . import VENV
 from .load import drive, now_ms
-from .procs import descendants, free_port, proc_table, stop, wait_healthy
+from .procs import descendants, free_port, freeze, idle_cores, proc_table, stop, wait_healthy
 
 BATCHES = (1, 50, 1000)
 CLIENTS = (1, 4, 8)
@@ -116,14 +116,19 @@ def bytes_per_point(files, points):
 def ingest(binary, work, points):
     scientist = Scientist(binary, work)
     mlflow = MLflow(work)
+    peers = (scientist, mlflow)
     try:
+        idle = {peer.name: idle_cores(peer.process.pid, 10) for peer in peers}
         rows, sent = [], {scientist.name: {}, mlflow.name: {}}
         for batch in BATCHES:
             for clients in CLIENTS:
                 per_client = points[batch, clients] // clients // batch * batch
                 row = {"batch": batch, "clients": clients, "points": per_client * clients}
-                # Cell by cell, one peer then the other, so both see the same machine state.
-                for peer in (scientist, mlflow):
+                # Cell by cell, one peer then the other, so both see the same machine state;
+                # the other one is frozen meanwhile.
+                for peer, other in ((scientist, mlflow), (mlflow, scientist)):
+                    freeze(other.process.pid, True)
+                    freeze(peer.process.pid, False)
                     runs = peer.create_runs(clients)
                     figure = drive(peer.name, peer.port, peer.process.pid, runs, batch, per_client)
                     sent[peer.name].update(figure.pop("acknowledged"))
@@ -132,7 +137,8 @@ def ingest(binary, work, points):
                           file=sys.stderr)
                 rows.append(row)
         checks = {}
-        for peer in (scientist, mlflow):
+        for peer in peers:
+            freeze(peer.process.pid, False)
             stored = peer.stored()
             acknowledged = sum(sent[peer.name].values())
             held = sum(stored.get(run, 0) for run in sent[peer.name])
@@ -140,9 +146,10 @@ def ingest(binary, work, points):
                                  "runs_off": sum(stored.get(run, 0) != n for run, n in sent[peer.name].items())}
         workers = mlflow.workers()
     finally:
-        stop(scientist.process)
-        stop(mlflow.process)
-    for peer in (scientist, mlflow):
+        for peer in peers:
+            freeze(peer.process.pid, False)
+            stop(peer.process)
+    for peer in peers:
         checks[peer.name]["bytes_per_point"] = bytes_per_point(peer.files(), checks[peer.name]["stored"])
-    return {"rows": rows, "checks": checks, "mlflow_workers": workers}
+    return {"rows": rows, "checks": checks, "mlflow_workers": workers, "idle_cores": idle}
 

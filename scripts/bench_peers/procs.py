@@ -1,5 +1,6 @@
 """Processes on this machine: their CPU and memory from /proc, servers started and stopped."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -82,3 +83,20 @@ def stop(process):
             process.kill()
             process.wait()
 
+
+def freeze(root, frozen):
+    """Stops (SIGSTOP) or resumes (SIGCONT) `root`'s whole process tree: a peer whose turn it
+    is not takes no CPU from the other (MLflow's job consumers poll even when idle)."""
+    table = proc_table()
+    for pid in descendants(table, root):
+        try:
+            os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def idle_cores(root, seconds):
+    """The CPU `root`'s tree takes while nobody talks to it."""
+    before = tree_cpu(root)
+    time.sleep(seconds)
+    return (tree_cpu(root) - before) / seconds

@@ -19,7 +19,11 @@ def render_ingest(result, cores):
     out = ["## Ingest: metric points over HTTP", "",
            "scientist: `ai.run.stage_metric` events to `/api/ingest/event` (1 a request) or `/api/ingest/events` "
            f"(NDJSON); MLflow ({result['mlflow_workers']}, its default): `runs/log-metric` (1) or `runs/log-batch`. "
-           "Keep-alive, one process per client, the same generator for both; p50/p99 per request.", "",
+           "Keep-alive, one process per client, the same generator for both; p50/p99 per request. Each peer's "
+           "cells run with the other's process tree stopped (SIGSTOP). Idle, before any load: scientist "
+           f"{result['idle_cores']['scientist']:.2f} cores, MLflow {result['idle_cores']['mlflow']:.2f} cores "
+           "(its job runner's huey consumers poll; `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false` turns them off; "
+           "left on, as `mlflow server` runs by default, and counted in its server cores below).", "",
            "| points a request | clients | points | scientist events/s | p50 / p99 ms | MLflow points/s | p50 / p99 ms "
            "| scientist / MLflow |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -29,15 +33,17 @@ def render_ingest(result, cores):
                    f"| {m['rate']:,.0f} | {m['p50']:.2f} / {m['p99']:.2f} | {s['rate'] / m['rate']:.1f}× |")
     out += ["", f"What limited each figure ({cores} cores in all). Cores = CPU seconds over the cell's wall time: "
             "the server's process tree, the generator's clients, and everything else on the machine (other builds); "
-            "busiest = the busiest client's CPU share. The machine busy (≥ 85 %) → its CPU was the limit; else a "
+            "busiest = the busiest client's CPU share; µs/pt = the server's CPU per point, which other load "
+            "on the machine changes least. The machine busy (≥ 85 %) → its CPU was the limit; else a "
             "client near 1.0 → the generator; else the server was waiting (fsync, locks).", "",
-            "| points a request | clients | scientist server / generator / other cores, busiest | limit "
-            "| MLflow server / generator / other cores, busiest | limit | retried (sci / MLflow) |",
-            "|---:|---:|---:|---|---:|---|---:|"]
+            "| points a request | clients | scientist server / generator / other cores, busiest | µs/pt | limit "
+            "| MLflow server / generator / other cores, busiest | µs/pt | limit | retried (sci / MLflow) |",
+            "|---:|---:|---:|---:|---|---:|---:|---|---:|"]
 
     def cores_used(f):
         other = max(f["machine_cores"] - f["server_cores"] - f["generator_cores"], 0)
-        return f"{f['server_cores']:.2f} / {f['generator_cores']:.2f} / {other:.2f}, {f['busiest_client']:.2f}"
+        return (f"{f['server_cores']:.2f} / {f['generator_cores']:.2f} / {other:.2f}, {f['busiest_client']:.2f} "
+                f"| {f['server_cores'] / f['rate'] * 1e6:,.0f}")
 
     for row in rows:
         s, m = row["scientist"], row["mlflow"]
