@@ -57,7 +57,9 @@ class Scientist:
     def stored(self):
         """{run id: metric events stored}."""
         with sqlite3.connect(self.store) as db:
-            return dict(db.execute("SELECT run_id, count(*) FROM events WHERE type = 'ai.run.stage_metric' GROUP BY run_id"))
+            return dict(db.execute(
+                "SELECT r.name, count(*) FROM events e JOIN names r ON r.key = e.run JOIN names t ON t.key = e.type "
+                "WHERE t.name = 'ai.run.stage_metric' GROUP BY r.name"))
 
     def files(self):
         return [self.store]
