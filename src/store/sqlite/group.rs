@@ -28,6 +28,10 @@ use crate::time::Timestamp;
 /// lock (other processes on the same file wait for it) and how much one failed commit fails.
 const MAX_GROUP: usize = 256;
 
+/// Events sharing one commit at most (a group closes once it holds this many), for the same
+/// reasons: a few large batches fill a group as well as many small writes do.
+const MAX_GROUP_EVENTS: usize = 10_000;
+
 /// Jobs waiting for the writer at most; senders beyond it wait (backpressure on ingest).
 const QUEUE_DEPTH: usize = 4096;
 
@@ -160,14 +164,19 @@ fn writer_gone() -> Error {
     Error::Commit("the writer thread stopped".into())
 }
 
-/// The thread: take every job waiting (up to [`MAX_GROUP`]), run them in one transaction,
-/// commit, answer them all.
+/// The thread: take every job waiting (up to [`MAX_GROUP`] jobs or [`MAX_GROUP_EVENTS`]
+/// events), run them in one transaction, commit, answer them all.
 fn write_groups(mut connection: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
     while let Some(first) = queue.blocking_recv() {
+        let weight = |job: &Box<dyn Job>| job.events().map_or(1, |(events, _)| events.len());
+        let mut events = weight(&first);
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && events < MAX_GROUP_EVENTS {
             match queue.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(job) => {
+                    events += weight(&job);
+                    group.push(job);
+                }
                 Err(_) => break,
             }
         }
