@@ -1,6 +1,7 @@
 //! Turns output lines (a child's, or a log file's) into log records: a level detected from the
 //! text, and a Python traceback kept together as one record instead of a dozen unrelated lines.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ pub fn level_of(line: &str) -> LogLevel {
 }
 
 /// Colour and cursor escape codes removed: logs are read in a browser, not a terminal.
-pub fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn strip_ansi(text: &str) -> Cow<'_, str> {
     ANSI.replace_all(text, "")
 }
 
@@ -79,7 +80,10 @@ impl Grouper {
             Piece::Line(text) => (text, false),
             Piece::Progress(text) => (text, true),
         };
-        let text = strip_ansi(&text).into_owned();
+        let text = match strip_ansi(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(clean) => clean,
+        };
         if in_place {
             // A progress bar ends no traceback, but it is its own record.
             let level = level_of(&text);
