@@ -51,14 +51,34 @@ pub struct HttpControlPlane {
 /// Long enough for a slow store, short enough that a hung server does not hang a pipeline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// reqwest's own default.
+const MAX_REDIRECTS: usize = 10;
+
+/// Whether `base` names an https URL (the scheme in any case).
+fn is_https(base: &str) -> bool {
+    base.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 impl HttpControlPlane {
     /// `base` is the server's root URL, e.g. `http://127.0.0.1:8080`.
     pub fn new(base: &str, token: Option<String>) -> Result<HttpControlPlane, SendError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|err| SendError::Unreachable { url: base.to_owned(), reason: err.to_string() })?;
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).tcp_nodelay(true);
+        if !is_https(base) {
+            // Loading the system's CA roots is most of a one-shot `emit`'s start-up, and a
+            // plain-HTTP control plane never needs them; a redirect to https is refused
+            // with a message that says to use the https URL instead.
+            builder = builder.tls_certs_only(Vec::new()).redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() == "https" {
+                    attempt.error("the control plane redirects to https: give its https URL")
+                } else if attempt.previous().len() >= MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }));
+        }
+        let http =
+            builder.build().map_err(|err| SendError::Unreachable { url: base.to_owned(), reason: err.to_string() })?;
         Ok(HttpControlPlane { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 
