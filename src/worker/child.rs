@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use tokio::process::{ChildStderr, ChildStdout};
 
+/// The size asked for the child's stdout and stderr pipes (Linux's default is 64 KiB, and
+/// 1 MiB the most an unprivileged process may set): what a child may write while the
+/// relay waits between reads (`relay::READ_PAUSE`) without being held back.
+pub const PIPE_BYTES: i32 = 1024 * 1024;
+
 /// How often a stopping group is checked for members still alive.
 const GONE_POLL: Duration = Duration::from_millis(20);
 
@@ -53,6 +58,8 @@ impl Child {
         let pid = process.id().ok_or_else(|| std::io::Error::other("the child exited before it could be watched"))?;
         let stdout = process.stdout.take().ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
         let stderr = process.stderr.take().ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
+        widen_pipe(&stdout);
+        widen_pipe(&stderr);
         let pgid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
         Ok((Child { process, pgid }, stdout, stderr))
     }
@@ -64,6 +71,15 @@ impl Child {
     /// Waits for the group leader to exit. Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.process.wait().await
+    }
+}
+
+/// Asks for a pipe of [`PIPE_BYTES`]; where that is refused the default stays (logged).
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own changes only its capacity.
+    let set = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    if set < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "the child's pipe keeps its default size");
     }
 }
 
@@ -229,6 +245,8 @@ async fn wait_gone(pgid: i32, escaped: &[Stat], within: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     /// Whatever a failing test leaves is killed.
@@ -247,6 +265,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_childs_pipes_hold_a_megabyte() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = BTreeMap::new();
+        let launch = Launch { dir: dir.path(), env: &env, env_removed: &[] };
+        let (mut child, stdout, stderr) = Child::spawn(&["true".to_owned()], &launch).expect("spawn");
+        for pipe in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
+            // SAFETY: F_GETPIPE_SZ reads the capacity of a pipe this test holds open.
+            let size = unsafe { libc::fcntl(pipe, libc::F_GETPIPE_SZ) };
+            assert_eq!(size, PIPE_BYTES);
+        }
+        child.wait().await.expect("reap");
     }
 
     #[tokio::test]
