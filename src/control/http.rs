@@ -276,3 +276,37 @@ fn live_unless_conflict(answer: Result<Option<Value>, SendError>) -> Result<bool
         Err(err) => Err(err.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn https_is_told_by_its_scheme_in_any_case() {
+        assert!(is_https("https://scientist.example"));
+        assert!(is_https("HTTPS://scientist.example"));
+        assert!(!is_https("http://127.0.0.1:8080"));
+        assert!(!is_https("http"));
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_control_plane_that_redirects_to_https_is_told_to_give_the_https_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut request).await.expect("read");
+            let answer = "HTTP/1.1 308 Permanent Redirect\r\nlocation: https://127.0.0.1:9/api/ingest/events\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            socket.write_all(answer.as_bytes()).await.expect("write");
+        });
+        let plane = HttpControlPlane::new(&base, None).expect("client");
+        let line: Arc<str> = Arc::from(r#"{"type":"ai.run.log"}"#);
+        let err = plane.send_lines(&[line]).await.expect_err("a redirect to https is not followed");
+        let reason = crate::errors::chain(&err);
+        assert!(reason.contains("redirects to https"), "{reason}");
+        server.await.expect("the server");
+    }
+}

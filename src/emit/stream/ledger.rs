@@ -102,3 +102,22 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_ends_the_wait_whether_it_comes_before_or_during_it() {
+        let hurry = Arc::new(Hurry::default());
+        hurry.ring();
+        // A wait that only a ring can end within the test's lifetime.
+        hurry.wait(Duration::from_secs(3600));
+        let ringer = {
+            let hurry = hurry.clone();
+            std::thread::spawn(move || hurry.ring())
+        };
+        hurry.wait(Duration::from_secs(3600));
+        ringer.join().expect("the ringer");
+    }
+}
