@@ -5,9 +5,10 @@
 //!
 //! A child that writes line by line (Python unbuffered, as the worker runs it) would wake
 //! the relay thousands of times a second; once the relay has read the pipe empty it waits
-//! [`READ_PAUSE`] before reading again, and takes whatever gathered meanwhile in one read.
-//! The pipe holds far more than a pause's worth (`child::PIPE_BYTES`), so the child is not
-//! held back; a read that fills the buffer is followed at once by the next.
+//! [`READ_PAUSE`] before reading again, and takes whatever gathered meanwhile in one read
+//! (the pipe is not watched meanwhile: `child::OutputPipe`). The pipe holds far more than a
+//! pause's worth (`child::PIPE_BYTES`), so the child is not held back; a read that fills
+//! the buffer is followed at once by the next.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
