@@ -14,7 +14,7 @@ use tracing_subscriber::{Layer, fmt};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(&cli.command) {
         Ok(runtime) => runtime,
         Err(err) => {
             notice!(error, "error: cannot start the async runtime: {err}");
@@ -29,6 +29,15 @@ fn main() -> ExitCode {
             notice!(error, "error: {}", cmd::printable(&format!("{err:#}"), cmd::Kept::TabsAndNewlines));
             ExitCode::from(cmd::exit_code(&err))
         }
+    }
+}
+
+/// A one-shot `emit` is one request at a time: a single thread, with no workers to start
+/// (one per core on a large pod). Everything else serves or watches many things at once.
+fn runtime_for(command: &cmd::Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        cmd::Command::Emit(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Runtime::new(),
     }
 }
 

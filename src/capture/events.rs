@@ -1,11 +1,8 @@
 //! The pod's events on a run's stream: the one way the worker and the monitor queue an
 //! event (a failure is logged, never fatal), and the `ai.run.log` draft of a record.
 
-use serde_json::Map;
-
 use super::Record;
 use crate::emit::{Draft, RunStream};
-use crate::event::payload;
 
 /// Queues an event on the run's stream. A stream that is gone means the worker is exiting,
 /// and the spool already holds everything queued before: the failure is logged, not returned.
@@ -18,10 +15,5 @@ pub async fn queue(stream: &RunStream, draft: Draft) {
 
 /// The `ai.run.log` event of one record, from `source` (`stdout`, `stderr`, a log file's name).
 pub fn log_draft(record: Record, source: &str) -> Draft {
-    Draft::of(&payload::Log {
-        message: record.message,
-        level: Some(record.level),
-        source: Some(source.into()),
-        extra: Map::new(),
-    })
+    Draft::log(record.message, record.level, source.into())
 }

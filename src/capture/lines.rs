@@ -39,12 +39,13 @@ impl Splitter {
         Splitter { partial: Vec::new(), after_cr: false, in_place: None, interval }
     }
 
-    pub fn feed(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<Piece>) {
-        for &byte in bytes {
+    pub fn feed(&mut self, mut bytes: &[u8], now: Instant, out: &mut Vec<Piece>) {
+        while let Some(&byte) = bytes.first() {
             match byte {
                 b'\n' => {
                     self.after_cr = false;
                     self.end_line(out);
+                    bytes = &bytes[1..];
                 }
                 b'\r' => {
                     // "\r\n" ends a line; "\r" then anything else rewrites it: wait and see.
@@ -52,13 +53,18 @@ impl Splitter {
                         self.rewrite(now, out);
                     }
                     self.after_cr = true;
+                    bytes = &bytes[1..];
                 }
                 _ => {
                     if self.after_cr {
                         self.after_cr = false;
                         self.rewrite(now, out);
                     }
-                    self.partial.push(byte);
+                    // The text up to the next line end or carriage return, copied at once.
+                    let text = bytes.iter().position(|&byte| matches!(byte, b'\n' | b'\r')).unwrap_or(bytes.len());
+                    let taken = text.min(MAX_LINE_BYTES - self.partial.len());
+                    self.partial.extend_from_slice(&bytes[..taken]);
+                    bytes = &bytes[taken..];
                     if self.partial.len() >= MAX_LINE_BYTES {
                         self.end_line(out);
                     }
@@ -167,6 +173,67 @@ mod tests {
         assert_eq!(out.last(), Some(&Piece::Progress("20%".into())));
         splitter.finish(&mut out);
         assert_eq!(out.last(), Some(&line("30%")));
+    }
+
+    /// The splitter as it was written first, a byte at a time: the reference for `feed`.
+    fn feed_bytewise(splitter: &mut Splitter, bytes: &[u8], now: Instant, out: &mut Vec<Piece>) {
+        for &byte in bytes {
+            match byte {
+                b'\n' => {
+                    splitter.after_cr = false;
+                    splitter.end_line(out);
+                }
+                b'\r' => {
+                    if splitter.after_cr {
+                        splitter.rewrite(now, out);
+                    }
+                    splitter.after_cr = true;
+                }
+                _ => {
+                    if splitter.after_cr {
+                        splitter.after_cr = false;
+                        splitter.rewrite(now, out);
+                    }
+                    splitter.partial.push(byte);
+                    if splitter.partial.len() >= MAX_LINE_BYTES {
+                        splitter.end_line(out);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn feeding_runs_of_text_splits_as_feeding_bytes(
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        4 => proptest::strategy::Just(b'x'),
+                        1 => proptest::strategy::Just(b'\n'),
+                        1 => proptest::strategy::Just(b'\r'),
+                        1 => proptest::prelude::any::<u8>(),
+                    ],
+                    0..64,
+                ),
+                0..12,
+            ),
+            long in proptest::prelude::any::<bool>(),
+        ) {
+            let start = Instant::now();
+            let (mut fast, mut reference) = (Splitter::new(Duration::from_secs(1)), Splitter::new(Duration::from_secs(1)));
+            let (mut fast_out, mut reference_out) = (Vec::new(), Vec::new());
+            for (index, chunk) in chunks.iter().enumerate() {
+                // Now and then a chunk that reaches past the line limit.
+                let chunk = if long && index == 0 { [vec![b'y'; MAX_LINE_BYTES - 3], chunk.clone()].concat() } else { chunk.clone() };
+                let now = start + Duration::from_millis(300) * index as u32;
+                fast.feed(&chunk, now, &mut fast_out);
+                feed_bytewise(&mut reference, &chunk, now, &mut reference_out);
+            }
+            fast.finish(&mut fast_out);
+            reference.finish(&mut reference_out);
+            proptest::prop_assert_eq!(fast_out, reference_out);
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Turns output lines (a child's, or a log file's) into log records: a level detected from the
 //! text, and a Python traceback kept together as one record instead of a dozen unrelated lines.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use aho_corasick::AhoCorasick;
 use regex::Regex;
 
 use super::lines::Piece;
@@ -48,8 +50,34 @@ static WARNING: LazyLock<Regex> = LazyLock::new(|| {
 });
 static DEBUG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(?:DEBUG|TRACE)\b").expect("static regex is valid"));
 
+/// Words one of which any match of `ERROR`, `WARNING` or `DEBUG` holds, in some case: an
+/// ASCII line with none of them announces no level, and skips the regexes.
+const LEVEL_WORDS: &[&str] = &[
+    "error",
+    "critical",
+    "fatal",
+    "exception",
+    "out of memory",
+    "segmentation fault",
+    "killed",
+    "warn",
+    "debug",
+    "trace",
+];
+
+static ANY_LEVEL_WORD: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(LEVEL_WORDS)
+        .unwrap_or_else(|err| panic!("the level words are invalid: {err}"))
+});
+
 /// The level a line announces; `info` when it announces none.
 pub fn level_of(line: &str) -> LogLevel {
+    // Beyond ASCII, case-insensitive matching is Unicode's: the regexes decide.
+    if line.is_ascii() && !ANY_LEVEL_WORD.is_match(line) {
+        return LogLevel::Info;
+    }
     if ERROR.is_match(line) {
         LogLevel::Error
     } else if WARNING.is_match(line) {
@@ -62,7 +90,7 @@ pub fn level_of(line: &str) -> LogLevel {
 }
 
 /// Colour and cursor escape codes removed: logs are read in a browser, not a terminal.
-pub fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn strip_ansi(text: &str) -> Cow<'_, str> {
     ANSI.replace_all(text, "")
 }
 
@@ -79,7 +107,10 @@ impl Grouper {
             Piece::Line(text) => (text, false),
             Piece::Progress(text) => (text, true),
         };
-        let text = strip_ansi(&text).into_owned();
+        let text = match strip_ansi(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(clean) => clean,
+        };
         if in_place {
             // A progress bar ends no traceback, but it is its own record.
             let level = level_of(&text);
@@ -150,6 +181,74 @@ mod tests {
         ];
         for (line, level) in cases {
             assert_eq!(level_of(line), level, "{line}");
+        }
+    }
+
+    /// `level_of` as it was before its prefilter: the regexes alone.
+    fn level_by_regexes(line: &str) -> LogLevel {
+        if ERROR.is_match(line) {
+            LogLevel::Error
+        } else if WARNING.is_match(line) {
+            LogLevel::Warning
+        } else if DEBUG.is_match(line) {
+            LogLevel::Debug
+        } else {
+            LogLevel::Info
+        }
+    }
+
+    /// Lines of pieces near every level pattern: their words in any case, cut short, glued
+    /// to others, at the start of the line or not, and plain printable runs.
+    fn near_levels() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const WORDS: &[&str] = &[
+            "ERROR",
+            "CRITICAL",
+            "FATAL",
+            "ValueError",
+            "Exception",
+            "error",
+            "fatal",
+            "out of memory",
+            "Segmentation fault",
+            "Killed",
+            "WARNING",
+            "WARN",
+            "UserWarning:",
+            "warning",
+            "DEBUG",
+            "TRACE",
+            ":",
+            " ",
+        ];
+        let word = (proptest::sample::select(WORDS), proptest::option::weighted(0.3, any::<u64>()), any::<bool>())
+            .prop_map(|(word, cases, cut)| {
+                let kept = if cut && word.len() > 1 { &word[..word.len() - 1] } else { word };
+                match cases {
+                    None => kept.to_owned(),
+                    Some(cases) => {
+                        kept.chars()
+                            .enumerate()
+                            .map(|(at, c)| {
+                                if cases >> (at % 64) & 1 == 1 {
+                                    c.to_ascii_uppercase()
+                                } else {
+                                    c.to_ascii_lowercase()
+                                }
+                            })
+                            .collect()
+                    }
+                }
+            });
+        let piece = prop_oneof![3 => word, 1 => "[ -~]{0,10}"];
+        proptest::collection::vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2048))]
+        #[test]
+        fn the_level_prefilter_changes_no_level(line in near_levels()) {
+            proptest::prop_assert_eq!(level_of(&line), level_by_regexes(&line), "{:?}", line);
         }
     }
 

@@ -51,14 +51,34 @@ pub struct HttpControlPlane {
 /// Long enough for a slow store, short enough that a hung server does not hang a pipeline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// reqwest's own default.
+const MAX_REDIRECTS: usize = 10;
+
+/// Whether `base` names an https URL (the scheme in any case).
+fn is_https(base: &str) -> bool {
+    base.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 impl HttpControlPlane {
     /// `base` is the server's root URL, e.g. `http://127.0.0.1:8080`.
     pub fn new(base: &str, token: Option<String>) -> Result<HttpControlPlane, SendError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|err| SendError::Unreachable { url: base.to_owned(), reason: err.to_string() })?;
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).tcp_nodelay(true);
+        if !is_https(base) {
+            // Loading the system's CA roots is most of a one-shot `emit`'s start-up, and a
+            // plain-HTTP control plane never needs them; a redirect to https is refused
+            // with a message that says to use the https URL instead.
+            builder = builder.tls_certs_only(Vec::new()).redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() == "https" {
+                    attempt.error("the control plane redirects to https: give its https URL")
+                } else if attempt.previous().len() >= MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }));
+        }
+        let http =
+            builder.build().map_err(|err| SendError::Unreachable { url: base.to_owned(), reason: err.to_string() })?;
         Ok(HttpControlPlane { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 
@@ -254,5 +274,39 @@ fn live_unless_conflict(answer: Result<Option<Value>, SendError>) -> Result<bool
         Ok(_) => Ok(true),
         Err(SendError::Rejected { status: 409, .. }) => Ok(false),
         Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn https_is_told_by_its_scheme_in_any_case() {
+        assert!(is_https("https://scientist.example"));
+        assert!(is_https("HTTPS://scientist.example"));
+        assert!(!is_https("http://127.0.0.1:8080"));
+        assert!(!is_https("http"));
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_control_plane_that_redirects_to_https_is_told_to_give_the_https_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut request).await.expect("read");
+            let answer = "HTTP/1.1 308 Permanent Redirect\r\nlocation: https://127.0.0.1:9/api/ingest/events\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            socket.write_all(answer.as_bytes()).await.expect("write");
+        });
+        let plane = HttpControlPlane::new(&base, None).expect("client");
+        let line: Arc<str> = Arc::from(r#"{"type":"ai.run.log"}"#);
+        let err = plane.send_lines(&[line]).await.expect_err("a redirect to https is not followed");
+        let reason = crate::errors::chain(&err);
+        assert!(reason.contains("redirects to https"), "{reason}");
+        server.await.expect("the server");
     }
 }

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::prefilter;
 use super::text::{NAME_HINT, compile};
 
 /// Words that make a name secret-like on their own.
@@ -142,7 +143,7 @@ static NAME_HINT_RE: LazyLock<Regex> = LazyLock::new(|| compile(NAME_HINT));
 
 /// The key rule (see the module doc): whether a field or variable called `name` holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
-    if !NAME_HINT_RE.is_match(name) {
+    if !prefilter::holds_a_fragment(name).unwrap_or_else(|| NAME_HINT_RE.is_match(name)) {
         return false;
     }
     let words = words(name);

@@ -9,6 +9,7 @@ use regex::{Captures, Regex, RegexSet};
 
 use super::REDACTED;
 use super::names::is_secret_name;
+use super::prefilter;
 
 /// Authorization schemes whose credential follows them after a space (`Authorization: Basic …`).
 const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "digest", "negotiate"];
@@ -78,7 +79,7 @@ static ASSIGNMENT_RE: LazyLock<Regex> = LazyLock::new(|| compile(ASSIGNMENT));
 /// `text` with every secret the text rules find replaced by [`REDACTED`]; borrowed when
 /// there was none.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
-    if !ANY_RULE.is_match(text) {
+    if !prefilter::may_match_a_rule(text) || !ANY_RULE.is_match(text) {
         return Cow::Borrowed(text);
     }
     let text = then(Cow::Borrowed(text), |text| PEM_RE.replace_all(text, REDACTED));
@@ -273,6 +274,130 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(redact_text(text), expected, "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_prefilter_knows_the_name_fragments() {
+        assert_eq!(name_fragments!(), format!("(?:{})", prefilter::NAME_FRAGMENTS.join("|")));
+    }
+
+    /// ASCII text made of probes near every rule: one of its literals in any case (now and
+    /// then cut short), a separator and a value, between plain printable runs.
+    fn near_misses() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const LITERALS: &[&str] = &[
+            "token",
+            "secret",
+            "pass",
+            "pwd",
+            "key",
+            "cred",
+            "auth",
+            "cookie",
+            "session",
+            "dsn",
+            "conn",
+            "bearer",
+            "https://user:pw@host",
+            "://",
+            "sk-",
+            "sk_live_",
+            "rk_test_",
+            "ghp_",
+            "gho_",
+            "ghu_",
+            "ghs_",
+            "ghr_",
+            "github_pat_",
+            "glpat-",
+            "hf_",
+            "AKIA",
+            "ASIA",
+            "xoxb-",
+            "AIza",
+            "npm_",
+            "eyJabcdefghij.eyJabcdefghij.",
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ];
+        const SEPARATORS: &[&str] = &["", "", "", " ", "=", ": ", "\t", "@", "\": \"", "_", "-"];
+        const VALUES: &[&str] = &["", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ", "IOSFODNN7EXAMPLE", "x"];
+        let cases = proptest::option::weighted(0.5, any::<u64>());
+        let literal = (proptest::sample::select(LITERALS), cases, proptest::option::weighted(0.2, any::<usize>()))
+            .prop_map(|(literal, cases, cut)| {
+                let keep = cut.map_or(literal.len(), |cut| cut % literal.len() + 1);
+                let kept = literal.chars().take(keep);
+                match cases {
+                    None => kept.collect::<String>(),
+                    Some(cases) => {
+                        kept.enumerate()
+                            .map(|(at, c)| {
+                                if cases >> (at % 64) & 1 == 1 {
+                                    c.to_ascii_uppercase()
+                                } else {
+                                    c.to_ascii_lowercase()
+                                }
+                            })
+                            .collect()
+                    }
+                }
+            });
+        let probe = (literal, proptest::sample::select(SEPARATORS), proptest::sample::select(VALUES))
+            .prop_map(|(literal, separator, value)| format!("{literal}{separator}{value}"));
+        let piece = prop_oneof![3 => probe, 1 => "[ -~]{0,12}"];
+        proptest::collection::vec((piece, any::<bool>()), 0..6).prop_map(|pieces| {
+            pieces.into_iter().map(|(piece, spaced)| if spaced { format!(" {piece}") } else { piece }).collect()
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
+        #[test]
+        fn the_prefilter_passes_every_text_a_rule_matches(text in near_misses()) {
+            if ANY_RULE.is_match(&text) {
+                proptest::prop_assert!(prefilter::may_match_a_rule(&text), "{:?}", text);
+            }
+            let hint = Regex::new(NAME_HINT).expect("valid");
+            proptest::prop_assert_eq!(prefilter::holds_a_fragment(&text), Some(hint.is_match(&text)));
+        }
+    }
+
+    #[test]
+    fn every_token_shape_passes_the_prefilter() {
+        // One of each rule's forms that holds no other literal of the prefilter.
+        let alnum = "abcdefghijklmnopqrstuvwxyz0123456789";
+        let samples = [
+            format!("sk-{alnum}"),
+            format!("sk_live_{alnum}"),
+            format!("rk_test_{alnum}"),
+            format!("ghp_{alnum}"),
+            format!("gho_{alnum}"),
+            format!("ghu_{alnum}"),
+            format!("ghs_{alnum}"),
+            format!("ghr_{alnum}"),
+            format!("github_pat_{alnum}"),
+            format!("glpat-{alnum}"),
+            format!("hf_{alnum}"),
+            "AKIAIOSFODNN7EXAMPLE".to_owned(),
+            "ASIAIOSFODNN7EXAMPLE".to_owned(),
+            "xoxb-1234567890".to_owned(),
+            format!("AIza{}", &alnum[..35]),
+            format!("npm_{}", &alnum[..36]),
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig".to_owned(),
+            "Bearer abcdefgh12".to_owned(),
+            "https://u:p@h".to_owned(),
+        ];
+        for sample in samples {
+            assert!(would_change(&sample), "{sample}");
+        }
+    }
+
+    #[test]
+    fn text_beyond_ascii_goes_to_the_regexes() {
+        // U+212A KELVIN SIGN is a `k` to the key rule: `API_\u{212A}EY` names an API key.
+        let text = "API_\u{212A}EY=abc123";
+        assert!(prefilter::may_match_a_rule(text));
+        assert_eq!(redact_text(text), format!("API_\u{212A}EY={REDACTED}"));
+        assert_eq!(prefilter::holds_a_fragment("API_\u{212A}EY"), None);
     }
 
     #[test]

@@ -6,11 +6,22 @@
 //! exited (a daemon's double fork) is out of reach: containing that needs cgroups.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::process::{ChildStderr, ChildStdout};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
+
+/// The size asked for the child's stdout and stderr pipes (Linux's default is 64 KiB, and
+/// 1 MiB the most an unprivileged process may set by default): what a child may write
+/// while the relay waits between reads (`relay::READ_PAUSE`) without being held back.
+pub const PIPE_BYTES: i32 = 1024 * 1024;
 
 /// How often a stopping group is checked for members still alive.
 const GONE_POLL: Duration = Duration::from_millis(20);
@@ -34,7 +45,7 @@ pub struct Launch<'a> {
 
 impl Child {
     /// Starts `argv` in its own process group, stdin closed, stdout and stderr piped.
-    pub fn spawn(argv: &[String], launch: &Launch<'_>) -> std::io::Result<(Child, ChildStdout, ChildStderr)> {
+    pub fn spawn(argv: &[String], launch: &Launch<'_>) -> std::io::Result<(Child, OutputPipe, OutputPipe)> {
         let (program, args) =
             argv.split_first().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
         let mut command = tokio::process::Command::new(program);
@@ -53,6 +64,7 @@ impl Child {
         let pid = process.id().ok_or_else(|| std::io::Error::other("the child exited before it could be watched"))?;
         let stdout = process.stdout.take().ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
         let stderr = process.stderr.take().ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
+        let (stdout, stderr) = (OutputPipe::new(stdout.into_owned_fd()?)?, OutputPipe::new(stderr.into_owned_fd()?)?);
         let pgid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
         Ok((Child { process, pgid }, stdout, stderr))
     }
@@ -64,6 +76,76 @@ impl Child {
     /// Waits for the group leader to exit. Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.process.wait().await
+    }
+}
+
+/// The read end of one of the child's output pipes. It is in the runtime's epoll only while
+/// a read waits on an empty pipe: registered for good, a child that writes line by line
+/// would wake the runtime on every write, even while the relay pauses between reads.
+pub struct OutputPipe {
+    /// Dropped (deregistered) before `file` is closed: fields drop in this order.
+    waiting: Option<AsyncFd<RawFd>>,
+    file: File,
+}
+
+impl OutputPipe {
+    /// `fd` made non-blocking, with a capacity of [`PIPE_BYTES`] where the system allows.
+    fn new(fd: OwnedFd) -> std::io::Result<OutputPipe> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL only change its flags, and
+        // F_SETPIPE_SZ only the pipe's capacity.
+        unsafe {
+            let flags = libc::fcntl(raw, libc::F_GETFL);
+            if flags < 0 || libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(raw, libc::F_SETPIPE_SZ, PIPE_BYTES) < 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "the child's pipe keeps its default size");
+            }
+        }
+        Ok(OutputPipe { waiting: None, file: File::from(fd) })
+    }
+}
+
+impl AsRawFd for OutputPipe {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl AsyncRead for OutputPipe {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let pipe = self.get_mut();
+        loop {
+            match (&pipe.file).read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    pipe.waiting = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    let waiting = match &mut pipe.waiting {
+                        Some(waiting) => waiting,
+                        None => {
+                            // Registering reports data that came since the read just tried.
+                            // SAFETY: the descriptor is `file`'s, which stays open and the
+                            // same until after `waiting` is dropped (field order, and
+                            // `waiting` is only ever replaced while `file` lives).
+                            let waiting =
+                                unsafe { AsyncFd::register_with_interest(pipe.file.as_raw_fd(), Interest::READABLE)? };
+                            pipe.waiting.insert(waiting)
+                        }
+                    };
+                    match waiting.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(mut ready)) => ready.clear_ready(),
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    }
+                }
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
     }
 }
 
@@ -247,6 +329,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_output_pipe_reads_everything_through_bursts_and_silences() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = BTreeMap::new();
+        let launch = Launch { dir: dir.path(), env: &env, env_removed: &[] };
+        // A burst, a silence in which a read waits on an empty pipe, then the end.
+        let script =
+            "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; sleep 0.2; echo last; echo err >&2";
+        let argv = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let (mut child, mut stdout, mut stderr) = Child::spawn(&argv, &launch).expect("spawn");
+        let (mut out, mut err) = (String::new(), String::new());
+        stdout.read_to_string(&mut out).await.expect("read stdout");
+        stderr.read_to_string(&mut err).await.expect("read stderr");
+        let expected: String = (0..2000).map(|i| format!("line {i}\n")).chain(["last\n".to_owned()]).collect();
+        assert_eq!(out, expected);
+        assert_eq!(err, "err\n");
+        child.wait().await.expect("reap");
+    }
+
+    #[tokio::test]
+    async fn the_childs_pipes_hold_a_megabyte() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = BTreeMap::new();
+        let launch = Launch { dir: dir.path(), env: &env, env_removed: &[] };
+        let (mut child, stdout, stderr) = Child::spawn(&["true".to_owned()], &launch).expect("spawn");
+        for pipe in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
+            // SAFETY: F_GETPIPE_SZ reads the capacity of a pipe this test holds open.
+            let size = unsafe { libc::fcntl(pipe, libc::F_GETPIPE_SZ) };
+            assert_eq!(size, PIPE_BYTES);
+        }
+        child.wait().await.expect("reap");
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
 //! What the disk writer and the sender share: the events spooled and not yet acknowledged,
-//! in stream order, and the segments that hold them.
+//! in stream order, and the segments that hold them; and the bell with which a producer
+//! that waits for the disk cuts the writer's wait for more events short.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -21,6 +22,31 @@ impl Shared {
     /// Never held across an await; every update is a single push, pop or counter change.
     pub(super) fn lock(&self) -> MutexGuard<'_, Ledger> {
         crate::sync::lock(&self.ledger)
+    }
+}
+
+/// Rung by a producer that waits for its event to reach the disk; the writer, waiting for
+/// more events to join a group that nobody waits on, stops waiting.
+#[derive(Default)]
+pub(super) struct Hurry {
+    rung: Mutex<bool>,
+    bell: Condvar,
+}
+
+impl Hurry {
+    pub(super) fn ring(&self) {
+        *crate::sync::lock(&self.rung) = true;
+        self.bell.notify_one();
+    }
+
+    /// Waits until rung or for `at_most`. A ring that came before the wait ends it at once.
+    pub(super) fn wait(&self, at_most: Duration) {
+        let rung = crate::sync::lock(&self.rung);
+        let mut rung = match self.bell.wait_timeout_while(rung, at_most, |rung| !*rung) {
+            Ok((rung, _)) => rung,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        *rung = false;
     }
 }
 
@@ -74,5 +100,24 @@ impl Ledger {
                 tracing::warn!(file = %segment.path.display(), error = %err, "could not remove a delivered spool segment");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_ends_the_wait_whether_it_comes_before_or_during_it() {
+        let hurry = Arc::new(Hurry::default());
+        hurry.ring();
+        // A wait that only a ring can end within the test's lifetime.
+        hurry.wait(Duration::from_secs(3600));
+        let ringer = {
+            let hurry = hurry.clone();
+            std::thread::spawn(move || hurry.ring())
+        };
+        hurry.wait(Duration::from_secs(3600));
+        ringer.join().expect("the ringer");
     }
 }

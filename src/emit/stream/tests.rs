@@ -135,3 +135,30 @@ async fn an_outage_keeps_events_in_the_spool_for_the_next_start() {
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     assert!(segments(dir.path()).is_empty());
 }
+
+#[tokio::test]
+async fn events_whose_write_fails_are_not_acknowledged_and_lines_nobody_waits_on_stay_in_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = dir.path().join("spool");
+    let plane = Arc::new(Recorder::default());
+    let stream = EventStream::open(StreamConfig::new(spool.clone(), "pod://t".into()), plane.clone()).expect("open");
+    let run: RunId = "r1".parse().expect("id");
+    let handle = stream.begin(&run, 1, 0).await.expect("begin");
+    // The disk fails under the stream: no segment can be opened.
+    fs::remove_dir_all(&spool).expect("remove the spool");
+    let refused = handle.emit_all_synced((0..3).map(|index| log(&format!("refused {index}"))).collect()).await;
+    assert!(matches!(refused, Err(StreamError::NotSpooled(_))), "{refused:?}");
+    handle.emit(log("in memory")).await.expect("queued");
+    // The disk works again.
+    fs::create_dir(&spool).expect("recreate the spool");
+    handle.emit_synced(log("spooled")).await.expect("synced");
+    assert_eq!(stream.close(Duration::from_secs(10)).await.undelivered, 0);
+    let messages: Vec<String> = plane
+        .delivered
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).expect("json")["data"]["message"].to_string())
+        .collect();
+    assert_eq!(messages, [r#""in memory""#, r#""spooled""#], "what was refused to its producer is never sent");
+}

@@ -1,27 +1,35 @@
 //! The disk writer: stamps each event with its run's next `seq`, appends and syncs it to
 //! the open spool segment, then hands it to the sender and answers producers that wait for
 //! the disk. Runs on its own thread because every group of events ends with an fsync.
+//!
+//! A group that nobody waits on (a child's output lines) waits [`GROUP_LINGER`] for more
+//! events to join it, so that a busy stream costs one write and one sync per burst rather
+//! than per few lines; a producer that waits for the disk rings `Hurry` and is not kept.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::ledger::{Pending, Segment, Shared};
-use super::{Command, Draft, MAX_REQUEST_EVENTS, SEGMENT_EVENTS, StreamStats, SyncedReply, stamped};
+use super::ledger::{Hurry, Pending, Segment, Shared};
+use super::{Command, Draft, MAX_REQUEST_EVENTS, SEGMENT_EVENTS, StreamStats, SyncedReply, line};
 use crate::emit::spool::{SegmentName, SpoolDir, SpoolLock};
 use crate::run::RunId;
+
+/// How long a group that nobody waits on waits for more events: a line reaches the spool
+/// at most this much later, and a steady stream costs one sync per this long, not per read.
+const GROUP_LINGER: Duration = Duration::from_millis(50);
 
 /// Owns the open segment file and the spool's lock.
 pub(super) struct Writer {
     spool: SpoolDir,
     source: String,
     shared: Arc<Shared>,
+    hurry: Arc<Hurry>,
     stats: Arc<StreamStats>,
     /// The last `seq` used per run.
     seqs: HashMap<RunId, u64>,
@@ -40,6 +48,7 @@ impl Writer {
         lock: SpoolLock,
         source: String,
         shared: Arc<Shared>,
+        hurry: Arc<Hurry>,
         stats: Arc<StreamStats>,
         seqs: HashMap<RunId, u64>,
     ) -> Writer {
@@ -47,6 +56,7 @@ impl Writer {
             spool,
             source,
             shared,
+            hurry,
             stats,
             seqs,
             file: None,
@@ -63,11 +73,10 @@ impl Writer {
             let Some(first) = rx.blocking_recv() else { break };
             // Group whatever else is already waiting: one write and one fsync for all.
             let mut commands = vec![first];
-            while commands.len() < MAX_REQUEST_EVENTS {
-                match rx.try_recv() {
-                    Ok(command) => commands.push(command),
-                    Err(_) => break,
-                }
+            take_waiting(&mut rx, &mut commands);
+            if commands.len() < MAX_REQUEST_EVENTS && !commands.iter().any(Command::is_waited_on) {
+                self.hurry.wait(GROUP_LINGER);
+                take_waiting(&mut rx, &mut commands);
             }
             let mut lines = Vec::with_capacity(commands.len());
             let mut replies = Vec::new();
@@ -99,7 +108,7 @@ impl Writer {
     fn stamp(&mut self, run_id: RunId, attempt: u32, draft: Draft) -> Arc<str> {
         let seq = self.seqs.entry(run_id.clone()).or_insert(0);
         *seq += 1;
-        Arc::from(Value::Object(stamped(draft, &run_id, *seq, attempt, &self.source)).to_string())
+        Arc::from(line::encode(draft, &run_id, *seq, attempt, &self.source))
     }
 
     /// Appends and syncs `lines`, then hands them to the sender and answers the waiters.
@@ -201,5 +210,15 @@ impl Writer {
         ledger.remove_delivered_segments();
         drop(ledger);
         self.segment = SegmentName::generate();
+    }
+}
+
+/// Adds the commands already queued to `commands`, up to a group's worth.
+fn take_waiting(rx: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
+    while commands.len() < MAX_REQUEST_EVENTS {
+        match rx.try_recv() {
+            Ok(command) => commands.push(command),
+            Err(_) => break,
+        }
     }
 }
