@@ -114,6 +114,7 @@ impl<T: Send, F: FnOnce(&Transaction<'_>) -> Result<T> + Send> Job for Pending<T
 }
 
 /// The sending side, cheap to clone; the thread ends when the last one is dropped.
+#[derive(Clone)]
 pub(super) struct GroupWriter {
     jobs: mpsc::Sender<Box<dyn Job>>,
     /// Transactions committed so far (each one fsync).
@@ -267,39 +268,36 @@ mod tests {
         Ok(n)
     }
 
-    /// Holds the writer busy in a first job until released, queues `jobs` behind it (so they
-    /// all wait for one group), then releases it and returns the queued jobs' answers.
-    async fn behind_a_busy_writer(writer: &Arc<GroupWriter>, jobs: Vec<TestJob>) -> Vec<Result<i64>> {
+    /// Holds `writer` busy in a job of its own, starts `writes` (each sends one write), lets
+    /// it go once all of them wait in its queue (so that they share one group; no timing is
+    /// involved), and returns their answers.
+    async fn behind_a_busy_writer<T: Send + 'static>(
+        writer: &GroupWriter,
+        writes: Vec<futures_util::future::BoxFuture<'static, Result<T>>>,
+    ) -> Vec<Result<T>> {
         let (started, running) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
-        let first = writer.clone();
+        let holder = writer.clone();
         let first = tokio::spawn(async move {
-            first
-                .write(move |tx| {
+            holder
+                .write(move |_| {
                     let _ = started.send(());
-                    released.recv().expect("released");
-                    insert(tx, 0)
+                    let _ = released.recv();
+                    Ok(())
                 })
                 .await
         });
         running.await.expect("the first job runs");
-        let count = jobs.len();
-        let queued: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                let writer = writer.clone();
-                tokio::spawn(async move { writer.write(job).await })
-            })
-            .collect();
-        // Every job is in the channel before the writer is let go (no timing involved).
+        let count = writes.len();
+        let queued: Vec<_> = writes.into_iter().map(tokio::spawn).collect();
         while writer.jobs.capacity() != QUEUE_DEPTH - count {
             tokio::task::yield_now().await;
         }
         release.send(()).expect("release");
-        assert_eq!(first.await.expect("first").expect("first job"), 0);
+        first.await.expect("first").expect("first job");
         let mut answers = Vec::new();
-        for job in queued {
-            answers.push(job.await.expect("job task"));
+        for write in queued {
+            answers.push(write.await.expect("write task"));
         }
         answers
     }
@@ -326,14 +324,22 @@ mod tests {
                 }
             })
             .collect();
-        let answers = behind_a_busy_writer(&writer, jobs).await;
+        let writes = jobs
+            .into_iter()
+            .map(|job| {
+                let writer = writer.clone();
+                Box::pin(async move { writer.write(job).await })
+                    as futures_util::future::BoxFuture<'static, Result<i64>>
+            })
+            .collect();
+        let answers = behind_a_busy_writer(&writer, writes).await;
         for (n, answer) in (1..=12).zip(&answers) {
             match n % 4 {
                 1 | 2 => assert!(answer.is_err(), "job {n} should fail, got {answer:?}"),
                 _ => assert_eq!(answer.as_ref().ok(), Some(&n), "job {n}"),
             }
         }
-        assert_eq!(rows(&path), vec![0, 3, 4, 7, 8, 11, 12], "failed jobs leave nothing, the rest stay");
+        assert_eq!(rows(&path), vec![3, 4, 7, 8, 11, 12], "failed jobs leave nothing, the rest stay");
         assert_eq!(writer.commits(), 2, "the first job's commit, then one for the twelve queued behind it");
     }
 
@@ -364,44 +370,21 @@ mod tests {
         crate::event::from_json_object(object, crate::time::Timestamp::now()).expect("a valid event")
     }
 
-    /// Holds the store's writer, applies `batches` concurrently behind it (so that they all
-    /// wait for one group), lets it go; the batches' answers.
+    /// Applies `batches` concurrently behind a busy writer, so that they share one group.
     async fn apply_behind_a_busy_writer(
         store: &crate::store::sqlite::SqliteStore,
         batches: Vec<Vec<crate::event::Event>>,
     ) -> Vec<Result<Vec<crate::store::Outcome>>> {
         use crate::store::Store;
-        let (started, running) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = store.clone();
-        let first = tokio::spawn(async move {
-            holder
-                .write(move |_| {
-                    let _ = started.send(());
-                    let _ = released.recv();
-                    Ok(())
-                })
-                .await
-        });
-        running.await.expect("the first job runs");
-        let count = batches.len();
-        let applying: Vec<_> = batches
+        let writes = batches
             .into_iter()
             .map(|events| {
                 let store = store.clone();
-                tokio::spawn(async move { store.apply_events(events, crate::time::Timestamp::now()).await })
+                Box::pin(async move { store.apply_events(events, crate::time::Timestamp::now()).await })
+                    as futures_util::future::BoxFuture<'static, _>
             })
             .collect();
-        while store.inner.writer.jobs.capacity() != QUEUE_DEPTH - count {
-            tokio::task::yield_now().await;
-        }
-        release.send(()).expect("release");
-        first.await.expect("first").expect("first job");
-        let mut answers = Vec::new();
-        for applied in applying {
-            answers.push(applied.await.expect("apply task"));
-        }
-        answers
+        behind_a_busy_writer(&store.inner.writer, writes).await
     }
 
     #[tokio::test]
