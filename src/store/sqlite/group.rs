@@ -169,13 +169,13 @@ fn writer_gone() -> Error {
 /// events), run them in one transaction, commit, answer them all.
 fn write_groups(mut connection: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
     while let Some(first) = queue.blocking_recv() {
-        let weight = |job: &Box<dyn Job>| job.events().map_or(1, |(events, _)| events.len());
-        let mut events = weight(&first);
+        let weight = |job: &dyn Job| job.events().map_or(1, |(events, _)| events.len());
+        let mut events = weight(first.as_ref());
         let mut group = vec![first];
         while group.len() < MAX_GROUP && events < MAX_GROUP_EVENTS {
             match queue.try_recv() {
                 Ok(job) => {
-                    events += weight(&job);
+                    events += weight(job.as_ref());
                     group.push(job);
                 }
                 Err(_) => break,
