@@ -1,8 +1,9 @@
 //! A literal prefilter in front of the redaction regexes. Every text rule needs one of a few
 //! literals to match: a name fragment (the assignment rule; `PRIVATE KEY` of a PEM block has
-//! `key`), `bearer`, `://` (URL userinfo) or a token shape's prefix. An ASCII text holding none
-//! of them, in any case, holds nothing to redact: one Aho-Corasick pass says so, and the
-//! `RegexSet` is neither run nor, in a short-lived process, even compiled.
+//! `key`), `bearer`, a token shape's prefix, or `://` with an `@` after it (URL userinfo). An
+//! ASCII text holding none of them, in any case, holds nothing to redact: one Aho-Corasick
+//! pass says so, and the `RegexSet` is neither run nor, in a short-lived process, even
+//! compiled. (A URL without userinfo, `pod://host` or `https://huggingface.co/…`, is no hit.)
 //!
 //! Only ASCII text is decided here. The rules match without regard to case by Unicode's
 //! rules, under which a non-ASCII letter can stand for an ASCII one (`K`, U+212A KELVIN SIGN,
@@ -21,8 +22,6 @@ pub(super) const NAME_FRAGMENTS: &[&str] =
 const RULE_LITERALS: &[&str] = &[
     // Bearer credentials.
     "bearer",
-    // URL userinfo.
-    "://",
     // Token shapes, by their prefixes.
     "sk-",
     "k_live_",
@@ -55,7 +54,12 @@ static ANY_FRAGMENT: LazyLock<AhoCorasick> = LazyLock::new(|| searcher(&[NAME_FR
 
 /// Whether a text rule could match `text`: false means it certainly cannot.
 pub(super) fn may_match_a_rule(text: &str) -> bool {
-    !text.is_ascii() || ANY_RULE.is_match(text)
+    !text.is_ascii() || ANY_RULE.is_match(text) || may_hold_userinfo(text)
+}
+
+/// URL userinfo needs a `://` and, after it, an `@`.
+fn may_hold_userinfo(text: &str) -> bool {
+    text.find("://").is_some_and(|scheme_end| text[scheme_end..].contains('@'))
 }
 
 /// For an ASCII `name`, whether it holds a name fragment (exactly what `text::NAME_HINT`

@@ -385,10 +385,19 @@ mod tests {
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig".to_owned(),
             "Bearer abcdefgh12".to_owned(),
             "https://u:p@h".to_owned(),
+            "x=mongodb://u:p@h".to_owned(),
         ];
         for sample in samples {
             assert!(would_change(&sample), "{sample}");
         }
+    }
+
+    #[test]
+    fn a_url_without_userinfo_skips_the_regexes() {
+        for text in ["pod://gpu-node-7", "Downloading https://huggingface.co/gpt2/resolve/main/config.json"] {
+            assert!(!prefilter::may_match_a_rule(text), "{text}");
+        }
+        assert!(prefilter::may_match_a_rule("see https://example.com then mail a@b"), "an @ after the scheme");
     }
 
     #[test]

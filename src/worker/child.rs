@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::future::Future;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -19,9 +20,15 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 
 /// The size asked for the child's stdout and stderr pipes (Linux's default is 64 KiB, and
-/// 1 MiB the most an unprivileged process may set by default): what a child may write
-/// while the relay waits between reads (`relay::READ_PAUSE`) without being held back.
-pub const PIPE_BYTES: i32 = 1024 * 1024;
+/// 1 MiB the most an unprivileged process may set by default).
+const PIPE_BYTES: i32 = 1024 * 1024;
+
+/// The output rate a child may keep up without waiting on a paced pipe: the pause after a
+/// read that emptied the pipe is what the pipe holds at this rate (at most [`MAX_PAUSE`]).
+const UNSLOWED_BYTES_PER_SECOND: u64 = 50 * 1024 * 1024;
+
+/// The longest pause: a line reaches the relay at most this much later.
+const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// How often a stopping group is checked for members still alive.
 const GONE_POLL: Duration = Duration::from_millis(20);
@@ -79,12 +86,18 @@ impl Child {
     }
 }
 
-/// The read end of one of the child's output pipes. It is in the runtime's epoll only while
-/// a read waits on an empty pipe: registered for good, a child that writes line by line
-/// would wake the runtime on every write, even while the relay pauses between reads.
+/// The read end of one of the child's output pipes, paced: after a read that emptied the
+/// pipe, the next waits a pause (what the pipe holds at [`UNSLOWED_BYTES_PER_SECOND`], at
+/// most [`MAX_PAUSE`]) and then takes whatever gathered, so a child that writes line by
+/// line (Python unbuffered, as the worker runs it) costs a wake-up per pause instead of one
+/// per line. The pipe is in the runtime's epoll only while a read waits on an empty pipe:
+/// registered for good, every write would wake the runtime, pauses or not.
 pub struct OutputPipe {
     /// Dropped (deregistered) before `file` is closed: fields drop in this order.
     waiting: Option<AsyncFd<RawFd>>,
+    /// Set after a read that emptied the pipe; the next read waits for it.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    pause_for: Duration,
     file: File,
 }
 
@@ -93,8 +106,8 @@ impl OutputPipe {
     fn new(fd: OwnedFd) -> std::io::Result<OutputPipe> {
         let raw = fd.as_raw_fd();
         // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL only change its flags, and
-        // F_SETPIPE_SZ only the pipe's capacity.
-        unsafe {
+        // F_SETPIPE_SZ/F_GETPIPE_SZ only set and read the pipe's capacity.
+        let capacity = unsafe {
             let flags = libc::fcntl(raw, libc::F_GETFL);
             if flags < 0 || libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -102,8 +115,16 @@ impl OutputPipe {
             if libc::fcntl(raw, libc::F_SETPIPE_SZ, PIPE_BYTES) < 0 {
                 tracing::debug!(error = %std::io::Error::last_os_error(), "the child's pipe keeps its default size");
             }
-        }
-        Ok(OutputPipe { waiting: None, file: File::from(fd) })
+            libc::fcntl(raw, libc::F_GETPIPE_SZ)
+        };
+        let capacity = u64::try_from(capacity).unwrap_or(0);
+        let pause_for = Duration::from_micros(capacity * 1_000_000 / UNSLOWED_BYTES_PER_SECOND).min(MAX_PAUSE);
+        Ok(OutputPipe { waiting: None, pause: None, pause_for, file: File::from(fd) })
+    }
+
+    /// How long a read waits after one that emptied the pipe.
+    pub fn pause(&self) -> Duration {
+        self.pause_for
     }
 }
 
@@ -116,11 +137,20 @@ impl AsRawFd for OutputPipe {
 impl AsyncRead for OutputPipe {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let pipe = self.get_mut();
+        if let Some(pause) = &mut pipe.pause {
+            std::task::ready!(pause.as_mut().poll(cx));
+            pipe.pause = None;
+        }
         loop {
+            let room = buf.remaining();
             match (&pipe.file).read(buf.initialize_unfilled()) {
                 Ok(read) => {
                     buf.advance(read);
                     pipe.waiting = None;
+                    // Less than asked for: the pipe is empty now. At its end, nothing to wait for.
+                    if read > 0 && read < room && !pipe.pause_for.is_zero() {
+                        pipe.pause = Some(Box::pin(tokio::time::sleep(pipe.pause_for)));
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
@@ -352,15 +382,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_childs_pipes_hold_a_megabyte() {
+    async fn the_childs_pipes_hold_a_megabyte_and_pause_for_what_it_holds() {
         let dir = tempfile::tempdir().expect("temp dir");
         let env = BTreeMap::new();
         let launch = Launch { dir: dir.path(), env: &env, env_removed: &[] };
         let (mut child, stdout, stderr) = Child::spawn(&["true".to_owned()], &launch).expect("spawn");
-        for pipe in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
+        for pipe in [&stdout, &stderr] {
             // SAFETY: F_GETPIPE_SZ reads the capacity of a pipe this test holds open.
-            let size = unsafe { libc::fcntl(pipe, libc::F_GETPIPE_SZ) };
+            let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
             assert_eq!(size, PIPE_BYTES);
+            assert_eq!(pipe.pause(), MAX_PAUSE, "a megabyte is 20 ms at 50 MB/s");
         }
         child.wait().await.expect("reap");
     }

@@ -1,14 +1,9 @@
 //! Relays one of the child's output streams into `ai.run.log` events. It never stops
 //! reading the pipe: when the event stream's queue is full, records wait in a buffer here
 //! (bounded; beyond it lines are counted and dropped, and the count is reported), so the
-//! experiment is never slowed or stalled by its reporting.
-//!
-//! A child that writes line by line (Python unbuffered, as the worker runs it) would wake
-//! the relay thousands of times a second; once the relay has read the pipe empty it waits
-//! [`READ_PAUSE`] before reading again, and takes whatever gathered meanwhile in one read
-//! (the pipe is not watched meanwhile: `child::OutputPipe`). The pipe holds far more than a
-//! pause's worth (`child::PIPE_BYTES`), so the child is not held back; a read that fills
-//! the buffer is followed at once by the next.
+//! experiment is never slowed or stalled by its reporting. (A child's pipe paces its own
+//! reads, so that a child writing line by line does not wake the relay for every line:
+//! `child::OutputPipe`.)
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,11 +25,6 @@ const TICK: Duration = Duration::from_millis(250);
 const BUFFER_RECORDS: usize = 200_000;
 
 const READ_BYTES: usize = 64 * 1024;
-
-/// How long the relay lets output gather in the pipe after reading it empty: at most a
-/// hundred wake-ups a second, and room for 100 MB/s of output in a widened pipe (6 MB/s
-/// where the pipe keeps Linux's default 64 KiB) before the child would wait.
-const READ_PAUSE: Duration = Duration::from_millis(10);
 
 /// What a relay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,29 +48,19 @@ pub async fn relay(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut open = true;
-    let pause = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(pause);
-    let mut paused = false;
     loop {
         tokio::select! {
             // Cancel-safe: `read` loses no data when another branch wins.
-            read = reader.read(&mut buffer), if open && !paused => {
+            read = reader.read(&mut buffer), if open => {
                 let now = std::time::Instant::now();
                 match read {
                     Ok(0) | Err(_) => {
                         open = false;
                         capture.finish(now, &mut records);
                     }
-                    Ok(read) => {
-                        capture.feed(&buffer[..read], now, &mut records);
-                        if read < buffer.len() {
-                            paused = true;
-                            pause.as_mut().reset(tokio::time::Instant::now() + READ_PAUSE);
-                        }
-                    }
+                    Ok(read) => capture.feed(&buffer[..read], now, &mut records),
                 }
             }
-            () = &mut pause, if paused => paused = false,
             _ = tick.tick(), if open => capture.tick(std::time::Instant::now(), &mut records),
             // Cancel-safe: a permit not used is given back.
             permit = stream.reserve(), if !outbox.waiting.is_empty() => {

@@ -60,7 +60,8 @@ struct LogEnvelope<'a> {
 }
 
 /// The names are those of `payload::Log` and `run_id`: none is secret-like, so
-/// `redact_map` would only apply the text rules to the values, as done here.
+/// `redact_map` would only apply the text rules to the values, as done here; a run id is
+/// never changed by them (`RunId` refuses one that would be, and ours are UUIDs).
 #[derive(Serialize)]
 struct LogData<'a> {
     message: &'a str,
@@ -70,6 +71,7 @@ struct LogData<'a> {
 }
 
 fn encode_log(line: &LogLine, run_id: &RunId, seq: u64, attempt: u32, source: &str) -> String {
+    let message = redact::redact_text(&line.message);
     let envelope = LogEnvelope {
         event_type: EventType::RunLog.name(),
         time: &line.time.to_string(),
@@ -77,18 +79,21 @@ fn encode_log(line: &LogLine, run_id: &RunId, seq: u64, attempt: u32, source: &s
         seq,
         attempt,
         data: LogData {
-            message: &redact::redact_text(&line.message),
+            message: &message,
             level: line.level,
             source: &redact::redact_text(&line.source),
-            run_id: &redact::redact_text(run_id.as_str()),
+            run_id: run_id.as_str(),
         },
         specversion: "1.0",
         id: &EventId::generate().0,
         source,
         datacontenttype: "application/json",
     };
-    // Plain strings and numbers: serializing cannot fail.
-    serde_json::to_string(&envelope).unwrap_or_default()
+    // Room for the envelope, so that the line is not grown while written.
+    let mut encoded = Vec::with_capacity(message.len() + source.len() + 2 * run_id.as_str().len() + 256);
+    // Plain strings and numbers into memory: writing cannot fail, and serde_json writes UTF-8.
+    let _ = serde_json::to_writer(&mut encoded, &envelope);
+    String::from_utf8(encoded).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -157,6 +162,13 @@ mod tests {
             let id = "01JD8XQ2M3N4P5Q6R7S8T9V0AA";
             prop_assert_eq!(with_id(&direct, id), through_object(&line, &run_id, id));
         }
+    }
+
+    #[test]
+    fn run_ids_are_never_changed_by_redaction() {
+        // `encode_log` writes the run id as it is: one that redaction would change is refused.
+        assert!("OPENAI_API_KEY:sk-abcdefghijklmnopqrstuvwxyz".parse::<RunId>().is_err());
+        assert!(!redact::would_change(RunId::generate().as_str()));
     }
 
     #[test]

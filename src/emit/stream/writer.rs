@@ -22,7 +22,7 @@ use crate::run::RunId;
 
 /// How long a group that nobody waits on waits for more events: a line reaches the spool
 /// at most this much later, and a steady stream costs one sync per this long, not per read.
-const GROUP_LINGER: Duration = Duration::from_millis(50);
+const GROUP_LINGER: Duration = Duration::from_millis(100);
 
 /// Owns the open segment file and the spool's lock.
 pub(super) struct Writer {
