@@ -380,6 +380,25 @@ async fn old_log_lines_are_pruned_and_everything_else_kept(store: &dyn Store) {
     assert_eq!(sweep_retention(store, at(101)).await, 3, "a later cutoff takes the newer lines");
 }
 
+/// A host clock in year 9999 makes every log look old; retention goes by the store's own
+/// record of the time instead (its newest receipt, plus the time measured since).
+async fn a_clock_far_ahead_deletes_nothing_the_stores_time_keeps(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let days = 24 * 60 * 60;
+    let log = |n: i64| event(&format!("log-{n}"), "ai.run.log", id.as_str(), n, json!({"message": "x"}));
+    store.apply_events(vec![log(0)], at(0)).await.expect("an old line");
+    store.apply_events(vec![log(1)], at(40 * days)).await.expect("a recent line");
+    assert_eq!(store.last_received_at().await.expect("newest"), Some(at(40 * days)));
+    let clock = scientist::retention::Clock::from_store(store).await.expect("store time");
+    let far = scientist::time::Timestamp::parse_rfc3339("9999-12-31T00:00:00Z").expect("year 9999");
+    let retain = std::time::Duration::from_secs(30 * days as u64);
+    let deleted = scientist::retention::prune_round(store, &clock, retain, far).await.expect("prune");
+    assert_eq!(deleted, 1, "only the line older than 30 days by the store's time");
+    let left = store.list_events(&id, &EventFilter::default()).await.expect("events");
+    let left: Vec<_> = left.items.iter().map(|stored| stored.event.id.0.clone()).collect();
+    assert!(left.contains(&"log-1".to_owned()) && !left.contains(&"log-0".to_owned()), "{left:?}");
+}
+
 async fn sweep_retention(store: &dyn Store, cutoff: scientist::time::Timestamp) -> u64 {
     scientist::retention::prune_once(store, cutoff).await.expect("prune")
 }
@@ -998,6 +1017,7 @@ macro_rules! store_suite {
             case!(log_lines_filter_by_minimum_level);
             case!(recent_events_page_newest_first);
             case!(old_log_lines_are_pruned_and_everything_else_kept);
+            case!(a_clock_far_ahead_deletes_nothing_the_stores_time_keeps);
             case!(pages_of_large_documents_are_bounded_by_bytes);
             case!(reset_only_from_failed_or_canceled);
             case!(cancel_depends_on_status);

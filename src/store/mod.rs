@@ -217,6 +217,10 @@ pub trait Store: Send + Sync + 'static {
     /// are kept; a run document already holds what its log lines changed.
     async fn prune_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned>;
 
+    /// When the newest stored event was received (`None` in an empty store): the store's
+    /// own record of the time, which retention trusts over a clock that may have jumped.
+    async fn last_received_at(&self) -> Result<Option<Timestamp>>;
+
     /// The whole store's figures at `now` (see [`Stats`]), from indexed queries only: cheap
     /// enough to call every few seconds whatever the number of runs and events.
     async fn stats(&self, now: Timestamp) -> Result<Stats>;

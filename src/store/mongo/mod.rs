@@ -246,6 +246,10 @@ impl Store for MongoStore {
         self.prune_old_logs(cutoff, from, limit).await
     }
 
+    async fn last_received_at(&self) -> Result<Option<Timestamp>> {
+        self.newest_received_at().await
+    }
+
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         self.gather_stats(now).await
     }

@@ -11,6 +11,22 @@ use crate::store::{Error, LOG_EVENT_TYPE, Pruned, Result};
 use crate::time::Timestamp;
 
 impl MongoStore {
+    /// The receipt time of the newest `_id` (ids grow with the time they were made).
+    pub(super) async fn newest_received_at(&self) -> Result<Option<Timestamp>> {
+        let newest = self
+            .events
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { EVENT_RECEIVED_AT: 1 })
+            .await?;
+        newest
+            .map(|document| {
+                let at = document.get_datetime(EVENT_RECEIVED_AT).map_err(|err| corrupt("stored event", err))?;
+                Ok(Timestamp::from_millis(at.timestamp_millis()))
+            })
+            .transpose()
+    }
+
     pub(super) async fn prune_old_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned> {
         let old = doc! { "type": LOG_EVENT_TYPE, EVENT_RECEIVED_AT: { "$lt": DateTime::from(cutoff) } };
         let mut filter = old.clone();

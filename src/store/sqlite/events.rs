@@ -35,6 +35,18 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// The newest position's receipt time: positions are handed out in commit order.
+    pub(super) async fn newest_received_at(&self) -> Result<Option<Timestamp>> {
+        let millis: Option<i64> = self
+            .read(|conn| {
+                Ok(conn
+                    .query_row("SELECT received_at FROM events ORDER BY pos DESC LIMIT 1", [], |row| row.get(0))
+                    .optional()?)
+            })
+            .await?;
+        Ok(millis.map(Timestamp::from_millis))
+    }
+
     /// The old log events are found on a reader (a scan in `pos` order, no lock held), then
     /// deleted by position in one short write that checks them again.
     pub(super) async fn prune_old_logs(&self, cutoff: Timestamp, from: Option<String>, limit: usize) -> Result<Pruned> {
