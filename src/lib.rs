@@ -7,6 +7,7 @@
 //! control plane as clients see it), `emit`, `capture`, `monitor` and `worker` (the pod side),
 //! `server`, then the subcommands in `cmd`.
 
+pub mod alert;
 pub mod backoff;
 pub mod capture;
 pub mod cmd;

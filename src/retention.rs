@@ -75,7 +75,9 @@ pub async fn keep_pruning(store: Arc<dyn Store>, retain: Duration) {
         if clock.is_none() {
             match Clock::from_store(&*store).await {
                 Ok(read) => clock = Some(read),
-                Err(err) => tracing::warn!(error = %err, "log retention could not read the store's time; retrying at the next round"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "log retention could not read the store's time; retrying at the next round")
+                }
             }
         }
         if let Some(clock) = &clock {

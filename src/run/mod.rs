@@ -20,8 +20,8 @@ use crate::time::Timestamp;
 
 pub use id::RunId;
 pub use parts::{
-    CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod,
-    ResourceSample, RunError, StageTiming, Validation,
+    Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
+    Pod, ResourceSample, Review, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};
 
@@ -86,6 +86,14 @@ pub struct Run {
     /// `lostAt` is one whose sweeper stopped in between, and the next sweep writes the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_at: Option<Timestamp>,
+    /// When the store last saw the run make progress (a stage, progress, node, metric or
+    /// artifact event, or a log line), by the store's clock: what `stalledSince` is judged by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<Timestamp>,
+    /// Set while the run's worker is heard but the run has made no progress for the stall
+    /// time (`queue::stall`); cleared by the next sign of progress. The status is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<Timestamp>,
     #[serde(rename = "duration_s", default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
     #[schema(required = true)]
@@ -100,6 +108,26 @@ pub struct Run {
     #[schema(required = true)]
     #[serde(default)]
     pub retry_count: u32,
+    /// This run's own limit on automatic retries, over the store's (`runs create --retry-max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_max: Option<u32>,
+    /// A run waiting out a retry's backoff: no worker claims it before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    /// Why a retryable failure was not retried (attempts used up, thrashing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_stopped: Option<String>,
+    /// Every ended attempt, oldest first: pod, claim, start and end, outcome, error.
+    #[schema(required = true)]
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// A human decision asked for by the pipeline (AWAITING_HUMAN), and what was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// Alerts this run has raised (`alert`), each until a webhook acknowledged it.
+    #[schema(required = true)]
+    #[serde(default)]
+    pub alerts: Vec<crate::alert::Mark>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested: Option<CancelRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,7 @@
 //! How a run document changes outside the reducer (creation, claim, word from its worker,
 //! reset) and the facts derived from it.
 
-use super::{NewRun, Run, RunStatus};
+use super::{Attempt, NewRun, Run, RunStatus};
 use crate::redact;
 use crate::time::Timestamp;
 
@@ -34,11 +34,19 @@ impl Run {
             heard_at: None,
             silent_since: None,
             lost_at: None,
+            progress_at: None,
+            stalled_since: None,
             duration_s: None,
             last_event_seq: 0,
             claimed_by: None,
             attempt: 0,
             retry_count: 0,
+            retry_max: None,
+            not_before: None,
+            retry_stopped: None,
+            attempts: Vec::new(),
+            review: None,
+            alerts: Vec::new(),
             cancel_requested: None,
             canceled: None,
             resources: None,
@@ -57,6 +65,9 @@ impl Run {
         self.claimed_at = Some(now);
         self.attempt += 1;
         self.updated_at = now;
+        self.progress_at = Some(now);
+        self.stalled_since = None;
+        self.not_before = None;
         self.heard(now);
     }
 
@@ -67,9 +78,12 @@ impl Run {
     }
 
     /// Puts the run back in the queue for a fresh attempt (an operator's reset of a FAILED or
-    /// CANCELED run, or the requeue of a lost one); its old attempt is fenced out.
-    /// Progress, timing and nodes of the old attempt are cleared: the new attempt starts over.
+    /// CANCELED run, the requeue of a lost one, an automatic retry); its old attempt is fenced
+    /// out and kept in `attempts`. Progress, timing and nodes of the old attempt are cleared:
+    /// the new attempt starts over. What spans attempts (their history, the run's retry limit,
+    /// its alerts) is kept.
     pub fn reset(&mut self, now: Timestamp) {
+        self.end_attempt(now);
         let kept = Run::queued(
             NewRun {
                 id: self.id.clone(),
@@ -80,9 +94,39 @@ impl Run {
             },
             self.created_at,
         );
-        let (attempt, retry_count, rev, last_event_seq) =
-            (self.attempt, self.retry_count + 1, self.rev, self.last_event_seq);
-        *self = Run { attempt, retry_count, rev, last_event_seq, updated_at: now, ..kept };
+        *self = Run {
+            attempt: self.attempt,
+            retry_count: self.retry_count + 1,
+            retry_max: self.retry_max,
+            attempts: std::mem::take(&mut self.attempts),
+            alerts: std::mem::take(&mut self.alerts),
+            rev: self.rev,
+            last_event_seq: self.last_event_seq,
+            updated_at: now,
+            ..kept
+        };
+    }
+
+    /// Records the live attempt in `attempts`, once: when the run ends, or when it is put back
+    /// in the queue while held (its worker lost). A run never claimed has no attempt to keep.
+    pub fn end_attempt(&mut self, now: Timestamp) {
+        if self.attempt == 0 || self.attempts.last().is_some_and(|last| last.attempt == self.attempt) {
+            return;
+        }
+        let outcome = match self.status {
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Canceled => self.status.as_str(),
+            _ => "LOST",
+        };
+        self.attempts.push(Attempt {
+            attempt: self.attempt,
+            claimed_by: self.claimed_by.clone(),
+            pod: self.pod.as_ref().map(|pod| pod.id.clone()),
+            claimed_at: self.claimed_at,
+            started_at: self.started_at,
+            ended_at: self.finished_at().unwrap_or(now),
+            outcome: outcome.to_owned(),
+            error: self.error.clone(),
+        });
     }
 }
 

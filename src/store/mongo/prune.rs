@@ -13,12 +13,8 @@ use crate::time::Timestamp;
 impl MongoStore {
     /// The receipt time of the newest `_id` (ids grow with the time they were made).
     pub(super) async fn newest_received_at(&self) -> Result<Option<Timestamp>> {
-        let newest = self
-            .events
-            .find_one(doc! {})
-            .sort(doc! { "_id": -1 })
-            .projection(doc! { EVENT_RECEIVED_AT: 1 })
-            .await?;
+        let newest =
+            self.events.find_one(doc! {}).sort(doc! { "_id": -1 }).projection(doc! { EVENT_RECEIVED_AT: 1 }).await?;
         newest
             .map(|document| {
                 let at = document.get_datetime(EVENT_RECEIVED_AT).map_err(|err| corrupt("stored event", err))?;

@@ -26,12 +26,18 @@ impl MongoStore {
                 "claimedBy": worker,
                 "claimedAt": DateTime::from(now),
                 "updatedAt": DateTime::from(now),
+                "progressAt": DateTime::from(now),
             },
             "$max": { "heardAt": DateTime::from(now) },
-            "$unset": { "silentSince": "" },
+            "$unset": { "silentSince": "", "stalledSince": "", "notBefore": "" },
             "$inc": { "attempt": 1, "rev": 1 },
         };
-        let mut queued = doc! { "status": RunStatus::Queued.as_str(), "queue": queue };
+        // A run waiting out a retry's backoff is not claimed before its `notBefore`.
+        let mut queued = doc! {
+            "status": RunStatus::Queued.as_str(),
+            "queue": queue,
+            "$or": [{ "notBefore": { "$exists": false } }, { "notBefore": { "$lte": DateTime::from(now) } }],
+        };
         if queue == DEFAULT_QUEUE {
             // Runs the web frontend creates directly carry no `queue`: they are the default pool's.
             queued.insert("queue", doc! { "$in": [queue, Bson::Null] });

@@ -2,10 +2,10 @@
 //! the claim, and the lookup of id prefixes.
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 
 use super::SqliteStore;
-use super::schema::{DERIVED_COLUMNS, derived_values, write_stage_durations};
+use super::schema::{DERIVED_COLUMNS, DERIVED_PLACEHOLDERS, derived_values, write_stage_durations};
 use crate::run::{Run, RunId};
 use crate::store::{Error, Result};
 use crate::time::Timestamp;
@@ -17,8 +17,9 @@ impl SqliteStore {
             let candidate: Option<(String, String)> = tx
                 .query_row(
                     "SELECT id, doc FROM runs WHERE queue = ?1 AND status = 'QUEUED'
+                     AND (not_before IS NULL OR not_before <= ?2)
                      ORDER BY priority DESC, created_at, id LIMIT 1",
-                    [&queue],
+                    params![&queue, now.millis()],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()?;
@@ -67,7 +68,7 @@ pub(super) fn load_run(conn: &Connection, id: &RunId) -> Result<Option<Run>> {
 pub(super) fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
     let sql = format!(
         "INSERT INTO runs (id, status, queue, priority, created_at, doc, {DERIVED_COLUMNS})
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+         VALUES (?, ?, ?, ?, ?, ?, {DERIVED_PLACEHOLDERS}) ON CONFLICT (id) DO NOTHING"
     );
     let values = [
         SqlValue::from(run.id.to_string()),
@@ -89,7 +90,7 @@ pub(super) fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp) -> R
     run.updated_at = now;
     run.rev += 1;
     let sql = format!(
-        "UPDATE runs SET (status, queue, priority, doc, {DERIVED_COLUMNS}) = (?, ?, ?, ?, ?, ?, ?, ?, ?) WHERE id = ?"
+        "UPDATE runs SET (status, queue, priority, doc, {DERIVED_COLUMNS}) = (?, ?, ?, ?, {DERIVED_PLACEHOLDERS}) WHERE id = ?"
     );
     let values = [
         SqlValue::from(run.status.as_str().to_owned()),

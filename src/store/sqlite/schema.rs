@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS ideation_queue ON ideation_requests (status, created_
 
 /// The schema version this build writes (`PRAGMA user_version`). A file of an older version
 /// is migrated on open; 0 is the first release's schema (`SCHEMA` alone).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: columns derived from each run document (kept by `insert_run` / `save_run`)
 /// and one row per completed stage, so `stats` and the queue's views read indexes rather
@@ -117,6 +117,14 @@ ALTER TABLE events_v2 RENAME TO events;
 CREATE INDEX events_run ON events (run, pos);
 ";
 
+/// Version 3: what the claim and the alert sender filter on: a retry's backoff
+/// (`notBefore`) and the earliest undelivered alert. No run written before has either.
+const MIGRATION_3: &str = "
+ALTER TABLE runs ADD COLUMN not_before INTEGER;
+ALTER TABLE runs ADD COLUMN alerts_due INTEGER;
+CREATE INDEX runs_alerts_due ON runs (alerts_due) WHERE alerts_due IS NOT NULL;
+";
+
 /// Brings an older file up to [`SCHEMA_VERSION`] in one transaction (so two processes
 /// opening it at once migrate it once), and refuses a file from a newer build.
 pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
@@ -133,10 +141,16 @@ pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 1 {
         tx.execute_batch(MIGRATION_1)?;
-        backfill_derived(&tx)?;
     }
     if version < 2 {
         compact_events(&tx)?;
+    }
+    if version < 3 {
+        tx.execute_batch(MIGRATION_3)?;
+    }
+    // Once every derived column exists.
+    if version < 1 {
+        backfill_derived(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -182,7 +196,7 @@ fn backfill_derived(tx: &Transaction<'_>) -> Result<()> {
 }
 
 /// The derived columns of `run`, in the order of [`DERIVED_COLUMNS`].
-pub(super) fn derived_values(run: &Run) -> [SqlValue; 5] {
+pub(super) fn derived_values(run: &Run) -> [SqlValue; 7] {
     let gpu = run.gpu_interval();
     let millis = |at: Option<Timestamp>| at.map_or(SqlValue::Null, |at| SqlValue::from(at.millis()));
     [
@@ -191,15 +205,22 @@ pub(super) fn derived_values(run: &Run) -> [SqlValue; 5] {
         run.error.as_ref().map_or(SqlValue::Null, |error| SqlValue::from(error.error_type.clone())),
         millis(gpu.map(|(from, _)| from)),
         millis(gpu.map(|(_, until)| until)),
+        millis(run.not_before),
+        millis(run.alerts_due()),
     ]
 }
 
-/// Columns kept from each run document for `stats` (schema version 1).
-pub(super) const DERIVED_COLUMNS: &str = "seen_at, finished_at, error_code, gpu_from, gpu_until";
+/// Columns kept from each run document for `stats` (schema version 1) and for the claim
+/// and the alert sender (version 3).
+pub(super) const DERIVED_COLUMNS: &str =
+    "seen_at, finished_at, error_code, gpu_from, gpu_until, not_before, alerts_due";
+
+/// One placeholder per derived column.
+pub(super) const DERIVED_PLACEHOLDERS: &str = "?, ?, ?, ?, ?, ?, ?";
 
 /// Stores what `stats` reads from a run: its derived columns and completed stages.
 fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {
-    let sql = format!("UPDATE runs SET ({DERIVED_COLUMNS}) = (?, ?, ?, ?, ?) WHERE id = ?");
+    let sql = format!("UPDATE runs SET ({DERIVED_COLUMNS}) = ({DERIVED_PLACEHOLDERS}) WHERE id = ?");
     let values = derived_values(run).into_iter().chain([SqlValue::from(run.id.to_string())]);
     tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
     write_stage_durations(tx, run)
