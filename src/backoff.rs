@@ -19,15 +19,22 @@ impl Backoff {
 
     /// The delay before the next try.
     pub fn next_delay(&mut self) -> Duration {
-        let base = self.first.saturating_mul(1 << self.attempts.min(16)).min(self.max);
+        let delay = jittered_exponential(self.first, self.max, self.attempts);
         self.attempts += 1;
-        base + base.mul_f64(fastrand::f64() / 2.0)
+        delay
     }
 
     /// A try succeeded: the next failure starts again from `first`.
     pub fn reset(&mut self) {
         self.attempts = 0;
     }
+}
+
+/// The delay before try `n + 1` (n from 0): `first` doubled `n` times, at most `max`, with
+/// up to half of that added at random.
+pub fn jittered_exponential(first: Duration, max: Duration, n: u32) -> Duration {
+    let base = first.saturating_mul(1 << n.min(16)).min(max);
+    base + base.mul_f64(fastrand::f64() / 2.0)
 }
 
 /// `base` moved by up to `spread` of itself either way (`spread` 0.2: ±20%).

@@ -25,3 +25,18 @@ impl crate::run::Run {
         self.alerts.iter().filter_map(|mark| mark.due_at).min()
     }
 }
+
+/// Which alerts runs raise: none unless a webhook is configured (`serve --alert-webhook`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Raise {
+    pub enabled: bool,
+    /// Completed runs too (opt-in).
+    pub completed: bool,
+}
+
+/// Adds to `run` the marks of the alerts its state now calls for and has not raised yet.
+pub fn raise(_run: &mut crate::run::Run, raise: &Raise, _now: Timestamp) {
+    if !raise.enabled {
+        return;
+    }
+}

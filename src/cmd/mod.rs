@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::queue::lease::{self, OnLost};
 use crate::run::{RunId, RunStatus};
-use crate::store::{MongoStore, SqliteStore, Store};
+use crate::store::{MongoStore, Rules, SqliteStore, Store};
 use crate::time::Timestamp;
 
 /// Exit codes, documented in `--help` and the README.
@@ -103,17 +103,22 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// Opens the configured store: MongoDB when a URL is given, else the embedded file.
     pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        self.open_with(Rules::default()).await
+    }
+
+    /// As [`StoreArgs::open`], applying `rules` in its writes (`serve`, a worker on a store).
+    pub async fn open_with(&self, rules: Rules) -> anyhow::Result<Arc<dyn Store>> {
         if let Some(url) = &self.mongodb_url {
             let store = MongoStore::connect(url, self.mongodb_db.as_deref())
                 .await
                 .context("connecting to MongoDB (check MONGODB_URL / --mongodb-url)")?;
-            return Ok(Arc::new(store));
+            return Ok(Arc::new(store.with_rules(rules)));
         }
         let path = match &self.store {
             Some(path) => path.clone(),
             None => default_store_path()?,
         };
-        let store = SqliteStore::open(&path)
+        let store = SqliteStore::open_with(&path, rules)
             .await
             .with_context(|| format!("opening the embedded store at {}", path.display()))?;
         Ok(Arc::new(store))

@@ -8,3 +8,4 @@
 pub mod authority;
 pub mod fence;
 pub mod lease;
+pub mod retry;

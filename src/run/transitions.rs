@@ -77,6 +77,12 @@ impl Run {
         self.silent_since = None;
     }
 
+    /// The run made progress at `now` (the store's clock): a stall is over.
+    pub fn made_progress(&mut self, now: Timestamp) {
+        self.progress_at = Some(self.progress_at.map_or(now, |at| at.max(now)));
+        self.stalled_since = None;
+    }
+
     /// Puts the run back in the queue for a fresh attempt (an operator's reset of a FAILED or
     /// CANCELED run, the requeue of a lost one, an automatic retry); its old attempt is fenced
     /// out and kept in `attempts`. Progress, timing and nodes of the old attempt are cleared:

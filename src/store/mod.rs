@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
-use crate::queue::{fence, lease};
+use crate::queue::{fence, lease, retry};
 use crate::redact;
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
@@ -294,9 +294,39 @@ impl Effect {
     }
 }
 
+/// The policies a store applies in its own writes, so that they hold whoever writes: the
+/// retries of runs that fail retryably, and which alerts runs raise. Set by the process that
+/// opens the store (`serve`, a worker on a store); a store opened by other commands has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rules {
+    pub retries: retry::Policy,
+    pub alerts: crate::alert::Raise,
+}
+
+/// What every run write does last, on both backends: raises the alerts the run now calls for.
+pub(crate) fn before_save(run: &mut Run, rules: &Rules, now: Timestamp) {
+    crate::alert::raise(run, &rules.alerts, now);
+}
+
+/// Whether `payload` shows a run making progress (what `stalledSince` is judged by):
+/// stages, progress, metrics, nodes, artifacts, paper and validation steps, log lines.
+fn is_progress(payload: &Payload) -> bool {
+    !matches!(
+        payload,
+        Payload::Started(_)
+            | Payload::Heartbeat(_)
+            | Payload::Enqueued(_)
+            | Payload::Completed(_)
+            | Payload::Failed(_)
+            | Payload::Canceled(_)
+            | Payload::IdeationGenerated(_)
+            | Payload::Unknown
+    )
+}
+
 /// The one decision both backends make for every new event, on the run as stored now
 /// (`None` when it does not exist), received at `now`.
-pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timestamp) -> Effect {
+pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timestamp, rules: &Rules) -> Effect {
     match (slot.as_mut(), &event.payload) {
         (Some(run), _) => {
             if !fence::admits(run, event.attempt) {
@@ -306,7 +336,15 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
             if event.attempt.is_some() && !lease::is_sweep_record(event) {
                 run.heard(now);
             }
+            if is_progress(&event.payload) {
+                run.made_progress(now);
+            }
+            let ended = run.status.is_terminal();
             reduce::apply(run, event);
+            // The write that ends an attempt is the one that decides its retry: once.
+            if !ended && run.status.is_terminal() {
+                retry::after_end(run, &rules.retries, now);
+            }
             Effect::Updated
         }
         (None, Payload::Enqueued(enqueued)) => {

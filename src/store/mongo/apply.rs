@@ -163,7 +163,7 @@ impl MongoStore {
             // Pairs already reflected in the run: the batch's, and those replayed on creation.
             let mut known: HashSet<(String, String)> = events.iter().map(|event| pair(event)).collect();
             for (position, event) in events.iter().enumerate() {
-                let effect = apply_new_event(&mut slot, event, now);
+                let effect = apply_new_event(&mut slot, event, now, &self.rules);
                 if effect == Effect::Created {
                     // Replay what was stored up to this event, as SQLite does; the batch's
                     // later events are applied next, by this loop.

@@ -27,8 +27,8 @@ use self::bson::{corrupt, error_code, is_duplicate_key};
 pub use self::sequence::GAP_GRACE;
 use self::sequence::{Gaps, SEQUENCE_COLLECTION};
 use super::{
-    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Pruned, Result, RunChange, RunFilter,
-    Stats, Store, StoredEvent, cancel_run, reset_run,
+    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Pruned, Result, Rules, RunChange,
+    RunFilter, Stats, Store, StoredEvent, cancel_run, reset_run,
 };
 use crate::event::Event;
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
@@ -87,6 +87,8 @@ pub struct MongoStore {
     sequences: Collection<Document>,
     /// Gaps in the event order this process has seen, shared by clones.
     gaps: Arc<Gaps>,
+    /// What this handle's writes apply (`store::Rules`).
+    rules: Rules,
 }
 
 impl MongoStore {
@@ -124,10 +126,16 @@ impl MongoStore {
             ideation: db.collection("ideation_requests"),
             sequences: db.collection(SEQUENCE_COLLECTION),
             gaps: Arc::default(),
+            rules: Rules::default(),
             db,
         };
         store.ensure_schema().await?;
         Ok(store)
+    }
+
+    /// This handle, applying `rules` in its writes.
+    pub fn with_rules(self, rules: Rules) -> Self {
+        MongoStore { rules, ..self }
     }
 
     /// Drops the whole database (tests use one database each).

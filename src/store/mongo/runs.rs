@@ -7,7 +7,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use super::bson::to_i64;
 use super::{CLAIM_CANDIDATES, MAX_CAS_TRIES, MongoStore};
 use crate::run::{DEFAULT_QUEUE, Run, RunId, RunStatus};
-use crate::store::{Error, Result};
+use crate::store::{Error, Result, before_save};
 use crate::time::Timestamp;
 
 impl MongoStore {
@@ -101,6 +101,7 @@ impl MongoStore {
     /// Writes `run` over `before`, stamping `updatedAt` and bumping `rev` (as SQLite's
     /// `save_run` does), only if the stored run is still at `before.rev`. False when it was not.
     pub(super) async fn save_run(&self, before: &Run, run: &mut Run, now: Timestamp) -> Result<bool> {
+        before_save(run, &self.rules, now);
         run.updated_at = now;
         run.rev = before.rev + 1;
         let filter = doc! { "_id": run.id.as_str(), "rev": to_i64(before.rev) };

@@ -12,8 +12,8 @@ use super::runs::{insert_run, load_run, save_run, to_json};
 use crate::event::Event;
 use crate::run::{Run, RunId};
 use crate::store::{
-    Artifact, Effect, Error, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Pruned, Result, SideRecord, apply_new_event,
-    replaces, replay, side_record,
+    Artifact, Effect, Error, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Pruned, Result, Rules, SideRecord,
+    apply_new_event, replaces, replay, side_record,
 };
 use crate::time::Timestamp;
 
@@ -98,6 +98,7 @@ struct Touched {
 pub(super) fn apply_batch<'e>(
     tx: &Transaction<'_>,
     events: impl IntoIterator<Item = (&'e Event, Timestamp)>,
+    rules: &Rules,
 ) -> Result<Vec<Outcome>> {
     let mut touched: HashMap<RunId, Touched> = HashMap::new();
     let mut outcomes = Vec::new();
@@ -120,7 +121,7 @@ pub(super) fn apply_batch<'e>(
                 entry.insert(Touched { run: load_run(tx, run_id)?, created: false, changed: false, at: now })
             }
         };
-        let effect = apply_new_event(&mut slot.run, event, now);
+        let effect = apply_new_event(&mut slot.run, event, now, rules);
         match effect {
             Effect::Created => {
                 slot.created = true;
@@ -143,7 +144,7 @@ pub(super) fn apply_batch<'e>(
             run.updated_at = touched.at;
             insert_run(tx, &run)?;
         } else {
-            save_run(tx, &mut run, touched.at)?;
+            save_run(tx, &mut run, touched.at, rules)?;
         }
     }
     Ok(outcomes)

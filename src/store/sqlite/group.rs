@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::apply_batch;
 use crate::event::Event;
-use crate::store::{Error, Outcome, Result};
+use crate::store::{Error, Outcome, Result, Rules};
 use crate::time::Timestamp;
 
 /// Jobs sharing one commit at most: bounds how long one transaction holds the file's write
@@ -38,7 +38,7 @@ const QUEUE_DEPTH: usize = 4096;
 /// One write waiting for, or running in, a group.
 trait Job: Send {
     /// Runs the work in the group's transaction; false when it failed (and is rolled back).
-    fn run(&mut self, tx: &Transaction<'_>) -> bool;
+    fn run(&mut self, tx: &Transaction<'_>, rules: &Rules) -> bool;
     /// Answers the caller once the group's fate is known.
     fn answer(self: Box<Self>, committed: std::result::Result<(), &str>);
     /// An event batch's events and when they were received; `None` for other writes.
@@ -58,9 +58,10 @@ struct Apply {
 }
 
 impl Job for Apply {
-    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+    fn run(&mut self, tx: &Transaction<'_>, rules: &Rules) -> bool {
         let now = self.now;
-        let outcomes = catch_unwind(AssertUnwindSafe(|| apply_batch(tx, self.events.iter().map(|event| (event, now)))))
+        let events = self.events.iter().map(|event| (event, now));
+        let outcomes = catch_unwind(AssertUnwindSafe(|| apply_batch(tx, events, rules)))
             .unwrap_or_else(|_| Err(Error::Commit("applying the events panicked; see the log".into())));
         let ok = outcomes.is_ok();
         self.outcomes = Some(outcomes);
@@ -98,7 +99,7 @@ struct Pending<T, F> {
 }
 
 impl<T: Send, F: FnOnce(&Transaction<'_>) -> Result<T> + Send> Job for Pending<T, F> {
-    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+    fn run(&mut self, tx: &Transaction<'_>, _rules: &Rules) -> bool {
         let Some(work) = self.work.take() else { return false };
         let value = catch_unwind(AssertUnwindSafe(|| work(tx)))
             .unwrap_or_else(|_| Err(Error::Commit("the write panicked; see the log".into())));
@@ -122,14 +123,15 @@ pub(super) struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Starts the writer thread on `connection` (already migrated).
-    pub(super) fn start(connection: Connection) -> Result<Self> {
+    /// Starts the writer thread on `connection` (already migrated); event batches are
+    /// applied under `rules`.
+    pub(super) fn start(connection: Connection, rules: Rules) -> Result<Self> {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_groups(connection, queue, &counted))
+            .spawn(move || write_groups(connection, queue, &counted, &rules))
             .map_err(|err| Error::Commit(format!("cannot start the writer thread: {err}")))?;
         Ok(GroupWriter { jobs, commits })
     }
@@ -167,7 +169,12 @@ fn writer_gone() -> Error {
 
 /// The thread: take every job waiting (up to [`MAX_GROUP`] jobs or [`MAX_GROUP_EVENTS`]
 /// events), run them in one transaction, commit, answer them all.
-fn write_groups(mut connection: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
+fn write_groups(
+    mut connection: Connection,
+    mut queue: mpsc::Receiver<Box<dyn Job>>,
+    commits: &AtomicU64,
+    rules: &Rules,
+) {
     while let Some(first) = queue.blocking_recv() {
         let weight = |job: &dyn Job| job.events().map_or(1, |(events, _)| events.len());
         let mut events = weight(first.as_ref());
@@ -181,7 +188,7 @@ fn write_groups(mut connection: Connection, mut queue: mpsc::Receiver<Box<dyn Jo
                 Err(_) => break,
             }
         }
-        let committed = run_group(&mut connection, &mut group).map_err(|err| err.to_string());
+        let committed = run_group(&mut connection, &mut group, rules).map_err(|err| err.to_string());
         match &committed {
             Ok(()) => _ = commits.fetch_add(1, Ordering::Relaxed),
             Err(reason) => {
@@ -196,18 +203,18 @@ fn write_groups(mut connection: Connection, mut queue: mpsc::Receiver<Box<dyn Jo
 
 /// Runs the group's jobs in one transaction and commits it: neighbouring event batches
 /// merged, every other job in its own savepoint.
-fn run_group(connection: &mut Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+fn run_group(connection: &mut Connection, group: &mut [Box<dyn Job>], rules: &Rules) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut next = 0;
     while next < group.len() {
         let batches = group[next..].iter().take_while(|job| job.events().is_some()).count();
-        if batches > 1 && apply_merged(&tx, &mut group[next..next + batches])? {
+        if batches > 1 && apply_merged(&tx, &mut group[next..next + batches], rules)? {
             next += batches;
             continue;
         }
         for job in &mut group[next..next + batches.max(1)] {
             tx.execute_batch("SAVEPOINT job")?;
-            let end = if job.run(&tx) { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let end = if job.run(&tx, rules) { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
             // Failing here means SQLite rolled the whole transaction back (a full disk, an I/O
             // error): every job of the group, earlier ones too, then hears that it failed.
             tx.execute_batch(end)?;
@@ -218,13 +225,13 @@ fn run_group(connection: &mut Connection, group: &mut [Box<dyn Job>]) -> rusqlit
 }
 
 /// Applies neighbouring event batches as one; false (and nothing written) when that failed.
-fn apply_merged(tx: &Transaction<'_>, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<bool> {
+fn apply_merged(tx: &Transaction<'_>, jobs: &mut [Box<dyn Job>], rules: &Rules) -> rusqlite::Result<bool> {
     tx.execute_batch("SAVEPOINT merged")?;
     let events = jobs
         .iter()
         .filter_map(|job| job.events())
         .flat_map(|(events, now)| events.iter().map(move |event| (event, now)));
-    let applied = catch_unwind(AssertUnwindSafe(|| apply_batch(tx, events)));
+    let applied = catch_unwind(AssertUnwindSafe(|| apply_batch(tx, events, rules)));
     let Ok(Ok(outcomes)) = applied else {
         tx.execute_batch("ROLLBACK TO merged; RELEASE merged")?;
         return Ok(false);
@@ -246,7 +253,7 @@ mod tests {
     use rusqlite::{Connection, Transaction};
 
     use super::{GroupWriter, QUEUE_DEPTH};
-    use crate::store::{Error, Result};
+    use crate::store::{Error, Result, Rules};
 
     fn open(path: &std::path::Path) -> Connection {
         let connection = Connection::open(path).expect("open");
@@ -306,7 +313,7 @@ mod tests {
     async fn writes_queued_during_a_commit_share_the_next_one_and_a_failure_stays_alone() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("group.sqlite");
-        let writer = Arc::new(GroupWriter::start(open(&path)).expect("start"));
+        let writer = Arc::new(GroupWriter::start(open(&path), Rules::default()).expect("start"));
         let jobs: Vec<TestJob> = (1..=12)
             .map(|n| -> TestJob {
                 match n % 4 {
@@ -349,7 +356,7 @@ mod tests {
         let path = dir.path().join("group.sqlite");
         let connection = open(&path);
         connection.busy_timeout(Duration::ZERO).expect("timeout");
-        let writer = Arc::new(GroupWriter::start(connection).expect("start"));
+        let writer = Arc::new(GroupWriter::start(connection, Rules::default()).expect("start"));
         // Another process holds the write lock: the group's BEGIN IMMEDIATE fails at once.
         let other = open(&path);
         other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t (n) VALUES (100)").expect("other writer");

@@ -36,8 +36,8 @@ use self::pages::{Direction, events_page};
 use self::runs::{insert_run, load_run, save_run};
 use self::schema::{SCHEMA, migrate};
 use super::{
-    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Pruned, Result, RunChange, RunFilter,
-    Stats, Store, StoredEvent, cancel_run, lock, reset_run,
+    Artifact, Error, EventFilter, HypothesisIdeas, IdeationChange, Outcome, Page, Pruned, Result, Rules, RunChange,
+    RunFilter, Stats, Store, StoredEvent, cancel_run, lock, reset_run,
 };
 use crate::event::Event;
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
@@ -58,6 +58,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    rules: Rules,
     writer: GroupWriter,
     readers: Mutex<Vec<Connection>>,
 }
@@ -65,6 +66,11 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, with its parent directories.
     pub async fn open(path: &Path) -> Result<Self> {
+        SqliteStore::open_with(path, Rules::default()).await
+    }
+
+    /// As [`SqliteStore::open`], applying `rules` in its writes.
+    pub async fn open_with(path: &Path, rules: Rules) -> Result<Self> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
@@ -76,14 +82,18 @@ impl SqliteStore {
             let mut writer = connect(&path)?;
             writer.execute_batch(SCHEMA)?;
             migrate(&mut writer, &path)?;
-            let writer = GroupWriter::start(writer)?;
-            Ok(SqliteStore { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()) }) })
+            let writer = GroupWriter::start(writer, rules)?;
+            Ok(SqliteStore { inner: Arc::new(Inner { path, rules, writer, readers: Mutex::new(Vec::new()) }) })
         })
         .await?
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    fn rules(&self) -> Rules {
+        self.inner.rules
     }
 
     /// Transactions this process has committed (each one fsync); with the events applied,
@@ -172,35 +182,35 @@ impl Store for SqliteStore {
     }
 
     async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>> {
-        let id = id.clone();
+        let (id, rules) = (id.clone(), self.rules());
         self.write(move |tx| {
             let Some(mut run) = load_run(tx, &id)? else { return Ok(None) };
             if !change(&mut run) {
                 return Ok(None);
             }
-            save_run(tx, &mut run, now)?;
+            save_run(tx, &mut run, now, &rules)?;
             Ok(Some(run))
         })
         .await
     }
 
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
-        let id = id.clone();
+        let (id, rules) = (id.clone(), self.rules());
         self.write(move |tx| {
             let run = load_run(tx, &id)?.ok_or_else(|| Error::NotFound(id.clone()))?;
             let mut run = reset_run(run, now)?;
-            save_run(tx, &mut run, now)?;
+            save_run(tx, &mut run, now, &rules)?;
             Ok(run)
         })
         .await
     }
 
     async fn request_cancel(&self, id: &RunId, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run> {
-        let (id, by) = (id.clone(), by.to_owned());
+        let (id, by, rules) = (id.clone(), by.to_owned(), self.rules());
         self.write(move |tx| {
             let run = load_run(tx, &id)?.ok_or_else(|| Error::NotFound(id.clone()))?;
             let mut run = cancel_run(run, &by, reason, now)?;
-            save_run(tx, &mut run, now)?;
+            save_run(tx, &mut run, now, &rules)?;
             Ok(run)
         })
         .await

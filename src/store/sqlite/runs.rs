@@ -7,12 +7,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_i
 use super::SqliteStore;
 use super::schema::{DERIVED_COLUMNS, DERIVED_PLACEHOLDERS, derived_values, write_stage_durations};
 use crate::run::{Run, RunId};
-use crate::store::{Error, Result};
+use crate::store::{Error, Result, Rules, before_save};
 use crate::time::Timestamp;
 
 impl SqliteStore {
     pub(super) async fn claim_next(&self, worker: &str, queue: &str, now: Timestamp) -> Result<Option<Run>> {
-        let (worker, queue) = (worker.to_owned(), queue.to_owned());
+        let (worker, queue, rules) = (worker.to_owned(), queue.to_owned(), self.rules());
         self.write(move |tx| {
             let candidate: Option<(String, String)> = tx
                 .query_row(
@@ -26,7 +26,7 @@ impl SqliteStore {
             let Some((id, doc)) = candidate else { return Ok(None) };
             let mut run = parse_run(&id, &doc)?;
             run.claim(&worker, now);
-            save_run(tx, &mut run, now)?;
+            save_run(tx, &mut run, now, &rules)?;
             Ok(Some(run))
         })
         .await
@@ -86,7 +86,8 @@ pub(super) fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
 }
 
 /// Writes `run` back, stamping `updatedAt` and bumping its revision.
-pub(super) fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp) -> Result<()> {
+pub(super) fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rules: &Rules) -> Result<()> {
+    before_save(run, rules, now);
     run.updated_at = now;
     run.rev += 1;
     let sql = format!(
