@@ -30,6 +30,7 @@ pub fn apply(run: &mut Run, event: &Event) {
         Payload::StageStarted(started) => {
             let timing = stage_timing(run, started.stage);
             timing.started_at = min_time(timing.started_at, key.time);
+            timing.stall_after_s = started.stall_after_s.or(timing.stall_after_s);
             touch(timing, key.time);
             enter_stage(run, started.stage);
         }

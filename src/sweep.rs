@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::event::FailureCode;
 use crate::ideation::{IdeationRequest, IdeationStatus};
 use crate::queue::lease::{self, Action, OnLost, Policy};
-use crate::run::{Run, RunId};
+use crate::queue::stall::{self, OnStall};
+use crate::run::{Run, RunId, RunStatus};
 use crate::store::{self, Outcome, RunFilter, Store};
 use crate::time::Timestamp;
 
@@ -103,6 +104,54 @@ fn swept(run: &Run, action: Action) -> Swept {
     Swept { run_id: run.id.clone(), attempt: run.attempt, worker: run.claimed_by.clone(), action }
 }
 
+/// What a stall sweep did to one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stalled {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    /// Stopped (`--on-stall cancel`), not only flagged.
+    pub stopped: bool,
+}
+
+/// Sweeps the RUNNING runs once at `now` for stalls (`queue::stall`): flags each whose
+/// worker is heard but which made no progress for its stall time (one conditional write
+/// that re-checks the stored run), and with `--on-stall cancel` stores the record that stops
+/// a flagged one (the same for every sweeper, so it is applied once).
+pub async fn stalls(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<Vec<Stalled>> {
+    let mut done = Vec::new();
+    let mut filter = RunFilter { statuses: vec![RunStatus::Running], limit: store::MAX_LIMIT, ..RunFilter::default() };
+    loop {
+        let page = store.list(&filter).await?;
+        for listed in &page.items {
+            let flagged = match listed.stalled_since {
+                Some(_) => Some(listed.clone()),
+                None if stall::is_stalled(listed, policy, now) => {
+                    let (attempt, policy) = (listed.attempt, *policy);
+                    let change = Box::new(move |run: &mut Run| stall::flag(run, attempt, &policy, now));
+                    store.update_if(&listed.id, now, change).await?
+                }
+                None => None,
+            };
+            let Some(flagged) = flagged else { continue };
+            let mut stopped = false;
+            if policy.stall.on_stall == OnStall::Cancel
+                && let Some(record) = stall::record(&flagged, policy, now)
+            {
+                stopped = store.apply_events(vec![record], now).await? == [Outcome::Applied];
+            }
+            if listed.stalled_since.is_none() || stopped {
+                let worker = flagged.claimed_by.clone();
+                done.push(Stalled { run_id: flagged.id.clone(), attempt: flagged.attempt, worker, stopped });
+            }
+        }
+        match page.next {
+            Some(next) => filter.cursor = Some(next),
+            None => return Ok(done),
+        }
+    }
+}
+
 /// Sweeps the held ideation requests once at `now`: fails or requeues those whose worker
 /// was silent for the whole lease. Each is one conditional write that re-checks the stored
 /// request, as for runs.
@@ -131,6 +180,12 @@ pub async fn ideation(store: &dyn Store, policy: &Policy, now: Timestamp) -> sto
 /// tick and a worker on the store before each claim.
 pub async fn once(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::Result<()> {
     runs(store, policy, now).await?.iter().for_each(log);
+    for stalled in stalls(store, policy, now).await? {
+        let worker = stalled.worker.as_deref().unwrap_or("(none)");
+        let what = if stalled.stopped { "failed STALLED (retryable)" } else { "is stalled; still running" };
+        let after = humantime::format_duration(policy.stall.after);
+        tracing::warn!(run = %stalled.run_id, attempt = stalled.attempt, worker, "run {} {what}: its worker is heard but it made no progress (stall time {after}, or its stage's)", stalled.run_id);
+    }
     for request in ideation(store, policy, now).await? {
         let worker = request.claimed_by.as_deref().unwrap_or("(none)");
         let what = match request.status {

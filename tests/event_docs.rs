@@ -100,6 +100,7 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
         FailureCode::Timeout,
         FailureCode::Oom,
         FailureCode::WorkerLost,
+        FailureCode::Stalled,
         FailureCode::Exit(1),
         FailureCode::Signal(1),
     ];
@@ -112,6 +113,7 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
             | FailureCode::Timeout
             | FailureCode::Oom
             | FailureCode::WorkerLost
+            | FailureCode::Stalled
             | FailureCode::Exit(_)
             | FailureCode::Signal(_) => {}
         }

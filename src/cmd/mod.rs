@@ -18,6 +18,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::queue::lease::{self, OnLost};
+use crate::queue::retry;
+use crate::queue::stall::{self, OnStall};
 use crate::run::{RunId, RunStatus};
 use crate::store::{MongoStore, Rules, SqliteStore, Store};
 use crate::time::Timestamp;
@@ -145,6 +147,52 @@ pub struct LeaseArgs {
     /// old attempt is fenced out).
     #[arg(long, env = "SCIENTIST_ON_LOST", value_enum, default_value_t = OnLostArg::Fail)]
     pub on_lost: OnLostArg,
+
+    /// A RUNNING run whose worker is heard but which shows no progress (no stage, progress,
+    /// node, metric or artifact event, no log line) for this long is flagged stalled
+    /// (`stalledSince`); its status is unchanged and the next progress clears the flag. A
+    /// pipeline stage may set its own (`stall_after = "2h"` in the pipeline file).
+    #[arg(long, env = "SCIENTIST_STALL_AFTER", default_value = "30m", value_parser = positive_duration)]
+    pub stall_after: std::time::Duration,
+
+    /// What becomes of a stalled run: `flag` (only flagged) or `cancel` (failed with code
+    /// STALLED, retryable, so --retry-max applies; its worker stops the child).
+    #[arg(long, env = "SCIENTIST_ON_STALL", value_enum, default_value_t = OnStallArg::Flag)]
+    pub on_stall: OnStallArg,
+}
+
+/// Automatic retries, applied by the store in the write that stores a failure; shared by
+/// `serve` and a worker on a store. Off by default.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// Put a run that fails retryably (`retryable: true`: a lost worker, a killed or stalled
+    /// process…) back in the queue up to N times, after a backoff; a run's own
+    /// `runs create --retry-max` overrides it. Non-retryable failures and cancels are never
+    /// retried, and a run failing retryably 4 times within 10 minutes is thrashing and stops.
+    /// [default: 0, never]
+    #[arg(long, env = "SCIENTIST_RETRY_MAX", value_name = "N")]
+    pub retry_max: Option<u32>,
+
+    /// The first retry waits this long, each next one twice as long (at most 1h, or this if
+    /// it is longer), with up to half of it added at random.
+    #[arg(long, env = "SCIENTIST_RETRY_BACKOFF", default_value = "1m", value_parser = positive_duration)]
+    pub retry_backoff: std::time::Duration,
+}
+
+impl RetryArgs {
+    pub fn policy(&self) -> retry::Policy {
+        let cap = self.retry_backoff.max(std::time::Duration::from_secs(60 * 60));
+        retry::Policy { max: self.retry_max.unwrap_or(0), backoff: self.retry_backoff, cap }
+    }
+}
+
+/// A duration above zero, for flags where zero would mean "at once, always".
+pub(crate) fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be above zero, e.g. 10s".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(format!("{err}: write a duration such as 10s, 1m or 500ms")),
+    }
 }
 
 /// Log retention for a process that owns a store (`serve`, a worker on a store).
@@ -195,10 +243,30 @@ impl From<OnLostArg> for OnLost {
     }
 }
 
+/// `--on-stall`: the command line's names for `stall::OnStall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStallArg {
+    /// Only flagged `stalledSince`.
+    Flag,
+    /// Failed with code STALLED (retryable); its worker stops the child.
+    Cancel,
+}
+
+impl From<OnStallArg> for OnStall {
+    fn from(arg: OnStallArg) -> OnStall {
+        match arg {
+            OnStallArg::Flag => OnStall::Flag,
+            OnStallArg::Cancel => OnStall::Cancel,
+        }
+    }
+}
+
 impl LeaseArgs {
     pub fn policy(&self) -> Result<lease::Policy, UsageError> {
-        lease::Policy::new(self.silent_after, self.lease, self.on_lost.into())
-            .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))
+        let mut policy = lease::Policy::new(self.silent_after, self.lease, self.on_lost.into())
+            .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))?;
+        policy.stall = stall::Policy { after: self.stall_after, on_stall: self.on_stall.into() };
+        Ok(policy)
     }
 }
 

@@ -134,6 +134,10 @@ pub struct CreateArgs {
     /// Worker pool that may claim it.
     #[arg(long, default_value = DEFAULT_QUEUE)]
     queue: String,
+    /// Retry it up to N times when it fails retryably, whatever `serve --retry-max` says
+    /// (0: never).
+    #[arg(long, value_name = "N")]
+    retry_max: Option<u32>,
     /// Print the run document as JSON instead of its id.
     #[arg(long)]
     json: bool,
@@ -364,8 +368,13 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let idea = read_idea(&args.idea)?;
     let store = args.store.open().await?;
-    let new_run =
-        NewRun { hypothesis_id: args.hypothesis_id, priority: args.priority, queue: args.queue, ..NewRun::new(idea) };
+    let new_run = NewRun {
+        hypothesis_id: args.hypothesis_id,
+        priority: args.priority,
+        queue: args.queue,
+        retry_max: args.retry_max,
+        ..NewRun::new(idea)
+    };
     let run = store.enqueue(new_run, Timestamp::now()).await?;
     if args.json {
         super::print(serde_json::to_string_pretty(&run)?)?;

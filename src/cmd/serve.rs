@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{LeaseArgs, RetentionArgs, StoreArgs, UsageError};
+use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError, positive_duration};
 use crate::server::{self, AppState, Limits, Tokens};
+use crate::store::Rules;
 use crate::sweep;
 
 /// Flags of `scientist serve`.
@@ -32,6 +33,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub lease: LeaseArgs,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
 
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -60,14 +64,6 @@ pub struct Args {
     pub max_connections: u32,
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration.is_zero() => Err("must be above zero, e.g. 10s".into()),
-        Ok(duration) => Ok(duration),
-        Err(err) => Err(format!("{err}: write a duration such as 10s, 1m or 500ms")),
-    }
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tokens = Tokens::new(args.token.clone());
     if let Some(path) = &args.token_file {
@@ -88,7 +84,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.sweep_every.is_zero() {
         return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
     }
-    let store = args.store.open().await?;
+    let rules = Rules { retries: args.retry.policy(), ..Rules::default() };
+    let store = args.store.open_with(rules).await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
     let pruner = args.retention.spawn(&store);
     let listener = tokio::net::TcpListener::bind(args.listen)

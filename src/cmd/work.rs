@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::{LeaseArgs, RetentionArgs, StoreArgs, UsageError};
+use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError};
 use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
 use crate::emit::{EventStream, LocalEndpoint, StreamConfig};
 use crate::gpu::Gpus;
 use crate::monitor::{self, ArtifactStore};
 use crate::protocol::WorkerMode;
+use crate::store::Rules;
 use crate::worker::{self, Directive, Pipeline, PodFacts, PodId};
 
 const AFTER_HELP: &str = "\
@@ -78,6 +79,9 @@ pub struct Args {
     /// A worker on a store prunes its log lines as `serve` does (not one on --server).
     #[command(flatten)]
     pub retention: RetentionArgs,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
 
     /// Claim and report through this control plane instead of a store (needs a token
     /// beyond loopback). Used when neither --store nor MONGODB_URL is set.
@@ -199,6 +203,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if args.retry.retry_max.is_some() && !args.on_store() {
+        return Err(UsageError(
+            "--retry-max applies to a worker on a store; with --server, pass it to `scientist serve`, whose store \
+             decides retries"
+                .into(),
+        )
+        .into());
+    }
     if args.retention.retain_logs.is_some() && !args.on_store() {
         return Err(UsageError(
             "--retain-logs applies to a worker on a store; with --server, pass it to `scientist serve`".into(),
@@ -314,7 +326,7 @@ async fn open_queue(args: &Args) -> anyhow::Result<Arc<dyn ControlPlane>> {
     match &args.server {
         Some(server) if !args.on_store() => Ok(Arc::new(HttpControlPlane::new(server, args.token.clone())?)),
         _ => {
-            let store = args.store.open().await?;
+            let store = args.store.open_with(Rules { retries: args.retry.policy(), ..Rules::default() }).await?;
             // Detached: it ends with the process.
             drop(args.retention.spawn(&store));
             let name = if args.store.mongodb_url.is_some() { "MongoDB" } else { "the embedded store" };

@@ -27,6 +27,9 @@ pub enum FailureCode {
     /// The control plane heard nothing from the run's worker for the whole lease: the pod
     /// may be gone, the run may not be at fault. `WORKER_LOST`.
     WorkerLost,
+    /// Its worker was heard but the run made no progress for the stall time, and
+    /// `--on-stall cancel` stopped it: a hung step may well pass next time. `STALLED`.
+    Stalled,
     /// The stage exited with this non-zero status: the pipeline's own error. `EXIT_<n>`.
     Exit(i32),
     /// The stage was killed by this signal from outside (preemption, a segfault): may pass
@@ -42,7 +45,9 @@ impl FailureCode {
     /// not for what the pipeline or its config does every time.
     pub fn retryable(self) -> bool {
         match self {
-            FailureCode::WorkerError | FailureCode::WorkerShutdown | FailureCode::WorkerLost => true,
+            FailureCode::WorkerError | FailureCode::WorkerShutdown | FailureCode::WorkerLost | FailureCode::Stalled => {
+                true
+            }
             FailureCode::Signal(_) => true,
             FailureCode::SpawnFailed | FailureCode::Timeout | FailureCode::Oom | FailureCode::Exit(_) => false,
         }
@@ -58,6 +63,7 @@ impl fmt::Display for FailureCode {
             FailureCode::Timeout => f.write_str("TIMEOUT"),
             FailureCode::Oom => f.write_str("OOM"),
             FailureCode::WorkerLost => f.write_str("WORKER_LOST"),
+            FailureCode::Stalled => f.write_str("STALLED"),
             FailureCode::Exit(status) => write!(f, "EXIT_{status}"),
             FailureCode::Signal(signal) => write!(f, "SIGNAL_{signal}"),
         }
@@ -81,6 +87,7 @@ impl FromStr for FailureCode {
             "TIMEOUT" => FailureCode::Timeout,
             "OOM" => FailureCode::Oom,
             "WORKER_LOST" => FailureCode::WorkerLost,
+            "STALLED" => FailureCode::Stalled,
             _ => {
                 let numbered = match (numbered("EXIT_"), numbered("SIGNAL_")) {
                     (Some(status), _) => FailureCode::Exit(status),
@@ -123,6 +130,7 @@ mod tests {
             (FailureCode::Timeout, "TIMEOUT", false),
             (FailureCode::Oom, "OOM", false),
             (FailureCode::WorkerLost, "WORKER_LOST", true),
+            (FailureCode::Stalled, "STALLED", true),
             (FailureCode::Exit(1), "EXIT_1", false),
             (FailureCode::Exit(-1), "EXIT_-1", false),
             (FailureCode::Signal(11), "SIGNAL_11", true),

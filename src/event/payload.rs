@@ -121,6 +121,9 @@ data! {
         pub hypothesis_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub idea: Option<Value>,
+        /// The run's own limit on automatic retries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry_max: Option<u32>,
     }
 }
 
@@ -158,6 +161,9 @@ data! {
         pub stage: Stage,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub desc: Option<String>,
+        /// Seconds the stage may go without progress before it counts as stalled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stall_after_s: Option<f64>,
     }
 }
 

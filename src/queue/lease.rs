@@ -47,6 +47,8 @@ pub struct Policy {
     pub silent_after: Duration,
     pub lease: Duration,
     pub on_lost: OnLost,
+    /// What becomes of a heard run that makes no progress (`queue::stall`).
+    pub stall: super::stall::Policy,
 }
 
 impl Policy {
@@ -59,7 +61,7 @@ impl Policy {
                 humantime::format_duration(silent_after)
             ));
         }
-        Ok(Policy { silent_after, lease, on_lost })
+        Ok(Policy { silent_after, lease, on_lost, stall: super::stall::Policy::default() })
     }
 }
 
@@ -166,10 +168,22 @@ pub fn record(run: &Run, action: Action, policy: &Policy, now: Timestamp) -> Opt
         let stage = run.current_stage.as_ref().map(|stage| stage.name.as_str().to_owned());
         ("lost", Box::new(payload::Failed { stage, extra, ..payload::Failed::of(FailureCode::WorkerLost, message) }))
     };
+    sweep_record(run, &format!("{name}:{}:{}", run.id, run.attempt), time, data.as_ref(), now)
+}
+
+/// A sweeper's event about `run`, stamped with its live attempt: the same `id` for every
+/// sweeper that builds it, so that a second one is a duplicate.
+pub(crate) fn sweep_record(
+    run: &Run,
+    id: &str,
+    time: Timestamp,
+    data: &dyn EventData,
+    now: Timestamp,
+) -> Option<Event> {
     let mut object = Map::new();
     for (name, value) in [
         ("specversion", json!("1.0")),
-        ("id", json!(format!("{name}:{}:{}", run.id, run.attempt))),
+        ("id", json!(id)),
         ("source", json!(SWEEP_SOURCE)),
         ("type", json!(data.event_type().name())),
         ("subject", json!(format!("run/{}", run.id))),

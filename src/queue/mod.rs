@@ -9,3 +9,4 @@ pub mod authority;
 pub mod fence;
 pub mod lease;
 pub mod retry;
+pub mod stall;

@@ -158,6 +158,8 @@ pub struct NewRun {
     pub priority: i64,
     pub queue: String,
     pub idea: Value,
+    /// Its own limit on automatic retries, over the store's.
+    pub retry_max: Option<u32>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -168,6 +170,13 @@ fn default_queue() -> String {
 
 impl NewRun {
     pub fn new(idea: Value) -> Self {
-        Self { id: RunId::generate(), hypothesis_id: None, priority: 0, queue: DEFAULT_QUEUE.into(), idea }
+        Self {
+            id: RunId::generate(),
+            hypothesis_id: None,
+            priority: 0,
+            queue: DEFAULT_QUEUE.into(),
+            idea,
+            retry_max: None,
+        }
     }
 }

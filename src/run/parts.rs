@@ -68,6 +68,10 @@ pub struct StageTiming {
     pub duration_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<Timestamp>,
+    /// How long the stage may go without progress before it counts as stalled (the
+    /// pipeline file's `stall_after`, sent with its start).
+    #[serde(rename = "stallAfter_s", default, skip_serializing_if = "Option::is_none")]
+    pub stall_after_s: Option<f64>,
 }
 
 /// Why a run failed.

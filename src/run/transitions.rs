@@ -41,7 +41,7 @@ impl Run {
             claimed_by: None,
             attempt: 0,
             retry_count: 0,
-            retry_max: None,
+            retry_max: new_run.retry_max,
             not_before: None,
             retry_stopped: None,
             attempts: Vec::new(),
@@ -97,13 +97,13 @@ impl Run {
                 priority: self.priority,
                 queue: std::mem::take(&mut self.queue),
                 idea: std::mem::take(&mut self.idea),
+                retry_max: self.retry_max,
             },
             self.created_at,
         );
         *self = Run {
             attempt: self.attempt,
             retry_count: self.retry_count + 1,
-            retry_max: self.retry_max,
             attempts: std::mem::take(&mut self.attempts),
             alerts: std::mem::take(&mut self.alerts),
             rev: self.rev,

@@ -25,6 +25,8 @@ pub(super) struct EnqueueRequest {
     #[schema(default = default_queue)]
     queue: String,
     hypothesis_id: Option<String>,
+    /// Automatic retries of a retryable failure, over the server's `--retry-max`.
+    retry_max: Option<u32>,
 }
 
 fn default_queue() -> String {
@@ -42,6 +44,7 @@ pub(super) async fn enqueue(
         priority: request.priority,
         queue: request.queue,
         idea: request.idea,
+        retry_max: request.retry_max,
     };
     let run = state.store.enqueue(new_run, Timestamp::now()).await?;
     Ok((StatusCode::CREATED, axum::Json(run)))

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
-use crate::queue::{fence, lease, retry};
+use crate::queue::{fence, lease, retry, stall};
 use crate::redact;
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
@@ -329,7 +329,7 @@ fn is_progress(payload: &Payload) -> bool {
 pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timestamp, rules: &Rules) -> Effect {
     match (slot.as_mut(), &event.payload) {
         (Some(run), _) => {
-            if !fence::admits(run, event.attempt) {
+            if !fence::admits(run, event.attempt) || !stall::admits(run, event) {
                 return Effect::Stale;
             }
             // An event of the live attempt is word from its worker, however late it was sent.
@@ -355,6 +355,7 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
                 priority: enqueued.priority.unwrap_or(0),
                 queue: enqueued.queue.clone().unwrap_or_else(|| crate::run::DEFAULT_QUEUE.into()),
                 idea: enqueued.idea.clone().unwrap_or(Value::Null),
+                retry_max: enqueued.retry_max,
             };
             *slot = Some(Run::queued(new_run, event.time));
             Effect::Created

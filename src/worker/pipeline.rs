@@ -44,6 +44,9 @@ pub struct Step {
     pub stage: Option<Stage>,
     pub command: Command,
     pub timeout: Option<Duration>,
+    /// How long the stage may go without progress before it counts as stalled (over
+    /// `--stall-after`).
+    pub stall_after: Option<Duration>,
 }
 
 /// A validated pipeline.
@@ -98,6 +101,7 @@ struct RawStage {
     name: String,
     command: Command,
     timeout: Option<String>,
+    stall_after: Option<String>,
 }
 
 impl Pipeline {
@@ -130,7 +134,12 @@ impl Pipeline {
             }
             (Some(command), true) => {
                 check_command(&command, "command")?;
-                vec![Step { stage: None, command, timeout: parse_timeout(raw.timeout.as_deref(), "timeout")? }]
+                vec![Step {
+                    stage: None,
+                    command,
+                    timeout: parse_timeout(raw.timeout.as_deref(), "timeout")?,
+                    stall_after: None,
+                }]
             }
             (None, false) => {
                 if raw.timeout.is_some() {
@@ -145,7 +154,11 @@ impl Pipeline {
                     }
                     check_command(&stage.command, &format!("{at}: command"))?;
                     let timeout = parse_timeout(stage.timeout.as_deref(), &format!("{at}: timeout"))?;
-                    steps.push(Step { stage: Some(name), command: stage.command, timeout });
+                    let stall_after = parse_timeout(stage.stall_after.as_deref(), &format!("{at}: stall_after"))?;
+                    if stall_after.is_some_and(|after| after.is_zero()) {
+                        return Err(format!("{at}: stall_after must be above zero, e.g. \"2h\""));
+                    }
+                    steps.push(Step { stage: Some(name), command: stage.command, timeout, stall_after });
                 }
                 steps
             }
@@ -155,7 +168,7 @@ impl Pipeline {
             Some(ideation) => {
                 check_command(&ideation.command, "[ideation] command")?;
                 let timeout = parse_timeout(ideation.timeout.as_deref(), "[ideation] timeout")?;
-                Some(Step { stage: None, command: ideation.command, timeout })
+                Some(Step { stage: None, command: ideation.command, timeout, stall_after: None })
             }
         };
         if let Some(name) = raw.env.keys().find(|name| name.is_empty() || name.contains(['=', '\0'])) {

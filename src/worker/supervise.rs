@@ -246,7 +246,12 @@ impl Steps<'_> {
     async fn run(&self, step: &Step, watcher: &mut (impl Future<Output = StopReason> + Unpin)) -> StepEnd {
         let started = Instant::now();
         if let Some(stage) = step.stage {
-            let started = StageStarted { stage, desc: Some(stage.description().into()), extra: Map::new() };
+            let started = StageStarted {
+                stage,
+                desc: Some(stage.description().into()),
+                stall_after_s: step.stall_after.map(|after| after.as_secs_f64()),
+                extra: Map::new(),
+            };
             queue(self.stream, Draft::of(&started)).await;
         }
         let (mut child, relays) = match self.spawn(step) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use scientist::store::{MongoStore, SqliteStore, Store};
+use scientist::store::{MongoStore, Rules, SqliteStore, Store};
 
 /// A store for one test, and how to open a second handle on the same data
 /// (a second process on the same SQLite file, a second client of the same database).
@@ -35,13 +35,19 @@ impl TestStore {
 
     /// Another independent handle on the same data.
     pub async fn second_handle(&self) -> Arc<dyn Store> {
+        self.handle_with(Rules::default()).await
+    }
+
+    /// Another independent handle on the same data, applying `rules` in its writes (as
+    /// `serve` or a worker on the store does).
+    pub async fn handle_with(&self, rules: Rules) -> Arc<dyn Store> {
         match &self.backend {
-            Backend::Sqlite { dir } => {
-                Arc::new(SqliteStore::open(&dir.path().join("scientist.sqlite")).await.expect("reopen sqlite"))
-            }
-            Backend::Mongo { url, database, .. } => {
-                Arc::new(MongoStore::connect(url, Some(database)).await.expect("second MongoDB client"))
-            }
+            Backend::Sqlite { dir } => Arc::new(
+                SqliteStore::open_with(&dir.path().join("scientist.sqlite"), rules).await.expect("reopen sqlite"),
+            ),
+            Backend::Mongo { url, database, .. } => Arc::new(
+                MongoStore::connect(url, Some(database)).await.expect("second MongoDB client").with_rules(rules),
+            ),
         }
     }
 
