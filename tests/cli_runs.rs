@@ -107,6 +107,36 @@ async fn ids_and_errors(test_store: TestStore) {
     test_store.cleanup().await;
 }
 
+/// A run retried once: `runs create --retry-max` is stored on it, and `runs show` lists
+/// both attempts with their workers, times, outcomes and errors.
+async fn a_retried_run_shows_its_attempts(test_store: TestStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let idea = dir.path().join("idea.json");
+    std::fs::write(&idea, r#"{"title": "flaky"}"#).expect("idea");
+    let idea = idea.display().to_string();
+    let created = json_stdout(&test_store, &["runs", "create", "--idea", &idea, "--retry-max", "2", "--json"]);
+    assert_eq!(created["retryMax"], 2, "{created}");
+    // The store's own policy is off: the run's `retryMax` is what retries it.
+    let store = test_store.store.clone();
+    let id: scientist::run::RunId = created["_id"].as_str().expect("id").parse().expect("run id");
+    store.claim("pod-a", "default", at(0)).await.expect("claim").expect("the run");
+    let failed = json!({"code": "SIGNAL_15", "message": "preempted", "retryable": true});
+    let first = vec![attempt_event("f1", "ai.run.failed", id.as_str(), 600, 1, failed)];
+    store.apply_events(first, at(600)).await.expect("attempt 1 fails");
+    let waiting = store.get(&id).await.expect("get").expect("run");
+    assert_eq!(waiting.status, scientist::run::RunStatus::Queued, "the run's own retryMax applies");
+    let not_before = waiting.not_before.expect("a backoff");
+    store.claim("pod-b", "default", not_before).await.expect("claim").expect("after the backoff");
+    let done = vec![attempt_event("c2", "ai.run.completed", id.as_str(), 1800, 2, json!({}))];
+    store.apply_events(done, at(1800)).await.expect("attempt 2 completes");
+    let shown = run(&test_store, &["runs", "show", id.as_str()]);
+    assert!(shown.contains("Attempts (2)"), "{shown}");
+    let attempts = shown.split("Attempts (2)").nth(1).expect("the section");
+    assert!(attempts.contains("pod-a") && attempts.contains("SIGNAL_15: preempted (retryable)"), "{shown}");
+    assert!(attempts.contains("pod-b") && attempts.contains("COMPLETED"), "{shown}");
+    test_store.cleanup().await;
+}
+
 /// `runs show --follow --json`: the run, each new event as it is stored, the final run; exit 0.
 async fn follow_json_streams_until_completed(test_store: TestStore) {
     seeded(&test_store).await;
@@ -447,6 +477,7 @@ macro_rules! cli_suite {
             case!(logs_filter_by_level_time_and_count);
             case!(stats_tables_and_json);
             case!(ids_and_errors);
+            case!(a_retried_run_shows_its_attempts);
             case!(follow_json_streams_until_completed);
             case!(follow_logs_until_failed);
             case!(follow_show_until_canceled);

@@ -111,6 +111,9 @@ pub struct ActiveWorker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
     pub last_seen_at: Timestamp,
+    /// Set while the run is flagged stalled: heard, but no progress (`queue::stall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<Timestamp>,
 }
 
 /// Runs finished within the window.
@@ -232,6 +235,7 @@ fn active_worker(run: &Run) -> Option<ActiveWorker> {
         progress: run.current_stage.as_ref().map(|current| current.progress),
         gpu: pod.and_then(|pod| pod.gpu.clone()),
         last_seen_at: run.last_seen_at()?,
+        stalled_since: run.stalled_since,
     })
 }
 

@@ -21,6 +21,9 @@ pub(crate) fn run_detail(
     if let Some(error) = error_panel(run, look) {
         sections.push(error);
     }
+    if !run.attempts.is_empty() {
+        sections.push(attempts_table(run, now, look));
+    }
     if !artifacts.is_empty() {
         sections.push(artifacts_table(artifacts, look));
     }
@@ -81,6 +84,22 @@ fn summary(run: &Run, now: Timestamp, look: Look) -> String {
                 moment(silent_since, now)
             ),
         );
+    }
+    if let Some(stalled_since) = run.stalled_since.filter(|_| !run.status.is_terminal()) {
+        let progress = run.progress_at.map_or(String::new(), |at| format!(", last progress {}", moment(at, now)));
+        row(
+            "stalled",
+            format!(
+                "flagged {}{progress}: its worker is heard but the run shows no progress (--stall-after)",
+                moment(stalled_since, now)
+            ),
+        );
+    }
+    if let Some(not_before) = run.not_before.filter(|_| run.status == crate::run::RunStatus::Queued) {
+        row("retry", format!("queued again; claimable from {} (backoff)", moment(not_before, now)));
+    }
+    if let Some(stopped) = &run.retry_stopped {
+        row("retries", format!("stopped: {stopped}"));
     }
     if let Some(resources) = &run.resources {
         let sample: Vec<String> =
@@ -172,6 +191,32 @@ fn error_panel(run: &Run, look: Look) -> Option<String> {
         lines.extend(tail.iter().map(|line| format!("  {line}")));
     }
     Some(lines.join("\n"))
+}
+
+/// Every ended attempt, oldest first: who ran it, when, and how it ended.
+fn attempts_table(run: &Run, now: Timestamp, look: Look) -> String {
+    let mut table = look.table(["ATTEMPT", "WORKER", "CLAIMED", "ENDED", "OUTCOME", "ERROR"]);
+    for attempt in &run.attempts {
+        let worker = attempt.pod.as_deref().or(attempt.claimed_by.as_deref()).unwrap_or("-");
+        let error = attempt.error.as_ref().map_or("-".to_owned(), |error| {
+            let retry = if error.retryable { "retryable" } else { "not retryable" };
+            format!("{}: {} ({retry})", error.error_type, error.message)
+        });
+        table.add_row(vec![
+            attempt.attempt.to_string(),
+            look.line(worker).into_owned(),
+            attempt.claimed_at.map_or("-".into(), |at| moment(at, now)),
+            moment(attempt.ended_at, now),
+            attempt.outcome.clone(),
+            look.line(&error).into_owned(),
+        ]);
+    }
+    format!(
+        "{}
+{}",
+        look.title(&format!("Attempts ({})", run.attempts.len())),
+        render(&mut table)
+    )
 }
 
 fn artifacts_table(artifacts: &[Artifact], look: Look) -> String {

@@ -77,13 +77,23 @@ impl Look {
         self.colored(Cell::new(status), status)
     }
 
-    /// A run's status, marked `(silent)` while its worker is not heard from.
+    /// A run's status, marked `(silent)` while its worker is not heard from, `(stalled)`
+    /// while it makes no progress, `(retry)` while it waits out a retry's backoff.
     fn run_status_cell(&self, run: &Run) -> Cell {
-        match run.silent_since {
-            Some(_) if !run.status.is_terminal() => {
-                self.colored(Cell::new(format!("{} (silent)", run.status)), run.status)
-            }
-            _ => self.status_cell(run.status),
+        let mark = if run.status.is_terminal() {
+            None
+        } else if run.silent_since.is_some() {
+            Some("silent")
+        } else if run.stalled_since.is_some() {
+            Some("stalled")
+        } else if run.not_before.is_some() && run.status == RunStatus::Queued {
+            Some("retry")
+        } else {
+            None
+        };
+        match mark {
+            Some(mark) => self.colored(Cell::new(format!("{} ({mark})", run.status)), run.status),
+            None => self.status_cell(run.status),
         }
     }
 
@@ -266,7 +276,10 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
             table.add_row(vec![
                 look.cell(&worker.worker),
                 Cell::new(&worker.run_id),
-                look.status_cell(worker.status),
+                match worker.stalled_since {
+                    Some(_) => look.colored(Cell::new(format!("{} (stalled)", worker.status)), worker.status),
+                    None => look.status_cell(worker.status),
+                },
                 Cell::new(worker.stage.map_or("-".into(), |stage| stage.to_string())),
                 Cell::new(worker.progress.map_or("-".into(), percent)),
                 look.cell(worker.gpu.as_deref().unwrap_or("-")),
