@@ -114,6 +114,31 @@ fn a_retention_too_short_or_unreadable_is_refused_with_an_example() {
         .stderr(contains("pass it to `scientist serve`"));
 }
 
+/// Retries are decided by the store's writes: a worker on --server has none to decide, and a
+/// zero backoff or stall time would mean "at once, forever".
+#[test]
+fn retry_and_stall_flags_are_checked_with_the_fix() {
+    let store = tempfile::tempdir().expect("temp dir");
+    scientist(&store)
+        .env_remove("SCIENTIST_STORE")
+        .args(["work", "--config", "x.toml", "--server", "http://127.0.0.1:9", "--retry-max", "3"])
+        .assert()
+        .code(2)
+        .stderr(contains("--retry-max applies to a worker on a store").and(contains("scientist serve")));
+    for flag in ["--retry-backoff", "--stall-after"] {
+        scientist(&store)
+            .args(["serve", flag, "0s"])
+            .assert()
+            .code(2)
+            .stderr(contains(flag).and(contains("above zero")));
+    }
+    scientist(&store)
+        .args(["serve", "--on-stall", "kill"])
+        .assert()
+        .code(2)
+        .stderr(contains("flag").and(contains("cancel")));
+}
+
 #[test]
 fn follow_exit_codes_are_in_the_help() {
     let store = tempfile::tempdir().expect("temp dir");

@@ -204,6 +204,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stage_may_set_its_stall_time_above_zero() {
+        let text =
+            |stall: &str| format!("[[stage]]\nname = \"Stage_1\"\ncommand = \"true\"\nstall_after = \"{stall}\"\n");
+        let pipeline = Pipeline::parse(&text("2h"), Path::new("/")).expect("valid");
+        assert_eq!(pipeline.steps[0].stall_after, Some(Duration::from_secs(7200)));
+        let err = Pipeline::parse(&text("0s"), Path::new("/")).expect_err("zero");
+        assert!(err.contains("stall_after must be above zero"), "{err}");
+        let err = Pipeline::parse(&text("soon"), Path::new("/")).expect_err("not a duration");
+        assert!(err.contains("stall_after \"soon\" is not a duration"), "{err}");
+    }
+
+    #[test]
     fn stages_with_timeouts() {
         let text = r#"
             runs_dir = "runs"
