@@ -134,10 +134,11 @@ mod tests {
             assert!(wait >= base_s as f64 && wait <= base_s as f64 * 1.5, "retry {retry}: {wait}");
             assert_eq!(run.attempts.last().map(|a| a.outcome.as_str()), Some("FAILED"));
         }
-        for _ in 0..5 {
+        for retries in 4..=6 {
             now = now.plus_seconds(3600);
             failed(&mut run, true, now);
             after_end(&mut run, &policy(5), now);
+            assert_eq!(run.status == RunStatus::Queued, retries <= 5, "failure {retries}");
         }
         assert_eq!(run.status, RunStatus::Failed, "five retries used");
         assert!(run.retry_stopped.as_deref().is_some_and(|why| why.contains("none left")), "{:?}", run.retry_stopped);

@@ -53,7 +53,9 @@ pub fn is_stalled(run: &Run, lease: &lease::Policy, now: Timestamp) -> bool {
     if run.status != RunStatus::Running || lease::standing(run, lease, now) != Some(Standing::Heard) {
         return false;
     }
-    let Some(since) = run.progress_at.or(run.started_at).or(run.claimed_at) else { return false };
+    // A run claimed before `progressAt` existed is judged from its next progress, never
+    // from its start: an upgrade must not stop every long run at its first sweep.
+    let Some(since) = run.progress_at.or_else(|| run.last_seen_at()) else { return false };
     now.seconds_since(since) >= allowed(run, &lease.stall).as_secs_f64()
 }
 
@@ -124,6 +126,14 @@ mod tests {
         assert!(!is_stalled(&run, &policy(OnStall::Flag), at(1901)));
         // A silent worker is the lease's business, not a stall.
         assert!(!is_stalled(&run, &policy(OnStall::Flag), at(1900 + 1800 + 61)));
+    }
+
+    #[test]
+    fn a_run_from_before_progress_was_kept_is_judged_from_its_worker_not_its_start() {
+        let mut run = running();
+        run.progress_at = None;
+        run.heard(Timestamp::EPOCH.plus_seconds(86_400));
+        assert!(!is_stalled(&run, &policy(OnStall::Cancel), Timestamp::EPOCH.plus_seconds(86_401)));
     }
 
     #[test]

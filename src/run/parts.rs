@@ -240,6 +240,7 @@ pub struct Attempt {
     pub claimed_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// When the store saw it end (its clock, not the pod's).
     pub ended_at: Timestamp,
     /// `COMPLETED`, `FAILED`, `CANCELED`, or `LOST` (its worker fell silent; requeued).
     pub outcome: String,

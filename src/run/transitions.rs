@@ -129,7 +129,8 @@ impl Run {
             pod: self.pod.as_ref().map(|pod| pod.id.clone()),
             claimed_at: self.claimed_at,
             started_at: self.started_at,
-            ended_at: self.finished_at().unwrap_or(now),
+            // The store's clock, as for `heardAt`: thrashing is judged by it.
+            ended_at: now,
             outcome: outcome.to_owned(),
             error: self.error.clone(),
         });
