@@ -3,13 +3,12 @@
 //! server), and for the outage test a real `scientist serve` on a real socket.
 //! Every wait is on a condition with a deadline; nothing sleeps for a fixed time.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scientist::event::{Event, LogLevel, Payload};
 use scientist::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
-use scientist::run::{Run, RunId, RunStatus};
+use scientist::run::RunStatus;
 use scientist::time::Timestamp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -21,7 +20,7 @@ mod stores;
 #[path = "common/server.rs"]
 mod test_server;
 
-use pod::{BIN, POD, Pod, StoreKind, examples, finish, wait_for};
+use pod::{BIN, POD, Pod, StoreKind, examples, finish, poll_until, run_until, serve, wait_for, wait_healthy};
 
 fn count(events: &[Event], event_type: &str) -> usize {
     events.iter().filter(|event| event.event_type == event_type).count()
@@ -321,33 +320,6 @@ async fn a_stage_past_its_timeout_fails_with_timeout() {
 }
 
 /// A `scientist serve` process on a fixed port over the pod's store.
-fn serve(pod: &Pod, port: u16, flags: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(flags)
-        .env_remove("MONGODB_URL")
-        .envs(pod.store_env())
-        .env_remove("SCIENTIST_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start serve")
-}
-
-async fn wait_healthy(port: u16) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
-        if answer.is_ok_and(|answer| answer.status().is_success()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "serve did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn spool_text(pod: &Pod) -> String {
     let Ok(entries) = std::fs::read_dir(pod.path("spool")) else { return String::new() };
     entries
@@ -583,24 +555,6 @@ async fn a_wrong_token_for_the_server_exits_7_and_a_bad_config_exits_2() {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
-}
-
-/// What `read` gives once `check` holds for it, polled; fails the test after 30 s.
-async fn poll_until<T>(what: &str, read: impl AsyncFn() -> T, check: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let value = read().await;
-        if check(&value) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The run once `check` holds for it, polled from the store.
-async fn run_until(pod: &Pod, id: &RunId, what: &str, check: impl Fn(&Run) -> bool) -> Run {
-    poll_until(what, async || pod.run(id).await, check).await
 }
 
 /// A pod dies without a word (SIGKILL to its worker): the control plane first flags the run

@@ -195,3 +195,50 @@ pub async fn finish(child: Child, within: Duration) -> (ExitStatus, String) {
         .expect("worker output");
     (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
+
+/// `scientist serve` on the pod's store, on loopback `port`, with `flags`.
+pub fn serve(pod: &Pod, port: u16, flags: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(flags)
+        .env_remove("MONGODB_URL")
+        .envs(pod.store_env())
+        .env_remove("SCIENTIST_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve")
+}
+
+/// Waits until `serve` on `port` answers `/health`.
+pub async fn wait_healthy(port: u16) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
+        if answer.is_ok_and(|answer| answer.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `read` gives once `check` holds for it, polled; fails the test after 30 s.
+pub async fn poll_until<T>(what: &str, read: impl AsyncFn() -> T, check: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = read().await;
+        if check(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The run once `check` holds for it, polled from the store.
+pub async fn run_until(pod: &Pod, id: &RunId, what: &str, check: impl Fn(&Run) -> bool) -> Run {
+    poll_until(what, async || pod.run(id).await, check).await
+}
