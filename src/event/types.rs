@@ -191,10 +191,13 @@ mod tests {
         let node = json!({"stage": "Stage_2", "node_id": "n2", "parent_id": "n1", "is_buggy": false,
             "metric": {"acc": 0.9}, "summary": "s"});
         let mut data = object(match event_type {
-            EventType::RunEnqueued => json!({"priority": 3, "queue": "gpu", "hypothesis_id": "h", "idea": {"a": 1}}),
+            EventType::RunEnqueued => json!({"priority": 3, "queue": "gpu", "hypothesis_id": "h", "idea": {"a": 1},
+                "retry_max": 2}),
             EventType::RunStarted => json!({"pod_id": "p", "gpu": "H100", "region": "EU", "image": "img"}),
             EventType::RunHeartbeat => json!({"gpu_util": 0.5, "gpu_mem": 0.25, "cpu": 150.0, "rss": 1024.0}),
-            EventType::RunStageStarted => json!({"stage": "Stage_1", "desc": "initial implementation"}),
+            EventType::RunStageStarted => {
+                json!({"stage": "Stage_1", "desc": "initial implementation", "stall_after_s": 7200.0})
+            }
             EventType::RunStageProgress => json!({"stage": "Stage_1", "iteration": 2, "max_iterations": 10,
                 "progress": 0.2, "good_nodes": 1, "buggy_nodes": 1, "total_nodes": 2, "best_metric": "0.93",
                 "eta_s": 60.0}),
