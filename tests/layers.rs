@@ -8,7 +8,7 @@ use std::path::Path;
 /// ARCHITECTURE.md's "Layers", bottom first. Modules in one row may use each other.
 const LAYERS: &[&[&str]] = &[
     &["time", "errors", "backoff", "sync", "logging", "notice", "limits", "redact", "gpu"],
-    &["run"],
+    &["run", "alert"],
     &["event"],
     &["ideation", "reduce"],
     &["queue"],
