@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["ideation", "reduce"],
     &["queue"],
     &["store"],
-    &["sweep", "retention"],
+    &["sweep", "retention", "webhook"],
     &["protocol"],
     &["control"],
     &["emit"],

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::alert::AlertArgs;
 use super::{LeaseArgs, RetentionArgs, StoreArgs, UsageError};
 use crate::server::{self, AppState, Limits, Tokens};
+use crate::store::Rules;
 use crate::sweep;
 
 /// Flags of `scientist serve`.
@@ -58,9 +60,12 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+
+    #[command(flatten)]
+    pub alerts: AlertArgs,
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(duration) if duration.is_zero() => Err("must be above zero, e.g. 10s".into()),
         Ok(duration) => Ok(duration),
@@ -88,9 +93,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.sweep_every.is_zero() {
         return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
     }
-    let store = args.store.open().await?;
+    let alert_sender = args.alerts.sender(args.listen)?;
+    let rules = Rules { alerts: args.alerts.raise.raise(), ..Rules::default() };
+    let store = args.store.open_with(rules).await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
     let pruner = args.retention.spawn(&store);
+    // Its own task: a slow webhook never holds up ingest or sweeps.
+    let alerts = alert_sender.map(|sender| tokio::spawn(sender.keep_sending(store.clone(), std::future::pending())));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
@@ -104,8 +113,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state = AppState::new(store, tokens).with_limits(limits);
     let served = server::run(listener, state, shutdown_signal()).await;
     sweeper.abort();
-    if let Some(pruner) = pruner {
-        pruner.abort();
+    for task in [pruner, alerts].into_iter().flatten() {
+        task.abort();
     }
     served.context("serving HTTP")
 }
