@@ -30,7 +30,7 @@ fn mark_mut<'a>(run: &'a mut Run, id: &str) -> Option<&'a mut Mark> {
 /// delivered, not held by another sender whose hold is still on). False: leave it.
 pub fn take(run: &mut Run, id: &str, claim: &str, now: Timestamp, until: Timestamp) -> bool {
     let Some(mark) = mark_mut(run, id) else { return false };
-    if !mark.due_at.is_some_and(|due| due <= now) {
+    if mark.due_at.is_none_or(|due| due > now) {
         return false;
     }
     mark.due_at = Some(until);
