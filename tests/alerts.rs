@@ -1,11 +1,14 @@
 //! Alerts on both stores, on real sockets: a local webhook receiver gets one signed POST per
 //! alert and verifies its signature with the secret; a 500 is retried, also by a restarted
 //! `scientist serve` (the built binary); two senders on one store send each alert once, and
-//! a webhook that acknowledged an alert is not sent it again when another one failed.
+//! a webhook that acknowledged an alert is not sent it again when another one failed; a
+//! worker on a store raises the alerts of the runs it ends.
 
 mod common;
+#[path = "common/pod.rs"]
+mod pod;
 #[path = "common/stores.rs"]
-#[allow(dead_code)] // only `mongo_url` is used here
+#[allow(dead_code)] // `mongo_url`, and the sqlite store under `pod`
 mod stores;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -398,4 +401,30 @@ async fn sqlite_a_refused_alert_is_sent_again_after_a_restart() {
 #[tokio::test]
 async fn mongo_a_refused_alert_is_sent_again_after_a_restart() {
     a_refused_alert_is_sent_again_after_a_restart(Backend::mongo()).await;
+}
+
+// ---- a worker on a store ------------------------------------------------------------------
+
+/// Given the webhooks, a worker on a store raises the alert of the run it fails, in the same
+/// write (it never sends it: `serve` does).
+#[tokio::test]
+async fn a_worker_on_a_store_raises_the_alert_of_the_run_it_fails() {
+    let pod = pod::Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let worker = pod
+        .worker(&pod::examples().join("pipeline.toml"))
+        .arg("--once")
+        .env("TOY_FAIL_STAGE", "Stage_2")
+        .env("SCIENTIST_ALERT_WEBHOOKS", "http://127.0.0.1:9/never-sent")
+        .spawn()
+        .expect("start worker");
+    let (status, stderr) = pod::finish(worker, Duration::from_secs(120)).await;
+    assert!(status.success(), "{stderr}");
+    let run = pod.run(&id).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let [mark] = run.alerts.as_slice() else { panic!("one alert: {:?}", run.alerts) };
+    assert_eq!((mark.id.as_str(), mark.kind, mark.tries), ("failed:1", Kind::Failed, 0));
+    assert!(mark.due_at.is_some() && mark.claim.is_none(), "due, for serve to send: {mark:?}");
+    assert_eq!((mark.facts.code.as_deref(), mark.facts.stage.as_deref()), (Some("EXIT_1"), Some("Stage_2")));
+    pod.cleanup().await;
 }
