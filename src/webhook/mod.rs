@@ -39,7 +39,7 @@ const BATCH: usize = 100;
 const CONCURRENT: usize = 8;
 
 /// How a sender delivers (`serve --alert-*`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub webhooks: Vec<Webhook>,
     /// Signs every POST when set (see `sign`).
@@ -56,6 +56,18 @@ pub struct Config {
     pub every: Duration,
     /// This sender's name in the claims it writes.
     pub replica: String,
+}
+
+/// Without the secret, which nothing shows.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("webhooks", &self.webhooks)
+            .field("signed", &self.secret.is_some())
+            .field("format", &self.format)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running sender's configuration and HTTP client.
