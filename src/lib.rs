@@ -31,4 +31,5 @@ pub mod store;
 pub mod sweep;
 pub mod sync;
 pub mod time;
+pub mod webhook;
 pub mod worker;

@@ -8,12 +8,12 @@ use std::path::Path;
 /// ARCHITECTURE.md's "Layers", bottom first. Modules in one row may use each other.
 const LAYERS: &[&[&str]] = &[
     &["time", "errors", "backoff", "sync", "logging", "notice", "limits", "redact", "gpu"],
-    &["run"],
+    &["run", "alert"],
     &["event"],
     &["ideation", "reduce"],
     &["queue"],
     &["store"],
-    &["sweep", "retention"],
+    &["sweep", "retention", "webhook"],
     &["protocol"],
     &["control"],
     &["emit"],

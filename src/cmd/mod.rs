@@ -1,6 +1,7 @@
 //! The command line: `Cli`, one thin module per subcommand, and the flag groups they share.
 //! Each module parses its flags, opens what it needs and calls into the library.
 
+pub mod alert;
 pub mod completions;
 pub mod emit;
 mod follow;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::alert::AlertArgs;
 use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError, positive_duration};
 use crate::server::{self, AppState, Limits, Tokens};
 use crate::store::Rules;
@@ -62,6 +63,9 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+
+    #[command(flatten)]
+    pub alerts: AlertArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -84,10 +88,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.sweep_every.is_zero() {
         return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
     }
-    let rules = Rules { retries: args.retry.policy(), ..Rules::default() };
+    let alert_sender = args.alerts.sender(args.listen)?;
+    let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise.raise() };
     let store = args.store.open_with(rules).await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
     let pruner = args.retention.spawn(&store);
+    // Its own task: a slow webhook never holds up ingest or sweeps.
+    let alerts = alert_sender.map(|sender| tokio::spawn(sender.keep_sending(store.clone(), std::future::pending())));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
@@ -101,8 +108,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state = AppState::new(store, tokens).with_limits(limits);
     let served = server::run(listener, state, shutdown_signal()).await;
     sweeper.abort();
-    if let Some(pruner) = pruner {
-        pruner.abort();
+    for task in [pruner, alerts].into_iter().flatten() {
+        task.abort();
     }
     served.context("serving HTTP")
 }

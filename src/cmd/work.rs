@@ -83,6 +83,11 @@ pub struct Args {
     #[command(flatten)]
     pub retry: RetryArgs,
 
+    /// A worker on a store raises the alerts of the runs it ends, as `serve` does; only
+    /// `serve` sends them (a worker on --server leaves both to it).
+    #[command(flatten)]
+    pub alerts: super::alert::RaiseArgs,
+
     /// Claim and report through this control plane instead of a store (needs a token
     /// beyond loopback). Used when neither --store nor MONGODB_URL is set.
     #[arg(long, env = "SCIENTIST_SERVER", value_name = "URL")]
@@ -326,7 +331,8 @@ async fn open_queue(args: &Args) -> anyhow::Result<Arc<dyn ControlPlane>> {
     match &args.server {
         Some(server) if !args.on_store() => Ok(Arc::new(HttpControlPlane::new(server, args.token.clone())?)),
         _ => {
-            let store = args.store.open_with(Rules { retries: args.retry.policy(), ..Rules::default() }).await?;
+            let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise() };
+            let store = args.store.open_with(rules).await?;
             // Detached: it ends with the process.
             drop(args.retention.spawn(&store));
             let name = if args.store.mongodb_url.is_some() { "MongoDB" } else { "the embedded store" };

@@ -196,6 +196,10 @@ pub trait Store: Send + Sync + 'static {
     /// as it is. The run as written; `None` when `change` declined or there is no such run.
     async fn update_if(&self, id: &RunId, now: Timestamp, change: RunChange) -> Result<Option<Run>>;
 
+    /// Runs with an alert due at or before `now` (`Run::alerts_due`), the earliest due first,
+    /// at most `limit`: what the alert sender delivers next (from an index, on both stores).
+    async fn due_alerts(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
+
     /// FAILED or CANCELED back to QUEUED: claim and error cleared, `retryCount + 1`.
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run>;
 

@@ -160,6 +160,8 @@ impl MongoStore {
                 // Stats: throughput windows.
                 index(doc! { "status": 1, "completedAt": 1 }),
                 index(doc! { "status": 1, "failedAt": 1 }),
+                // The alert sender: runs with an undelivered alert, earliest due first.
+                index(doc! { "alerts.dueAt": 1 }),
             ])
             .await?;
         self.events
@@ -223,6 +225,10 @@ impl Store for MongoStore {
             Err(Error::NotFound(_)) => Ok(None),
             changed => changed,
         }
+    }
+
+    async fn due_alerts(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        self.runs_with_alerts_due(now, limit).await
     }
 
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {

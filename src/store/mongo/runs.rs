@@ -79,6 +79,20 @@ impl MongoStore {
         Err(Error::Contention(format!("the head of queue {queue}")))
     }
 
+    /// Runs with an alert due by `now`: `alerts.dueAt` is indexed (multikey), and an
+    /// ascending sort on an array sorts by its earliest element, as `Run::alerts_due` does.
+    pub(super) async fn runs_with_alerts_due(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .runs
+            .find(doc! { "alerts.dueAt": { "$lte": DateTime::from(now) } })
+            .sort(doc! { "alerts.dueAt": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     /// Loads a run, changes it and writes it back unless another writer changed it meanwhile,
     /// in which case it starts over on the new version. `None` when `change` declines.
     pub(super) async fn update_run(

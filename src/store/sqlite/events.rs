@@ -13,7 +13,7 @@ use crate::event::Event;
 use crate::run::{Run, RunId};
 use crate::store::{
     Artifact, Effect, Error, HypothesisIdeas, LOG_EVENT_TYPE, Outcome, Pruned, Result, Rules, SideRecord,
-    apply_new_event, replaces, replay, side_record,
+    apply_new_event, before_save, replaces, replay, side_record,
 };
 use crate::time::Timestamp;
 
@@ -141,6 +141,8 @@ pub(super) fn apply_batch<'e>(
     for touched in touched.into_values().filter(|touched| touched.changed) {
         let Some(mut run) = touched.run else { continue };
         if touched.created {
+            // Created by replaying events stored before it: it may already call for an alert.
+            before_save(&mut run, rules, touched.at);
             run.updated_at = touched.at;
             insert_run(tx, &run)?;
         } else {

@@ -194,6 +194,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn due_alerts(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        self.runs_with_alerts_due(now, limit).await
+    }
+
     async fn reset(&self, id: &RunId, now: Timestamp) -> Result<Run> {
         let (id, rules) = (id.clone(), self.rules());
         self.write(move |tx| {

@@ -32,6 +32,24 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn runs_with_alerts_due(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, doc FROM runs WHERE alerts_due IS NOT NULL AND alerts_due <= ?1
+                 ORDER BY alerts_due LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![now.millis(), limit as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?;
+            rows.map(|row| {
+                let (id, doc) = row?;
+                parse_run(&id, &doc)
+            })
+            .collect()
+        })
+        .await
+    }
+
     pub(super) async fn runs_with_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {
         let prefix = prefix.to_owned();
         self.read(move |conn| {

@@ -254,7 +254,7 @@ mod tests {
     use super::*;
     use crate::run::{NewRun, Pod, RunStatus, StageTiming};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::sqlite::runs::{insert_run, to_json};
+    use crate::store::sqlite::runs::to_json;
     use crate::store::{Outcome, Store};
 
     fn at(seconds: i64) -> Timestamp {
