@@ -7,14 +7,14 @@
 mod common;
 #[path = "common/pod.rs"]
 mod pod;
+#[path = "common/serve_process.rs"]
+mod serve_process;
 #[path = "common/stores.rs"]
 #[allow(dead_code)] // `mongo_url`, and the sqlite store under `pod`
 mod stores;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,6 +30,7 @@ use scientist::store::{MongoStore, Rules, SqliteStore, Store};
 use scientist::time::Timestamp;
 use scientist::webhook::{self, Format, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, Sender, TIMESTAMP_HEADER, Webhook};
 use serde_json::{Value, json};
+use serve_process::ServeProcess;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
@@ -297,36 +298,17 @@ async fn mongo_two_senders_send_each_alert_once() {
 
 // ---- a restarted serve --------------------------------------------------------------------
 
-/// A `scientist serve` process on an OS-chosen loopback port; killed when dropped.
-struct ServeProcess {
-    child: Child,
-    url: String,
-}
-
 impl ServeProcess {
-    fn start(backend: &Backend, webhook: &str) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scientist"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--alert-webhook", webhook])
-            .args(["--alert-backoff", "100ms", "--alert-every", "50ms", "--alert-timeout", "2s"])
-            .args(["--public-url", PUBLIC_URL])
-            .env_clear()
-            .envs(backend.env())
-            .env("SCIENTIST_ALERT_SECRET", SECRET)
-            .env("LOG_LEVEL", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start scientist serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let url = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
-            .expect("serve says where it listens");
-        // Keep reading so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        ServeProcess { child, url }
+    fn with_webhook(backend: &Backend, webhook: &str) -> ServeProcess {
+        ServeProcess::start(|command| {
+            command
+                .args(["--alert-webhook", webhook])
+                .args(["--alert-backoff", "100ms", "--alert-every", "50ms", "--alert-timeout", "2s"])
+                .args(["--public-url", PUBLIC_URL])
+                .envs(backend.env())
+                .env("SCIENTIST_ALERT_SECRET", SECRET)
+                .env("LOG_LEVEL", "warn")
+        })
     }
 
     /// Enqueues `id` and fails it (not retryable) as its worker would, over the API.
@@ -352,19 +334,12 @@ impl ServeProcess {
     }
 }
 
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The webhook answers 500 (twice: the second POST shows that serve took the 500 and
 /// retried); serve is killed and started again; the restarted one sends the same alert (the
 /// same bytes, key and a valid signature), is answered 200, and never sends it again.
 async fn a_refused_alert_is_sent_again_after_a_restart(backend: Backend) {
     let mut receiver = Receiver::start().await;
-    let first = ServeProcess::start(&backend, &receiver.url("fail"));
+    let first = ServeProcess::with_webhook(&backend, &receiver.url("fail"));
     first.fail_run("run-a").await;
     let refused = receiver.next_to("fail").await;
     let body = refused.verified();
@@ -377,7 +352,7 @@ async fn a_refused_alert_is_sent_again_after_a_restart(backend: Backend) {
     assert_eq!((retried.key(), &retried.body), (refused.key(), &refused.body), "a retry sends the same alert");
     drop(first);
 
-    let second = ServeProcess::start(&backend, &receiver.url("ok"));
+    let second = ServeProcess::with_webhook(&backend, &receiver.url("ok"));
     let resent = receiver.next_to("ok").await;
     resent.verified();
     assert_eq!((resent.key(), &resent.body), (refused.key(), &refused.body), "the restarted serve sends it again");

@@ -3,52 +3,23 @@
 //! third replica tailing a run while two others write to it sees every event exactly once.
 
 mod common;
+#[path = "common/serve_process.rs"]
+mod serve_process;
 #[path = "common/stores.rs"]
 #[allow(dead_code)] // only `mongo_url` is used here
 mod stores;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use scientist::run::{NewRun, RunId};
 use scientist::store::{EventFilter, MongoStore, Store};
 use serde_json::{Value, json};
+use serve_process::ServeProcess;
 
-/// A `scientist serve` process on an OS-chosen loopback port; killed when dropped.
-struct ServeProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServeProcess {
-    fn start(mongodb_url: &str, database: &str) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scientist"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env_clear()
-            .env("MONGODB_URL", mongodb_url)
-            .env("SCIENTIST_MONGODB_DB", database)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start scientist serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let url = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
-            .expect("serve says where it listens");
-        // Keep reading so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        ServeProcess { child, url }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `serve` replica on the shared MongoDB database.
+fn serve_on(mongodb_url: &str, database: &str) -> ServeProcess {
+    ServeProcess::start(|command| command.env("MONGODB_URL", mongodb_url).env("SCIENTIST_MONGODB_DB", database))
 }
 
 fn event(run: &str, seq: u64, attempt: u64, ty: &str, data: Value) -> Value {
@@ -82,7 +53,7 @@ fn run_events(run: &str, attempt: u64) -> Vec<Value> {
 async fn two_servers_on_one_mongodb_lose_no_interleaved_update() {
     let mongodb_url = stores::mongo_url();
     let database = format!("scientist_replicas_{}", ulid::Ulid::generate().to_string().to_lowercase());
-    let servers = [ServeProcess::start(&mongodb_url, &database), ServeProcess::start(&mongodb_url, &database)];
+    let servers = [serve_on(&mongodb_url, &database), serve_on(&mongodb_url, &database)];
     let client = reqwest::Client::new();
     let runs = ["rep-1", "rep-2", "rep-3"];
     for run in runs {
