@@ -13,8 +13,8 @@ use crate::event::Event;
 use crate::event::failure::UNNAMED_CODE;
 use crate::event::payload::{self, NodeData, NodeStep, Payload};
 use crate::run::{
-    Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample, Review,
-    Run, RunError, RunStatus, Stage, StageTiming, Validation,
+    Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample,
+    Review, Run, RunError, RunStatus, Stage, StageTiming, Validation,
 };
 use crate::time::Timestamp;
 

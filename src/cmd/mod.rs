@@ -145,6 +145,12 @@ pub struct LeaseArgs {
     /// old attempt is fenced out).
     #[arg(long, env = "SCIENTIST_ON_LOST", value_enum, default_value_t = OnLostArg::Fail)]
     pub on_lost: OnLostArg,
+
+    /// A run AWAITING_HUMAN whose review nobody approved or rejected this long after it was
+    /// asked for is FAILED with code REVIEW_TIMEOUT (not retryable), e.g. 3d.
+    /// [default: a review waits however long it takes]
+    #[arg(long, env = "SCIENTIST_REVIEW_TIMEOUT", value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub review_timeout: Option<std::time::Duration>,
 }
 
 /// Log retention for a process that owns a store (`serve`, a worker on a store).
@@ -197,8 +203,9 @@ impl From<OnLostArg> for OnLost {
 
 impl LeaseArgs {
     pub fn policy(&self) -> Result<lease::Policy, UsageError> {
-        lease::Policy::new(self.silent_after, self.lease, self.on_lost.into())
-            .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))
+        let policy = lease::Policy::new(self.silent_after, self.lease, self.on_lost.into())
+            .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))?;
+        Ok(lease::Policy { review_timeout: self.review_timeout, ..policy })
     }
 }
 

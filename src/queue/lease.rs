@@ -47,6 +47,9 @@ pub struct Policy {
     pub silent_after: Duration,
     pub lease: Duration,
     pub on_lost: OnLost,
+    /// A review nobody decided this long is failed with `REVIEW_TIMEOUT` by the same sweeps
+    /// (`queue::review`); `None`: a review waits for a person however long it takes.
+    pub review_timeout: Option<Duration>,
 }
 
 impl Policy {
@@ -59,7 +62,7 @@ impl Policy {
                 humantime::format_duration(silent_after)
             ));
         }
-        Ok(Policy { silent_after, lease, on_lost })
+        Ok(Policy { silent_after, lease, on_lost, review_timeout: None })
     }
 }
 

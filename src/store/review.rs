@@ -8,7 +8,12 @@ use crate::run::{ReviewDecision, Run, RunId, RunStatus};
 use crate::time::Timestamp;
 
 /// See [`Store::decide_review`].
-pub(super) async fn decide<S: Store + ?Sized>(store: &S, id: &RunId, decision: Decision, now: Timestamp) -> Result<Run> {
+pub(super) async fn decide<S: Store + ?Sized>(
+    store: &S,
+    id: &RunId,
+    decision: Decision,
+    now: Timestamp,
+) -> Result<Run> {
     let verdict = decision.verdict;
     let change = Box::new(move |run: &mut Run| review::take(run, &decision, now));
     let (run, taken) = match store.update_if(id, now, change).await? {

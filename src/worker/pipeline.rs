@@ -1,5 +1,6 @@
 //! The pipeline a worker runs for each claimed run, read from a TOML file (`--config`):
-//! one command for the whole run, or one command per stage, each with an optional timeout.
+//! one command for the whole run, or one command per stage, each with an optional timeout
+//! and an optional human review when it ends (`review = true`).
 //! `examples/pipeline.toml` is the documented example.
 
 use std::collections::BTreeMap;
@@ -44,6 +45,9 @@ pub struct Step {
     pub stage: Option<Stage>,
     pub command: Command,
     pub timeout: Option<Duration>,
+    /// Ask a person to decide when the step ends well (AWAITING_HUMAN): after the last step
+    /// the worker leaves the run to them; before it, the worker waits for the decision.
+    pub review: bool,
 }
 
 /// A validated pipeline.
@@ -98,6 +102,8 @@ struct RawStage {
     name: String,
     command: Command,
     timeout: Option<String>,
+    #[serde(default)]
+    review: bool,
 }
 
 impl Pipeline {
@@ -130,7 +136,8 @@ impl Pipeline {
             }
             (Some(command), true) => {
                 check_command(&command, "command")?;
-                vec![Step { stage: None, command, timeout: parse_timeout(raw.timeout.as_deref(), "timeout")? }]
+                let timeout = parse_timeout(raw.timeout.as_deref(), "timeout")?;
+                vec![Step { stage: None, command, timeout, review: false }]
             }
             (None, false) => {
                 if raw.timeout.is_some() {
@@ -145,7 +152,7 @@ impl Pipeline {
                     }
                     check_command(&stage.command, &format!("{at}: command"))?;
                     let timeout = parse_timeout(stage.timeout.as_deref(), &format!("{at}: timeout"))?;
-                    steps.push(Step { stage: Some(name), command: stage.command, timeout });
+                    steps.push(Step { stage: Some(name), command: stage.command, timeout, review: stage.review });
                 }
                 steps
             }
@@ -155,7 +162,7 @@ impl Pipeline {
             Some(ideation) => {
                 check_command(&ideation.command, "[ideation] command")?;
                 let timeout = parse_timeout(ideation.timeout.as_deref(), "[ideation] timeout")?;
-                Some(Step { stage: None, command: ideation.command, timeout })
+                Some(Step { stage: None, command: ideation.command, timeout, review: false })
             }
         };
         if let Some(name) = raw.env.keys().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
@@ -203,6 +210,7 @@ mod tests {
             [[stage]]
             name = "Stage_2_baseline_tuning"
             command = "python3 tune.py | tee tune.log"
+            review = true
         "#;
         let pipeline = Pipeline::parse(text, Path::new("/cfg")).expect("valid");
         assert_eq!(pipeline.steps.len(), 2);
@@ -210,6 +218,7 @@ mod tests {
         assert_eq!(pipeline.steps[0].timeout, Some(Duration::from_secs(7200)));
         assert_eq!(pipeline.steps[1].stage, Some(Stage::Stage2));
         assert_eq!(pipeline.steps[1].command.argv()[..2], ["sh", "-c"]);
+        assert_eq!((pipeline.steps[0].review, pipeline.steps[1].review), (false, true));
         assert_eq!(pipeline.runs_dir, Some(PathBuf::from("/cfg/runs")));
         assert_eq!(pipeline.artifacts, None);
     }
