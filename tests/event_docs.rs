@@ -102,6 +102,8 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
         FailureCode::WorkerLost,
         FailureCode::Exit(1),
         FailureCode::Signal(1),
+        FailureCode::Rejected,
+        FailureCode::ReviewTimeout,
     ];
     for code in all {
         // Exhaustive: a new code does not compile here until it is listed (and documented).
@@ -113,7 +115,9 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
             | FailureCode::Oom
             | FailureCode::WorkerLost
             | FailureCode::Exit(_)
-            | FailureCode::Signal(_) => {}
+            | FailureCode::Signal(_)
+            | FailureCode::Rejected
+            | FailureCode::ReviewTimeout => {}
         }
         assert_eq!(codes.iter().filter(|seen| **seen == std::mem::discriminant(&code)).count(), 1, "{code}");
     }

@@ -160,6 +160,11 @@ impl MongoStore {
                 // Stats: throughput windows.
                 index(doc! { "status": 1, "completedAt": 1 }),
                 index(doc! { "status": 1, "failedAt": 1 }),
+                // Stats: reviews by decision (only reviewed runs have one).
+                IndexModel::builder()
+                    .keys(doc! { "review.decision": 1 })
+                    .options(IndexOptions::builder().sparse(true).build())
+                    .build(),
             ])
             .await?;
         self.events
