@@ -86,19 +86,40 @@ pub(super) async fn await_decision(
             // Cancel-safe: an interval tick can be awaited again.
             _ = ticks.tick() => {}
             // Not cancelled: the watcher is polled by reference and lives for the whole run.
-            reason = &mut *watcher => return Err(reason),
+            reason = &mut *watcher => {
+                // A rejection's record fails the run: the watcher may see that first.
+                let decided = decided(context, run_id, attempt, &stage).await;
+                return Err(match (reason, decided) {
+                    (StopReason::ClaimLost(_), Some(Err(ended))) => ended,
+                    (reason, _) => reason,
+                });
+            }
         }
-        let Ok(state) = context.queue.check(run_id, attempt).await else { continue };
-        // Until the request is stored, the run shows an earlier review, or none.
-        let Some(review) = state.review.filter(|review| review.stage == stage) else { continue };
-        match review.decision {
+        match decided(context, run_id, attempt, &stage).await {
             None => {}
-            Some(ReviewDecision::Approved) => {
-                let by = review.decided_by.as_deref().unwrap_or("(unknown)");
+            Some(Ok(by)) => {
                 crate::notice!(run = %run_id, "scientist work: run {run_id} approved by {by}; going on");
                 return Ok(());
             }
-            Some(decision) => return Err(StopReason::ReviewEnded { decision, by: review.decided_by }),
+            Some(Err(ended)) => return Err(ended),
         }
+    }
+}
+
+/// The decision on the review of `stage`, if it is taken: Ok (who approved it) or why the
+/// run stops. `None` while undecided, while the request is not stored yet (the run shows an
+/// earlier review, or none), and when the check fails.
+async fn decided(
+    context: &Context<'_>,
+    run_id: &RunId,
+    attempt: u32,
+    stage: &Option<String>,
+) -> Option<Result<String, StopReason>> {
+    let state = context.queue.check(run_id, attempt).await.ok()?;
+    let review = state.review.filter(|review| review.stage == *stage)?;
+    let by = review.decided_by;
+    match review.decision? {
+        ReviewDecision::Approved => Some(Ok(by.unwrap_or_else(|| "(unknown)".into()))),
+        decision => Some(Err(StopReason::ReviewEnded { decision, by })),
     }
 }
