@@ -224,3 +224,41 @@ fn signal_term(child: &tokio::process::Child) {
         libc::kill(pid, libc::SIGTERM);
     }
 }
+
+/// A pipeline's own `ai.run.review_requested` (through `scientist emit` and the worker's
+/// endpoint) counts as `review = true` on the step that sent it: the worker stamps what it
+/// will do (`holds_worker`, the stage), waits after Stage_1 and leaves the run after Stage_2.
+#[tokio::test]
+async fn a_pipelines_own_review_request_is_held_between_stages_and_left_after_the_last() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let ask = |stage: &str| {
+        format!(
+            "[[stage]]\nname = \"{stage}\"\ncommand = 'scientist emit ai.run.review_requested --run \"$SCIENTIST_RUN_ID\" \
+             --data \"{{\\\"reason\\\": \\\"read {stage}\\\", \\\"options\\\": [\\\"accept\\\", \\\"revise\\\"]}}\"'\n"
+        )
+    };
+    let config = pod.config(&format!("{}{}", ask("Stage_1"), ask("Stage_2")));
+    let worker = pod.worker(&config).arg("--once").spawn().expect("start worker");
+    let first = in_status(&pod, &id, RunStatus::AwaitingHuman).await;
+    let review = first.review.as_ref().expect("the review");
+    assert_eq!(
+        (review.reason.as_deref(), review.stage.as_deref(), review.holds_worker),
+        (Some("read Stage_1"), Some("Stage_1"), true)
+    );
+    assert_eq!(review.options, Some(serde_json::json!(["accept", "revise"])));
+    let (code, _, stderr) = runs(&pod, &["approve", id.as_str()]);
+    assert_eq!(code, 0, "{stderr}");
+    let (status, worker_stderr) = finish(worker, WITHIN).await;
+    assert!(status.success(), "{worker_stderr}");
+    let second = pod.run(&id).await;
+    let review = second.review.as_ref().expect("the second review");
+    assert_eq!(second.status, RunStatus::AwaitingHuman, "{worker_stderr}");
+    assert_eq!((review.stage.as_deref(), review.holds_worker, review.decision), (Some("Stage_2"), false, None));
+    let requests = pod.events(&id).await.into_iter().filter(|event| event.event_type == "ai.run.review_requested");
+    assert_eq!(requests.count(), 2, "the child's requests, none of the worker's own");
+    let (code, _, stderr) = runs(&pod, &["approve", id.as_str()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(pod.run(&id).await.status, RunStatus::Completed);
+    pod.cleanup().await;
+}
