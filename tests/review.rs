@@ -4,8 +4,7 @@
 //! worker leaves the run AWAITING_HUMAN and moves on; between stages it holds the run
 //! (heartbeats go on) until the decision. Every wait is on the store's state with a deadline.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use scientist::queue::review::REVIEW_SOURCE;
 use scientist::run::{ReviewDecision, Run, RunId, RunStatus};
@@ -15,7 +14,7 @@ mod pod;
 #[path = "common/stores.rs"]
 mod stores;
 
-use pod::{BIN, Pod, StoreKind, finish};
+use pod::{BIN, Pod, StoreKind, eventually, finish};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -28,21 +27,9 @@ fn two_stages(review: &str) -> String {
     format!("{}{}", stage("Stage_1"), stage("Stage_2"))
 }
 
-/// Polls `check` on the store until it gives a value, failing the test after [`WITHIN`].
-async fn until<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {WITHIN:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The run once it is in `status`.
 async fn in_status(pod: &Pod, id: &RunId, status: RunStatus) -> Run {
-    until(&format!("run {id} to be {status}"), || async move {
+    eventually(&format!("run {id} to be {status}"), WITHIN, async || {
         let run = pod.run(id).await;
         (run.status == status).then_some(run)
     })
@@ -158,10 +145,9 @@ async fn middle_stage_review(kind: StoreKind, verdict: ReviewDecision) {
     let review = awaiting.review.clone().expect("the review");
     assert_eq!((review.stage.as_deref(), review.holds_worker), (Some("Stage_1"), true));
     // The lease holds: heartbeats of the same attempt keep arriving while the worker waits.
-    let (pod_ref, id_ref, requested_at) = (&pod, &id, review.requested_at);
-    let heard = until("a heartbeat after the request", || async move {
-        let run = pod_ref.run(id_ref).await;
-        run.heartbeat_at.filter(|beat| *beat > requested_at).map(|_| run)
+    let heard = eventually("a heartbeat after the request", WITHIN, async || {
+        let run = pod.run(&id).await;
+        run.heartbeat_at.filter(|beat| *beat > review.requested_at).map(|_| run)
     })
     .await;
     assert_eq!(
