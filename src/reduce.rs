@@ -13,8 +13,8 @@ use crate::event::Event;
 use crate::event::failure::UNNAMED_CODE;
 use crate::event::payload::{self, NodeData, NodeStep, Payload};
 use crate::run::{
-    Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample, Run,
-    RunError, RunStatus, Stage, StageTiming, Validation,
+    Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample,
+    Review, Run, RunError, RunStatus, Stage, StageTiming, Validation,
 };
 use crate::time::Timestamp;
 
@@ -82,6 +82,7 @@ pub fn apply(run: &mut Run, event: &Event) {
             }
         }
         Payload::Failed(failed) => on_failed(run, failed, key),
+        Payload::ReviewRequested(requested) => on_review_requested(run, requested, key),
         Payload::Canceled(canceled) => {
             if advance(run, RunStatus::Canceled) || run.status == RunStatus::Canceled {
                 let replace = run.canceled.as_ref().is_none_or(|existing| key.time < existing.at);
@@ -240,6 +241,30 @@ fn on_failed(run: &mut Run, failed: &payload::Failed, key: EventKey) {
     run.error_message = Some(error.message.clone());
     run.failed_at = Some(error.failed_at);
     run.error = Some(error);
+}
+
+/// The latest request is the run's review (replacing a decided one: a later stage asks again)
+/// and puts the run in AWAITING_HUMAN; an older or repeated one changes nothing. The status
+/// moves up only, so a request never reopens an ended run (it is kept on the document, so
+/// that any order of events gives the same one); the way back to RUNNING is an approval's
+/// (`queue::review`), never an event's.
+fn on_review_requested(run: &mut Run, requested: &payload::ReviewRequested, key: EventKey) {
+    if run.review.as_ref().is_some_and(|review| review.at >= key) {
+        return;
+    }
+    advance(run, RunStatus::AwaitingHuman);
+    run.review = Some(Review {
+        requested_at: key.time,
+        reason: Some(requested.reason.clone()),
+        stage: requested.stage.map(|stage| stage.as_str().to_owned()),
+        options: requested.options.clone(),
+        holds_worker: requested.holds_worker.unwrap_or(false),
+        decision: None,
+        decided_by: None,
+        decided_at: None,
+        comment: None,
+        at: key,
+    });
 }
 
 /// Makes `stage` current when it is further along than the current one.

@@ -3,6 +3,7 @@
 //! (`Store::update_if`, `Store::apply_events`, `Store::update_ideation_if`). Every `serve`
 //! replica sweeps on a timer ([`keep_sweeping`]) and every worker on the store before each
 //! claim ([`once`]); any number may sweep at once, since each write re-checks the stored run.
+//! The same sweeps end forgotten reviews ([`reviews`], `queue::review`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use crate::event::FailureCode;
 use crate::ideation::{IdeationRequest, IdeationStatus};
 use crate::queue::lease::{self, Action, OnLost, Policy};
+use crate::queue::review;
 use crate::queue::stall::{self, OnStall};
 use crate::run::{Run, RunId, RunStatus};
 use crate::store::{self, Outcome, RunFilter, Store};
@@ -186,6 +188,7 @@ pub async fn once(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::
         let after = humantime::format_duration(policy.stall.after);
         tracing::warn!(run = %stalled.run_id, attempt = stalled.attempt, worker, "run {} {what}: its worker is heard but it made no progress (stall time {after}, or its stage's)", stalled.run_id);
     }
+    reviews(store, policy.review_timeout, now).await?.iter().for_each(log_review);
     for request in ideation(store, policy, now).await? {
         let worker = request.claimed_by.as_deref().unwrap_or("(none)");
         let what = match request.status {
@@ -196,6 +199,46 @@ pub async fn once(store: &dyn Store, policy: &Policy, now: Timestamp) -> store::
         tracing::warn!(request = %id, attempt = request.attempt, worker, "ideation request {id} {what}: its worker was silent for the whole lease");
     }
     Ok(())
+}
+
+/// Sweeps the runs AWAITING_HUMAN once at `now`: fails those whose review waited past
+/// `timeout` undecided (`REVIEW_TIMEOUT`), and writes the record of any decision whose decider
+/// stopped before it (`queue::review`). The runs whose record this sweep applied.
+pub async fn reviews(store: &dyn Store, timeout: Option<Duration>, now: Timestamp) -> store::Result<Vec<Run>> {
+    let mut ended = Vec::new();
+    let mut filter =
+        RunFilter { statuses: vec![RunStatus::AwaitingHuman], limit: store::MAX_LIMIT, ..RunFilter::default() };
+    loop {
+        let page = store.list(&filter).await?;
+        for listed in &page.items {
+            // A decision of this very instant is its decider's, writing the record now.
+            let decided_before = listed.review.as_ref().and_then(|review| review.decided_at).is_some_and(|at| at < now);
+            let decided = if review::awaits_record(listed) && decided_before {
+                Some(listed.clone())
+            } else if let Some(timeout) = timeout.filter(|timeout| review::timed_out(listed, *timeout, now)) {
+                let change = Box::new(move |run: &mut Run| review::take_timeout(run, timeout, now));
+                store.update_if(&listed.id, now, change).await?
+            } else {
+                None
+            };
+            let Some(record) = decided.as_ref().and_then(|run| review::record(run, now)) else { continue };
+            if store.apply_events(vec![record], now).await? == [Outcome::Applied] {
+                ended.extend(decided);
+            }
+        }
+        match page.next {
+            Some(next) => filter.cursor = Some(next),
+            None => return Ok(ended),
+        }
+    }
+}
+
+/// One line per review a sweep ended.
+fn log_review(run: &Run) {
+    let review = run.review.as_ref();
+    let decision = review.and_then(|review| review.decision).map_or("decided", |decision| decision.as_str());
+    let by = review.and_then(|review| review.decided_by.as_deref()).unwrap_or("(unknown)");
+    tracing::warn!(run = %run.id, attempt = run.attempt, "run {}: its review ended ({decision} by {by})", run.id);
 }
 
 /// Sweeps every `every` until the task is dropped, logging what each sweep did. A failed

@@ -276,6 +276,55 @@ async fn runs_are_enqueued_paged_claimed_canceled_and_reset() {
 
 /// An ideation pod without database credentials: claim a request, beat, end the claim; a
 /// beat or end by a wrong attempt, or after the end, is a conflict.
+/// A run's review decided over HTTP (admin scope only): the worker's claim check shows the
+/// review; an approval completes a run reviewed after its last stage, a rejection fails one
+/// with `REJECTED`; deciding a run that awaits nothing is a 409 that says why.
+#[tokio::test]
+async fn reviews_are_approved_and_rejected_with_the_admin_scope() {
+    let tokens = Tokens::default().with_token_file("pod ingest\nops ingest read admin\n").expect("token file");
+    let api = Api::start(tokens, Some("ops")).await;
+    for id in ["r-ok", "r-no"] {
+        api.post("/api/runs", json!({"id": id, "idea": {}})).await;
+        let (status, claimed) = api.post("/api/queue/claim", json!({"worker": "pod-1"})).await;
+        assert_eq!((status, claimed["_id"].as_str()), (StatusCode::OK, Some(id)), "{claimed}");
+        let data = json!({"reason": "read the paper", "stage": "paper", "holds_worker": false});
+        let request = event(&format!("{id}-review"), "ai.run.review_requested", id, Some(1), data);
+        let (status, answer) = api.post("/api/ingest/event", request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    let (_, state) = api.get("/api/queue/runs/r-ok?attempt=1").await;
+    assert_eq!(
+        (state["status"].as_str(), state["review"]["reason"].as_str()),
+        (Some("AWAITING_HUMAN"), Some("read the paper"))
+    );
+
+    let pod = api.server.client().post(api.server.url("/api/runs/r-ok/approve")).bearer_auth("pod");
+    let (status, answer) = api.server.send(pod).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an ingest token decides nothing: {answer}");
+    let (status, run) = api.post("/api/runs/r-ok/approve", json!({"by": "alice", "comment": "well argued"})).await;
+    assert_eq!((status, run["status"].as_str()), (StatusCode::OK, Some("COMPLETED")), "{run}");
+    assert_eq!(
+        (run["review"]["decision"].as_str(), run["review"]["decidedBy"].as_str(), run["review"]["comment"].as_str()),
+        (Some("approved"), Some("alice"), Some("well argued"))
+    );
+    assert!(run["review"]["decidedAt"].is_string(), "{run}");
+
+    let (status, answer) = api.post("/api/runs/r-no/reject", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a rejection needs its reason: {answer}");
+    let (status, run) = api.post("/api/runs/r-no/reject", json!({"reason": "not novel"})).await;
+    assert_eq!(
+        (status, run["status"].as_str(), run["errorType"].as_str()),
+        (StatusCode::OK, Some("FAILED"), Some("REJECTED"))
+    );
+    assert_eq!((run["error"]["retryable"].as_bool(), run["review"]["decidedBy"].as_str()), (Some(false), Some("api")));
+
+    let (status, answer) = api.call(Method::POST, "/api/runs/r-ok/approve", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or_default().contains("only a run AWAITING_HUMAN"), "{answer}");
+    let (status, _) = api.post("/api/runs/r-none/reject", json!({"reason": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn ideation_requests_are_claimed_and_ended_over_http() {
     let api = Api::open().await;

@@ -103,6 +103,8 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
         FailureCode::Stalled,
         FailureCode::Exit(1),
         FailureCode::Signal(1),
+        FailureCode::Rejected,
+        FailureCode::ReviewTimeout,
     ];
     for code in all {
         // Exhaustive: a new code does not compile here until it is listed (and documented).
@@ -115,7 +117,9 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
             | FailureCode::WorkerLost
             | FailureCode::Stalled
             | FailureCode::Exit(_)
-            | FailureCode::Signal(_) => {}
+            | FailureCode::Signal(_)
+            | FailureCode::Rejected
+            | FailureCode::ReviewTimeout => {}
         }
         assert_eq!(codes.iter().filter(|seen| **seen == std::mem::discriminant(&code)).count(), 1, "{code}");
     }

@@ -90,6 +90,12 @@ fn body() -> impl Strategy<Value = (&'static str, Value)> {
             "ai.validation.auto_completed",
             json!({"verdict": verdict, "scores": {"overall": 0.5}})
         )),
+        (stage.clone(), any::<bool>(), prop::sample::select(&["check the paper", "look at the plots"][..])).prop_map(
+            |(stage, holds, reason)| (
+                "ai.run.review_requested",
+                json!({"reason": reason, "stage": stage, "holds_worker": holds, "options": ["accept", "revise"]})
+            )
+        ),
         Just(("ai.run.something_new", json!({"anything": 1}))),
     ]
 }

@@ -3,6 +3,8 @@
 //! MongoDB cases need the server `scripts/test` starts; without it they fail, never skip.
 
 mod common;
+#[path = "store_contract/review.rs"]
+mod review_cases;
 #[path = "common/stores.rs"]
 mod stores;
 
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{at, attempt_event, event};
+use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::queue::fence;
@@ -1038,6 +1041,10 @@ macro_rules! store_suite {
             two_handle_case!(concurrent_ideation_claimers_claim_each_request_once);
             case!(lost_ideation_requests_are_failed_or_requeued);
             two_handle_case!(concurrent_ideation_sweepers_act_once);
+            case!(a_review_after_the_last_stage_is_approved_once);
+            case!(a_review_between_stages_goes_on_when_approved_and_fails_when_rejected);
+            two_handle_case!(concurrent_deciders_decide_once);
+            case!(forgotten_reviews_time_out_in_the_sweep);
         }
     };
 }

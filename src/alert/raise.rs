@@ -167,6 +167,7 @@ mod tests {
             decided_by: None,
             decided_at: None,
             comment: None,
+            at: crate::run::EventKey { time: at(3), id: "review-1".into(), source: "pod://a".into() },
         });
         raise(&mut run, &ON, at(4));
         let review_id = format!("review:1:{}", at(3).millis());

@@ -160,6 +160,12 @@ pub struct LeaseArgs {
     /// STALLED, retryable, so --retry-max applies; its worker stops the child).
     #[arg(long, env = "SCIENTIST_ON_STALL", value_enum, default_value_t = OnStallArg::Flag)]
     pub on_stall: OnStallArg,
+
+    /// A run AWAITING_HUMAN whose review nobody approved or rejected this long after it was
+    /// asked for is FAILED with code REVIEW_TIMEOUT (not retryable), e.g. 3d.
+    /// [default: a review waits however long it takes]
+    #[arg(long, env = "SCIENTIST_REVIEW_TIMEOUT", value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub review_timeout: Option<std::time::Duration>,
 }
 
 /// Automatic retries, applied by the store in the write that stores a failure; shared by
@@ -267,6 +273,7 @@ impl LeaseArgs {
         let mut policy = lease::Policy::new(self.silent_after, self.lease, self.on_lost.into())
             .map_err(|reason| UsageError(format!("--silent-after/--lease: {reason}")))?;
         policy.stall = stall::Policy { after: self.stall_after, on_stall: self.on_stall.into() };
+        policy.review_timeout = self.review_timeout;
         Ok(policy)
     }
 }

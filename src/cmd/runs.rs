@@ -1,5 +1,5 @@
-//! `scientist runs …`: list, show, follow, read the logs of, create, reset and cancel runs,
-//! on either store. Tables and text come from `view`, live watching from `follow`.
+//! `scientist runs …`: list, show, follow, read the logs of, create, reset, cancel, approve
+//! and reject runs, on either store. Tables and text come from `view`, live watching from `follow`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use super::follow::{self, EventTail, LiveView, Update};
 use super::view::{self, Look};
 use super::{StoreArgs, UsageError, display_now, resolve_run};
 use crate::event::LogLevel;
-use crate::run::{DEFAULT_QUEUE, NewRun, Run, RunId, RunStatus};
+use crate::queue::review::Decision;
+use crate::run::{DEFAULT_QUEUE, NewRun, ReviewDecision, Run, RunId, RunStatus};
 use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter, Store, StoredEvent};
 use crate::time::Timestamp;
 
@@ -39,6 +40,10 @@ pub enum Command {
     Reset(ResetArgs),
     /// Cancel a run: at once when queued, through its worker when scheduled or running.
     Cancel(CancelArgs),
+    /// Approve a run AWAITING_HUMAN: it completes, or its waiting worker goes on with the next stage.
+    Approve(ApproveArgs),
+    /// Reject a run AWAITING_HUMAN: it fails with code REJECTED (not retried) and a waiting worker stops.
+    Reject(RejectArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +173,34 @@ pub struct CancelArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(help = ID_HELP)]
+    id: RunId,
+    /// A comment, for the record.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Print the run document as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RejectArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(help = ID_HELP)]
+    id: RunId,
+    /// Why, for the record (the run's error message).
+    #[arg(long)]
+    reason: String,
+    /// Print the run document as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::List(args) => list(args).await,
@@ -176,6 +209,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Create(args) => create(args).await,
         Command::Reset(args) => reset(args).await,
         Command::Cancel(args) => cancel(args).await,
+        Command::Approve(args) => decide(args.store, args.id, ReviewDecision::Approved, args.comment, args.json).await,
+        Command::Reject(args) => {
+            decide(args.store, args.id, ReviewDecision::Rejected, Some(args.reason), args.json).await
+        }
     }
 }
 
@@ -409,6 +446,28 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
             run.id,
             run.id
         ),
+    }
+    Ok(())
+}
+
+/// `runs approve` and `runs reject`: the decision goes through `Store::decide_review`.
+async fn decide(
+    store: StoreArgs,
+    id: RunId,
+    verdict: ReviewDecision,
+    comment: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = store.open().await?;
+    let id = resolve_run(store.as_ref(), &id).await?;
+    let decision = Decision { verdict, by: operator(), comment };
+    let run = store.decide_review(&id, decision, Timestamp::now()).await?;
+    if json {
+        super::print(serde_json::to_string_pretty(&run)?)?;
+    }
+    match run.status {
+        RunStatus::Running => crate::notice!("run {} approved: its worker goes on with the next stage", run.id),
+        status => crate::notice!("run {} {}: it is {status}", run.id, verdict.as_str()),
     }
     Ok(())
 }

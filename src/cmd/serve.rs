@@ -28,7 +28,7 @@ pub struct Args {
 
     /// File of scoped tokens, one `TOKEN [SCOPE...]` a line; scopes are ingest (pods:
     /// events, claims), read (runs, events, stats, metrics) and admin (enqueue, reset,
-    /// cancel); a token with no scope named may do everything.
+    /// cancel, approve, reject); a token with no scope named may do everything.
     #[arg(long, env = "SCIENTIST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 

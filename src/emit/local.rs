@@ -33,6 +33,14 @@ pub struct Reported {
     /// The type of a terminal event it sent (`ai.run.failed`, …): the worker then does not
     /// send its own.
     pub terminal: Option<String>,
+    /// It sent `ai.run.review_requested` during the step: the worker acts on it when the
+    /// step ends, as on `review = true`. Cleared by the worker.
+    pub review_requested: bool,
+    /// The worker's part, set before each step: whether a review asked now holds the worker
+    /// (a step before the last), and the step's stage. Both are stamped on the child's
+    /// request (`holds_worker`, `stage`), so that the request says what the worker will do.
+    pub review_holds: bool,
+    pub step_stage: Option<crate::run::Stage>,
 }
 
 /// The run whose events the endpoint takes now.
@@ -159,9 +167,18 @@ fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Resul
     // worker's own token may do, so nothing accepted here is refused downstream.
     authority::pod_may_send_for_its_claim(event)
         .map_err(|refusal| Refusal { status: StatusCode::FORBIDDEN, message: refusal.to_string() })?;
-    let draft = Draft::from_object(event.to_json());
-    stream.check_size(&draft).map_err(|message| Refusal { status: StatusCode::PAYLOAD_TOO_LARGE, message })?;
     let mut reported = lock(reported);
+    let mut object = event.to_json();
+    if event.payload.event_type() == Some(EventType::RunReviewRequested)
+        && let Some(Value::Object(data)) = object.get_mut("data")
+    {
+        data.insert("holds_worker".into(), Value::Bool(reported.review_holds));
+        if let Some(stage) = reported.step_stage {
+            data.insert("stage".into(), Value::from(stage.as_str()));
+        }
+    }
+    let draft = Draft::from_object(object);
+    stream.check_size(&draft).map_err(|message| Refusal { status: StatusCode::PAYLOAD_TOO_LARGE, message })?;
     match event.payload.event_type() {
         Some(EventType::RunStageStarted) => {
             if let Some(stage) = event.data.get("stage").and_then(Value::as_str) {
@@ -171,6 +188,7 @@ fn admit(event: &Event, stream: &RunStream, reported: &Mutex<Reported>) -> Resul
         Some(EventType::RunCompleted | EventType::RunFailed | EventType::RunCanceled) => {
             reported.terminal.get_or_insert_with(|| event.event_type.clone());
         }
+        Some(EventType::RunReviewRequested) => reported.review_requested = true,
         _ => {}
     }
     Ok(draft)

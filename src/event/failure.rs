@@ -35,6 +35,12 @@ pub enum FailureCode {
     /// The stage was killed by this signal from outside (preemption, a segfault): may pass
     /// next time. `SIGNAL_<n>`.
     Signal(i32),
+    /// A person reviewing the run (`scientist runs reject`) turned it down: a verdict, not
+    /// an accident. `REJECTED`.
+    Rejected,
+    /// Nobody decided a review within `--review-timeout`: running the pipeline again would
+    /// only ask again. `REVIEW_TIMEOUT`.
+    ReviewTimeout,
 }
 
 /// The code a run's error gets when its `ai.run.failed` named none.
@@ -50,6 +56,7 @@ impl FailureCode {
             }
             FailureCode::Signal(_) => true,
             FailureCode::SpawnFailed | FailureCode::Timeout | FailureCode::Oom | FailureCode::Exit(_) => false,
+            FailureCode::Rejected | FailureCode::ReviewTimeout => false,
         }
     }
 }
@@ -66,6 +73,8 @@ impl fmt::Display for FailureCode {
             FailureCode::Stalled => f.write_str("STALLED"),
             FailureCode::Exit(status) => write!(f, "EXIT_{status}"),
             FailureCode::Signal(signal) => write!(f, "SIGNAL_{signal}"),
+            FailureCode::Rejected => f.write_str("REJECTED"),
+            FailureCode::ReviewTimeout => f.write_str("REVIEW_TIMEOUT"),
         }
     }
 }
@@ -88,6 +97,8 @@ impl FromStr for FailureCode {
             "OOM" => FailureCode::Oom,
             "WORKER_LOST" => FailureCode::WorkerLost,
             "STALLED" => FailureCode::Stalled,
+            "REJECTED" => FailureCode::Rejected,
+            "REVIEW_TIMEOUT" => FailureCode::ReviewTimeout,
             _ => {
                 let numbered = match (numbered("EXIT_"), numbered("SIGNAL_")) {
                     (Some(status), _) => FailureCode::Exit(status),
@@ -134,6 +145,8 @@ mod tests {
             (FailureCode::Exit(1), "EXIT_1", false),
             (FailureCode::Exit(-1), "EXIT_-1", false),
             (FailureCode::Signal(11), "SIGNAL_11", true),
+            (FailureCode::Rejected, "REJECTED", false),
+            (FailureCode::ReviewTimeout, "REVIEW_TIMEOUT", false),
         ];
         for (code, text, retryable) in cases {
             assert_eq!(code.to_string(), text);

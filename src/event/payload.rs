@@ -36,6 +36,7 @@ pub enum Payload {
     Completed(Completed),
     Failed(Failed),
     Canceled(Canceled),
+    ReviewRequested(ReviewRequested),
     /// An `ai.*` type this version does not know: stored, changes no state.
     Unknown,
 }
@@ -52,9 +53,16 @@ pub enum NodeStep {
 
 impl Payload {
     /// Whether the event moves its run to another status after its creation (started,
-    /// completed, failed, canceled).
+    /// completed, failed, canceled, review requested).
     pub fn changes_status(&self) -> bool {
-        matches!(self, Payload::Started(_) | Payload::Completed(_) | Payload::Failed(_) | Payload::Canceled(_))
+        matches!(
+            self,
+            Payload::Started(_)
+                | Payload::Completed(_)
+                | Payload::Failed(_)
+                | Payload::Canceled(_)
+                | Payload::ReviewRequested(_)
+        )
     }
 
     /// The rules serde cannot say, for [`Payload::parse`].
@@ -374,5 +382,23 @@ data! {
         pub by: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub reason: Option<String>,
+    }
+}
+
+data! {
+    /// A pipeline asks a person to decide before the run goes on or ends (AWAITING_HUMAN).
+    pub struct ReviewRequested {
+        pub reason: String,
+        /// What the reviewer may choose from, as the pipeline describes it (kept as sent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub options: Option<Value>,
+        /// The stage that ended (a worker fills it in for its child's requests).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stage: Option<Stage>,
+        /// Asked between stages: the worker keeps the claim and waits for the decision. The
+        /// worker sets it (for its child's requests too); an approval then lets it go on
+        /// instead of completing the run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub holds_worker: Option<bool>,
     }
 }

@@ -166,6 +166,8 @@ event_types! {
     RunCompleted = "ai.run.completed" => Completed(Completed),
     RunFailed = "ai.run.failed" => Failed(Failed),
     RunCanceled = "ai.run.canceled" => Canceled(Canceled),
+    /// AWAITING_HUMAN until a person approves or rejects the run (`queue::review`).
+    RunReviewRequested = "ai.run.review_requested" => ReviewRequested(ReviewRequested),
 }
 
 impl fmt::Display for EventType {
@@ -222,6 +224,8 @@ mod tests {
             EventType::RunFailed => json!({"stage": "Stage_1", "code": "OOM", "message": "m", "traceback": "t",
                 "retryable": false}),
             EventType::RunCanceled => json!({"by": "alice", "reason": "r"}),
+            EventType::RunReviewRequested => json!({"reason": "check the paper", "options": ["accept", "revise"],
+                "stage": "paper", "holds_worker": false}),
         });
         data.insert("run_id".into(), json!("r1"));
         data

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::queue::fence;
-use crate::run::{CancelRequest, DEFAULT_QUEUE, Run, RunId, RunStatus};
+use crate::run::{CancelRequest, DEFAULT_QUEUE, Review, Run, RunId, RunStatus};
 
 /// What a claim asks for (`scientist work --mode`, one mode a claim).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -55,6 +55,9 @@ pub struct ClaimState {
     #[schema(required = true)]
     #[serde(default)]
     pub cancel_requested: Option<CancelRequest>,
+    /// The run's review, which a worker waiting between stages goes on or stops by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
 }
 
 impl ClaimState {
@@ -67,6 +70,7 @@ impl ClaimState {
             attempt: run.attempt,
             live,
             cancel_requested: run.cancel_requested,
+            review: run.review,
         }
     }
 }

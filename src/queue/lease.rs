@@ -49,6 +49,9 @@ pub struct Policy {
     pub on_lost: OnLost,
     /// What becomes of a heard run that makes no progress (`queue::stall`).
     pub stall: super::stall::Policy,
+    /// A review nobody decided this long is failed with `REVIEW_TIMEOUT` by the same sweeps
+    /// (`queue::review`); `None`: a review waits for a person however long it takes.
+    pub review_timeout: Option<Duration>,
 }
 
 impl Policy {
@@ -61,7 +64,7 @@ impl Policy {
                 humantime::format_duration(silent_after)
             ));
         }
-        Ok(Policy { silent_after, lease, on_lost, stall: super::stall::Policy::default() })
+        Ok(Policy { silent_after, lease, on_lost, stall: super::stall::Policy::default(), review_timeout: None })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The queue's rules, pure and below the store: who may send which events (`authority`, by
 //! token scope), which events may reach a claimed run (`fence`, by attempt) and what
-//! becomes of a run whose worker falls silent (`lease`). The store applies `fence` and
+//! becomes of a run whose worker falls silent (`lease`), and of a run awaiting a person's
+//! review (`review`). The store applies `fence` and
 //! `lease::is_sweep_record` to every event; `serve` judges `authority`; the sweeper that
 //! applies the lease is `crate::sweep`, above the store.
 //! No I/O, and nothing of HTTP, clap or a particular database.
@@ -9,4 +10,5 @@ pub mod authority;
 pub mod fence;
 pub mod lease;
 pub mod retry;
+pub mod review;
 pub mod stall;

@@ -21,7 +21,7 @@ use crate::time::Timestamp;
 pub use id::RunId;
 pub use parts::{
     Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
-    Pod, ResourceSample, Review, RunError, StageTiming, Validation,
+    Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};
 

@@ -249,7 +249,7 @@ pub struct Attempt {
 }
 
 /// A human decision a pipeline asked for (`review = true` on a stage, or
-/// `ai.run.review_requested`), and the decision once made.
+/// `ai.run.review_requested`), and the decision once made (`queue::review`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Review {
@@ -264,11 +264,39 @@ pub struct Review {
     #[serde(default)]
     pub holds_worker: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<String>,
+    pub decision: Option<ReviewDecision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<Timestamp>,
+    /// The approver's comment, or why the run was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The `ai.run.review_requested` event this came from; a later request replaces it.
+    pub at: EventKey,
+}
+
+/// What became of a review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewDecision {
+    /// `runs approve`: the run completes, or its waiting worker goes on.
+    Approved,
+    /// `runs reject`: the run fails with code `REJECTED`.
+    Rejected,
+    /// Nobody decided within `--review-timeout`: the run fails with code `REVIEW_TIMEOUT`.
+    TimedOut,
+}
+
+impl ReviewDecision {
+    pub const ALL: [ReviewDecision; 3] = [ReviewDecision::Approved, ReviewDecision::Rejected, ReviewDecision::TimedOut];
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewDecision::Approved => "approved",
+            ReviewDecision::Rejected => "rejected",
+            ReviewDecision::TimedOut => "timed_out",
+        }
+    }
 }

@@ -1,15 +1,17 @@
-//! Operator actions (admin scope): enqueue, reset and cancel, with the same rules as the
-//! `scientist runs` commands (they share the store's methods).
+//! Operator actions (admin scope): enqueue, reset, cancel, approve and reject, with the same
+//! rules as the `scientist runs` commands (they share the store's methods).
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
 use super::error::extract::{Json, Path};
-use crate::run::{DEFAULT_QUEUE, NewRun, Run, RunId};
+use crate::queue::review::Decision;
+use crate::run::{DEFAULT_QUEUE, NewRun, ReviewDecision, Run, RunId};
 use crate::time::Timestamp;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -72,13 +74,63 @@ pub(super) async fn cancel(
     body: axum::body::Bytes,
 ) -> Result<axum::Json<Run>, ApiError> {
     // The body is optional: an empty one cancels with no reason.
-    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|err| {
-            ApiError::BadRequest(format!("invalid cancel request: {err}; send {{\"reason\": \"...\"}} or no body"))
-        })?
-    };
-    let by = request.by.unwrap_or_else(|| "api".to_owned());
+    let request: CancelRequest = optional_body(&body, "cancel", "{\"reason\": \"...\"}")?;
+    let by = request.by.unwrap_or_else(|| DEFAULT_BY.to_owned());
     Ok(axum::Json(state.store.request_cancel(&id, &by, request.reason, Timestamp::now()).await?))
+}
+
+/// Who an action is recorded as when the request does not say.
+const DEFAULT_BY: &str = "api";
+
+/// A JSON body that may be left out (empty or blank: `T::default()`).
+fn optional_body<T: Default + DeserializeOwned>(body: &[u8], what: &str, example: &str) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("invalid {what} request: {err}; send {example} or no body")))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApproveBody {
+    /// Who decided, for the record [default: "api"].
+    #[schema(default = "api")]
+    by: Option<String>,
+    comment: Option<String>,
+}
+
+/// 200 with the run: COMPLETED when its review followed the last stage, RUNNING again when
+/// its worker waits between stages (it goes on); 409 unless the run is AWAITING_HUMAN.
+pub(super) async fn approve(
+    State(state): State<AppState>,
+    Path(id): Path<RunId>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Run>, ApiError> {
+    let request: ApproveBody = optional_body(&body, "approve", "{\"comment\": \"...\"}")?;
+    let by = request.by.unwrap_or_else(|| DEFAULT_BY.to_owned());
+    let decision = Decision { verdict: ReviewDecision::Approved, by, comment: request.comment };
+    Ok(axum::Json(state.store.decide_review(&id, decision, Timestamp::now()).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RejectBody {
+    /// Who decided, for the record [default: "api"].
+    #[schema(default = "api")]
+    by: Option<String>,
+    /// Why: the run's error message.
+    reason: String,
+}
+
+/// 200 with the run FAILED with code `REJECTED` (a waiting worker stops); 409 unless the run
+/// is AWAITING_HUMAN.
+pub(super) async fn reject(
+    State(state): State<AppState>,
+    Path(id): Path<RunId>,
+    Json(request): Json<RejectBody>,
+) -> Result<axum::Json<Run>, ApiError> {
+    let by = request.by.unwrap_or_else(|| DEFAULT_BY.to_owned());
+    let decision = Decision { verdict: ReviewDecision::Rejected, by, comment: Some(request.reason) };
+    Ok(axum::Json(state.store.decide_review(&id, decision, Timestamp::now()).await?))
 }

@@ -19,7 +19,7 @@ pub enum Scope {
     Ingest,
     /// Read runs, events, artifacts and stats.
     Read,
-    /// Enqueue, reset and cancel runs.
+    /// Enqueue, reset, cancel, approve and reject runs.
     Admin,
 }
 

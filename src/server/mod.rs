@@ -112,6 +112,8 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (endpoint(Method::GET, "/api/runs/{id}/artifacts", Some(Read)), get(read::artifacts)),
         (endpoint(Method::POST, "/api/runs/{id}/reset", Some(Admin)), post(admin::reset)),
         (endpoint(Method::POST, "/api/runs/{id}/cancel", Some(Admin)), post(admin::cancel)),
+        (endpoint(Method::POST, "/api/runs/{id}/approve", Some(Admin)), post(admin::approve)),
+        (endpoint(Method::POST, "/api/runs/{id}/reject", Some(Admin)), post(admin::reject)),
         (endpoint(Method::GET, "/api/stats", Some(Read)), get(read::stats)),
     ]
 }

@@ -77,6 +77,8 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<ClaimState>(&mut schemas, None);
     add::<admin::EnqueueRequest>(&mut schemas, None);
     add::<admin::CancelRequest>(&mut schemas, None);
+    add::<admin::ApproveBody>(&mut schemas, None);
+    add::<admin::RejectBody>(&mut schemas, None);
     add::<Stats>(&mut schemas, None);
     add::<IdeationRequest>(&mut schemas, None);
     add::<IdeationFinish>(&mut schemas, None);

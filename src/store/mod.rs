@@ -6,6 +6,7 @@
 
 pub mod mongo;
 mod page;
+mod review;
 pub mod sqlite;
 pub mod stats;
 
@@ -206,6 +207,16 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a QUEUED run at once; for a SCHEDULED or RUNNING run records the request,
     /// which its worker acts on (it then emits `ai.run.canceled`).
     async fn request_cancel(&self, id: &RunId, by: &str, reason: Option<String>, now: Timestamp) -> Result<Run>;
+
+    /// A person's decision on run `id`'s review (`queue::review`): taken only on a run
+    /// AWAITING_HUMAN whose review is undecided, in one conditional write, then recorded by
+    /// the event that ends the run (`ai.run.completed`, or `ai.run.failed` with `REJECTED`),
+    /// or, for an approval between stages, put back in RUNNING for its waiting worker. The
+    /// run as it is then. Errors with `InvalidTransition` for any other run; repeating the
+    /// same decision after an error is safe (it writes the record the first try left out).
+    async fn decide_review(&self, id: &RunId, decision: crate::queue::review::Decision, now: Timestamp) -> Result<Run> {
+        review::decide(self, id, decision, now).await
+    }
 
     /// Number of runs in each status (statuses with none are left out).
     async fn counts(&self) -> Result<Vec<(RunStatus, u64)>>;

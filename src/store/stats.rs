@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::{Run, RunId, RunStatus, Stage};
+use crate::run::{ReviewDecision, Run, RunId, RunStatus, Stage};
 use crate::time::Timestamp;
 
 /// A worker counts as active while a run it holds showed a heartbeat, start or claim this recently.
@@ -35,6 +35,8 @@ pub struct Stats {
     pub stage_durations: Vec<StageDurations>,
     /// The most common `error.type` codes of FAILED runs, most common first.
     pub failure_codes: Vec<FailureCount>,
+    /// Human reviews: runs awaiting one, and runs by what their latest review became.
+    pub reviews: ReviewCounts,
     /// Hours runs held a GPU: start to end (or to the latest heartbeat while running), one
     /// GPU per run, over the runs' current attempts.
     pub gpu_hours: f64,
@@ -142,6 +144,17 @@ pub struct FailureCount {
     pub count: u64,
 }
 
+/// Runs by review: awaiting a decision (AWAITING_HUMAN, undecided or not yet recorded), and
+/// by the decision on their latest review (`review.decision`), whatever became of them since.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewCounts {
+    pub awaiting: u64,
+    pub approved: u64,
+    pub rejected: u64,
+    pub timed_out: u64,
+}
+
 /// The code reported for a FAILED run that carries none.
 pub const UNKNOWN_FAILURE: &str = "UNKNOWN";
 
@@ -156,6 +169,8 @@ pub(crate) struct Parts {
     pub failed: u64,
     pub stage_durations: Vec<StageDurations>,
     pub failure_codes: Vec<FailureCount>,
+    /// Runs by their latest review's decision (decisions with none may be left out).
+    pub review_decisions: Vec<(ReviewDecision, u64)>,
     pub gpu_seconds: f64,
 }
 
@@ -200,6 +215,14 @@ impl Stats {
         let oldest_age_s = parts.oldest_queued_at.map(|oldest| now.seconds_since(oldest).max(0.0));
         let mut active_workers: Vec<ActiveWorker> = parts.active_runs.iter().filter_map(active_worker).collect();
         active_workers.sort_by(|a, b| (&a.worker, &a.run_id).cmp(&(&b.worker, &b.run_id)));
+        let mut reviews = ReviewCounts { awaiting: by_status.get(RunStatus::AwaitingHuman), ..ReviewCounts::default() };
+        for (decision, count) in parts.review_decisions {
+            *match decision {
+                ReviewDecision::Approved => &mut reviews.approved,
+                ReviewDecision::Rejected => &mut reviews.rejected,
+                ReviewDecision::TimedOut => &mut reviews.timed_out,
+            } += count;
+        }
         let mut stage_durations = parts.stage_durations;
         sort_stages(&mut stage_durations);
         Stats {
@@ -220,6 +243,7 @@ impl Stats {
             },
             stage_durations,
             failure_codes: parts.failure_codes,
+            reviews,
             gpu_hours: parts.gpu_seconds / 3600.0,
         }
     }

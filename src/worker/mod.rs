@@ -1,7 +1,7 @@
 //! The body of `scientist work`: claim a run, run its pipeline as supervised child
 //! processes, report everything through one ordered, spooled event stream, repeat.
 //!
-//! `supervise` (one run), `child` (process groups),
+//! `supervise` (one run), `review` (a review a step asks for), `child` (process groups),
 //! `relay` (a child's output to log events, through `capture`), `outcome` (failure codes),
 //! `heartbeat`, `rundir`, `pipeline` (the TOML config), `identity`. The event stream and
 //! the child's local endpoint live in `emit`. Signals are `cmd::work`'s business: this
@@ -14,6 +14,7 @@ pub mod identity;
 pub mod outcome;
 pub mod pipeline;
 pub mod relay;
+mod review;
 pub mod rundir;
 pub mod supervise;
 

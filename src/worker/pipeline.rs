@@ -1,5 +1,6 @@
 //! The pipeline a worker runs for each claimed run, read from a TOML file (`--config`):
-//! one command for the whole run, or one command per stage, each with an optional timeout.
+//! one command for the whole run, or one command per stage, each with an optional timeout
+//! and an optional human review when it ends (`review = true`).
 //! `examples/pipeline.toml` is the documented example.
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub struct Step {
     /// How long the stage may go without progress before it counts as stalled (over
     /// `--stall-after`).
     pub stall_after: Option<Duration>,
+    /// Ask a person to decide when the step ends well (AWAITING_HUMAN): after the last step
+    /// the worker leaves the run to them; before it, the worker waits for the decision.
+    pub review: bool,
 }
 
 /// A validated pipeline.
@@ -102,6 +106,8 @@ struct RawStage {
     command: Command,
     timeout: Option<String>,
     stall_after: Option<String>,
+    #[serde(default)]
+    review: bool,
 }
 
 impl Pipeline {
@@ -134,12 +140,8 @@ impl Pipeline {
             }
             (Some(command), true) => {
                 check_command(&command, "command")?;
-                vec![Step {
-                    stage: None,
-                    command,
-                    timeout: parse_timeout(raw.timeout.as_deref(), "timeout")?,
-                    stall_after: None,
-                }]
+                let timeout = parse_timeout(raw.timeout.as_deref(), "timeout")?;
+                vec![Step { stage: None, command, timeout, stall_after: None, review: false }]
             }
             (None, false) => {
                 if raw.timeout.is_some() {
@@ -158,7 +160,8 @@ impl Pipeline {
                     if stall_after.is_some_and(|after| after.is_zero()) {
                         return Err(format!("{at}: stall_after must be above zero, e.g. \"2h\""));
                     }
-                    steps.push(Step { stage: Some(name), command: stage.command, timeout, stall_after });
+                    let review = stage.review;
+                    steps.push(Step { stage: Some(name), command: stage.command, timeout, stall_after, review });
                 }
                 steps
             }
@@ -168,7 +171,7 @@ impl Pipeline {
             Some(ideation) => {
                 check_command(&ideation.command, "[ideation] command")?;
                 let timeout = parse_timeout(ideation.timeout.as_deref(), "[ideation] timeout")?;
-                Some(Step { stage: None, command: ideation.command, timeout, stall_after: None })
+                Some(Step { stage: None, command: ideation.command, timeout, stall_after: None, review: false })
             }
         };
         if let Some(name) = raw.env.keys().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
@@ -228,6 +231,7 @@ mod tests {
             [[stage]]
             name = "Stage_2_baseline_tuning"
             command = "python3 tune.py | tee tune.log"
+            review = true
         "#;
         let pipeline = Pipeline::parse(text, Path::new("/cfg")).expect("valid");
         assert_eq!(pipeline.steps.len(), 2);
@@ -235,6 +239,7 @@ mod tests {
         assert_eq!(pipeline.steps[0].timeout, Some(Duration::from_secs(7200)));
         assert_eq!(pipeline.steps[1].stage, Some(Stage::Stage2));
         assert_eq!(pipeline.steps[1].command.argv()[..2], ["sh", "-c"]);
+        assert_eq!((pipeline.steps[0].review, pipeline.steps[1].review), (false, true));
         assert_eq!(pipeline.runs_dir, Some(PathBuf::from("/cfg/runs")));
         assert_eq!(pipeline.artifacts, None);
     }

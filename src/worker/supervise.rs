@@ -1,6 +1,7 @@
 //! One claimed run, start to end: the run directory, `ai.run.started`, each step of the
 //! pipeline as a supervised child (stage events around it, output relayed, timeout), the
-//! claim watched for an operator's cancel or a lost claim, and the one terminal event.
+//! claim watched for an operator's cancel or a lost claim, the reviews a step asks for
+//! (`review`), and the one terminal event, or the request that leaves the run to a person.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,13 +15,14 @@ use super::child::{self, Child, Launch, Stopped};
 use super::outcome::{self, Ending, Failure, Tail};
 use super::pipeline::Step;
 use super::relay::{Relayed, relay};
+use super::review::{self, AfterStep};
 use super::{Context, Directive, heartbeat, rundir};
 use crate::capture::queue;
 use crate::emit::{Draft, Reported, RunStream};
 use crate::event::FailureCode;
-use crate::event::payload::{Canceled, Completed, Failed, StageCompleted, StageStarted};
+use crate::event::payload::{Canceled, Completed, Failed, ReviewRequested, StageCompleted, StageStarted};
 use crate::monitor::Monitor;
-use crate::run::{Run, RunId, RunStatus};
+use crate::run::{ReviewDecision, Run, RunId, RunStatus};
 use crate::sync::lock;
 
 /// After a stage's processes are gone, its output pipes close; a process that escaped the
@@ -40,6 +42,8 @@ pub enum StopReason {
     ClaimLost(RunStatus),
     /// The worker was told to stop (SIGTERM/SIGINT).
     Shutdown,
+    /// The review the worker waited on was rejected or timed out; its record fails the run.
+    ReviewEnded { decision: ReviewDecision, by: Option<String> },
 }
 
 /// How a run ended, for the worker's summary and the tests.
@@ -48,6 +52,8 @@ pub enum Verdict {
     Completed,
     Failed(Failure),
     Stopped(StopReason),
+    /// The last step asked for a review: the run is AWAITING_HUMAN and the worker moves on.
+    AwaitingReview,
 }
 
 /// How one step ended.
@@ -98,6 +104,10 @@ impl Verdict {
             Verdict::Stopped(StopReason::Canceled { by, .. }) => format!("canceled by {by}"),
             Verdict::Stopped(StopReason::ClaimLost(status)) => format!("stopped: the claim was lost (run is {status})"),
             Verdict::Stopped(StopReason::Shutdown) => "stopped: the worker is shutting down".to_owned(),
+            Verdict::Stopped(StopReason::ReviewEnded { decision, by }) => {
+                format!("stopped: its review was {} by {}", decision.as_str(), by.as_deref().unwrap_or("(unknown)"))
+            }
+            Verdict::AwaitingReview => "awaits a review (AWAITING_HUMAN); the worker moves on".to_owned(),
         }
     }
 }
@@ -127,7 +137,8 @@ impl Supervised<'_> {
         ));
         let monitor =
             Monitor::start(context.config.monitor.clone(), self.run.id.clone(), self.dir.into(), self.stream.clone());
-        let (verdict, failed_stage) = self.run_steps(&group, &reported).await;
+        let ended = self.run_steps(&group, &reported).await;
+        let verdict = ended.verdict;
         // The last artifacts and log lines go before the terminal event; heartbeats go on
         // meanwhile, since a long final upload is not a lost worker.
         self.finish_monitor(monitor, &verdict).await;
@@ -136,8 +147,11 @@ impl Supervised<'_> {
         beats.abort();
         let _ = beats.await;
         context.endpoint.detach();
-        if verdict != Verdict::Completed {
-            report_failure(self.stream, &verdict, failed_stage, &reported).await;
+        if let Some(request) = ended.review {
+            // After the last uploads, as a terminal event would be: the reviewer sees it all.
+            queue(self.stream, Draft::of(&request)).await;
+        } else if verdict != Verdict::Completed {
+            report_failure(self.stream, &verdict, ended.stage, &reported).await;
         } else if lock(&reported).terminal.is_none() {
             let completed = Completed { duration_s: Some(self.started.elapsed().as_secs_f64()), extra: Map::new() };
             queue(self.stream, Draft::of(&completed)).await;
@@ -145,21 +159,37 @@ impl Supervised<'_> {
         verdict
     }
 
-    /// Each step in turn until one does not end well; then its verdict and the stage it was in.
-    async fn run_steps(&self, group: &Arc<AtomicI32>, reported: &Arc<Mutex<Reported>>) -> (Verdict, Option<String>) {
+    /// Each step in turn until one does not end well, or the last asks for a review.
+    async fn run_steps(&self, group: &Arc<AtomicI32>, reported: &Arc<Mutex<Reported>>) -> StepsEnded {
         let watcher = watch_claim(self.context, &self.run.id, self.run.attempt);
         tokio::pin!(watcher);
         let steps = Steps { context: self.context, stream: self.stream, dir: self.dir, run: self.run, group };
-        for step in &self.context.config.pipeline.steps {
+        let pipeline = &self.context.config.pipeline.steps;
+        for (index, step) in pipeline.iter().enumerate() {
+            let holds = index + 1 < pipeline.len();
+            {
+                let mut reported = lock(reported);
+                (reported.review_holds, reported.step_stage) = (holds, step.stage);
+            }
             let verdict = match steps.run(step, &mut watcher).await {
-                StepEnd::Done => continue,
+                StepEnd::Done => {
+                    match review::after_step(self.context, self.run, self.stream, step, holds, reported, &mut watcher)
+                        .await
+                    {
+                        Ok(AfterStep::GoOn) => continue,
+                        Ok(AfterStep::AwaitsReview(review)) => {
+                            return StepsEnded { verdict: Verdict::AwaitingReview, stage: None, review };
+                        }
+                        Err(reason) => Verdict::Stopped(reason),
+                    }
+                }
                 StepEnd::Failed(failure) => Verdict::Failed(failure),
                 StepEnd::Stopped(reason) => Verdict::Stopped(reason),
             };
             let stage = step.stage.map(|stage| stage.as_str().to_owned()).or_else(|| lock(reported).stage.clone());
-            return (verdict, stage);
+            return StepsEnded { verdict, stage, review: None };
         }
-        (Verdict::Completed, None)
+        StepsEnded { verdict: Verdict::Completed, stage: None, review: None }
     }
 
     /// Waits for the monitor's last uploads as long as the run's end allows.
@@ -185,6 +215,14 @@ impl Supervised<'_> {
     }
 }
 
+/// How the steps ended: the verdict, the stage it came in, and the review request that is
+/// still to be sent (after the last step; the child's own went through the endpoint).
+struct StepsEnded {
+    verdict: Verdict,
+    stage: Option<String>,
+    review: Option<ReviewRequested>,
+}
+
 /// The terminal event of a run that did not complete, unless the child already sent one
 /// (its own code, e.g. ALL_NODES_BUGGY, wins) or the claim is no longer ours.
 async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<String>, reported: &Arc<Mutex<Reported>>) {
@@ -192,7 +230,10 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
         return;
     }
     let draft = match verdict {
-        Verdict::Completed | Verdict::Stopped(StopReason::ClaimLost(_)) => return,
+        // A review's end is recorded by the store (`queue::review`), as a lost claim is elsewhere.
+        Verdict::Completed
+        | Verdict::AwaitingReview
+        | Verdict::Stopped(StopReason::ClaimLost(_) | StopReason::ReviewEnded { .. }) => return,
         Verdict::Failed(failure) => failed_event(failure, stage),
         Verdict::Stopped(StopReason::Canceled { by, reason }) => {
             Draft::of(&Canceled { by: Some(by.clone()), reason: reason.clone(), extra: Map::new() })

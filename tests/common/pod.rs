@@ -187,6 +187,18 @@ pub async fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -
     }
 }
 
+/// Polls the async `check` (a store read) until it gives a value, failing the test after `within`.
+pub async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for the worker to exit and returns its status and stderr.
 pub async fn finish(child: Child, within: Duration) -> (ExitStatus, String) {
     let output = tokio::time::timeout(within, child.wait_with_output())

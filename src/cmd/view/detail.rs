@@ -2,7 +2,7 @@
 //! recent logs), drawn with the [`Look`] of the rest of the views.
 
 use super::{Ansi, Look, bytes, duration, log_line, moment, percent, render, scalar, status_ansi};
-use crate::run::{Run, Stage};
+use crate::run::{Run, RunStatus, Stage};
 use crate::store::{Artifact, StoredEvent};
 use crate::time::Timestamp;
 
@@ -17,6 +17,9 @@ pub(crate) fn run_detail(
     let mut sections = vec![summary(run, now, look)];
     if !run.stage_timing.is_empty() || run.current_stage.is_some() {
         sections.push(stages(run, look));
+    }
+    if let Some(review) = review_panel(run, now, look) {
+        sections.push(review);
     }
     if let Some(error) = error_panel(run, look) {
         sections.push(error);
@@ -211,12 +214,38 @@ fn attempts_table(run: &Run, now: Timestamp, look: Look) -> String {
             look.line(&error).into_owned(),
         ]);
     }
-    format!(
-        "{}
-{}",
-        look.title(&format!("Attempts ({})", run.attempts.len())),
-        render(&mut table)
-    )
+    format!("{}\n{}", look.title(&format!("Attempts ({})", run.attempts.len())), render(&mut table))
+}
+
+/// The review the pipeline asked for: why, of which stage, when, and what was decided (or
+/// how to decide it).
+fn review_panel(run: &Run, now: Timestamp, look: Look) -> Option<String> {
+    let review = run.review.as_ref()?;
+    let mut table = look.bare_table();
+    let mut row = |name: &str, value: String| {
+        table.add_row(vec![name.to_owned(), look.line(&value).into_owned()]);
+    };
+    if let Some(reason) = &review.reason {
+        row("reason", reason.clone());
+    }
+    let holds = if review.holds_worker { " (its worker waits, holding the run)" } else { " (after the last stage)" };
+    row("stage", format!("{}{holds}", review.stage.as_deref().unwrap_or("-")));
+    if let Some(options) = &review.options {
+        row("options", scalar(options));
+    }
+    row("requested", moment(review.requested_at, now));
+    let decision = match (review.decision, review.decided_at) {
+        (Some(decision), Some(at)) => {
+            let by = review.decided_by.as_deref().unwrap_or("unknown");
+            format!("{} by {by} {}{}", decision.as_str(), moment(at, now), reason(&review.comment))
+        }
+        _ if run.status == RunStatus::AwaitingHuman => {
+            format!("awaited: `scientist runs approve {0}` or `scientist runs reject {0} --reason TEXT`", run.id)
+        }
+        _ => "none".to_owned(),
+    };
+    row("decision", decision);
+    Some(format!("{}\n{}", look.title("Review"), render(&mut table)))
 }
 
 fn artifacts_table(artifacts: &[Artifact], look: Look) -> String {

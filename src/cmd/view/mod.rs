@@ -260,6 +260,14 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
         ),
     ]);
     headline.add_row(vec!["GPU-hours".to_owned(), format!("{:.2}", stats.gpu_hours)]);
+    let reviews = &stats.reviews;
+    headline.add_row(vec![
+        "reviews".to_owned(),
+        format!(
+            "{} awaiting; {} approved, {} rejected, {} timed out",
+            reviews.awaiting, reviews.approved, reviews.rejected, reviews.timed_out
+        ),
+    ]);
     sections.push(format!("{}\n{}", look.title(&format!("Stats at {}", stats.generated_at)), render(&mut headline)));
 
     let mut by_status = look.table(["STATUS", "RUNS"]);

@@ -162,6 +162,11 @@ impl MongoStore {
                 index(doc! { "status": 1, "failedAt": 1 }),
                 // The alert sender: runs with an undelivered alert, earliest due first.
                 index(doc! { "alerts.dueAt": 1 }),
+                // Stats: reviews by decision (only reviewed runs have one).
+                IndexModel::builder()
+                    .keys(doc! { "review.decision": 1 })
+                    .options(IndexOptions::builder().sparse(true).build())
+                    .build(),
             ])
             .await?;
         self.events

@@ -5,7 +5,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 
 use super::MongoStore;
 use super::bson::{bson_number, corrupt};
-use crate::run::{Run, RunStatus};
+use crate::run::{ReviewDecision, Run, RunStatus};
 use crate::store::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use crate::store::{Result, Stats};
 use crate::time::Timestamp;
@@ -42,6 +42,7 @@ impl MongoStore {
             failed: self.finished_since(RunStatus::Failed, "failedAt", now).await?,
             stage_durations: self.stage_durations().await?,
             failure_codes: self.failure_codes().await?,
+            review_decisions: self.review_decisions().await?,
             gpu_seconds: self.gpu_seconds(now).await?,
         };
         Ok(Stats::assemble(parts, now))
@@ -121,6 +122,27 @@ impl MongoStore {
                 let code = group.get_str("_id").map_err(|err| corrupt("failure code", err))?.to_owned();
                 let count = group.get("count").and_then(bson_number).unwrap_or(0.0);
                 Ok(FailureCount { code, count: count as u64 })
+            })
+            .collect()
+    }
+
+    /// Runs by `review.decision`, from its sparse index.
+    async fn review_decisions(&self) -> Result<Vec<(ReviewDecision, u64)>> {
+        let pipeline = [
+            doc! { "$match": { "review.decision": { "$exists": true } } },
+            doc! { "$group": { "_id": "$review.decision", "count": { "$sum": 1 } } },
+        ];
+        let groups: Vec<Document> = self.runs.aggregate(pipeline).await?.try_collect().await?;
+        groups
+            .into_iter()
+            .map(|group| {
+                let decision = group.get_str("_id").map_err(|err| corrupt("review decision", err))?;
+                let decision = ReviewDecision::ALL
+                    .into_iter()
+                    .find(|known| known.as_str() == decision)
+                    .ok_or_else(|| corrupt("review decision", decision.to_owned()))?;
+                let count = group.get("count").and_then(bson_number).unwrap_or(0.0);
+                Ok((decision, count as u64))
             })
             .collect()
     }

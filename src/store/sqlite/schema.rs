@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS ideation_queue ON ideation_requests (status, created_
 
 /// The schema version this build writes (`PRAGMA user_version`). A file of an older version
 /// is migrated on open; 0 is the first release's schema (`SCHEMA` alone).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: columns derived from each run document (kept by `insert_run` / `save_run`)
 /// and one row per completed stage, so `stats` and the queue's views read indexes rather
@@ -125,6 +125,12 @@ ALTER TABLE runs ADD COLUMN alerts_due INTEGER;
 CREATE INDEX runs_alerts_due ON runs (alerts_due) WHERE alerts_due IS NOT NULL;
 ";
 
+/// Version 4: what `stats` counts reviews by. No run written before has a review.
+const MIGRATION_4: &str = "
+ALTER TABLE runs ADD COLUMN review_decision TEXT;
+CREATE INDEX runs_review ON runs (review_decision) WHERE review_decision IS NOT NULL;
+";
+
 /// Brings an older file up to [`SCHEMA_VERSION`] in one transaction (so two processes
 /// opening it at once migrate it once), and refuses a file from a newer build.
 pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
@@ -147,6 +153,9 @@ pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 3 {
         tx.execute_batch(MIGRATION_3)?;
+    }
+    if version < 4 {
+        tx.execute_batch(MIGRATION_4)?;
     }
     // Once every derived column exists.
     if version < 1 {
@@ -196,7 +205,7 @@ fn backfill_derived(tx: &Transaction<'_>) -> Result<()> {
 }
 
 /// The derived columns of `run`, in the order of [`DERIVED_COLUMNS`].
-pub(super) fn derived_values(run: &Run) -> [SqlValue; 7] {
+pub(super) fn derived_values(run: &Run) -> [SqlValue; 8] {
     let gpu = run.gpu_interval();
     let millis = |at: Option<Timestamp>| at.map_or(SqlValue::Null, |at| SqlValue::from(at.millis()));
     [
@@ -207,16 +216,20 @@ pub(super) fn derived_values(run: &Run) -> [SqlValue; 7] {
         millis(gpu.map(|(_, until)| until)),
         millis(run.not_before),
         millis(run.alerts_due()),
+        run.review
+            .as_ref()
+            .and_then(|review| review.decision)
+            .map_or(SqlValue::Null, |decision| SqlValue::from(decision.as_str().to_owned())),
     ]
 }
 
-/// Columns kept from each run document for `stats` (schema version 1) and for the claim
-/// and the alert sender (version 3).
+/// Columns kept from each run document for `stats` (schema version 1), for the claim and
+/// the alert sender (version 3) and for the review counts (version 4).
 pub(super) const DERIVED_COLUMNS: &str =
-    "seen_at, finished_at, error_code, gpu_from, gpu_until, not_before, alerts_due";
+    "seen_at, finished_at, error_code, gpu_from, gpu_until, not_before, alerts_due, review_decision";
 
 /// One placeholder per derived column.
-pub(super) const DERIVED_PLACEHOLDERS: &str = "?, ?, ?, ?, ?, ?, ?";
+pub(super) const DERIVED_PLACEHOLDERS: &str = "?, ?, ?, ?, ?, ?, ?, ?";
 
 /// Stores what `stats` reads from a run: its derived columns and completed stages.
 fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {

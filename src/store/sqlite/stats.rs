@@ -6,7 +6,7 @@ use rusqlite::{Connection, params, params_from_iter};
 use super::SqliteStore;
 use super::pages::placeholders;
 use super::runs::parse_run;
-use crate::run::{Run, RunStatus};
+use crate::run::{ReviewDecision, Run, RunStatus};
 use crate::store::stats::{self, FailureCount, HELD_STATUSES, StageDurations};
 use crate::store::{Error, Result, Stats};
 use crate::time::Timestamp;
@@ -84,6 +84,7 @@ fn stats_parts(conn: &Connection, counts: Vec<(RunStatus, u64)>, now: Timestamp)
         failed: finished_since(RunStatus::Failed)?,
         stage_durations: stage_durations(conn)?,
         failure_codes: failure_codes(conn)?,
+        review_decisions: review_decisions(conn)?,
         gpu_seconds: gpu_millis / 1000.0,
     })
 }
@@ -108,6 +109,23 @@ fn stage_durations(conn: &Connection) -> Result<Vec<StageDurations>> {
         durations.push(StageDurations { stage, count, p50_s, p90_s, max_s });
     }
     Ok(durations)
+}
+
+/// From the partial index on the `review_decision` column (only reviewed runs have one).
+fn review_decisions(conn: &Connection) -> Result<Vec<(ReviewDecision, u64)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT review_decision, COUNT(*) FROM runs WHERE review_decision IS NOT NULL GROUP BY review_decision",
+    )?;
+    let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let (decision, count) = row?;
+        let decision = ReviewDecision::ALL.into_iter().find(|known| known.as_str() == decision).ok_or_else(|| {
+            Error::Corrupt { what: "review decision".into(), source: serde::de::Error::custom(decision) }
+        })?;
+        counts.push((decision, count.max(0) as u64));
+    }
+    Ok(counts)
 }
 
 fn failure_codes(conn: &Connection) -> Result<Vec<FailureCount>> {
