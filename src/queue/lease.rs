@@ -26,9 +26,19 @@ use crate::event::{self, Event, EventData, FailureCode, LogLevel, payload};
 use crate::run::{Run, RunStatus};
 use crate::time::Timestamp;
 
-/// The statuses in which a worker holds a run and must be heard from. AWAITING_HUMAN waits
-/// on a person, not a worker, and is never swept.
-pub const SWEPT_STATUSES: [RunStatus; 2] = [RunStatus::Scheduled, RunStatus::Running];
+/// The statuses the sweeper lists: those in which a worker may hold a run ([`is_held`]).
+pub const SWEPT_STATUSES: [RunStatus; 3] = [RunStatus::Scheduled, RunStatus::Running, RunStatus::AwaitingHuman];
+
+/// Whether a worker holds `run` and must be heard from: SCHEDULED or RUNNING, or
+/// AWAITING_HUMAN with a review asked between stages (its worker waits, holding the run). A
+/// review after the last stage waits on a person, not a worker, and is never swept.
+pub fn is_held(run: &Run) -> bool {
+    match run.status {
+        RunStatus::Scheduled | RunStatus::Running => true,
+        RunStatus::AwaitingHuman => run.review.as_ref().is_some_and(|review| review.holds_worker),
+        _ => false,
+    }
+}
 
 /// Where the sweeper's own records come from.
 const SWEEP_SOURCE: &str = "scientist://sweep";
@@ -78,7 +88,7 @@ pub enum Standing {
 
 /// Where `run`'s worker stands at `now`; `None` when no worker holds the run.
 pub fn standing(run: &Run, policy: &Policy, now: Timestamp) -> Option<Standing> {
-    if !SWEPT_STATUSES.contains(&run.status) {
+    if !is_held(run) {
         return None;
     }
     let silent_s = now.seconds_since(run.last_seen_at()?);
@@ -135,7 +145,7 @@ pub fn take(run: &mut Run, attempt: u32, action: Action, policy: &Policy, now: T
 /// before the record that fails it was written. A decision of this very instant is a
 /// concurrent sweeper's, which is writing the record now.
 pub fn awaits_record(run: &Run, now: Timestamp) -> bool {
-    SWEPT_STATUSES.contains(&run.status) && run.lost_at.is_some_and(|lost_at| lost_at < now)
+    is_held(run) && run.lost_at.is_some_and(|lost_at| lost_at < now)
 }
 
 /// Whether `event` is a sweep's record rather than word from a worker.
@@ -233,6 +243,32 @@ mod tests {
         );
         let queued = Run::queued(NewRun::new(Value::Null), Timestamp::EPOCH);
         assert_eq!(standing(&queued, &policy(), Timestamp::EPOCH.plus_seconds(10_000)), None);
+    }
+
+    /// A worker waiting on a review between stages holds its run: if it dies, the run is lost
+    /// like any held run. A review after the last stage holds no worker and is never swept.
+    #[test]
+    fn a_review_between_stages_is_held_by_its_worker_and_one_after_the_last_is_not() {
+        let mut run = held_run();
+        run.status = RunStatus::AwaitingHuman;
+        let key = crate::run::EventKey { time: Timestamp::EPOCH, id: "r".into(), source: "pod://a".into() };
+        let review = |holds_worker| crate::run::Review {
+            requested_at: Timestamp::EPOCH,
+            reason: None,
+            stage: None,
+            options: None,
+            holds_worker,
+            decision: None,
+            decided_by: None,
+            decided_at: None,
+            comment: None,
+            at: key.clone(),
+        };
+        let later = Timestamp::EPOCH.plus_seconds(601);
+        run.review = Some(review(true));
+        assert_eq!(standing(&run, &policy(), later), Some(Standing::Lost));
+        run.review = Some(review(false));
+        assert_eq!(standing(&run, &policy(), later), None);
     }
 
     /// A failure is decided once: the run marked `lostAt` waits for its record, which only a
