@@ -72,7 +72,8 @@ async fn run_in(server: &TestServer, state: State) -> RunId {
 /// What the rules say a pod's token may send, written out case by case.
 fn pod_may(event_type: &str, state: State, attempt: Option<u32>) -> bool {
     let changes_status =
-        ["ai.run.started", "ai.run.completed", "ai.run.failed", "ai.run.canceled"].contains(&event_type);
+        ["ai.run.started", "ai.run.completed", "ai.run.failed", "ai.run.canceled", "ai.run.review_requested"]
+            .contains(&event_type);
     match (event_type, state, attempt) {
         ("ai.run.enqueued", _, _) => false,
         (_, State::Absent, _) => false,

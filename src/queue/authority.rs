@@ -28,7 +28,7 @@ pub enum Refusal {
     Creates,
     /// The run it names does not exist.
     NoSuchRun,
-    /// A status change (started, completed, failed, canceled) without `attempt`.
+    /// A status change (started, completed, failed, canceled, a review asked) without `attempt`.
     NoAttempt,
     /// Data without `attempt` for a run no worker holds (queued, or finished).
     NotHeld,
