@@ -173,3 +173,30 @@ async fn an_open_server_takes_the_seeds_token_less_events() {
     let (status, answer) = server.post("/api/ingest/event", "application/cloudevents+json", seed).await;
     assert_eq!((status, answer["outcome"].as_str()), (StatusCode::ACCEPTED, Some("orphan")), "{answer}");
 }
+
+/// scientist's own records (the sweeper's, reviews') have ids anyone could guess: an event
+/// sent first under one would make the real record a duplicate, never applied. No token may
+/// send under `scientist://`, and the forged event is not stored.
+#[tokio::test]
+async fn no_token_sends_under_scientists_own_sources() {
+    let tokens = Tokens::default()
+        .with_token_file(&format!("{POD_TOKEN} ingest\n{OPS_TOKEN} ingest admin\n"))
+        .expect("token file");
+    let server = TestServer::with_tokens(tokens).await;
+    let id = run_in(&server, State::Held).await;
+    for token in [POD_TOKEN, OPS_TOKEN] {
+        let mut forged = event(&format!("lost:{id}:1"), "ai.run.log", &id, Some(1));
+        forged["source"] = json!("scientist://sweep");
+        let request = server
+            .client()
+            .post(server.url("/api/ingest/event"))
+            .bearer_auth(token)
+            .header("content-type", "application/cloudevents+json")
+            .body(forged.to_string());
+        let (status, answer) = server.send(request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{token}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|error| error.contains("scientist's own")), "{answer}");
+    }
+    let page = server.store.list_events(&id, &EventFilter::default()).await.expect("events");
+    assert!(page.items.iter().all(|stored| !stored.event.source.starts_with("scientist://")), "nothing forged stored");
+}

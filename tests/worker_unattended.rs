@@ -12,7 +12,7 @@ mod pod;
 #[path = "common/stores.rs"]
 mod stores;
 
-use pod::{Pod, StoreKind, finish, run_until, serve, wait_healthy};
+use pod::{Pod, StoreKind, finish, poll_until, run_until, serve, wait_healthy};
 
 /// The first attempt leaves a mark in the run directory and is killed by SIGTERM (retryable:
 /// `SIGNAL_15`); the second finds the mark and exits 0.
@@ -83,5 +83,47 @@ async fn a_quiet_heartbeating_stage_is_flagged_stalled_and_cleared_by_its_next_l
     let (status, stderr) = finish(worker, Duration::from_secs(60)).await;
     assert!(status.success(), "{stderr}");
     assert_eq!(pod.run(&id).await.status, RunStatus::Completed, "{stderr}");
+    pod.cleanup().await;
+}
+
+/// A stage that records its pid and sleeps far past the test.
+const LONG: &str = r#"
+[[stage]]
+name = "Stage_1"
+command = 'echo $$ > "$SCIENTIST_RUN_DIR/pid"; exec sleep 600'
+"#;
+
+/// A worker cut off from its control plane for the whole lease stops its child: by then the
+/// control plane presumes the run lost and may retry it elsewhere, and it must not run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_for_the_whole_lease_stops_its_child() {
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let mut server = serve(&pod, port, &[]);
+    wait_healthy(port).await;
+    let worker = pod
+        .bare_worker(&pod.config(LONG))
+        .args(["--once", "--server", &format!("http://127.0.0.1:{port}")])
+        .args(["--silent-after", "1s", "--lease", "3s", "--flush-timeout", "1s"])
+        .spawn()
+        .expect("start worker");
+    let pid_file = pod.run_dir(&id).await.join("pid");
+    let pid: i32 = poll_until(
+        "the stage's pid",
+        async || std::fs::read_to_string(&pid_file).ok(),
+        |text| text.as_deref().is_some_and(|text| text.trim().parse::<i32>().is_ok()),
+    )
+    .await
+    .and_then(|text| text.trim().parse().ok())
+    .expect("a pid");
+    server.start_kill().expect("cut the control plane off");
+    server.wait().await.expect("serve exited");
+    let (status, stderr) = finish(worker, Duration::from_secs(60)).await;
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("unreachable for the whole lease"), "{stderr}");
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the child was stopped: {stderr}");
     pod.cleanup().await;
 }

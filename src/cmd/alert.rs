@@ -83,6 +83,14 @@ impl AlertArgs {
         if self.raise.webhooks.is_empty() {
             return Ok(None);
         }
+        if self.secret.as_deref().is_some_and(|secret| secret.trim().is_empty()) {
+            return Err(super::UsageError(
+                "--alert-secret (SCIENTIST_ALERT_SECRET) is empty: an empty key signs nothing; set a long random secret \
+                 or leave it unset"
+                    .into(),
+            )
+            .into());
+        }
         if self.secret.is_none() && self.format == Format::Json {
             crate::notice!(
                 warn,

@@ -177,7 +177,7 @@ pub struct RetryArgs {
     /// `runs create --retry-max` overrides it. Non-retryable failures and cancels are never
     /// retried, and a run failing retryably 4 times within 10 minutes is thrashing and stops.
     /// [default: 0, never]
-    #[arg(long, env = "SCIENTIST_RETRY_MAX", value_name = "N")]
+    #[arg(long, env = "SCIENTIST_RETRY_MAX", value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::run::MAX_RETRIES as i64))]
     pub retry_max: Option<u32>,
 
     /// The first retry waits this long, each next one twice as long (at most 1h, or this if

@@ -141,7 +141,7 @@ pub struct CreateArgs {
     queue: String,
     /// Retry it up to N times when it fails retryably, whatever `serve --retry-max` says
     /// (0: never).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::run::MAX_RETRIES as i64))]
     retry_max: Option<u32>,
     /// Print the run document as JSON instead of its id.
     #[arg(long)]

@@ -69,6 +69,7 @@ impl Payload {
     pub(super) fn check(&self) -> Result<(), String> {
         match self {
             Payload::StageProgress(progress) => progress.check(),
+            Payload::StageStarted(started) => started.check(),
             _ => Ok(()),
         }
     }
@@ -172,6 +173,20 @@ data! {
         /// Seconds the stage may go without progress before it counts as stalled.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub stall_after_s: Option<f64>,
+    }
+}
+
+impl StageStarted {
+    /// The longest stall time a stage may ask for.
+    pub const MAX_STALL_AFTER_S: f64 = 366.0 * 24.0 * 3600.0;
+
+    fn check(&self) -> Result<(), String> {
+        match self.stall_after_s {
+            Some(seconds) if !(seconds > 0.0 && seconds <= Self::MAX_STALL_AFTER_S) => Err(format!(
+                "data.stall_after_s: {seconds} is not a stall time; send seconds above 0 and at most a year, such as 7200"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

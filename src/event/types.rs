@@ -232,6 +232,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_time_must_be_above_zero_and_at_most_a_year() {
+        for bad in [0.0, -1.0, 1e300, f64::from(u32::MAX) * 1e3] {
+            let data = json!({"stage": "Stage_1", "stall_after_s": bad});
+            let data = data.as_object().cloned().expect("an object");
+            let err = Payload::parse("ai.run.stage_started", &data).expect_err("refused");
+            assert!(err.contains("data.stall_after_s"), "{bad}: {err}");
+        }
+        let data = json!({"stage": "Stage_1", "stall_after_s": 7200.0}).as_object().cloned().expect("an object");
+        assert!(Payload::parse("ai.run.stage_started", &data).is_ok());
+    }
+
+    #[test]
     fn the_table_names_each_type_once() {
         assert_eq!(KNOWN_TYPES.len(), EventType::ALL.len());
         for (event_type, name) in EventType::ALL.iter().zip(KNOWN_TYPES) {

@@ -24,6 +24,8 @@ pub enum Authority {
 /// Why a pod may not send an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// A `source` under [`OWN_SOURCES`]: only scientist's own records carry one.
+    Reserved,
     /// `ai.run.enqueued`.
     Creates,
     /// The run it names does not exist.
@@ -37,6 +39,10 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Refusal::Reserved => {
+                "sources under scientist:// are scientist's own (its sweeper's and reviews' records, whose ids \
+                 anyone could guess): send events under a source of your own, such as pod://NAME"
+            }
             Refusal::Creates => "creating a run takes the admin scope: a pod's ingest token cannot enqueue runs",
             Refusal::NoSuchRun => {
                 "no such run: a pod's ingest token reports only on runs its worker holds (the admin scope may send \
@@ -52,6 +58,16 @@ impl fmt::Display for Refusal {
             }
         })
     }
+}
+
+/// Where scientist's own records come from (`scientist://sweep`, `scientist://review`). No
+/// client may send under them: a record's id is predictable, and an event sent first under
+/// it would make the real record a duplicate, never applied.
+pub const OWN_SOURCES: &str = "scientist://";
+
+/// Whether any client, whatever its scope, may send `event`: not under [`OWN_SOURCES`].
+pub fn client_may_send(event: &Event) -> Result<(), Refusal> {
+    if event.source.starts_with(OWN_SOURCES) { Err(Refusal::Reserved) } else { Ok(()) }
 }
 
 /// Whether a pod may send `event` about `run` as stored now (`None`: no such run).
@@ -77,6 +93,7 @@ pub fn pod_may_send(run: Option<&Run>, event: &Event) -> Result<(), Refusal> {
 /// Whether a pod may send `event` about the run it holds, stamped with its live claim (as
 /// a worker's stream stamps what its child sends): only creating runs is refused.
 pub fn pod_may_send_for_its_claim(event: &Event) -> Result<(), Refusal> {
+    client_may_send(event)?;
     match event.payload {
         Payload::Enqueued(_) => Err(Refusal::Creates),
         _ => Ok(()),
@@ -88,9 +105,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
     use crate::event::EventType;
     use crate::run::NewRun;
     use crate::time::Timestamp;
+
+    #[test]
+    fn no_client_sends_under_scientists_own_sources() {
+        for own in [crate::queue::lease::SWEEP_SOURCE, crate::queue::review::REVIEW_SOURCE] {
+            assert!(own.starts_with(OWN_SOURCES), "{own}");
+        }
+        let forged = crate::event::from_json_object(
+            serde_json::from_value(json!({"specversion": "1.0", "id": "lost:r1:1", "source": "scientist://sweep",
+                "type": "ai.run.log", "subject": "run/r1", "data": {"message": "x"}}))
+            .expect("an object"),
+            Timestamp::EPOCH,
+        )
+        .expect("a valid event");
+        assert_eq!(client_may_send(&forged), Err(Refusal::Reserved));
+        assert_eq!(pod_may_send_for_its_claim(&forged), Err(Refusal::Reserved));
+    }
 
     fn event(event_type: EventType, attempt: Option<u32>) -> Event {
         let mut object = json!({"specversion": "1.0", "id": "e", "source": "pod://p", "type": event_type.name(),

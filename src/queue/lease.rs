@@ -41,7 +41,8 @@ pub fn is_held(run: &Run) -> bool {
 }
 
 /// Where the sweeper's own records come from.
-const SWEEP_SOURCE: &str = "scientist://sweep";
+/// Under `authority::OWN_SOURCES`, which no client may send under.
+pub(crate) const SWEEP_SOURCE: &str = "scientist://sweep";
 
 /// What becomes of a lost run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

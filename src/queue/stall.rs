@@ -44,8 +44,9 @@ pub fn allowed(run: &Run, policy: &Policy) -> Duration {
         .as_ref()
         .and_then(|stage| run.stage_timing.get(stage.name.as_str()))
         .and_then(|timing| timing.stall_after_s)
-        .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
-        .map_or(policy.after, Duration::from_secs_f64)
+        // Events are checked at the door; a stored value from before that is still no panic.
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok().filter(|after| !after.is_zero()))
+        .unwrap_or(policy.after)
 }
 
 /// Whether `run` is stalled at `now`: RUNNING, its worker heard, no progress for [`allowed`].

@@ -164,6 +164,9 @@ pub struct NewRun {
 
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// The most automatic retries a run may have, whoever asks for more.
+pub const MAX_RETRIES: u32 = 100;
+
 fn default_queue() -> String {
     DEFAULT_QUEUE.to_owned()
 }

@@ -1,7 +1,10 @@
 //! How a run document changes outside the reducer (creation, claim, word from its worker,
 //! reset) and the facts derived from it.
 
-use super::{Attempt, NewRun, Run, RunStatus};
+use super::{Attempt, NewRun, Run, RunError, RunStatus};
+
+/// The newest attempts a run document keeps (the older ones stay in its events).
+pub const MAX_ATTEMPTS_KEPT: usize = 50;
 use crate::redact;
 use crate::time::Timestamp;
 
@@ -41,7 +44,7 @@ impl Run {
             claimed_by: None,
             attempt: 0,
             retry_count: 0,
-            retry_max: new_run.retry_max,
+            retry_max: new_run.retry_max.map(|max| max.min(super::MAX_RETRIES)),
             not_before: None,
             retry_stopped: None,
             attempts: Vec::new(),
@@ -132,8 +135,12 @@ impl Run {
             // The store's clock, as for `heardAt`: thrashing is judged by it.
             ended_at: now,
             outcome: outcome.to_owned(),
-            error: self.error.clone(),
+            // The traceback stays in the attempt's events: a history of many must not grow the
+            // run document by a traceback each.
+            error: self.error.clone().map(|error| RunError { traceback: None, ..error }),
         });
+        let excess = self.attempts.len().saturating_sub(MAX_ATTEMPTS_KEPT);
+        self.attempts.drain(..excess);
     }
 }
 

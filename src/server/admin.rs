@@ -11,7 +11,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::error::extract::{Json, Path};
 use crate::queue::review::Decision;
-use crate::run::{DEFAULT_QUEUE, NewRun, ReviewDecision, Run, RunId};
+use crate::run::{DEFAULT_QUEUE, MAX_RETRIES, NewRun, ReviewDecision, Run, RunId};
 use crate::time::Timestamp;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -40,6 +40,11 @@ pub(super) async fn enqueue(
     State(state): State<AppState>,
     Json(request): Json<EnqueueRequest>,
 ) -> Result<(StatusCode, axum::Json<Run>), ApiError> {
+    if let Some(max) = request.retry_max.filter(|max| *max > MAX_RETRIES) {
+        return Err(ApiError::BadRequest(format!(
+            "retryMax {max} is more than {MAX_RETRIES}: send at most {MAX_RETRIES}"
+        )));
+    }
     let new_run = NewRun {
         id: request.id.unwrap_or_else(RunId::generate),
         hypothesis_id: request.hypothesis_id,

@@ -351,11 +351,18 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
             if event.attempt.is_some() && !lease::is_sweep_record(event) {
                 run.heard(now);
             }
-            if is_progress(&event.payload) {
+            // Only the live attempt's own events: another pod's or a script's cannot keep a
+            // hung run looking alive.
+            if event.attempt.is_some() && !lease::is_sweep_record(event) && is_progress(&event.payload) {
                 run.made_progress(now);
             }
             let ended = run.status.is_terminal();
             reduce::apply(run, event);
+            // A review waits from when the store heard of it, by its clock (what
+            // `--review-timeout` counts from), not the pod's.
+            if let Some(review) = run.review.as_mut().filter(|review| review.at == event.key()) {
+                review.requested_at = now;
+            }
             // The write that ends an attempt is the one that decides its retry: once.
             if !ended && run.status.is_terminal() {
                 retry::after_end(run, &rules.retries, now);

@@ -78,7 +78,11 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(config: Config) -> Result<Sender, reqwest::Error> {
+        // A redirect is no acknowledgement: a 30x is a failed try (a 301 would turn the POST
+        // into a body-less GET whose 200 looks delivered; a 307 would carry the signed body
+        // to another host).
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .user_agent(concat!("scientist/", env!("CARGO_PKG_VERSION")))
             .build()?;

@@ -31,7 +31,8 @@ const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
 /// Variables of the worker's environment the child does not inherit: the worker's
 /// credentials. (`SCIENTIST_TOKEN` is replaced by the local endpoint's token.)
-pub(super) const ENV_REMOVED: &[&str] = &["SCIENTIST_TOKEN_FILE", "MONGODB_URL", "SCIENTIST_SERVER"];
+pub(super) const ENV_REMOVED: &[&str] =
+    &["SCIENTIST_TOKEN_FILE", "MONGODB_URL", "SCIENTIST_SERVER", "SCIENTIST_ALERT_WEBHOOKS", "SCIENTIST_ALERT_SECRET"];
 
 /// Why a run stops before its pipeline ends.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,9 @@ pub enum StopReason {
     Shutdown,
     /// The review the worker waited on was rejected or timed out; its record fails the run.
     ReviewEnded { decision: ReviewDecision, by: Option<String> },
+    /// No claim check succeeded for the whole lease: the control plane has presumed the run
+    /// lost (and may retry it on another pod), so the child is stopped rather than run twice.
+    Unreachable(Duration),
 }
 
 /// How a run ended, for the worker's summary and the tests.
@@ -108,6 +112,10 @@ impl Verdict {
                 format!("stopped: its review was {} by {}", decision.as_str(), by.as_deref().unwrap_or("(unknown)"))
             }
             Verdict::AwaitingReview => "awaits a review (AWAITING_HUMAN); the worker moves on".to_owned(),
+            Verdict::Stopped(StopReason::Unreachable(lease)) => format!(
+                "stopped: the control plane was unreachable for the whole lease ({}); the run is presumed lost there",
+                humantime::format_duration(*lease)
+            ),
         }
     }
 }
@@ -196,7 +204,9 @@ impl Supervised<'_> {
     async fn finish_monitor(&self, monitor: Monitor, verdict: &Verdict) {
         let config = self.context.config;
         let within = match *self.context.control.borrow() {
-            _ if matches!(verdict, Verdict::Stopped(StopReason::ClaimLost(_))) => Duration::ZERO,
+            _ if matches!(verdict, Verdict::Stopped(StopReason::ClaimLost(_) | StopReason::Unreachable(_))) => {
+                Duration::ZERO
+            }
             Directive::StopNow => Duration::ZERO,
             Directive::Stop => config.artifact_wait.min(config.grace),
             Directive::Work | Directive::Drain => config.artifact_wait,
@@ -233,7 +243,9 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
         // A review's end is recorded by the store (`queue::review`), as a lost claim is elsewhere.
         Verdict::Completed
         | Verdict::AwaitingReview
-        | Verdict::Stopped(StopReason::ClaimLost(_) | StopReason::ReviewEnded { .. }) => return,
+        | Verdict::Stopped(StopReason::ClaimLost(_) | StopReason::ReviewEnded { .. } | StopReason::Unreachable(_)) => {
+            return;
+        }
         Verdict::Failed(failure) => failed_event(failure, stage),
         Verdict::Stopped(StopReason::Canceled { by, reason }) => {
             Draft::of(&Canceled { by: Some(by.clone()), reason: reason.clone(), extra: Map::new() })
@@ -451,12 +463,15 @@ fn ending_of(status: std::process::ExitStatus) -> Ending {
 
 /// Completes when the run must stop: an operator's cancel, a lost claim, or the worker
 /// shutting down. Checks the claim every `cancel_poll`; a failed check changes nothing
-/// (unreachable is not dead).
+/// (unreachable is not dead), until no check has succeeded for the whole lease: by then the
+/// control plane has presumed the run lost, and going on would run it twice.
 async fn watch_claim(context: &Context<'_>, run_id: &RunId, attempt: u32) -> StopReason {
     let mut control = context.control.clone();
     let mut ticks = tokio::time::interval(context.config.cancel_poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut last_checked = Instant::now();
+    let lease = context.config.lease.lease;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -467,7 +482,7 @@ async fn watch_claim(context: &Context<'_>, run_id: &RunId, attempt: u32) -> Sto
         }
         match context.queue.check(run_id, attempt).await {
             Ok(state) => {
-                failing = false;
+                (failing, last_checked) = (false, Instant::now());
                 if !state.live {
                     return StopReason::ClaimLost(state.status);
                 }
@@ -475,8 +490,9 @@ async fn watch_claim(context: &Context<'_>, run_id: &RunId, attempt: u32) -> Sto
                     return StopReason::Canceled { by: request.by, reason: request.reason };
                 }
             }
+            Err(_) if last_checked.elapsed() >= lease => return StopReason::Unreachable(lease),
             Err(err) if !failing => {
-                tracing::warn!(run = %run_id, error = %err, "cannot check the claim; the run goes on");
+                tracing::warn!(run = %run_id, error = %err, "cannot check the claim; the run goes on (for at most the lease)");
                 failing = true;
             }
             Err(_) => {}

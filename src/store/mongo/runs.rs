@@ -36,7 +36,7 @@ impl MongoStore {
         let mut queued = doc! {
             "status": RunStatus::Queued.as_str(),
             "queue": queue,
-            "$or": [{ "notBefore": { "$exists": false } }, { "notBefore": { "$lte": DateTime::from(now) } }],
+            "notBefore": { "$not": { "$gt": DateTime::from(now) } },
         };
         if queue == DEFAULT_QUEUE {
             // Runs the web frontend creates directly carry no `queue`: they are the default pool's.
