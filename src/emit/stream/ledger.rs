@@ -57,6 +57,8 @@ pub(super) struct Ledger {
     pub(super) segments: BTreeMap<SegmentName, Segment>,
     /// No more events will come: deliver what waits without waiting for a full batch.
     pub(super) closing: bool,
+    /// Pending prompt events ([`Pending::prompt`]): while any waits, the sender sends at once.
+    pub(super) prompt: usize,
 }
 
 pub(super) struct Pending {
@@ -64,6 +66,8 @@ pub(super) struct Pending {
     /// The spool segment holding it; `None` when the disk failed and it lives in memory only.
     pub(super) segment: Option<SegmentName>,
     pub(super) since: Instant,
+    /// Sent as soon as it is on disk (`Draft::is_prompt`), not when a batch is due.
+    pub(super) prompt: bool,
 }
 
 pub(super) struct Segment {
@@ -77,8 +81,14 @@ pub(super) struct Segment {
 impl Ledger {
     /// The first `count` pending events were acknowledged: forget them and remove the
     /// segments that hold nothing undelivered any more.
+    pub(super) fn push(&mut self, pending: Pending) {
+        self.prompt += usize::from(pending.prompt);
+        self.pending.push_back(pending);
+    }
+
     pub(super) fn acknowledge(&mut self, count: usize) {
         for pending in self.pending.drain(..count.min(self.pending.len())) {
+            self.prompt -= usize::from(pending.prompt);
             if let Some(segment) = pending.segment.and_then(|number| self.segments.get_mut(&number)) {
                 segment.acked += 1;
             }

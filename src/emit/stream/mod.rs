@@ -150,6 +150,26 @@ impl Draft {
             Body::Log(_) => EventType::RunLog.name(),
         }
     }
+
+    /// Whether it is sent as soon as it is on disk rather than batched: what changes what an
+    /// operator sees of a run (a start, an end, a stage, an artifact, a review). Log lines,
+    /// heartbeats, progress, metrics and node steps come in streams and wait for a batch.
+    pub fn is_prompt(&self) -> bool {
+        !matches!(
+            EventType::from_name(self.event_type()),
+            Some(
+                EventType::RunLog
+                    | EventType::RunHeartbeat
+                    | EventType::RunStageProgress
+                    | EventType::RunStageMetric
+                    | EventType::NodeCreated
+                    | EventType::NodeCodeGenerated
+                    | EventType::NodeExecuting
+                    | EventType::NodeCompleted
+                    | EventType::NodeSelectedBest
+            )
+        )
+    }
 }
 
 /// Counters of the stream since it opened.
@@ -180,9 +200,14 @@ enum Command {
 }
 
 impl Command {
-    /// Someone waits for this command to reach the disk (or for the stream to close).
-    fn is_waited_on(&self) -> bool {
-        matches!(self, Command::Event { synced: Some(_), .. } | Command::Close)
+    /// Someone waits for this command to reach the disk (or for the stream to close), or it
+    /// is a prompt event ([`Draft::is_prompt`]): either way the writer does not linger.
+    fn is_urgent(&self) -> bool {
+        match self {
+            Command::Event { synced, draft, .. } => synced.is_some() || draft.is_prompt(),
+            Command::Close => true,
+            Command::Begin { .. } => false,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub(super) fn recover(spool: &SpoolDir) -> io::Result<Recovered> {
     for (name, path) in spool.segments()? {
         let events = SpoolDir::read_segment(&path)?;
         for event in &events {
-            ledger.pending.push_back(Pending { line: event.line.clone(), segment: Some(name), since: now });
+            ledger.push(Pending { line: event.line.clone(), segment: Some(name), since: now, prompt: false });
             if let Some((run_id, seq)) = &event.run_seq {
                 let known = seqs.entry(run_id.clone()).or_insert(0);
                 *known = (*known).max(*seq);

@@ -1,5 +1,5 @@
-//! The sender: delivers pending events in stream order, in batches (at `batch_events`, or
-//! once the oldest waited `flush_every`), retrying with backoff; acknowledged events leave
+//! The sender: delivers pending events in stream order, in batches (at `batch_events`, once
+//! the oldest waited `flush_every`, or at once for a prompt event), retrying with backoff; acknowledged events leave
 //! the ledger (and their segment, once it holds nothing undelivered).
 
 use std::sync::Arc;
@@ -35,7 +35,10 @@ pub(super) async fn send_loop(
                 None if ledger.closing => Next::Done,
                 None => Next::Wait(None),
                 Some(age)
-                    if ledger.closing || ledger.pending.len() >= config.batch_events || age >= config.flush_every =>
+                    if ledger.closing
+                        || ledger.prompt > 0
+                        || ledger.pending.len() >= config.batch_events
+                        || age >= config.flush_every =>
                 {
                     Next::Send(
                         ledger.pending.iter().take(MAX_REQUEST_EVENTS).map(|pending| pending.line.clone()).collect(),

@@ -100,6 +100,47 @@ async fn events_are_sequenced_delivered_in_order_and_the_spool_emptied() {
     assert!(segments(dir.path()).is_empty(), "delivered segments are removed");
 }
 
+/// A prompt event (an artifact registered) goes out as soon as it is on disk, carrying the
+/// log lines before it, though the batch would not be due for an hour.
+#[tokio::test]
+async fn a_prompt_event_is_sent_at_once_with_what_came_before_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plane = Arc::new(Recorder::default());
+    let config = StreamConfig {
+        flush_every: Duration::from_secs(3600),
+        ..StreamConfig::new(dir.path().to_owned(), "pod://t".into())
+    };
+    let stream = EventStream::open(config, plane.clone()).expect("open");
+    let handle = stream.begin(&"r1".parse().expect("id"), 1, 0).await.expect("begin");
+    for index in 0..3 {
+        handle.emit(log(&format!("line {index}"))).await.expect("emit");
+    }
+    assert!(!log("x").is_prompt(), "log lines wait for a batch");
+    let registered = payload::ArtifactRegistered {
+        key: "runs/r1/plots/a.png".into(),
+        bytes: Some(1),
+        sha256: None,
+        content_type: None,
+        kind: None,
+        extra: Map::new(),
+    };
+    let registered = Draft::of(&registered);
+    assert!(registered.is_prompt());
+    handle.emit(registered).await.expect("emit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while plane.delivered.lock().expect("lock").len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the prompt event was not sent at once");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delivered = plane.delivered.lock().expect("lock").clone();
+    let types: Vec<String> = delivered
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).expect("json")["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(types, ["ai.run.log", "ai.run.log", "ai.run.log", "ai.artifact.registered"], "in order");
+    stream.close(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn an_outage_keeps_events_in_the_spool_for_the_next_start() {
     let dir = tempfile::tempdir().expect("temp dir");

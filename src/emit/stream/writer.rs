@@ -74,11 +74,12 @@ impl Writer {
             // Group whatever else is already waiting: one write and one fsync for all.
             let mut commands = vec![first];
             take_waiting(&mut rx, &mut commands);
-            if commands.len() < MAX_REQUEST_EVENTS && !commands.iter().any(Command::is_waited_on) {
+            if commands.len() < MAX_REQUEST_EVENTS && !commands.iter().any(Command::is_urgent) {
                 self.hurry.wait(GROUP_LINGER);
                 take_waiting(&mut rx, &mut commands);
             }
             let mut lines = Vec::with_capacity(commands.len());
+            let mut prompt = Vec::with_capacity(commands.len());
             let mut replies = Vec::new();
             for command in commands {
                 match command {
@@ -87,6 +88,7 @@ impl Writer {
                         *seq = (*seq).max(last_seq);
                     }
                     Command::Event { run_id, attempt, draft, synced } => {
+                        prompt.push(draft.is_prompt());
                         let line = self.stamp(run_id, attempt, draft);
                         replies.push((lines.len(), synced));
                         lines.push(line);
@@ -94,7 +96,7 @@ impl Writer {
                     Command::Close => closing = true,
                 }
             }
-            self.spool(lines, replies);
+            self.spool(lines, &prompt, replies);
         }
         self.close_segment();
         let mut ledger = self.shared.lock();
@@ -112,7 +114,7 @@ impl Writer {
     }
 
     /// Appends and syncs `lines`, then hands them to the sender and answers the waiters.
-    fn spool(&mut self, lines: Vec<Arc<str>>, replies: Vec<(usize, Option<SyncedReply>)>) {
+    fn spool(&mut self, lines: Vec<Arc<str>>, prompt: &[bool], replies: Vec<(usize, Option<SyncedReply>)>) {
         if lines.is_empty() {
             return;
         }
@@ -139,9 +141,9 @@ impl Writer {
                 Err(_) => replies.iter().filter(|(_, synced)| synced.is_some()).map(|(index, _)| *index).collect(),
                 Ok(()) => Default::default(),
             };
-            for (index, line) in lines.iter().enumerate() {
+            for (index, (line, prompt)) in lines.iter().zip(prompt).enumerate() {
                 if !refused.contains(&index) {
-                    ledger.pending.push_back(Pending { line: line.clone(), segment, since: now });
+                    ledger.push(Pending { line: line.clone(), segment, since: now, prompt: *prompt });
                 }
             }
             self.stats.spooled.fetch_add((lines.len() - refused.len()) as u64, Ordering::Relaxed);
