@@ -465,6 +465,21 @@ async fn cancel_depends_on_status(store: &dyn Store) {
     assert!(matches!(again, Err(Error::InvalidTransition { status: RunStatus::Canceled, .. })), "{again:?}");
 }
 
+/// A run awaiting review is canceled at once, and the attempt that asked is kept.
+async fn canceling_a_run_awaiting_review_keeps_its_attempt(store: &dyn Store) {
+    let id = claimed_run(store).await;
+    let asked = attempt_event("rr", "ai.run.review_requested", id.as_str(), 3, 1, json!({"reason": "read it"}));
+    store.apply_events(vec![asked], at(3)).await.expect("apply");
+    assert_eq!(store.get(&id).await.expect("get").expect("run").status, RunStatus::AwaitingHuman);
+    let canceled = store.request_cancel(&id, "op", None, at(5)).await.expect("cancel");
+    assert_eq!(canceled.status, RunStatus::Canceled);
+    let kept: Vec<_> = canceled.attempts.iter().map(|attempt| (attempt.attempt, attempt.outcome.as_str())).collect();
+    assert_eq!(kept, [(1, "CANCELED")]);
+    let queued = store.enqueue(new_run(0), at(6)).await.expect("enqueue");
+    let canceled = store.request_cancel(&queued.id, "op", None, at(7)).await.expect("cancel");
+    assert!(canceled.attempts.is_empty(), "a run never claimed has no attempt");
+}
+
 async fn counts_agree_with_list(store: &dyn Store) {
     for index in 0..5 {
         store.enqueue(new_run(0), at(index)).await.expect("enqueue");
@@ -1024,6 +1039,7 @@ macro_rules! store_suite {
             case!(pages_of_large_documents_are_bounded_by_bytes);
             case!(reset_only_from_failed_or_canceled);
             case!(cancel_depends_on_status);
+            case!(canceling_a_run_awaiting_review_keeps_its_attempt);
             case!(counts_agree_with_list);
             case!(artifacts_and_ideas_are_recorded);
             case!(stats_report_every_figure);

@@ -50,6 +50,8 @@ fn called_for(run: &Run, raise: &Raise) -> Vec<(Kind, String)> {
             let requested = run.review.as_ref().map_or(0, |review| review.requested_at.millis());
             called.push((Kind::Review, format!("review:{attempt}:{requested}")));
         }
+        // Lost, then put back in the queue (a retry, or `--on-lost requeue`): still lost.
+        RunStatus::Queued if lost_attempt(run).is_some() => called.push((Kind::Lost, format!("lost:{attempt}"))),
         _ => {}
     }
     // Only a held run stalls; a flag left on an ended run is not news.
@@ -59,14 +61,24 @@ fn called_for(run: &Run, raise: &Raise) -> Vec<(Kind, String)> {
     called
 }
 
+/// The run's latest attempt when its worker was lost and the run was put back in the queue.
+fn lost_attempt(run: &Run) -> Option<&crate::run::Attempt> {
+    run.attempts.last().filter(|last| {
+        last.attempt == run.attempt
+            && (last.outcome == "LOST" || last.error.as_ref().is_some_and(|error| error.error_type == WORKER_LOST))
+    })
+}
+
 /// What the alert says about `run`, as it is now.
 fn facts(run: &Run, kind: Kind) -> Facts {
     let current_stage = run.current_stage.as_ref().map(|stage| stage.name.to_string());
     let (code, message, stage) = match kind {
         Kind::Failed | Kind::Lost => {
-            let error = run.error.as_ref();
+            // A lost run put back in the queue keeps its error in the attempt it ended.
+            let error = run.error.as_ref().or_else(|| lost_attempt(run).and_then(|lost| lost.error.as_ref()));
+            let lost = (kind == Kind::Lost).then(|| WORKER_LOST.to_owned());
             (
-                error.map(|error| error.error_type.clone()),
+                error.map(|error| error.error_type.clone()).or(lost),
                 error.map(|error| error.message.clone()),
                 error.and_then(|error| error.stage.clone()).or(current_stage),
             )
@@ -132,6 +144,23 @@ mod tests {
 
     fn ids(run: &Run) -> Vec<(&str, Kind, Option<Timestamp>)> {
         run.alerts.iter().map(|mark| (mark.id.as_str(), mark.kind, mark.due_at)).collect()
+    }
+
+    /// Lost and then requeued (a retry, or `--on-lost requeue`): the run is QUEUED again,
+    /// and still raises `lost`, once.
+    #[test]
+    fn a_lost_run_put_back_in_the_queue_still_raises_lost() {
+        let mut run = run_in(RunStatus::Running);
+        run.reset(at(700));
+        assert_eq!(run.status, RunStatus::Queued);
+        raise(&mut run, &ON, at(700));
+        assert_eq!(ids(&run), [("lost:1", Kind::Lost, Some(at(700)))]);
+        assert_eq!(run.alerts[0].facts.code.as_deref(), Some(WORKER_LOST));
+        raise(&mut run, &ON, at(701));
+        assert_eq!(run.alerts.len(), 1, "once");
+        let mut fresh = Run::queued(NewRun::new(json!({})), at(0));
+        raise(&mut fresh, &ON, at(1));
+        assert!(fresh.alerts.is_empty(), "a queued run never claimed raises nothing");
     }
 
     #[test]

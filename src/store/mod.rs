@@ -461,6 +461,8 @@ pub(crate) fn cancel_run(mut run: Run, by: &str, reason: Option<String>, now: Ti
             run.status = RunStatus::Canceled;
             run.canceled = Some(Cancellation { by: Some(by.to_owned()), reason, at: now });
             run.updated_at = now;
+            // A run awaiting review ends its attempt here (a queued one has none live).
+            run.end_attempt(now);
             Ok(run)
         }
     }
