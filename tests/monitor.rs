@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{Attribute, ObjectStoreExt};
@@ -64,20 +64,8 @@ fn worker_with(pod: &Pod, config: &Path, artifacts: &str) -> Command {
 }
 
 /// Polls `check` until it gives a value, failing the test after 60 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let within = Duration::from_secs(60);
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    pod::eventually(what, Duration::from_secs(60), check).await
 }
 
 /// Waits for the worker to exit; panics with its stderr unless it succeeded.

@@ -360,7 +360,9 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
             reduce::apply(run, event);
             // A review waits from when the store heard of it, by its clock (what
             // `--review-timeout` counts from), not the pod's.
-            if let Some(review) = run.review.as_mut().filter(|review| review.at == event.key()) {
+            if let Payload::ReviewRequested(_) = event.payload
+                && let Some(review) = run.review.as_mut().filter(|review| review.at == event.key())
+            {
                 review.requested_at = now;
             }
             // The write that ends an attempt is the one that decides its retry: once.

@@ -177,14 +177,7 @@ impl Pod {
 
 /// Polls `check` until it gives a value, failing the test after `within`.
 pub async fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, within, async || check()).await
 }
 
 /// Polls the async `check` (a store read) until it gives a value, failing the test after `within`.
@@ -226,28 +219,21 @@ pub fn serve(pod: &Pod, port: u16, flags: &[&str]) -> Child {
 /// Waits until `serve` on `port` answers `/health`.
 pub async fn wait_healthy(port: u16) {
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
-        if answer.is_ok_and(|answer| answer.status().is_success()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "serve did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("http://127.0.0.1:{port}/health");
+    eventually("serve to come up", Duration::from_secs(30), async || {
+        let answer = client.get(&url).send().await;
+        answer.is_ok_and(|answer| answer.status().is_success()).then_some(())
+    })
+    .await
 }
 
 /// What `read` gives once `check` holds for it, polled; fails the test after 30 s.
 pub async fn poll_until<T>(what: &str, read: impl AsyncFn() -> T, check: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(what, Duration::from_secs(30), async || {
         let value = read().await;
-        if check(&value) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        check(&value).then_some(value)
+    })
+    .await
 }
 
 /// The run once `check` holds for it, polled from the store.
