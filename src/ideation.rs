@@ -96,6 +96,19 @@ pub struct NewIdeation {
     pub input: Map<String, Value>,
 }
 
+impl NewIdeation {
+    /// The fields of `input` that scientist keeps itself (`_id`, `hypothesisId`, `status`,
+    /// `claimedBy`, `error`…), which a creator may not set.
+    pub fn kept_fields_in(input: &Map<String, Value>) -> Vec<&str> {
+        let new = NewIdeation { id: String::new(), hypothesis_id: String::new(), input: Map::new() };
+        let mut request = IdeationRequest::queued(new, Timestamp::EPOCH);
+        request.claim("", Timestamp::EPOCH);
+        request.finish(request.attempt, Some(String::new()), Timestamp::EPOCH);
+        let kept = request.fields();
+        input.keys().filter(|key| kept.contains_key(*key)).map(String::as_str).collect()
+    }
+}
+
 impl IdeationRequest {
     /// A freshly queued request; what its creator sent loses its secrets here.
     pub fn queued(new: NewIdeation, now: Timestamp) -> IdeationRequest {
@@ -212,6 +225,19 @@ impl IdeationRequest {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn kept_fields_are_every_field_scientist_writes() {
+        let keys = ["_id", "hypothesisId", "status", "createdAt", "claimedBy", "attempt", "finishedAt", "error"];
+        let mut input: Map<String, Value> = keys.iter().map(|key| (key.to_string(), json!(1))).collect();
+        input.insert("hypothesis".into(), json!("h"));
+        input.insert("numIdeas".into(), json!(3));
+        let mut kept = NewIdeation::kept_fields_in(&input);
+        kept.sort_unstable();
+        let mut expected = keys.to_vec();
+        expected.sort_unstable();
+        assert_eq!(kept, expected);
+    }
 
     use super::*;
 

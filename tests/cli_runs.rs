@@ -1,6 +1,7 @@
-//! The built binary against a seeded store, on SQLite and on MongoDB: every table is a
-//! snapshot (the same snapshot for both stores, so their output cannot drift apart), plus
-//! id prefixes, exit codes and `--follow` watching a run that other writers drive to its end.
+//! The built binary against a seeded store, on SQLite, on MongoDB, and over `serve`'s API
+//! (`--server` with a token, no store): every table is a snapshot (the same snapshot for all
+//! three, so their output cannot drift apart), plus id prefixes, exit codes and `--follow`
+//! watching a run that other writers drive to its end.
 
 mod common;
 #[path = "common/seed.rs"]
@@ -488,3 +489,4 @@ macro_rules! cli_suite {
 
 cli_suite!(sqlite);
 cli_suite!(mongo);
+cli_suite!(api);

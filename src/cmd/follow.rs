@@ -1,6 +1,5 @@
-//! `--follow`: watches a run by polling the store (the run's event cursor and its document)
-//! until the run ends. Polling works the same on both stores and needs no server; one round
-//! is two or three indexed reads, so the default of one round a second costs nothing.
+//! `--follow`: watches a run until it ends, through a [`Tail`]: by polling a store (its
+//! event cursor and the run document), or over `--server` through the live tail.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,74 +9,55 @@ use serde_json::{Value, json};
 
 use super::RunEnded;
 use super::view::{Kept, Look, duration, printable};
+use crate::control::{Operator, Tail};
 use crate::run::{Run, RunId, RunStatus};
-use crate::store::{EventFilter, Store, StoredEvent};
+use crate::store::{EventFilter, StoredEvent};
 use crate::time::Timestamp;
 
-/// Default pause between two rounds of polling.
+/// Default pause between two looks at the run document (and between two rounds of
+/// polling the store for events; over `--server`, events come as they are stored).
 pub(crate) const DEFAULT_INTERVAL: &str = "1s";
 
-/// The events of one run that came after a cursor, read page by page.
-pub(crate) struct EventTail<'a> {
-    store: &'a dyn Store,
-    run_id: RunId,
+/// A tail that starts after the newest matching event stored now.
+pub(crate) async fn tail_from_latest(
+    operator: &dyn Operator,
+    run_id: &RunId,
     filter: EventFilter,
+) -> anyhow::Result<Box<dyn Tail>> {
+    let newest = EventFilter { limit: 1, cursor: None, ..filter.clone() };
+    let page = operator.list_recent_events(run_id, &newest).await?;
+    let cursor = page.items.first().map(|stored| stored.cursor.clone());
+    operator.tail(run_id, EventFilter { cursor, ..filter }).await
 }
 
-impl<'a> EventTail<'a> {
-    /// A tail after `cursor` (`None`: from the run's first event).
-    pub fn after(store: &'a dyn Store, run_id: RunId, filter: EventFilter, cursor: Option<String>) -> Self {
-        Self { store, run_id, filter: EventFilter { cursor, ..filter } }
-    }
-
-    /// A tail that starts after the newest matching event stored now.
-    pub async fn from_latest(store: &'a dyn Store, run_id: RunId, filter: EventFilter) -> anyhow::Result<Self> {
-        let newest = EventFilter { limit: 1, cursor: None, ..filter.clone() };
-        let page = store.list_recent_events(&run_id, &newest).await?;
-        let cursor = page.items.first().map(|stored| stored.cursor.clone());
-        Ok(Self::after(store, run_id, filter, cursor))
-    }
-
-    /// Every matching event stored since the last call, oldest first.
-    pub async fn drain(&mut self) -> anyhow::Result<Vec<StoredEvent>> {
-        let mut events = Vec::new();
-        loop {
-            let page = self.store.list_events(&self.run_id, &self.filter).await?;
-            if let Some(last) = page.items.last() {
-                self.filter.cursor = Some(last.cursor.clone());
-            }
-            events.extend(page.items);
-            if page.next.is_none() {
-                return Ok(events);
-            }
-        }
-    }
-}
-
-/// What one polling round found.
+/// What one round found.
 pub(crate) enum Update<'r> {
     Events(Vec<StoredEvent>),
     Run(&'r Run),
 }
 
-/// Polls every `interval` until the run is terminal. `on_update` sees the new events, then
-/// the run document, each round; after the terminal document comes one last drain, so
-/// events stored before the run ended are never missed. Returns the final document.
+/// Watches until the run is terminal. `on_update` sees new events as they reach the tail,
+/// and the run document every `interval`; after the terminal document comes one last
+/// drain of everything stored, so events stored before the run ended are never missed.
+/// Returns the final document.
 pub(crate) async fn watch(
-    store: &dyn Store,
-    tail: &mut EventTail<'_>,
+    tail: &mut dyn Tail,
     interval: Duration,
     mut on_update: impl FnMut(Update<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<Run> {
+    let mut next_look = tokio::time::Instant::now();
     loop {
         on_update(Update::Events(tail.drain().await?))?;
-        let run = store.get(&tail.run_id).await?.ok_or_else(|| crate::store::Error::NotFound(tail.run_id.clone()))?;
-        on_update(Update::Run(&run))?;
-        if run.status.is_terminal() {
-            on_update(Update::Events(tail.drain().await?))?;
-            return Ok(run);
+        if tokio::time::Instant::now() >= next_look {
+            let run = tail.run().await?;
+            on_update(Update::Run(&run))?;
+            if run.status.is_terminal() {
+                on_update(Update::Events(tail.drain_all().await?))?;
+                return Ok(run);
+            }
+            next_look = tokio::time::Instant::now() + interval;
         }
-        tokio::time::sleep(interval).await;
+        tail.wait(next_look.saturating_duration_since(tokio::time::Instant::now())).await;
     }
 }
 

@@ -8,10 +8,9 @@ use clap::Subcommand;
 use serde_json::{Map, Value};
 
 use super::view::{self, Look};
-use super::{StoreArgs, UsageError, display_now};
-use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
-use crate::store::{self, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::time::Timestamp;
+use super::{OperatorArgs, UsageError, display_now};
+use crate::ideation::{IdeationStatus, NewIdeation};
+use crate::store::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// How a request is served, shown under `scientist ideation --help` and each subcommand's.
 pub const AFTER_HELP: &str = "\
@@ -51,7 +50,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     /// The hypothesis to generate ideas for; the ideas land on it.
     #[arg(long = "hypothesis", value_name = "HYP_ID")]
     hypothesis_id: String,
@@ -69,7 +68,7 @@ pub struct CreateArgs {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     /// Only requests in this status (repeatable): QUEUED, RUNNING, COMPLETED, FAILED.
     #[arg(long = "status", value_parser = parse_status)]
     statuses: Vec<IdeationStatus>,
@@ -98,13 +97,14 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         Some(path) => read_input(path)?,
         None => Map::new(),
     };
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let new = NewIdeation { id, hypothesis_id, input };
-    let request = store.enqueue_ideation(new, Timestamp::now()).await.map_err(|err| match err {
-        store::Error::IdeationExists(_) => {
-            anyhow::Error::new(err).context("--id is taken (pass another, or leave --id out for a new UUID)")
+    let request = store.enqueue_ideation(new).await.map_err(|err| {
+        if super::exit_code(&err) == super::exit::CONFLICT {
+            err.context("--id is taken (pass another, or leave --id out for a new UUID)")
+        } else {
+            err
         }
-        other => other.into(),
     })?;
     if args.json {
         super::print(serde_json::to_string_pretty(&request.document)?)?;
@@ -115,7 +115,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let requests = store.list_ideation(&args.statuses, args.limit).await?;
     if args.json {
         let documents: Vec<&Map<String, Value>> = requests.iter().map(|request| &request.document).collect();
@@ -167,8 +167,7 @@ fn read_input(path: &Path) -> anyhow::Result<Map<String, Value>> {
             .into());
         }
     };
-    let kept = kept_fields();
-    let taken: Vec<&str> = fields.keys().filter(|key| kept.contains(key)).map(String::as_str).collect();
+    let taken = NewIdeation::kept_fields_in(&fields);
     if !taken.is_empty() {
         return Err(UsageError(format!(
             "{name} sets {}, which scientist keeps; leave {} out (--id and --hypothesis set _id and hypothesisId)",
@@ -182,17 +181,11 @@ fn read_input(path: &Path) -> anyhow::Result<Map<String, Value>> {
 
 /// The request fields scientist writes (`_id`, `hypothesisId`, `status`, `claimedBy`…): every
 /// one a request can hold, read off a request that has been claimed and has failed.
-fn kept_fields() -> Vec<String> {
-    let new = NewIdeation { id: String::new(), hypothesis_id: String::new(), input: Map::new() };
-    let mut request = IdeationRequest::queued(new, Timestamp::EPOCH);
-    request.claim("", Timestamp::EPOCH);
-    request.finish(request.attempt, Some(String::new()), Timestamp::EPOCH);
-    request.fields().into_iter().map(|(key, _)| key).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ideation::IdeationRequest;
+    use crate::time::Timestamp;
 
     fn request(id: &str, error: Option<&str>) -> IdeationRequest {
         let new = NewIdeation { id: id.into(), hypothesis_id: "hyp-1".into(), input: Map::new() };
@@ -220,15 +213,6 @@ mod tests {
             view::ideation_table(&[request("req-1", None)], now, Look { color: true, width: None, raw: false });
         assert!(coloured.contains("\x1b["), "{coloured:?}");
         assert!(view::ideation_table(&[], now, plain).starts_with("no ideation requests match"));
-    }
-
-    #[test]
-    fn kept_fields_are_every_field_scientist_writes() {
-        let kept = kept_fields();
-        for key in ["_id", "hypothesisId", "status", "createdAt", "claimedBy", "attempt", "finishedAt", "error"] {
-            assert!(kept.iter().any(|kept| kept == key), "{key} missing from {kept:?}");
-        }
-        assert!(!kept.iter().any(|kept| kept == "hypothesis" || kept == "numIdeas"), "{kept:?}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::control::{ApiFailure, ApiOperator, HttpControlPlane, Operator, contexts};
 use crate::queue::lease::{self, OnLost};
 use crate::queue::retry;
 use crate::queue::stall::{self, OnStall};
@@ -39,9 +40,10 @@ pub mod exit {
     pub const CONFLICT: u8 = 4;
     /// `emit`: the control plane rejected the event (invalid); resending it will not help.
     pub const REJECTED: u8 = 5;
-    /// `emit`: the control plane could not be reached or failed; resending later may work.
+    /// `emit`, or a command on --server: the control plane could not be reached or failed;
+    /// trying again later may work.
     pub const UNREACHABLE: u8 = 6;
-    /// `emit`: the token was missing or wrong.
+    /// `emit`, or a command on --server: the token was missing or wrong, or lacks the scope.
     pub const AUTH: u8 = 7;
     /// `--follow`: the run ended FAILED.
     pub const RUN_FAILED: u8 = 8;
@@ -51,11 +53,13 @@ pub mod exit {
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure, 2 bad usage or input, 3 not found, 4 not allowed in the run's state;
-emit: 5 event rejected, 6 control plane unreachable, 7 missing or wrong token;
+emit: 5 event rejected; emit and commands on --server: 6 control plane unreachable, 7 missing or
+wrong token, or one without the scope the command needs;
 runs show/logs --follow: 0 when the run completed, 8 when it failed, 9 when it was canceled.
 
 Storage: with no MongoDB configured, everything runs on an embedded SQLite file shared by
-serve, work and runs on this machine (see --store). Set MONGODB_URL for many pods.";
+serve, work and runs on this machine (see --store). Set MONGODB_URL for many pods.
+Operators without database credentials: --server URL (or a --context) with SCIENTIST_TOKEN.";
 
 /// Queue, run and watch long AI-research experiment runs on GPU pods.
 #[derive(Debug, Parser)]
@@ -125,6 +129,59 @@ impl StoreArgs {
             .await
             .with_context(|| format!("opening the embedded store at {}", path.display()))?;
         Ok(Arc::new(store))
+    }
+}
+
+/// Where an operator's commands (`runs …`, `stats`, `ideation …`) find the runs: a store,
+/// as for every command, or a control plane's API with a token. Precedence: a store when
+/// --store or MONGODB_URL is given; else --server or --context; else the config's `current`
+/// context; else the embedded store.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Ask this control plane (`scientist serve`) instead of a store, with the token in
+    /// SCIENTIST_TOKEN: read scope to read, admin to change. Used when neither --store nor
+    /// MONGODB_URL is set.
+    #[arg(long, env = "SCIENTIST_SERVER", value_name = "URL", global = true)]
+    pub server: Option<String>,
+
+    /// Ask the control plane of this context in the config file (~/.config/scientist/config.toml,
+    /// or SCIENTIST_CONFIG): its server and token file.
+    #[arg(long, env = "SCIENTIST_CONTEXT", value_name = "NAME", global = true)]
+    pub context: Option<String>,
+}
+
+impl OperatorArgs {
+    /// The store or control plane these flags name.
+    pub async fn open(&self) -> anyhow::Result<Box<dyn Operator>> {
+        if self.store.store.is_some() || self.store.mongodb_url.is_some() {
+            return Ok(Box::new(self.store.open().await?));
+        }
+        if self.server.is_some() && self.context.is_some() {
+            return Err(UsageError(
+                "both --server (or SCIENTIST_SERVER) and --context (or SCIENTIST_CONTEXT) are set: give one".into(),
+            )
+            .into());
+        }
+        let env_token = std::env::var("SCIENTIST_TOKEN").ok().filter(|token| !token.is_empty());
+        let (server, token) = match &self.server {
+            Some(server) => (server.clone(), env_token),
+            None => {
+                let path = contexts::Config::default_path();
+                let config = match &path {
+                    Some(path) => contexts::Config::load(path).map_err(|err| UsageError(err.to_string()))?,
+                    None => contexts::Config::default(),
+                };
+                match config.choose(self.context.as_deref(), env_token).map_err(|err| UsageError(err.to_string()))? {
+                    Some(chosen) => (chosen.server, chosen.token),
+                    None => return Ok(Box::new(self.store.open().await?)),
+                }
+            }
+        };
+        let plane = HttpControlPlane::new(&server, token).map_err(|err| UsageError(format!("--server: {err}")))?;
+        Ok(Box::new(ApiOperator::new(plane)))
     }
 }
 
@@ -348,7 +405,7 @@ pub enum RunLookupError {
 
 /// The run an operator means: the exact id when it exists, else the one run whose id starts
 /// with what was typed (like a short git hash).
-pub(crate) async fn resolve_run(store: &dyn Store, typed: &RunId) -> anyhow::Result<RunId> {
+pub(crate) async fn resolve_run(store: &dyn Operator, typed: &RunId) -> anyhow::Result<RunId> {
     if store.get(typed).await?.is_some() {
         return Ok(typed.clone());
     }
@@ -388,6 +445,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     if let Some(ended) = err.downcast_ref::<RunEnded>() {
         return if ended.status == RunStatus::Canceled { exit::RUN_CANCELED } else { exit::RUN_FAILED };
+    }
+    match err.downcast_ref::<ApiFailure>() {
+        Some(ApiFailure::Refused { status: 404, .. }) => return exit::NOT_FOUND,
+        Some(ApiFailure::Refused { status: 409, .. }) => return exit::CONFLICT,
+        Some(ApiFailure::Refused { .. }) => return exit::USAGE,
+        Some(ApiFailure::Auth { .. }) => return exit::AUTH,
+        Some(ApiFailure::Unreachable { .. }) => return exit::UNREACHABLE,
+        None => {}
     }
     match err.downcast_ref::<StoreError>() {
         Some(StoreError::NotFound(_)) => exit::NOT_FOUND,

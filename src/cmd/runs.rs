@@ -7,13 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::follow::{self, EventTail, LiveView, Update};
+use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
-use super::{StoreArgs, UsageError, display_now, resolve_run};
+use super::{OperatorArgs, UsageError, display_now, resolve_run};
+use crate::control::{Operator, events_after};
 use crate::event::LogLevel;
 use crate::queue::review::Decision;
 use crate::run::{DEFAULT_QUEUE, NewRun, ReviewDecision, Run, RunId, RunStatus};
-use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter, Store, StoredEvent};
+use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter, StoredEvent};
 use crate::time::Timestamp;
 
 const ID_HELP: &str = "The run id, or a unique prefix of it (like a short git hash)";
@@ -49,7 +50,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     /// Only runs in this status (repeatable): QUEUED, SCHEDULED, RUNNING, AWAITING_HUMAN, COMPLETED, FAILED, CANCELED.
     #[arg(long = "status", value_parser = parse_status)]
     statuses: Vec<RunStatus>,
@@ -67,7 +68,7 @@ pub struct ListArgs {
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     #[arg(help = ID_HELP)]
     id: RunId,
     /// Print the run document as JSON; with --follow, an NDJSON stream of everything new.
@@ -88,7 +89,7 @@ pub struct ShowArgs {
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     #[arg(help = ID_HELP)]
     id: RunId,
     /// Only lines at or above this level: debug, info, warning (warn), error. A line without a level is info.
@@ -126,7 +127,7 @@ struct FollowArgs {
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     /// JSON file with the idea/config the pipeline runs (`-` for standard input).
     #[arg(long)]
     idea: PathBuf,
@@ -151,7 +152,7 @@ pub struct CreateArgs {
 #[derive(Debug, clap::Args)]
 pub struct ResetArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     #[arg(help = ID_HELP)]
     id: RunId,
     /// Print the run document as JSON.
@@ -162,7 +163,7 @@ pub struct ResetArgs {
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     #[arg(help = ID_HELP)]
     id: RunId,
     /// Why, for the record.
@@ -176,7 +177,7 @@ pub struct CancelArgs {
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     #[arg(help = ID_HELP)]
     id: RunId,
     /// A comment, for the record.
@@ -190,7 +191,7 @@ pub struct ApproveArgs {
 #[derive(Debug, clap::Args)]
 pub struct RejectArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    source: OperatorArgs,
     #[arg(help = ID_HELP)]
     id: RunId,
     /// Why, for the record (the run's error message).
@@ -209,15 +210,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Create(args) => create(args).await,
         Command::Reset(args) => reset(args).await,
         Command::Cancel(args) => cancel(args).await,
-        Command::Approve(args) => decide(args.store, args.id, ReviewDecision::Approved, args.comment, args.json).await,
+        Command::Approve(args) => decide(args.source, args.id, ReviewDecision::Approved, args.comment, args.json).await,
         Command::Reject(args) => {
-            decide(args.store, args.id, ReviewDecision::Rejected, Some(args.reason), args.json).await
+            decide(args.source, args.id, ReviewDecision::Rejected, Some(args.reason), args.json).await
         }
     }
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let filter = RunFilter { statuses: args.statuses, queue: args.queue, ..Default::default() };
     let runs = newest_runs(store.as_ref(), filter, args.limit).await?;
     if args.json {
@@ -229,7 +230,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 /// Up to `limit` runs matching `filter`, newest first, over as many pages as that takes.
-async fn newest_runs(store: &dyn Store, mut filter: RunFilter, limit: usize) -> anyhow::Result<Vec<Run>> {
+async fn newest_runs(store: &dyn Operator, mut filter: RunFilter, limit: usize) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     while runs.len() < limit {
         filter.limit = (limit - runs.len()).min(MAX_LIMIT);
@@ -244,7 +245,7 @@ async fn newest_runs(store: &dyn Store, mut filter: RunFilter, limit: usize) -> 
 }
 
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let id = resolve_run(store.as_ref(), &args.id).await?;
     let look = Look { raw: args.raw, ..Look::for_stdout() };
     match (args.follow.follow, args.json) {
@@ -256,12 +257,12 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get_run(store: &dyn Store, id: &RunId) -> anyhow::Result<Run> {
+async fn get_run(store: &dyn Operator, id: &RunId) -> anyhow::Result<Run> {
     Ok(store.get(id).await?.ok_or_else(|| crate::store::Error::NotFound(id.clone()))?)
 }
 
 /// The `runs show` text: the run, its artifacts and its latest `log_lines` log lines.
-async fn detail(store: &dyn Store, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
+async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
     let run = get_run(store, id).await?;
     let artifacts = store.artifacts(id).await?;
     let mut logs = Vec::new();
@@ -274,12 +275,12 @@ async fn detail(store: &dyn Store, id: &RunId, log_lines: usize, look: Look) -> 
 }
 
 /// `runs show --follow --json`: the run, every event stored after it (NDJSON), the final run.
-async fn follow_json(store: &dyn Store, id: RunId, interval: Duration) -> anyhow::Result<()> {
+async fn follow_json(store: &dyn Operator, id: RunId, interval: Duration) -> anyhow::Result<()> {
     // The cursor first, then the document: nothing stored in between is lost (at worst an
     // event shows in both).
-    let mut tail = EventTail::from_latest(store, id.clone(), EventFilter::default()).await?;
+    let mut tail = follow::tail_from_latest(store, &id, EventFilter::default()).await?;
     super::print(follow::run_line(&get_run(store, &id).await?)?)?;
-    let run = follow::watch(store, &mut tail, interval, |update| {
+    let run = follow::watch(tail.as_mut(), interval, |update| {
         if let Update::Events(events) = update {
             for stored in &events {
                 super::print(follow::event_line(stored))?;
@@ -295,18 +296,18 @@ async fn follow_json(store: &dyn Store, id: RunId, interval: Duration) -> anyhow
 /// `runs show --follow`: the run's detail, then new log lines on stdout under live bars on
 /// stderr, then one line with how it ended.
 async fn follow_live(
-    store: &dyn Store,
+    store: &dyn Operator,
     id: RunId,
     log_lines: usize,
     interval: Duration,
     look: Look,
 ) -> anyhow::Result<()> {
     let logs_only = EventFilter { types: vec![LOG_EVENT_TYPE.into()], ..Default::default() };
-    let mut tail = EventTail::from_latest(store, id.clone(), logs_only).await?;
+    let mut tail = follow::tail_from_latest(store, &id, logs_only).await?;
     super::print_as(look, detail(store, &id, log_lines, look).await?)?;
     crate::notice!("following run {id} until it ends (Ctrl-C stops watching; the run goes on)");
     let mut live = LiveView::new();
-    let watched = follow::watch(store, &mut tail, interval, |update| {
+    let watched = follow::watch(tail.as_mut(), interval, |update| {
         match update {
             Update::Events(events) => {
                 for line in events.iter().filter_map(|stored| view::log_line(stored, look)) {
@@ -356,7 +357,7 @@ fn parse_level(text: &str) -> Result<LogLevel, String> {
 }
 
 async fn logs(args: LogsArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let store = store.as_ref();
     let id = resolve_run(store, &args.id).await?;
     let now = display_now()?;
@@ -372,29 +373,23 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    let filter = EventFilter { types: vec![LOG_EVENT_TYPE.into()], min_level: args.level, ..Default::default() };
-    let mut tail = match args.tail {
+    let mut filter = EventFilter { types: vec![LOG_EVENT_TYPE.into()], min_level: args.level, ..Default::default() };
+    match args.tail {
         Some(count) => {
             let mut latest =
                 store.list_recent_events(&id, &EventFilter { limit: count, ..filter.clone() }).await?.items;
             latest.reverse();
             print_lines(&latest)?;
-            let cursor = latest.last().map(|stored| stored.cursor.clone());
-            match cursor {
-                Some(cursor) => EventTail::after(store, id.clone(), filter, Some(cursor)),
-                None => EventTail::from_latest(store, id.clone(), filter).await?,
-            }
+            // None printed means none stored yet: following from the first is following from now.
+            filter.cursor = latest.last().map(|last| last.cursor.clone());
         }
-        None => {
-            let mut tail = EventTail::after(store, id.clone(), filter, None);
-            print_lines(&tail.drain().await?)?;
-            tail
-        }
-    };
+        None => print_lines(&events_after(store, &id, &mut filter).await?)?,
+    }
     if !args.follow.follow {
         return Ok(());
     }
-    let run = follow::watch(store, &mut tail, args.follow.interval, |update| match update {
+    let mut tail = store.tail(&id, filter).await?;
+    let run = follow::watch(tail.as_mut(), args.follow.interval, |update| match update {
         Update::Events(events) => print_lines(&events),
         Update::Run(_) => Ok(()),
     })
@@ -404,7 +399,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
 
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let idea = read_idea(&args.idea)?;
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let new_run = NewRun {
         hypothesis_id: args.hypothesis_id,
         priority: args.priority,
@@ -412,7 +407,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         retry_max: args.retry_max,
         ..NewRun::new(idea)
     };
-    let run = store.enqueue(new_run, Timestamp::now()).await?;
+    let run = store.enqueue(new_run).await?;
     if args.json {
         super::print(serde_json::to_string_pretty(&run)?)?;
     } else {
@@ -422,9 +417,9 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
 }
 
 async fn reset(args: ResetArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let id = resolve_run(store.as_ref(), &args.id).await?;
-    let run = store.reset(&id, Timestamp::now()).await?;
+    let run = store.reset(&id).await?;
     if args.json {
         super::print(serde_json::to_string_pretty(&run)?)?;
     }
@@ -433,9 +428,9 @@ async fn reset(args: ResetArgs) -> anyhow::Result<()> {
 }
 
 async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let id = resolve_run(store.as_ref(), &args.id).await?;
-    let run = store.request_cancel(&id, &operator(), args.reason, Timestamp::now()).await?;
+    let run = store.request_cancel(&id, &operator(), args.reason).await?;
     if args.json {
         super::print(serde_json::to_string_pretty(&run)?)?;
     }
@@ -452,16 +447,16 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
 
 /// `runs approve` and `runs reject`: the decision goes through `Store::decide_review`.
 async fn decide(
-    store: StoreArgs,
+    source: OperatorArgs,
     id: RunId,
     verdict: ReviewDecision,
     comment: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let store = store.open().await?;
+    let store = source.open().await?;
     let id = resolve_run(store.as_ref(), &id).await?;
     let decision = Decision { verdict, by: operator(), comment };
-    let run = store.decide_review(&id, decision, Timestamp::now()).await?;
+    let run = store.decide_review(&id, decision).await?;
     if json {
         super::print(serde_json::to_string_pretty(&run)?)?;
     }

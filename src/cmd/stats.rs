@@ -1,7 +1,7 @@
 //! `scientist stats`: the store's figures (`Store::stats`) as tables, or as JSON for scripts.
 
 use super::view::{self, Look};
-use super::{StoreArgs, display_now};
+use super::{OperatorArgs, display_now};
 
 /// Flags of `scientist stats`.
 #[derive(Debug, clap::Args)]
@@ -12,7 +12,7 @@ percentiles over every completed stage. GPU-hours count one GPU per run, from it
 end (or its latest heartbeat while it runs). The --json shape is documented in the README.")]
 pub struct Args {
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub source: OperatorArgs,
 
     /// Print the figures as one JSON object instead of tables.
     #[arg(long)]
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+    let store = args.source.open().await?;
     let stats = store.stats(display_now()?).await?;
     if args.json {
         super::print(serde_json::to_string_pretty(&stats)?)?;

@@ -41,7 +41,7 @@ impl SendError {
 }
 
 /// `serve` (or a worker's local endpoint) at one base URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpControlPlane {
     base: String,
     token: Option<String>,
@@ -57,6 +57,13 @@ const MAX_REDIRECTS: usize = 10;
 /// Whether `base` names an https URL (the scheme in any case).
 fn is_https(base: &str) -> bool {
     base.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+impl std::fmt::Debug for HttpControlPlane {
+    /// The URL only: the token is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpControlPlane").field("base", &self.base).finish_non_exhaustive()
+    }
 }
 
 impl HttpControlPlane {
@@ -84,6 +91,15 @@ impl HttpControlPlane {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// A request to `url`, carrying the token.
+    pub(super) fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// Sends events already serialized (one JSON object each, no newline) as NDJSON, in
@@ -150,12 +166,9 @@ impl HttpControlPlane {
         body: Option<&impl Serialize>,
     ) -> Result<Option<Value>, SendError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.request(method, &url);
         if let Some(body) = body {
             request = request.json(body);
-        }
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|err| self.unreachable(crate::errors::chain(&err)))?;
         let status = response.status().as_u16();
@@ -168,10 +181,8 @@ impl HttpControlPlane {
 
     async fn post(&self, path: &str, content_type: &str, body: String) -> Result<Value, SendError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.post(&url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let request =
+            self.request(reqwest::Method::POST, &url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
         let response = request.send().await.map_err(|err| self.unreachable(crate::errors::chain(&err)))?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);

@@ -4,8 +4,15 @@
 //! HTTP ([`HttpControlPlane`], for pods without database credentials and for `emit`) and the
 //! store itself ([`StoreControlPlane`]: the embedded file, or MongoDB with the pod's
 //! credentials). Both end in the same `Store` calls; the wire shapes are `crate::protocol`.
+//!
+//! Operators' commands have their own trait, [`Operator`] (`operator.rs`): a store the
+//! operator holds the credentials of, or `serve`'s read and admin API with a token
+//! ([`ApiOperator`], `api.rs`, over the same HTTP client).
 
+mod api;
+pub mod contexts;
 mod http;
+mod operator;
 mod store;
 
 use std::sync::Arc;
@@ -13,7 +20,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
+pub use api::{ApiFailure, ApiOperator};
 pub use http::{HttpControlPlane, SendError};
+pub use operator::{Operator, Tail, events_after};
 pub use store::StoreControlPlane;
 
 use crate::ideation::IdeationRequest;

@@ -270,6 +270,18 @@ pub enum LogLevel {
     Error,
 }
 
+impl LogLevel {
+    /// Its name in events and in the API (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
 data! {
     pub struct Log {
         pub message: String,

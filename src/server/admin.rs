@@ -5,11 +5,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::ApiError;
 use super::error::extract::{Json, Path};
+use crate::ideation::NewIdeation;
 use crate::queue::review::Decision;
 use crate::run::{DEFAULT_QUEUE, MAX_RETRIES, NewRun, ReviewDecision, Run, RunId};
 use crate::time::Timestamp;
@@ -138,4 +139,48 @@ pub(super) async fn reject(
     let by = request.by.unwrap_or_else(|| DEFAULT_BY.to_owned());
     let decision = Decision { verdict: ReviewDecision::Rejected, by, comment: Some(request.reason) };
     Ok(axum::Json(state.store.decide_review(&id, decision, Timestamp::now()).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct IdeationEnqueueRequest {
+    /// The hypothesis the ideas are for.
+    hypothesis_id: String,
+    /// A client-chosen id makes the request safe to retry (409 when it exists) [default: a new UUID].
+    id: Option<String>,
+    /// Further fields handed to the ideation command, e.g. `{"numIdeas": 3}`; not the fields
+    /// scientist keeps (`_id`, `status`, `claimedBy`…).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    input: Map<String, Value>,
+}
+
+/// 201 with the new QUEUED request's document.
+pub(super) async fn enqueue_ideation(
+    State(state): State<AppState>,
+    Json(request): Json<IdeationEnqueueRequest>,
+) -> Result<(StatusCode, axum::Json<Map<String, Value>>), ApiError> {
+    let hypothesis_id = non_empty("hypothesisId", request.hypothesis_id)?;
+    let id = match request.id {
+        Some(id) => non_empty("id", id)?,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let taken = NewIdeation::kept_fields_in(&request.input);
+    if !taken.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "input sets {}, which scientist keeps: leave them out (id and hypothesisId set _id and hypothesisId)",
+            taken.join(", ")
+        )));
+    }
+    let new = NewIdeation { id, hypothesis_id, input: request.input };
+    let created = state.store.enqueue_ideation(new, Timestamp::now()).await?;
+    Ok((StatusCode::CREATED, axum::Json(created.document)))
+}
+
+fn non_empty(field: &str, value: String) -> Result<String, ApiError> {
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err(ApiError::BadRequest(format!("{field} is empty: send an id")));
+    }
+    Ok(value)
 }

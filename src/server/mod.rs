@@ -105,6 +105,7 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (endpoint(Method::POST, "/api/queue/ideation/{id}/heartbeat", Some(Ingest)), post(queue::hear_ideation)),
         (endpoint(Method::POST, "/api/queue/ideation/{id}/finish", Some(Ingest)), post(queue::finish_ideation)),
         (endpoint(Method::GET, "/api/runs", Some(Read)), get(read::runs)),
+        (endpoint(Method::GET, "/api/run-ids", Some(Read)), get(read::run_ids)),
         (endpoint(Method::POST, "/api/runs", Some(Admin)), post(admin::enqueue)),
         (endpoint(Method::GET, "/api/runs/{id}", Some(Read)), get(read::run)),
         (endpoint(Method::GET, "/api/runs/{id}/events", Some(Read)), get(read::events)),
@@ -115,6 +116,8 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (endpoint(Method::POST, "/api/runs/{id}/approve", Some(Admin)), post(admin::approve)),
         (endpoint(Method::POST, "/api/runs/{id}/reject", Some(Admin)), post(admin::reject)),
         (endpoint(Method::GET, "/api/stats", Some(Read)), get(read::stats)),
+        (endpoint(Method::GET, "/api/ideation", Some(Read)), get(read::ideation)),
+        (endpoint(Method::POST, "/api/ideation", Some(Admin)), post(admin::enqueue_ideation)),
     ]
 }
 

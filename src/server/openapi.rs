@@ -79,6 +79,8 @@ fn schemas() -> Vec<(String, RefOr<Schema>)> {
     add::<admin::CancelRequest>(&mut schemas, None);
     add::<admin::ApproveBody>(&mut schemas, None);
     add::<admin::RejectBody>(&mut schemas, None);
+    add::<admin::IdeationEnqueueRequest>(&mut schemas, None);
+    add::<super::read::RunIds>(&mut schemas, None);
     add::<Stats>(&mut schemas, None);
     add::<IdeationRequest>(&mut schemas, None);
     add::<IdeationFinish>(&mut schemas, None);

@@ -10,6 +10,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::error::extract::{Path, Query};
 use crate::event::payload::LogLevel;
+use crate::ideation::IdeationStatus;
 use crate::run::{Run, RunId, RunStatus};
 use crate::store::{self, Artifact, EventFilter, Page, RunFilter, Stats, StoredEvent};
 use crate::time::Timestamp;
@@ -42,6 +43,29 @@ pub(super) async fn run(State(state): State<AppState>, Path(id): Path<RunId>) ->
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RunIdsQuery {
+    prefix: String,
+}
+
+/// Up to two run ids starting with a prefix, in id order: one means the prefix names a run,
+/// two that it is ambiguous (how `scientist runs show 3f2a` finds its run).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct RunIds {
+    ids: Vec<RunId>,
+}
+
+pub(super) async fn run_ids(
+    State(state): State<AppState>,
+    Query(query): Query<RunIdsQuery>,
+) -> Result<Json<RunIds>, ApiError> {
+    if query.prefix.is_empty() {
+        return Err(ApiError::BadRequest("prefix is empty: send the first characters of a run id".into()));
+    }
+    Ok(Json(RunIds { ids: state.store.resolve_prefix(&query.prefix).await? }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     /// Comma-separated event types.
     #[serde(rename = "type")]
@@ -51,9 +75,21 @@ pub(super) struct EventsQuery {
     #[serde(default)]
     limit: usize,
     cursor: Option<String>,
+    /// `oldest` (the default: after `cursor`, in the order stored) or `newest` (the latest
+    /// first, before `cursor`).
+    order: Option<String>,
 }
 
 impl EventsQuery {
+    /// Whether the newest events are asked for first.
+    pub(super) fn newest_first(&self) -> Result<bool, ApiError> {
+        match self.order.as_deref() {
+            None | Some("oldest") => Ok(false),
+            Some("newest") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!("unknown order {other:?}: use oldest or newest"))),
+        }
+    }
+
     pub(super) fn filter(self) -> Result<EventFilter, ApiError> {
         let min_level = self.level.map(|level| parse_level(&level)).transpose()?;
         Ok(EventFilter {
@@ -93,7 +129,11 @@ pub(super) async fn events(
     Path(id): Path<RunId>,
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<Page<EventView>>, ApiError> {
-    let page = state.store.list_events(&id, &query.filter()?).await?;
+    let page = if query.newest_first()? {
+        state.store.list_recent_events(&id, &query.filter()?).await?
+    } else {
+        state.store.list_events(&id, &query.filter()?).await?
+    };
     Ok(Json(Page { items: page.items.into_iter().map(EventView::from).collect(), next: page.next }))
 }
 
@@ -104,9 +144,45 @@ pub(super) async fn artifacts(
     Ok(Json(state.store.artifacts(&id).await?))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatsQuery {
+    /// The figures as of this RFC 3339 time (windows and ages end there) [default: now].
+    at: Option<String>,
+}
+
 /// The same document as `scientist stats --json`.
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
-    Ok(Json(state.store.stats(Timestamp::now()).await?))
+pub(super) async fn stats(
+    State(state): State<AppState>,
+    Query(query): Query<StatsQuery>,
+) -> Result<Json<Stats>, ApiError> {
+    let at = match query.at {
+        None => Timestamp::now(),
+        Some(text) => Timestamp::parse_rfc3339(&text)
+            .map_err(|err| ApiError::BadRequest(format!("at={text:?} is not an RFC 3339 time ({err})")))?,
+    };
+    Ok(Json(state.store.stats(at).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IdeationQuery {
+    /// Comma-separated statuses: QUEUED, RUNNING, COMPLETED, FAILED.
+    status: Option<String>,
+    #[serde(default)]
+    limit: usize,
+}
+
+/// Ideation requests, oldest first, as stored (the documents the frontend reads).
+pub(super) async fn ideation(
+    State(state): State<AppState>,
+    Query(query): Query<IdeationQuery>,
+) -> Result<Json<Vec<Map<String, Value>>>, ApiError> {
+    let statuses = comma_list(query.status.as_deref())
+        .map(|status| status.parse::<IdeationStatus>().map_err(ApiError::BadRequest))
+        .collect::<Result<Vec<_>, _>>()?;
+    let requests = state.store.list_ideation(&statuses, store::clamp_limit(query.limit)).await?;
+    Ok(Json(requests.into_iter().map(|request| request.document).collect()))
 }
 
 fn comma_list(text: Option<&str>) -> impl Iterator<Item = &str> {

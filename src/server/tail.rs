@@ -31,6 +31,9 @@ pub(super) async fn stream(
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    if query.newest_first()? {
+        return Err(ApiError::BadRequest("the live tail sends events oldest first: leave order out".into()));
+    }
     let mut filter = query.filter()?;
     if let Some(last_seen) = headers.get("last-event-id").and_then(|value| value.to_str().ok()) {
         filter.cursor = Some(last_seen.to_owned());

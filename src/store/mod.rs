@@ -86,7 +86,7 @@ pub struct Pruned {
 }
 
 /// A page of results and the cursor for the next one.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     #[schema(required = true)]

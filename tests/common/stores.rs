@@ -12,9 +12,26 @@ pub struct TestStore {
 }
 
 enum Backend {
-    Sqlite { dir: tempfile::TempDir },
-    Mongo { url: String, database: String, handle: MongoStore },
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+    Mongo {
+        url: String,
+        database: String,
+        handle: MongoStore,
+    },
+    /// An SQLite store behind `serve` on a real socket: the CLI gets only the URL and a token.
+    Api {
+        dir: tempfile::TempDir,
+        url: String,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    },
 }
+
+/// The API backend's tokens, one per scope (`serve --token-file` lines).
+pub const ADMIN_TOKEN: &str = "operator-admin-token";
+pub const READ_TOKEN: &str = "dashboard-read-token";
+pub const INGEST_TOKEN: &str = "pod-ingest-token";
 
 // Each test crate uses some of these helpers.
 #[allow(dead_code)]
@@ -33,6 +50,24 @@ impl TestStore {
         TestStore { store: Arc::new(store), backend: Backend::Mongo { url, database, handle } }
     }
 
+    /// An SQLite store behind an in-process `serve` (127.0.0.1, an OS-chosen port) that
+    /// takes [`ADMIN_TOKEN`] (read and admin), [`READ_TOKEN`] and [`INGEST_TOKEN`].
+    pub async fn api() -> TestStore {
+        use scientist::server::{self, AppState, Tokens};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("scientist.sqlite")).await.expect("open sqlite store"));
+        let grants = format!("{ADMIN_TOKEN} read admin\n{READ_TOKEN} read\n{INGEST_TOKEN} ingest\n");
+        let tokens = Tokens::default().with_token_file(&grants).expect("token lines");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server::run(listener, AppState::new(store.clone(), tokens), async {
+            let _ = stopped.await;
+        }));
+        TestStore { store, backend: Backend::Api { dir, url, _stop: stop } }
+    }
+
     /// Another independent handle on the same data.
     pub async fn second_handle(&self) -> Arc<dyn Store> {
         self.handle_with(Rules::default()).await
@@ -42,7 +77,7 @@ impl TestStore {
     /// `serve` or a worker on the store does).
     pub async fn handle_with(&self, rules: Rules) -> Arc<dyn Store> {
         match &self.backend {
-            Backend::Sqlite { dir } => Arc::new(
+            Backend::Sqlite { dir } | Backend::Api { dir, .. } => Arc::new(
                 SqliteStore::open_with(&dir.path().join("scientist.sqlite"), rules).await.expect("reopen sqlite"),
             ),
             Backend::Mongo { url, database, .. } => Arc::new(
@@ -59,6 +94,9 @@ impl TestStore {
             }
             Backend::Mongo { url, database, .. } => {
                 vec![("MONGODB_URL", url.clone()), ("SCIENTIST_MONGODB_DB", database.clone())]
+            }
+            Backend::Api { url, .. } => {
+                vec![("SCIENTIST_SERVER", url.clone()), ("SCIENTIST_TOKEN", ADMIN_TOKEN.into())]
             }
         }
     }
