@@ -330,7 +330,7 @@ impl LiveTail {
             let answer = response.json().await.ok();
             return Err(self.api.failure(status, answer));
         }
-        Ok(SseStream { response, buffer: Vec::new(), heard: Instant::now() })
+        Ok(SseStream { response, messages: SseBuffer::default(), heard: Instant::now() })
     }
 
     /// Keeps trying to reach the control plane for [`RECONNECT_PATIENCE`]; any other failure
@@ -441,16 +441,20 @@ impl Tail for LiveTail {
 }
 
 /// One Server-Sent Events message.
+#[derive(Debug, PartialEq)]
 struct SseMessage {
     event: Option<String>,
     data: String,
 }
 
+/// The largest message a live tail may send: one event at the size limit, with its cursor
+/// and receipt time. More without a message's end is not `serve` speaking.
+const MAX_MESSAGE_BYTES: usize = crate::limits::MAX_BODY_BYTES + 64 * 1024;
+
 /// An open `text/event-stream` answer, read message by message.
 struct SseStream {
     response: reqwest::Response,
-    /// Bytes received after the last complete message.
-    buffer: Vec<u8>,
+    messages: SseBuffer,
     /// When the server last sent anything (a keep-alive included).
     heard: Instant,
 }
@@ -459,48 +463,118 @@ impl SseStream {
     /// The next message; `None` when the server ended the stream. Cancel-safe: what was read
     /// stays in the buffer.
     async fn next_message(&mut self) -> Result<Option<SseMessage>, ApiFailure> {
+        let failure = |reason: String, response: &reqwest::Response| ApiFailure::Unreachable {
+            url: response.url().as_str().to_owned(),
+            reason,
+        };
         loop {
-            if let Some(message) = self.parse_buffered() {
-                if message.data.is_empty() && message.event.is_none() {
-                    continue; // a keep-alive comment
-                }
+            if let Some(message) = self.messages.next() {
                 return Ok(Some(message));
+            }
+            if self.messages.pending_bytes() > MAX_MESSAGE_BYTES {
+                let reason = format!("the live tail sent over {MAX_MESSAGE_BYTES} bytes without ending a message");
+                return Err(failure(reason, &self.response));
             }
             match self.response.chunk().await {
                 Ok(Some(chunk)) => {
                     self.heard = Instant::now();
-                    // Lines may end in CRLF; JSON data never holds a raw CR.
-                    self.buffer.extend(chunk.iter().filter(|byte| **byte != b'\r'));
+                    self.messages.extend(&chunk);
                 }
                 Ok(None) => return Ok(None),
-                Err(err) => {
-                    let url = self.response.url().to_string();
-                    return Err(ApiFailure::Unreachable { url, reason: crate::errors::chain(&err) });
-                }
+                Err(err) => return Err(failure(crate::errors::chain(&err), &self.response)),
             }
         }
     }
+}
 
-    /// Takes one complete message (ended by a blank line) off the buffer.
-    fn parse_buffered(&mut self) -> Option<SseMessage> {
-        let end = self.buffer.windows(2).position(|pair| pair == b"\n\n")?;
-        let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-        let text = String::from_utf8_lossy(&block);
-        let mut message = SseMessage { event: None, data: String::new() };
-        for line in text.lines() {
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => message.event = Some(value.to_owned()),
-                "data" => {
-                    if !message.data.is_empty() {
-                        message.data.push('\n');
+/// Bytes of an event stream, cut into messages at blank lines.
+#[derive(Default)]
+struct SseBuffer {
+    bytes: Vec<u8>,
+}
+
+impl SseBuffer {
+    fn extend(&mut self, chunk: &[u8]) {
+        // Lines may end in CRLF; JSON data never holds a raw CR.
+        self.bytes.extend(chunk.iter().filter(|byte| **byte != b'\r'));
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The next complete message with an event or data (comments, the keep-alives, are skipped).
+    fn next(&mut self) -> Option<SseMessage> {
+        loop {
+            let end = self.bytes.windows(2).position(|pair| pair == b"\n\n")?;
+            let block: Vec<u8> = self.bytes.drain(..end + 2).collect();
+            let mut message = SseMessage { event: None, data: String::new() };
+            let mut has_data = false;
+            for line in String::from_utf8_lossy(&block).lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => message.event = Some(value.to_owned()),
+                    "data" => {
+                        if has_data {
+                            message.data.push('\n');
+                        }
+                        message.data.push_str(value);
+                        has_data = true;
                     }
-                    message.data.push_str(value);
+                    _ => {} // `id` is the cursor, also in the data; `:` starts a comment
                 }
-                _ => {} // `id` is the cursor, also in the data; `:` comments are keep-alives
+            }
+            if has_data || message.event.is_some() {
+                return Some(message);
             }
         }
-        Some(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_at_blank_lines_whatever_the_chunks() {
+        let stream =
+            b": keep-alive\n\nid: 7\ndata: {\"a\":1}\n\nevent: error\r\ndata: store down\r\ndata: again\r\n\r\n";
+        for split in 0..stream.len() {
+            let mut buffer = SseBuffer::default();
+            let mut messages = Vec::new();
+            for part in [&stream[..split], &stream[split..]] {
+                buffer.extend(part);
+                messages.extend(std::iter::from_fn(|| buffer.next()));
+            }
+            assert_eq!(
+                messages,
+                [
+                    SseMessage { event: None, data: "{\"a\":1}".into() },
+                    SseMessage { event: Some("error".into()), data: "store down\nagain".into() },
+                ],
+                "split at {split}"
+            );
+            assert_eq!(buffer.pending_bytes(), 0);
+        }
+    }
+
+    /// Run ids are letters, digits and `-_.:`, never `.` or `..` (which a URL resolves).
+    #[test]
+    fn a_run_id_is_one_path_segment() {
+        let plane = HttpControlPlane::new("http://127.0.0.1:8080/base/", None).expect("client");
+        let api = ApiOperator::new(plane);
+        let id: RunId = "a.b:c-_9".parse().expect("id");
+        let url = api.url(&["api", "runs", id.as_str(), "events"], &[("cursor", "a&b=c".into())]).expect("url");
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/base/api/runs/a.b:c-_9/events?cursor=a%26b%3Dc");
+        assert!(".".parse::<RunId>().is_err() && "..".parse::<RunId>().is_err());
+    }
+
+    #[test]
+    fn levels_are_named_as_the_api_reads_them() {
+        use crate::event::LogLevel;
+        for level in [LogLevel::Debug, LogLevel::Info, LogLevel::Warning, LogLevel::Error] {
+            assert_eq!(serde_json::to_value(level).expect("serializes"), level.as_str());
+        }
     }
 }

@@ -38,6 +38,10 @@ impl TryFrom<String> for RunId {
         if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c))) {
             return Err(format!("run id {value:?} contains {bad:?}; use letters, digits and - _ . : only"));
         }
+        // Paths and URLs read these as "this directory" and "the one above".
+        if value == "." || value == ".." {
+            return Err(format!("run id {value:?} names a directory in paths and URLs; use a UUID"));
+        }
         // Redacting an id would merge runs, so one that carries a secret is refused (and not
         // repeated in the message).
         if redact::would_change(&value) {
