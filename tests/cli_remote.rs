@@ -213,14 +213,26 @@ async fn follow_resumes_across_a_serve_restart_without_missing_or_repeating() {
         .spawn()
         .expect("start the follower");
     let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr_lines = BufReader::new(follower.stderr.take().expect("stderr")).lines();
+    let kept = stderr.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr_lines.next_line().await {
+            kept.lock().expect("stderr").push_str(&format!("{line}\n"));
+        }
+    });
     let mut printed = Vec::new();
     let mut read_until = async |wanted: usize, printed: &mut Vec<String>| {
         while printed.len() < wanted {
             let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
                 .await
-                .unwrap_or_else(|_| panic!("the follower printed only {printed:?}"))
-                .expect("read")
-                .unwrap_or_else(|| panic!("the follower stopped after {printed:?}"));
+                .unwrap_or_else(|_| panic!("the follower printed only {printed:?}; stderr {stderr:?}"))
+                .expect("read");
+            let Some(line) = line else {
+                // Give the reader of stderr a moment to take the last words.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!("the follower stopped after {printed:?}; stderr {stderr:?}");
+            };
             printed.push(line);
         }
     };
@@ -236,8 +248,11 @@ async fn follow_resumes_across_a_serve_restart_without_missing_or_repeating() {
 
     store_lines(1..=5).await;
     read_until(5, &mut printed).await;
+    // Lines 1-5 were listed before the live tail opened; line 6, stored after, comes by the tail.
+    store_lines(6..=6).await;
+    read_until(6, &mut printed).await;
     server.kill().await.expect("kill serve");
-    store_lines(6..=10).await;
+    store_lines(7..=10).await;
     server = serve(&pod, port, &[]);
     wait_healthy(port).await;
     read_until(10, &mut printed).await;

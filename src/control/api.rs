@@ -291,8 +291,12 @@ impl Operator for ApiOperator {
             pending: VecDeque::new(),
             lost_since: None,
         };
-        // The first connection is made now, so that a wrong token or URL fails at once.
-        tail.stream = Some(tail.connect().await?);
+        // The first connection is made now, so that a wrong token fails at once; a control
+        // plane that just went away is waited for, as after any later drop.
+        match tail.connect().await {
+            Ok(stream) => tail.stream = Some(stream),
+            Err(err) => tail.lost(err)?,
+        }
         Ok(Box::new(tail))
     }
 
