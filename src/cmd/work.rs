@@ -11,10 +11,11 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError};
+use crate::artifacts::ArtifactStore;
 use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
 use crate::emit::{EventStream, LocalEndpoint, StreamConfig};
 use crate::gpu::Gpus;
-use crate::monitor::{self, ArtifactStore};
+use crate::monitor;
 use crate::protocol::WorkerMode;
 use crate::store::Rules;
 use crate::worker::{self, Directive, Pipeline, PodFacts, PodId};
