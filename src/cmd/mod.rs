@@ -2,6 +2,7 @@
 //! Each module parses its flags, opens what it needs and calls into the library.
 
 pub mod alert;
+pub mod artifacts;
 pub mod completions;
 pub mod emit;
 mod follow;
