@@ -107,15 +107,24 @@ impl ArtifactStore {
     /// `AWS_ENDPOINT_URL`), `file:///DIR`, or a directory path (made if missing).
     pub fn open(spec: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
         match parse_spec(spec)? {
-            Spec::S3(rest) => ArtifactStore::s3(spec, rest, endpoint),
+            Spec::S3(rest) => ArtifactStore::s3(spec, rest, endpoint, AmazonS3Builder::from_env()),
             Spec::Local(dir) => ArtifactStore::local(dir),
+        }
+    }
+
+    /// As [`ArtifactStore::open`] for an `s3://BUCKET[/PREFIX]` spec, with the client's
+    /// credentials and region from `builder` rather than the environment.
+    pub fn open_s3(spec: &str, endpoint: Option<&str>, builder: AmazonS3Builder) -> Result<ArtifactStore, OpenError> {
+        match parse_spec(spec)? {
+            Spec::S3(rest) => ArtifactStore::s3(spec, rest, endpoint, builder),
+            Spec::Local(_) => Err(OpenError::Unsupported { url: spec.to_owned() }),
         }
     }
 
     /// As [`ArtifactStore::open`], to read from it: a local directory must already exist.
     pub fn open_to_read(spec: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
         match parse_spec(spec)? {
-            Spec::S3(rest) => ArtifactStore::s3(spec, rest, endpoint),
+            Spec::S3(rest) => ArtifactStore::s3(spec, rest, endpoint, AmazonS3Builder::from_env()),
             Spec::Local(dir) => match std::fs::metadata(dir) {
                 Ok(_) => ArtifactStore::local(dir),
                 Err(source) => Err(OpenError::Missing { path: dir.to_owned(), source }),
@@ -139,12 +148,12 @@ impl ArtifactStore {
         })
     }
 
-    fn s3(url: &str, rest: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
+    fn s3(url: &str, rest: &str, endpoint: Option<&str>, builder: AmazonS3Builder) -> Result<ArtifactStore, OpenError> {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(OpenError::Unsupported { url: url.to_owned() });
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut builder = builder.with_bucket_name(bucket);
         let endpoint = endpoint.map(str::to_owned).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
         let mut location = format!("s3://{rest}");
         if let Some(endpoint) = endpoint.filter(|endpoint| !endpoint.is_empty()) {
