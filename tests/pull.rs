@@ -261,6 +261,12 @@ async fn pull_twice_through_serve(backend: Backend) {
     let only = plane.pull("read-token-51ab", &["--kind", "plot", "--out", plots.to_str().expect("utf-8")]);
     assert_eq!(only.code, 0, "{}", only.stderr);
     assert_pulled(&plots, &uploaded[..1]);
+
+    let configs = plane.dir.path().join("configs-only");
+    let none = plane.pull("read-token-51ab", &["--kind", "config", "--out", configs.to_str().expect("utf-8")]);
+    assert_eq!(none.code, 0, "{}", none.stderr);
+    assert!(none.stderr.contains("has no artifacts of kind config"), "{}", none.stderr);
+    assert!(!configs.exists(), "nothing to pull makes nothing");
 }
 
 #[tokio::test]

@@ -49,7 +49,7 @@ pub enum SourceError {
     /// Any other answer than the object (404, 5xx…), with the server's message.
     #[error("{url} answered {status}: {message}")]
     Status { url: String, status: u16, message: String },
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}")]
     Http { url: String, source: reqwest::Error },
     #[error("{url} redirected the download to {location:?}, which is not followed: {reason}")]
     Redirect { url: String, location: String, reason: &'static str },
@@ -124,7 +124,7 @@ pub enum PullError {
 }
 
 /// Pulls `records` (the artifacts of run `run_id`) from `source` as `options` say, calling
-/// `on_file` with each outcome as it comes.
+/// `on_file` with each outcome as it comes. With nothing to pull, nothing is made.
 ///
 /// # Errors
 /// `Out` when the directory cannot be made, `Source` when the source refuses the token;
@@ -136,11 +136,17 @@ pub async fn pull(
     options: &PullOptions,
     on_file: &mut (dyn FnMut(&Pulled) + Send),
 ) -> Result<PullReport, PullError> {
-    std::fs::create_dir_all(&options.out).map_err(|source| PullError::Out { path: options.out.clone(), source })?;
+    let wanted: Vec<&Artifact> = records
+        .iter()
+        .filter(|record| {
+            options.kinds.is_empty() || record.kind.as_ref().is_some_and(|kind| options.kinds.contains(kind))
+        })
+        .collect();
     let mut report = PullReport::default();
-    let wanted = records.iter().filter(|record| {
-        options.kinds.is_empty() || record.kind.as_ref().is_some_and(|kind| options.kinds.contains(kind))
-    });
+    if wanted.is_empty() {
+        return Ok(report);
+    }
+    std::fs::create_dir_all(&options.out).map_err(|source| PullError::Out { path: options.out.clone(), source })?;
     for record in wanted {
         let pulled = match pull_one(run_id, record, source, options).await {
             Ok(pulled) => pulled,
@@ -179,7 +185,7 @@ async fn pull_one(
     let fetched = match source.fetch(run_id, &record.key).await {
         Ok(fetched) => fetched,
         Err(err @ SourceError::Refused { .. }) => return Err(Failure::Fatal(err)),
-        Err(err) => return Err(Failure::at(&path, err)),
+        Err(err) => return Err(Failure::at(&path, crate::errors::chain(&err))),
     };
     let temp = temp_path(&path);
     let written = download(fetched, &temp, &path, options.progress).await;
@@ -298,7 +304,8 @@ async fn download(fetched: Fetched, temp: &Path, shown: &Path, progress: bool) -
     let (mut hasher, mut bytes) = (Sha256::new(), 0u64);
     let mut body = fetched.body;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|err| format!("the download broke off after {bytes} bytes: {err}"))?;
+        let chunk = chunk
+            .map_err(|err| format!("the download broke off after {bytes} bytes: {}", crate::errors::chain(&err)))?;
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(|err| format!("cannot write {}: {err}", temp.display()))?;
         bytes += chunk.len() as u64;

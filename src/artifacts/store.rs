@@ -72,7 +72,7 @@ pub enum ReadError {
     /// The object changed between looking at it and reading it.
     #[error("{key} in {location} changed while it was being read: try again")]
     Changed { key: String, location: String },
-    #[error("cannot read {key} from {location}: {source}")]
+    #[error("cannot read {key} from {location}")]
     Store { key: String, location: String, source: object_store::Error },
 }
 

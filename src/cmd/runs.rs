@@ -571,6 +571,12 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
             artifacts::PullError::Source(err) => pull_failure(err),
             other => other.into(),
         })?;
+    if report.files.is_empty() {
+        let kinds =
+            if options.kinds.is_empty() { String::new() } else { format!(" of kind {}", options.kinds.join(", ")) };
+        crate::notice!("run {id} has no artifacts{kinds} (`scientist runs show {id}` lists them): nothing to pull");
+        return Ok(());
+    }
     crate::notice!(
         "run {id}: {} downloaded ({} unverified), {} already present, {} failed, into {}",
         report.downloaded(),

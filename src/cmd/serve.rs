@@ -103,6 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
     }
     let alert_sender = args.alerts.sender(args.listen)?;
+    let downloads = downloads(&args)?;
     let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise.raise() };
     let store = args.store.open_with(rules).await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
@@ -120,7 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: fit_connections(args.max_connections as usize),
     };
     let mut state = AppState::new(store, tokens).with_limits(limits);
-    if let Some(downloads) = downloads(&args)? {
+    if let Some(downloads) = downloads {
         state = state.with_downloads(downloads);
     }
     let served = server::run(listener, state, shutdown_signal()).await;
