@@ -8,7 +8,7 @@ mod common;
 #[path = "common/serve_process.rs"]
 mod serve_process;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +16,7 @@ use object_store::aws::AmazonS3Builder;
 use reqwest::StatusCode;
 use scientist::artifacts::{ApiSource, ArtifactStore, Source, SourceError, hex, sha256_file};
 use scientist::run::{NewRun, RunId};
+use scientist::server::{self, AppState, Downloads, Limits, Tokens};
 use scientist::store::{SqliteStore, Store};
 use scientist::time::Timestamp;
 use serde_json::json;
@@ -525,30 +526,10 @@ async fn the_token_never_follows_a_redirect_to_another_origin() {
 /// the timeout still arrives whole.
 #[tokio::test]
 async fn a_download_outlasting_the_request_timeout_arrives_whole() {
-    use scientist::server::{self, AppState, Downloads, Limits, Tokens};
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store"));
-    let artifacts = ArtifactStore::local(&dir.path().join("artifacts")).expect("local store");
-    let run = store.enqueue(NewRun::new(json!({})), Timestamp::now()).await.expect("enqueue").id;
-    let content = pattern(CHECKPOINT_BYTES, 5);
-    let file: PathBuf = dir.path().join("model.pt");
-    std::fs::write(&file, &content).expect("write");
-    let key = artifacts.key(&run, Path::new("model.pt"));
-    let uploaded = artifacts.upload(std::fs::File::open(&file).expect("open"), &file, &key, "x").await.expect("up");
-    let data = json!({"key": key.to_string(), "bytes": uploaded.bytes, "sha256": uploaded.sha256});
-    let event = common::event("a1", "ai.artifact.registered", run.as_str(), 1, data);
-    store.apply_events(vec![event], Timestamp::now()).await.expect("register");
-
     let timeout = std::time::Duration::from_millis(200);
-    let limits = Limits { request_timeout: timeout, ..Limits::default() };
-    let state = AppState::new(store, Tokens::default())
-        .with_limits(limits)
-        .with_downloads(Downloads { store: artifacts, redirect: None });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::run(listener, state, std::future::pending()));
-
-    let mut response = reqwest::get(format!("http://{addr}/api/runs/{run}/artifacts/{key}")).await.expect("get");
+    let (addr, path, size) =
+        download_server(Limits { request_timeout: timeout, ..Limits::default() }, CHECKPOINT_BYTES).await;
+    let mut response = reqwest::get(format!("http://{addr}{path}")).await.expect("get");
     assert_eq!(response.status(), StatusCode::OK);
     let mut received = response.chunk().await.expect("first chunk").expect("some bytes").to_vec();
     // The reader stalls for several request timeouts mid-body.
@@ -556,8 +537,66 @@ async fn a_download_outlasting_the_request_timeout_arrives_whole() {
     while let Some(chunk) = response.chunk().await.expect("chunk") {
         received.extend_from_slice(&chunk);
     }
-    assert_eq!(received.len(), content.len());
-    assert_eq!(sha256(&received), uploaded.sha256);
+    assert_eq!(received.len(), size);
+    assert_eq!(sha256(&received), sha256(&pattern(size, 5)));
+}
+
+/// A client that stops reading a download is cut off after the idle timeout, and the
+/// connection it held is free for the next client (here the only one allowed).
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_connection() {
+    let timeout = std::time::Duration::from_millis(300);
+    let limits = Limits { idle_timeout: timeout, max_connections: 1, ..Limits::default() };
+    // Far more than the socket buffers on both sides hold.
+    let (addr, path, size) = download_server(limits, 48 * 1024 * 1024).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let mut stalled = socket.connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes()).await.expect("send");
+
+    // Until the stalled reader is cut off, the one connection is taken: a 503.
+    let served = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match reqwest::get(format!("http://{addr}/health")).await {
+                Ok(answer) if answer.status() == StatusCode::OK => return,
+                // A poll interval: each try is answered at once.
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the stalled reader still holds the connection");
+    let mut received = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut received).await;
+    assert!(received.len() < size, "the stalled download was cut off, not finished");
+}
+
+/// An in-process server over a fresh store, serving one registered `size`-byte artifact
+/// from a local directory: its address, the artifact's download path and its size.
+async fn download_server(limits: Limits, size: usize) -> (std::net::SocketAddr, String, usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store"));
+    let artifacts = ArtifactStore::local(&dir.path().join("artifacts")).expect("local store");
+    let run = store.enqueue(NewRun::new(json!({})), Timestamp::now()).await.expect("enqueue").id;
+    let file = dir.path().join("model.pt");
+    std::fs::write(&file, pattern(size, 5)).expect("write");
+    let key = artifacts.key(&run, Path::new("model.pt"));
+    let uploaded = artifacts.upload(std::fs::File::open(&file).expect("open"), &file, &key, "x").await.expect("up");
+    let data = json!({"key": key.to_string(), "bytes": uploaded.bytes, "sha256": uploaded.sha256});
+    let event = common::event("a1", "ai.artifact.registered", run.as_str(), 1, data);
+    store.apply_events(vec![event], Timestamp::now()).await.expect("register");
+    let state = AppState::new(store, Tokens::default())
+        .with_limits(limits)
+        .with_downloads(Downloads { store: artifacts, redirect: None });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _dir = dir;
+        server::run(listener, state, std::future::pending()).await
+    });
+    (addr, format!("/api/runs/{run}/artifacts/{key}"), size)
 }
 
 async fn spawn(router: axum::Router) -> std::net::SocketAddr {

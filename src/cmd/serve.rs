@@ -51,7 +51,8 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub header_timeout: Duration,
 
-    /// A kept-alive connection with no request for this long is closed.
+    /// A kept-alive connection with no request for this long is closed, as is one whose
+    /// client takes none of an answer (a download, a live tail) for this long.
     #[arg(long, env = "SCIENTIST_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
