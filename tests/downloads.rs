@@ -41,6 +41,7 @@ async fn downloads_stream_whole_or_one_range_with_their_headers() {
     assert_eq!(headers["content-type"], "image/png");
     assert_eq!(headers["content-length"], "4000");
     assert_eq!(headers["accept-ranges"], "bytes");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["etag"].to_str().expect("ascii"), format!("\"{}\"", plot.sha256));
     assert_eq!(whole.bytes().await.expect("body").as_ref(), plot.content.as_slice());
 

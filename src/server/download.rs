@@ -79,6 +79,8 @@ pub(super) async fn artifact(
     let answer = response.headers_mut();
     answer.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     answer.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // The type is the pod's word: a browser must not second-guess it into HTML.
+    answer.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Ok(value) = HeaderValue::from_str(&content_type) {
         answer.insert(header::CONTENT_TYPE, value);
     }
