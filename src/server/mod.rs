@@ -144,9 +144,10 @@ pub fn router(state: AppState) -> Router {
             }
             None => handler,
         };
-        // The limit is on the answer's head: a download's body (a 10 GB checkpoint to a slow
-        // reader) streams after it, unlimited, so downloads keep it (a hung object store
-        // gets a 408); a live tail's head waits for nothing but is exempt all the same.
+        // The limit covers the handler, up to the answer's head; a body streams after it. So
+        // a download keeps the limit (a hung object store gets a 408) while its body (a
+        // 10 GB checkpoint to a slow reader) takes as long as it needs; `conn` cuts off a
+        // reader that takes nothing. Live tails are exempt.
         let handler = if endpoint.path.ends_with("/stream") {
             handler
         } else {
