@@ -19,7 +19,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use scientist::monitor::{ArtifactStore, Monitor, Settings};
+use scientist::artifacts::ArtifactStore;
+use scientist::monitor::{Monitor, Settings};
 use scientist::run::RunId;
 
 use self::recorder::Delivery;

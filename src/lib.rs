@@ -8,6 +8,7 @@
 //! `server`, then the subcommands in `cmd`.
 
 pub mod alert;
+pub mod artifacts;
 pub mod backoff;
 pub mod capture;
 pub mod cmd;

@@ -9,9 +9,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use scientist::artifacts::ArtifactStore;
 use scientist::emit::EventStream;
 use scientist::monitor::writers::{Writers, writers};
-use scientist::monitor::{ArtifactStore, Monitor, Report, Settings};
+use scientist::monitor::{Monitor, Report, Settings};
 use scientist::run::RunId;
 use sha2::{Digest, Sha256};
 

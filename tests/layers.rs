@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["sweep", "retention", "webhook"],
     &["protocol"],
     &["control"],
+    &["artifacts"],
     &["emit"],
     &["capture"],
     &["monitor"],

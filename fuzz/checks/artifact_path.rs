@@ -18,7 +18,8 @@ use std::sync::LazyLock;
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use scientist::monitor::{ArtifactStore, classify};
+use scientist::artifacts::ArtifactStore;
+use scientist::monitor::classify;
 use scientist::run::RunId;
 
 /// Store URLs and the key prefix each gives (as `ArtifactStore::open` reads `s3://` URLs).

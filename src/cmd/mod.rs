@@ -2,6 +2,7 @@
 //! Each module parses its flags, opens what it needs and calls into the library.
 
 pub mod alert;
+pub mod artifacts;
 pub mod completions;
 pub mod emit;
 mod follow;
@@ -153,11 +154,36 @@ pub struct OperatorArgs {
     pub context: Option<String>,
 }
 
+/// Where an operator's command goes, as [`OperatorArgs`] decided.
+pub enum Target {
+    /// The store of the `StoreArgs`.
+    Store,
+    /// A control plane's API.
+    Api { server: String, token: Option<String> },
+}
+
 impl OperatorArgs {
     /// The store or control plane these flags name.
     pub async fn open(&self) -> anyhow::Result<Box<dyn Operator>> {
+        self.open_target(self.target()?).await
+    }
+
+    /// What [`OperatorArgs::target`] decided, opened.
+    pub async fn open_target(&self, target: Target) -> anyhow::Result<Box<dyn Operator>> {
+        match target {
+            Target::Store => Ok(Box::new(self.store.open().await?)),
+            Target::Api { server, token } => {
+                let plane =
+                    HttpControlPlane::new(&server, token).map_err(|err| UsageError(format!("--server: {err}")))?;
+                Ok(Box::new(ApiOperator::new(plane)))
+            }
+        }
+    }
+
+    /// Where the runs are: see [`OperatorArgs`] for the order.
+    pub fn target(&self) -> anyhow::Result<Target> {
         if self.store.store.is_some() || self.store.mongodb_url.is_some() {
-            return Ok(Box::new(self.store.open().await?));
+            return Ok(Target::Store);
         }
         if self.server.is_some() && self.context.is_some() {
             return Err(UsageError(
@@ -166,22 +192,17 @@ impl OperatorArgs {
             .into());
         }
         let env_token = std::env::var("SCIENTIST_TOKEN").ok().filter(|token| !token.is_empty());
-        let (server, token) = match &self.server {
-            Some(server) => (server.clone(), env_token),
-            None => {
-                let path = contexts::Config::default_path();
-                let config = match &path {
-                    Some(path) => contexts::Config::load(path).map_err(|err| UsageError(err.to_string()))?,
-                    None => contexts::Config::default(),
-                };
-                match config.choose(self.context.as_deref(), env_token).map_err(|err| UsageError(err.to_string()))? {
-                    Some(chosen) => (chosen.server, chosen.token),
-                    None => return Ok(Box::new(self.store.open().await?)),
-                }
-            }
+        if let Some(server) = &self.server {
+            return Ok(Target::Api { server: server.clone(), token: env_token });
+        }
+        let config = match contexts::Config::default_path() {
+            Some(path) => contexts::Config::load(&path).map_err(|err| UsageError(err.to_string()))?,
+            None => contexts::Config::default(),
         };
-        let plane = HttpControlPlane::new(&server, token).map_err(|err| UsageError(format!("--server: {err}")))?;
-        Ok(Box::new(ApiOperator::new(plane)))
+        match config.choose(self.context.as_deref(), env_token).map_err(|err| UsageError(err.to_string()))? {
+            Some(chosen) => Ok(Target::Api { server: chosen.server, token: chosen.token }),
+            None => Ok(Target::Store),
+        }
     }
 }
 

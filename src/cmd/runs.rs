@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 
+mod pull;
+
 use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
 use super::{OperatorArgs, UsageError, display_now, resolve_run};
@@ -45,6 +47,9 @@ pub enum Command {
     Approve(ApproveArgs),
     /// Reject a run AWAITING_HUMAN: it fails with code REJECTED (not retried) and a waiting worker stops.
     Reject(RejectArgs),
+    /// Download a run's artifacts into a directory, each checked against its sha256.
+    #[command(after_help = pull::AFTER_HELP)]
+    Pull(pull::PullArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -214,6 +219,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Reject(args) => {
             decide(args.source, args.id, ReviewDecision::Rejected, Some(args.reason), args.json).await
         }
+        Command::Pull(args) => pull::run(args).await,
     }
 }
 

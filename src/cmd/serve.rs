@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::alert::AlertArgs;
+use super::artifacts::ArtifactArgs;
 use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError, positive_duration};
-use crate::server::{self, AppState, Limits, Tokens};
+use crate::server::{self, AppState, Downloads, Limits, Tokens};
 use crate::store::Rules;
 use crate::sweep;
 
@@ -50,7 +51,8 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub header_timeout: Duration,
 
-    /// A kept-alive connection with no request for this long is closed.
+    /// A kept-alive connection with no request for this long is closed, as is one whose
+    /// client takes none of an answer (a download, a live tail) for this long.
     #[arg(long, env = "SCIENTIST_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
@@ -66,6 +68,19 @@ pub struct Args {
 
     #[command(flatten)]
     pub alerts: AlertArgs,
+
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
+
+    /// Answer an artifact download with a redirect (307) to a presigned URL of the object
+    /// store instead of streaming it through this server (S3 only: a directory is always
+    /// streamed). Clients need to reach the object store, not its credentials.
+    #[arg(long, env = "SCIENTIST_ARTIFACT_REDIRECT")]
+    pub artifact_redirect: bool,
+
+    /// How long a presigned download URL stays valid (a download started in time may take longer).
+    #[arg(long, env = "SCIENTIST_ARTIFACT_REDIRECT_EXPIRY", default_value = "5m", value_parser = positive_duration)]
+    pub artifact_redirect_expiry: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -89,6 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Err(UsageError("--sweep-every must be above zero, e.g. 15s".into()).into());
     }
     let alert_sender = args.alerts.sender(args.listen)?;
+    let downloads = downloads(&args)?;
     let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise.raise() };
     let store = args.store.open_with(rules).await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
@@ -105,13 +121,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         max_connections: fit_connections(args.max_connections as usize),
     };
-    let state = AppState::new(store, tokens).with_limits(limits);
+    let mut state = AppState::new(store, tokens).with_limits(limits);
+    if let Some(downloads) = downloads {
+        state = state.with_downloads(downloads);
+    }
     let served = server::run(listener, state, shutdown_signal()).await;
     sweeper.abort();
     for task in [pruner, alerts].into_iter().flatten() {
         task.abort();
     }
     served.context("serving HTTP")
+}
+
+/// Artifact downloads from --artifacts, redirected when --artifact-redirect says so and the
+/// store can presign.
+fn downloads(args: &Args) -> anyhow::Result<Option<Downloads>> {
+    if args.artifacts.artifacts.is_none() {
+        if args.artifact_redirect {
+            return Err(UsageError("--artifact-redirect needs --artifacts s3://BUCKET/PREFIX".into()).into());
+        }
+        return Ok(None);
+    }
+    let store = args.artifacts.open_to_read()?;
+    let redirect = match (args.artifact_redirect, store.can_presign()) {
+        (true, true) => Some(args.artifact_redirect_expiry),
+        (true, false) => {
+            crate::notice!(
+                warn,
+                "scientist serve: {} cannot presign URLs: artifact downloads are streamed",
+                store.location()
+            );
+            None
+        }
+        (false, _) => None,
+    };
+    crate::notice!("scientist serve: artifact downloads from {}", store.location());
+    Ok(Some(Downloads { store, redirect }))
 }
 
 /// Descriptors kept beside the connections: the store's files and pool, logs, refused

@@ -10,11 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use super::artifacts::ArtifactArgs;
 use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError};
+use crate::artifacts::ArtifactStore;
 use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
 use crate::emit::{EventStream, LocalEndpoint, StreamConfig};
 use crate::gpu::Gpus;
-use crate::monitor::{self, ArtifactStore};
+use crate::monitor;
 use crate::protocol::WorkerMode;
 use crate::store::Rules;
 use crate::worker::{self, Directive, Pipeline, PodFacts, PodId};
@@ -153,17 +155,8 @@ pub struct Args {
     #[arg(long, env = "SCIENTIST_FLUSH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub flush_timeout: Duration,
 
-    /// Where artifacts of the run directory (plots, PDFs, checkpoints, configs, metrics) are
-    /// uploaded: a directory, file:///DIR, s3://BUCKET/PREFIX (credentials and region from
-    /// AWS_* variables), or `none` [default: the config's `artifacts`, else
-    /// <data dir>/scientist/artifacts].
-    #[arg(long, env = "SCIENTIST_ARTIFACTS", value_name = "URL")]
-    pub artifacts: Option<String>,
-
-    /// S3 endpoint for --artifacts s3://… (MinIO and other S3-compatible servers)
-    /// [default: AWS_ENDPOINT_URL, else AWS].
-    #[arg(long, env = "SCIENTIST_ARTIFACTS_ENDPOINT", value_name = "URL")]
-    pub artifacts_endpoint: Option<String>,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
 
     /// An artifact is uploaded once it has not changed for this long.
     #[arg(long, env = "SCIENTIST_ARTIFACT_SETTLE", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -253,7 +246,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| data_dir().map(|dir| dir.join("worker-spool").join(pod.as_str())))
         .context("no data directory (is HOME set?): pass --spool-dir")?;
-    let monitor = monitor_settings(&args, &pipeline, data_dir().map(|dir| dir.join("artifacts")))?;
+    let monitor = monitor_settings(&args, &pipeline, ArtifactArgs::default_dir())?;
     let queue = open_queue(&args).await?;
     let stream = EventStream::open(StreamConfig::new(spool_dir, pod.source()), queue.clone())?;
     let endpoint = LocalEndpoint::start(args.emit_listen)
@@ -299,7 +292,7 @@ fn monitor_settings(
     pipeline: &Pipeline,
     default_dir: Option<PathBuf>,
 ) -> anyhow::Result<monitor::Settings> {
-    let spec = match args.artifacts.clone().or_else(|| pipeline.artifacts.clone()) {
+    let spec = match args.artifacts.artifacts.clone().or_else(|| pipeline.artifacts.clone()) {
         Some(spec) => spec,
         None => {
             default_dir.context("no data directory (is HOME set?): pass --artifacts DIR or URL")?.display().to_string()
@@ -308,7 +301,7 @@ fn monitor_settings(
     let artifacts = if spec == "none" {
         None
     } else {
-        let store = ArtifactStore::open(&spec, args.artifacts_endpoint.as_deref())
+        let store = ArtifactStore::open(&spec, args.artifacts.artifacts_endpoint.as_deref())
             .map_err(|err| UsageError(format!("--artifacts: {err}")))?;
         crate::notice!("scientist work: artifacts go to {}", store.location());
         Some(store)

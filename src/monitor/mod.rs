@@ -11,9 +11,9 @@
 //! reported once, as `ai.artifact.failed`.
 //!
 //! `classify` (which files), `settle` (debouncing), `watch` (notify), `writers` (whether a
-//! file is still open for writing), `beneath` (opening without links), `upload`
-//! (object_store, sha256), `tail` (one log file), `metrics`
-//! (`metrics.json` values), `record` (what earlier attempts reported). The loop over one
+//! file is still open for writing), `beneath` (opening without links), `tail` (one log
+//! file), `metrics` (`metrics.json` values), `record` (what earlier attempts reported);
+//! uploads go through `crate::artifacts` (object_store, sha256). The loop over one
 //! run is `looking` (with its artifact uploads in `looking::artifacts` and its log tails in
 //! `looking::logs`); this file is the monitor's face: settings, start, finish, report.
 
@@ -24,7 +24,6 @@ pub mod metrics;
 pub mod record;
 pub mod settle;
 pub mod tail;
-pub mod upload;
 pub mod watch;
 pub mod writers;
 
@@ -35,9 +34,9 @@ use tokio::sync::oneshot;
 
 pub use beneath::{BeneathError, RunDir, open_beneath};
 pub use classify::{Class, Kind, classify};
-pub use upload::{ArtifactStore, OpenError, UploadError, Uploaded};
 
 use self::looking::Looking;
+use crate::artifacts::ArtifactStore;
 use crate::emit::RunStream;
 use crate::run::RunId;
 

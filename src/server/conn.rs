@@ -7,7 +7,11 @@
 //! Each connection is watched by [`Activity`]: while no request is in progress, the
 //! connection must start one within `idle_timeout` (the first within `header_timeout`), and
 //! once a request's first byte arrived its whole head within `header_timeout`; otherwise it
-//! is closed. hyper's own `header_read_timeout` is not used: it also runs while a kept-alive
+//! is closed. While a request is in progress, an answer the client takes none of for
+//! `idle_timeout` (the socket stays full: a download or a live tail nobody reads) closes
+//! the connection too, so a stalled reader cannot hold one of the connections for ever; a
+//! slow reader that keeps taking bytes keeps it as long as its answer lasts.
+//! hyper's own `header_read_timeout` is not used: it also runs while a kept-alive
 //! connection waits for its next request, so it could not give idle connections more time
 //! than a head takes to arrive.
 
@@ -34,7 +38,8 @@ use tokio::time::Instant;
 pub struct Limits {
     /// From a connection's start, or the first byte of a request, to the end of its head.
     pub header_timeout: Duration,
-    /// How long a kept-alive connection may wait for its next request.
+    /// How long a kept-alive connection may wait for its next request, and how long a client
+    /// may take none of an answer.
     pub idle_timeout: Duration,
     /// How long a handler may take to answer (live tails are exempt): then 408.
     pub request_timeout: Duration,
@@ -193,8 +198,9 @@ async fn connection(stream: TcpStream, app: Router, limits: Arc<Limits>, mut sto
                 conn.as_mut().graceful_shutdown();
             }
             // Recomputed from shared state on every turn, so dropping it loses nothing. When it
-            // completes no request is in progress: dropping `conn` closes the socket and
-            // abandons at most a head that was never finished.
+            // completes either no request is in progress (dropping `conn` closes the socket
+            // and abandons at most a head that was never finished), or the client took
+            // nothing of an answer for the idle timeout: it is cut off.
             () = activity.expired(&limits) => {
                 tracing::debug!("closing a connection that was idle or slow to send its request");
                 return;
@@ -283,11 +289,19 @@ struct Phase {
     idle_since: Instant,
     /// When the first byte after `idle_since` arrived: a request head is on its way.
     arriving_since: Option<Instant>,
+    /// Since when the socket has refused what we write (the client reads nothing).
+    write_blocked_since: Option<Instant>,
 }
 
 impl Activity {
     fn new() -> Self {
-        let phase = Phase { open: 0, served: false, idle_since: Instant::now(), arriving_since: None };
+        let phase = Phase {
+            open: 0,
+            served: false,
+            idle_since: Instant::now(),
+            arriving_since: None,
+            write_blocked_since: None,
+        };
         Activity { phase: Mutex::new(phase), changed: Notify::new() }
     }
 
@@ -305,12 +319,27 @@ impl Activity {
         }
     }
 
-    /// When the connection must be closed if nothing changes; `None` while a request is in
-    /// progress (its handler has the request timeout).
+    /// A write returned `Pending` (`true`) or went through (`false`).
+    fn write_blocked(&self, blocked: bool) {
+        let mut phase = self.phase();
+        match (blocked, phase.write_blocked_since) {
+            (true, None) => {
+                phase.write_blocked_since = Some(Instant::now());
+                drop(phase);
+                self.changed.notify_one();
+            }
+            (false, Some(_)) => phase.write_blocked_since = None,
+            _ => {}
+        }
+    }
+
+    /// When the connection must be closed if nothing changes. While a request is in
+    /// progress: `None` (its handler has the request timeout) unless the client has taken
+    /// none of what we write for `idle_timeout`.
     fn deadline(&self, limits: &Limits) -> Option<Instant> {
         let phase = self.phase();
         if phase.open > 0 {
-            return None;
+            return phase.write_blocked_since.map(|since| since + limits.idle_timeout);
         }
         Some(match phase.arriving_since {
             Some(first_byte) => first_byte + limits.header_timeout,
@@ -409,9 +438,18 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Notes whether the socket took the write, for the stalled-reader limit.
+    fn note_write<T>(&self, polled: Poll<T>) -> Poll<T> {
+        self.activity.write_blocked(polled.is_pending());
+        polled
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(polled)
     }
 
     fn poll_write_vectored(
@@ -419,7 +457,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Scope;
+use crate::artifacts::{KeyError, ReadError};
 use crate::store;
 
 /// The body of every error answer.
@@ -42,6 +43,23 @@ pub enum ApiError {
     /// A bug of ours; the message says what failed.
     #[error("{0}")]
     Internal(String),
+    /// Something other than a run that is not there (an artifact); the message names the fix.
+    #[error("{0}")]
+    NotFound(String),
+    /// An artifact download, but this server was started without an artifact store.
+    #[error(
+        "this server has no artifact store: start `scientist serve` with --artifacts URL (the directory or \
+         s3://BUCKET/PREFIX the workers upload to), or read the store directly with `scientist runs pull --artifacts URL`"
+    )]
+    NoArtifactStore,
+    /// A `Range` that lies wholly past the end of the object.
+    #[error("the range asked for is outside the object's {size} bytes: ask for bytes within 0-{}", size.saturating_sub(1))]
+    RangeNotSatisfiable { size: u64 },
+    #[error(transparent)]
+    ArtifactKey(#[from] KeyError),
+    /// Reading an artifact's object failed (missing, changed midway, or the object store is down).
+    #[error(transparent)]
+    Artifact(#[from] ReadError),
     /// Not found, not allowed in the run's state, a bad cursor, or the store is down.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -59,6 +77,12 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotFound(_) | ApiError::Artifact(ReadError::Missing { .. }) => StatusCode::NOT_FOUND,
+            ApiError::NoArtifactStore => StatusCode::NOT_IMPLEMENTED,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::ArtifactKey(_) => StatusCode::BAD_REQUEST,
+            ApiError::Artifact(ReadError::Changed { .. }) => StatusCode::CONFLICT,
+            ApiError::Artifact(ReadError::Store { .. }) => StatusCode::BAD_GATEWAY,
             ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Store(
                 StoreError::AlreadyExists(_) | StoreError::IdeationExists(_) | StoreError::InvalidTransition { .. },
@@ -75,6 +99,10 @@ impl ApiError {
                 tracing::error!(error = ?err, "store error while handling a request");
                 "the store is unavailable; nothing was changed, retry the request".to_owned()
             }
+            ApiError::Artifact(err @ ReadError::Store { .. }) => {
+                tracing::error!(error = %crate::errors::chain(err), "artifact store error while serving a download");
+                "the artifact store did not answer as expected; retry the download".to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -86,6 +114,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(ErrorBody { error: self.message() })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        // RFC 9110: a 416 says how long the object is.
+        if let ApiError::RangeNotSatisfiable { size } = self
+            && let Ok(value) = header::HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
         }
         response
     }

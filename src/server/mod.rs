@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod conn;
+mod download;
 mod error;
 mod health;
 mod ingest;
@@ -29,6 +30,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Scope, Tokens};
 pub use conn::{Limits, REFUSAL_SLOTS};
+pub use download::Downloads;
 pub use error::ApiError;
 pub use health::ProbeTimes;
 
@@ -52,6 +54,8 @@ pub struct AppState {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     limits: Limits,
     write_probe: Arc<health::WriteProbe>,
+    /// Where artifact downloads come from; `None`: downloads say which flag to pass.
+    downloads: Option<Downloads>,
 }
 
 impl AppState {
@@ -67,7 +71,13 @@ impl AppState {
             stopping: Arc::new(stopping),
             limits: Limits::default(),
             write_probe,
+            downloads: None,
         }
+    }
+
+    /// The same state serving artifact downloads as `downloads` says.
+    pub fn with_downloads(self, downloads: Downloads) -> Self {
+        AppState { downloads: Some(downloads), ..self }
     }
 
     /// The same state with these connection and request limits (`Limits::default()` else).
@@ -111,6 +121,7 @@ fn routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (endpoint(Method::GET, "/api/runs/{id}/events", Some(Read)), get(read::events)),
         (endpoint(Method::GET, "/api/runs/{id}/events/stream", Some(Read)), get(tail::stream)),
         (endpoint(Method::GET, "/api/runs/{id}/artifacts", Some(Read)), get(read::artifacts)),
+        (endpoint(Method::GET, download::PATH, Some(Read)), get(download::artifact)),
         (endpoint(Method::POST, "/api/runs/{id}/reset", Some(Admin)), post(admin::reset)),
         (endpoint(Method::POST, "/api/runs/{id}/cancel", Some(Admin)), post(admin::cancel)),
         (endpoint(Method::POST, "/api/runs/{id}/approve", Some(Admin)), post(admin::approve)),
@@ -136,12 +147,17 @@ pub fn router(state: AppState) -> Router {
             }
             None => handler,
         };
+        // The limit covers the handler, up to the answer's head; a body streams after it. So
+        // a download keeps the limit (a hung object store gets a 408) while its body (a
+        // 10 GB checkpoint to a slow reader) takes as long as it needs; `conn` cuts off a
+        // reader that takes nothing. Live tails are exempt.
         let handler = if endpoint.path.ends_with("/stream") {
             handler
         } else {
             handler.layer(middleware::from_fn_with_state(state.limits.request_timeout, time_limit))
         };
-        router = router.route(endpoint.path, handler);
+        // An artifact key is the rest of the path, slashes included: axum's `{*key}`.
+        router = router.route(&endpoint.path.replace("{key}", "{*key}"), handler);
     }
     let router = router.route_layer(middleware::from_fn_with_state(state.clone(), metrics::record_latency));
     limit_body(router)

@@ -28,7 +28,7 @@ pub(crate) fn run_detail(
         sections.push(attempts_table(run, now, look));
     }
     if !artifacts.is_empty() {
-        sections.push(artifacts_table(artifacts, look));
+        sections.push(artifacts_table(run, artifacts, look));
     }
     if !logs.is_empty() {
         let lines: Vec<String> = logs.iter().filter_map(|stored| log_line(stored, look)).collect();
@@ -248,7 +248,7 @@ fn review_panel(run: &Run, now: Timestamp, look: Look) -> Option<String> {
     Some(format!("{}\n{}", look.title("Review"), render(&mut table)))
 }
 
-fn artifacts_table(artifacts: &[Artifact], look: Look) -> String {
+fn artifacts_table(run: &Run, artifacts: &[Artifact], look: Look) -> String {
     let mut table = look.table(["KEY", "KIND", "SIZE", "REGISTERED"]);
     for artifact in artifacts {
         table.add_row(vec![
@@ -258,7 +258,9 @@ fn artifacts_table(artifacts: &[Artifact], look: Look) -> String {
             artifact.registered_at.to_string(),
         ]);
     }
-    format!("{}\n{}", look.title(&format!("Artifacts ({})", artifacts.len())), render(&mut table))
+    let title = look.title(&format!("Artifacts ({})", artifacts.len()));
+    let pull = format!("download: scientist runs pull {} [--kind KIND] [--out DIR]", look.line(run.id.as_str()));
+    format!("{title}\n{}\n{pull}", render(&mut table))
 }
 
 #[cfg(test)]

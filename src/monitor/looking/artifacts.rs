@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::{FileState, Looking, path_text};
+use crate::artifacts::{UploadError, Uploaded};
 use crate::capture::queue;
 use crate::emit::Draft;
 use crate::event::payload::{ArtifactDetected, ArtifactFailed, ArtifactRegistered, StageMetric};
@@ -21,7 +22,6 @@ use crate::monitor::beneath::BeneathError;
 use crate::monitor::classify::{self, Class};
 use crate::monitor::metrics;
 use crate::monitor::record::Version;
-use crate::monitor::upload::{UploadError, Uploaded};
 use crate::monitor::writers::{Writers, writers};
 use crate::run::Stage;
 

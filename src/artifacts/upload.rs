@@ -1,20 +1,16 @@
-//! Where artifacts go: an [`ArtifactStore`] over object_store (a local directory, or
-//! S3/MinIO by `s3://` URL), and one upload of one file with its sha256 and content type,
-//! streamed (a checkpoint of many GiB is never held in memory) and retried. The file comes
-//! already open (through [`super::RunDir`]): nothing here opens a path. No events here.
+//! One upload of one file to an [`ArtifactStore`] with its sha256 and content type, streamed
+//! (a checkpoint of many GiB is never held in memory) and retried. The file comes already
+//! open (the monitor opens it beneath the run directory): nothing here opens a path.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::run::RunId;
+use super::ArtifactStore;
 
 /// Files up to this size go up in one PUT; larger ones as a multipart upload.
 const SINGLE_PUT_BYTES: usize = 8 * 1024 * 1024;
@@ -33,31 +29,6 @@ const READ_BYTES: usize = 1024 * 1024;
 const ATTEMPTS: usize = 3;
 const BACKOFF: [Duration; ATTEMPTS - 1] = [Duration::from_millis(500), Duration::from_secs(2)];
 
-/// Where a run's artifacts are stored. Cheap to clone.
-#[derive(Clone)]
-pub struct ArtifactStore {
-    store: Arc<dyn ObjectStore>,
-    /// Object keys start with this (the path part of an `s3://bucket/prefix` URL).
-    prefix: Vec<String>,
-    /// Whether the store keeps a content type with each object (a local directory cannot).
-    content_types: bool,
-    /// Where it is, for messages (holds no secret: credentials come from the environment).
-    location: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(
-        "artifact store {url:?} is not supported: give a directory, file:///DIR, or s3://BUCKET/PREFIX \
-         (S3, MinIO and other S3-compatible stores; set AWS_ENDPOINT_URL for a non-AWS endpoint)"
-    )]
-    Unsupported { url: String },
-    #[error("cannot create the artifact directory {}: {source}; pass --artifacts DIR or URL", path.display())]
-    Directory { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the artifact store {url}: {source}")]
-    Store { url: String, source: object_store::Error },
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("cannot read {}: {source}", path.display())]
@@ -74,95 +45,7 @@ pub struct Uploaded {
     pub sha256: String,
 }
 
-impl std::fmt::Debug for ArtifactStore {
-    /// The location only: the client's configuration holds credentials.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArtifactStore").field("location", &self.location).finish_non_exhaustive()
-    }
-}
-
 impl ArtifactStore {
-    /// Opens the store named by `spec`: `s3://BUCKET[/PREFIX]` (credentials, region and
-    /// endpoint from the usual `AWS_*` variables; `endpoint` wins over `AWS_ENDPOINT_URL`),
-    /// `file:///DIR`, or a directory path (made if missing).
-    pub fn open(spec: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
-        if let Some(rest) = spec.strip_prefix("s3://").or_else(|| spec.strip_prefix("s3a://")) {
-            return ArtifactStore::s3(spec, rest, endpoint);
-        }
-        if let Some(path) = spec.strip_prefix("file://") {
-            return ArtifactStore::local(Path::new(path));
-        }
-        if spec.contains("://") || spec.is_empty() {
-            return Err(OpenError::Unsupported { url: spec.to_owned() });
-        }
-        ArtifactStore::local(Path::new(spec))
-    }
-
-    /// A local directory (made if missing).
-    pub fn local(dir: &Path) -> Result<ArtifactStore, OpenError> {
-        let directory = |source| OpenError::Directory { path: dir.to_owned(), source };
-        std::fs::create_dir_all(dir).map_err(directory)?;
-        let dir = std::fs::canonicalize(dir).map_err(directory)?;
-        let store = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|source| OpenError::Store { url: dir.display().to_string(), source })?;
-        Ok(ArtifactStore {
-            store: Arc::new(store),
-            prefix: Vec::new(),
-            content_types: false,
-            location: dir.display().to_string(),
-        })
-    }
-
-    fn s3(url: &str, rest: &str, endpoint: Option<&str>) -> Result<ArtifactStore, OpenError> {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(OpenError::Unsupported { url: url.to_owned() });
-        }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let endpoint = endpoint.map(str::to_owned).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-        let mut location = format!("s3://{rest}");
-        if let Some(endpoint) = endpoint.filter(|endpoint| !endpoint.is_empty()) {
-            // MinIO and other S3-compatible servers on a plain-HTTP address (a private network).
-            builder = builder.with_endpoint(&endpoint).with_allow_http(endpoint.starts_with("http://"));
-            location = format!("{location} at {endpoint}");
-        }
-        let store = builder.build().map_err(|source| OpenError::Store { url: url.to_owned(), source })?;
-        Ok(ArtifactStore {
-            store: Arc::new(store),
-            prefix: prefix.split('/').filter(|part| !part.is_empty()).map(str::to_owned).collect(),
-            content_types: true,
-            location,
-        })
-    }
-
-    /// Where it is, for messages.
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
-    /// The key of a run's file: `[PREFIX/]runs/<run id>/<path in the run directory>`.
-    pub fn key(&self, run_id: &RunId, relative: &Path) -> ObjectPath {
-        let file_parts: Vec<String> = relative
-            .components()
-            .filter_map(|part| match part {
-                std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect();
-        let parts = self
-            .prefix
-            .iter()
-            .map(String::as_str)
-            .chain(["runs", run_id.as_str()])
-            .chain(file_parts.iter().map(String::as_str));
-        ObjectPath::from_iter(parts)
-    }
-
-    /// The object store itself (tests read back what was stored).
-    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// Uploads the open `file` (named `shown` in messages) to `key` from its start, trying
     /// up to three times.
     ///
@@ -293,28 +176,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::RunId;
     use object_store::ObjectStoreExt;
 
     fn run_id() -> RunId {
         "run-1".parse().expect("valid run id")
-    }
-
-    #[test]
-    fn keys_put_the_run_under_the_prefix() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let local = ArtifactStore::local(dir.path()).expect("local store");
-        assert_eq!(local.key(&run_id(), Path::new("plots/loss.png")).as_ref(), "runs/run-1/plots/loss.png");
-        let mut prefixed = local.clone();
-        prefixed.prefix = vec!["team".into(), "exp".into()];
-        assert_eq!(prefixed.key(&run_id(), Path::new("m.pt")).as_ref(), "team/exp/runs/run-1/m.pt");
-    }
-
-    #[test]
-    fn unsupported_urls_say_what_is() {
-        for spec in ["gs://bucket/x", "az://c/x", "", "s3://"] {
-            let err = ArtifactStore::open(spec, None).expect_err(spec).to_string();
-            assert!(err.contains("s3://BUCKET/PREFIX"), "{spec}: {err}");
-        }
     }
 
     #[test]
