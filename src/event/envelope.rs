@@ -257,6 +257,22 @@ mod tests {
         assert_eq!(round_trip, event);
     }
 
+    /// The store's body form is the full form less exactly the core attributes.
+    #[test]
+    fn the_form_without_core_is_the_full_form_less_the_core_attributes() {
+        let event = with(with(with(heartbeat(), "seq", json!(7)), "attempt", json!(2)), "team", json!("ml"));
+        let event = with(with(event, "datacontenttype", json!("application/json")), "dataschema", json!("urn:x"));
+        let event = parse(event).expect("valid");
+        let mut full = event.to_json();
+        assert!(super::super::CORE_ATTRIBUTES.iter().all(|name| full.contains_key(*name)), "{full:?}");
+        for name in super::super::CORE_ATTRIBUTES {
+            full.remove(name);
+        }
+        let body = event.to_json_without_core().expect("json");
+        let body: serde_json::Map<String, Value> = serde_json::from_str(&body).expect("an object");
+        assert_eq!(body, full);
+    }
+
     #[test]
     fn unknown_ai_types_parse_without_state() {
         let event = parse(with(heartbeat(), "type", json!("ai.run.something_new"))).expect("stored");

@@ -74,33 +74,87 @@ impl Event {
 
     /// The structured-mode JSON form, as stored and as served back.
     pub fn to_json(&self) -> Map<String, Value> {
-        let mut object = Map::new();
-        object.insert("specversion".into(), Value::from(envelope::SPECVERSION));
-        object.insert("id".into(), Value::from(self.id.0.clone()));
-        object.insert("source".into(), Value::from(self.source.clone()));
-        object.insert("type".into(), Value::from(self.event_type.clone()));
-        let optional = [
-            ("subject", self.subject.clone()),
-            ("datacontenttype", self.datacontenttype.clone()),
-            ("dataschema", self.dataschema.clone()),
+        self.attributes(true).map(|(name, value)| (name.to_owned(), value.to_value())).collect()
+    }
+
+    /// The structured-mode JSON form without the attributes a store keeps in columns of
+    /// its own (see [`CORE_ATTRIBUTES`]), written straight to text.
+    pub fn to_json_without_core(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&WithoutCore(self))
+    }
+
+    /// Every attribute in structured-mode order; the [`CORE_ATTRIBUTES`] only when `core`.
+    /// The one list both JSON forms are written from.
+    fn attributes(&self, core: bool) -> impl Iterator<Item = (&str, Attribute<'_>)> {
+        let core_attributes = [
+            ("specversion", Some(Attribute::Text(envelope::SPECVERSION))),
+            ("id", Some(Attribute::Text(&self.id.0))),
+            ("source", Some(Attribute::Text(&self.source))),
+            ("type", Some(Attribute::Text(&self.event_type))),
+            ("subject", self.subject.as_deref().map(Attribute::Text)),
         ];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                object.insert(name.into(), Value::from(value));
-            }
+        let optional = [
+            ("datacontenttype", self.datacontenttype.as_deref().map(Attribute::Text)),
+            ("dataschema", self.dataschema.as_deref().map(Attribute::Text)),
+        ];
+        let time = [("time", Some(Attribute::Time(self.time)))];
+        let numbers = [
+            ("seq", self.seq.map(Attribute::Number)),
+            ("attempt", self.attempt.map(|attempt| Attribute::Number(attempt.into()))),
+        ];
+        let core_attributes = core_attributes.into_iter().filter(move |_| core);
+        let time = time.into_iter().filter(move |_| core);
+        core_attributes
+            .chain(optional)
+            .chain(time)
+            .chain(numbers)
+            .filter_map(|(name, value)| Some((name, value?)))
+            .chain(self.extensions.iter().map(|(name, value)| (name.as_str(), Attribute::Json(value))))
+            .chain([("data", Attribute::Data(&self.data))])
+    }
+}
+
+/// The attributes every event has, which the embedded store keeps in columns.
+pub const CORE_ATTRIBUTES: [&str; 6] = ["specversion", "id", "source", "type", "subject", "time"];
+
+/// One attribute's value, borrowed from the event.
+enum Attribute<'a> {
+    Text(&'a str),
+    Time(Timestamp),
+    Number(u64),
+    Json(&'a Value),
+    Data(&'a Map<String, Value>),
+}
+
+impl Attribute<'_> {
+    fn to_value(&self) -> Value {
+        match self {
+            Attribute::Text(text) => Value::from(*text),
+            Attribute::Time(time) => Value::from(time.to_string()),
+            Attribute::Number(number) => Value::from(*number),
+            Attribute::Json(value) => (*value).clone(),
+            Attribute::Data(data) => Value::Object((*data).clone()),
         }
-        object.insert("time".into(), Value::from(self.time.to_string()));
-        if let Some(seq) = self.seq {
-            object.insert("seq".into(), Value::from(seq));
+    }
+}
+
+impl serde::Serialize for Attribute<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Attribute::Text(text) => serializer.serialize_str(text),
+            Attribute::Time(time) => serializer.collect_str(time),
+            Attribute::Number(number) => serializer.serialize_u64(*number),
+            Attribute::Json(value) => value.serialize(serializer),
+            Attribute::Data(data) => data.serialize(serializer),
         }
-        if let Some(attempt) = self.attempt {
-            object.insert("attempt".into(), Value::from(attempt));
-        }
-        for (name, value) in &self.extensions {
-            object.insert(name.clone(), value.clone());
-        }
-        object.insert("data".into(), Value::Object(self.data.clone()));
-        object
+    }
+}
+
+struct WithoutCore<'a>(&'a Event);
+
+impl serde::Serialize for WithoutCore<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.attributes(false))
     }
 }
 

@@ -11,7 +11,6 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde_json::{Map, Value};
 
-use super::runs::to_json;
 use crate::event::{self, Event};
 use crate::run::RunId;
 use crate::store::{Error, Result, StoredEvent};
@@ -21,9 +20,6 @@ use crate::time::Timestamp;
 pub(super) const EVENT_COLUMNS: &str = "e.pos, e.received_at, e.event_id, e.time, e.body, \
      (SELECT name FROM names WHERE key = e.source), (SELECT name FROM names WHERE key = e.type), \
      (SELECT name FROM names WHERE key = e.subject)";
-
-/// Attributes kept in columns, so not repeated in `body`.
-const IN_COLUMNS: [&str; 6] = ["specversion", "id", "source", "type", "subject", "time"];
 
 /// One row of a query selecting [`EVENT_COLUMNS`].
 pub(super) struct EventRow {
@@ -102,11 +98,8 @@ pub(super) fn lookup(conn: &Connection, name: &str) -> Result<Option<i64>> {
 
 /// Inserts the event unless its (source, id) pair is known. True when it was new.
 pub(super) fn insert_event(tx: &Transaction<'_>, names: &mut Names, event: &Event, now: Timestamp) -> Result<bool> {
-    let mut body = event.to_json();
-    for attribute in IN_COLUMNS {
-        body.remove(attribute);
-    }
-    let body = to_json("event", &body)?;
+    // The core attributes are in columns (`event::CORE_ATTRIBUTES`), so not repeated.
+    let body = event.to_json_without_core().map_err(|source| Error::Corrupt { what: "event".into(), source })?;
     let source = names.key(tx, &event.source)?;
     let run = event.run_id.as_ref().map(|id| names.key(tx, id.as_str())).transpose()?;
     let ty = names.key(tx, &event.event_type)?;

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::SqliteStore;
 use super::event_rows::{Names, insert_event, lookup, run_events};
-use super::runs::{insert_run, load_run, save_run, to_json};
+use super::runs::{insert_run, load_run, save_loaded_run, to_json};
+use super::schema::stage_durations;
 use crate::event::Event;
 use crate::run::{Run, RunId};
 use crate::store::{
@@ -21,7 +22,7 @@ impl SqliteStore {
     pub(super) async fn run_artifacts(&self, run_id: &RunId) -> Result<Vec<Artifact>> {
         let run_id = run_id.clone();
         self.read(move |conn| {
-            let mut statement = conn.prepare("SELECT key, doc FROM artifacts WHERE run_id = ?1 ORDER BY key")?;
+            let mut statement = conn.prepare_cached("SELECT key, doc FROM artifacts WHERE run_id = ?1 ORDER BY key")?;
             let rows = statement
                 .query_map([run_id.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
             rows.map(|row| {
@@ -87,6 +88,8 @@ impl SqliteStore {
 /// A run touched by a batch: loaded once, written once at the end if an event changed it.
 struct Touched {
     run: Option<Run>,
+    /// Its completed stages as stored (what its `run_stages` rows hold).
+    stored_stages: Vec<(String, f64)>,
     created: bool,
     changed: bool,
     /// When the latest event that changed it was received.
@@ -118,7 +121,9 @@ pub(super) fn apply_batch<'e>(
         let slot = match touched.entry(run_id.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                entry.insert(Touched { run: load_run(tx, run_id)?, created: false, changed: false, at: now })
+                let run = load_run(tx, run_id)?;
+                let stored_stages = run.as_ref().map(stage_durations).unwrap_or_default();
+                entry.insert(Touched { run, stored_stages, created: false, changed: false, at: now })
             }
         };
         let effect = apply_new_event(&mut slot.run, event, now, rules);
@@ -146,7 +151,7 @@ pub(super) fn apply_batch<'e>(
             run.updated_at = touched.at;
             insert_run(tx, &run)?;
         } else {
-            save_run(tx, &mut run, touched.at, rules)?;
+            save_loaded_run(tx, &mut run, touched.at, rules, &touched.stored_stages)?;
         }
     }
     Ok(outcomes)
@@ -156,31 +161,32 @@ fn save_side_record(tx: &Transaction<'_>, record: SideRecord) -> Result<()> {
     match record {
         SideRecord::Artifact(artifact) => {
             let existing: Option<String> = tx
-                .query_row(
-                    "SELECT doc FROM artifacts WHERE run_id = ?1 AND key = ?2",
-                    params![artifact.run_id.as_str(), artifact.key],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT doc FROM artifacts WHERE run_id = ?1 AND key = ?2")?
+                .query_row(params![artifact.run_id.as_str(), artifact.key], |row| row.get(0))
                 .optional()?;
             let existing: Option<Artifact> = existing
                 .map(|doc| serde_json::from_str(&doc))
                 .transpose()
                 .map_err(|source| Error::Corrupt { what: format!("artifact {}", artifact.key), source })?;
             if replaces(existing.as_ref().map(|a| &a.at), &artifact.at) {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO artifacts (run_id, key, doc) VALUES (?1, ?2, ?3)
                      ON CONFLICT (run_id, key) DO UPDATE SET doc = excluded.doc",
-                    params![artifact.run_id.as_str(), artifact.key, to_json("artifact", &artifact)?],
-                )?;
+                )?
+                .execute(params![
+                    artifact.run_id.as_str(),
+                    artifact.key,
+                    to_json("artifact", &artifact)?
+                ])?;
             }
         }
         SideRecord::Hypothesis(ideas) => {
             let existing = load_hypothesis(tx, &ideas.id)?;
             if replaces(existing.as_ref().map(|h| &h.at), &ideas.at) {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO hypotheses (id, doc) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                    params![ideas.id, to_json("hypothesis", &ideas)?],
-                )?;
+                )?
+                .execute(params![ideas.id, to_json("hypothesis", &ideas)?])?;
             }
         }
     }
@@ -188,8 +194,10 @@ fn save_side_record(tx: &Transaction<'_>, record: SideRecord) -> Result<()> {
 }
 
 pub(super) fn load_hypothesis(conn: &Connection, id: &str) -> Result<Option<HypothesisIdeas>> {
-    let doc: Option<String> =
-        conn.query_row("SELECT doc FROM hypotheses WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM hypotheses WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
     doc.map(|doc| serde_json::from_str(&doc))
         .transpose()
         .map_err(|source| Error::Corrupt { what: format!("hypothesis {id}"), source })

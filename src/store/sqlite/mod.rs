@@ -47,6 +47,10 @@ use crate::time::Timestamp;
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Prepared statements kept per connection: more than the writer's distinct statements
+/// (rusqlite keeps 16), so none is parsed again once it ran.
+const STATEMENT_CACHE: usize = 64;
+
 /// Reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -80,6 +84,9 @@ impl SqliteStore {
                 })?;
             }
             let mut writer = connect(&path)?;
+            // A group's savepoints keep their sub-journal in memory rather than spilling it
+            // to a temporary file (a group is bounded, see `group`).
+            writer.pragma_update(None, "temp_store", "MEMORY")?;
             writer.execute_batch(SCHEMA)?;
             migrate(&mut writer, &path)?;
             let writer = GroupWriter::start(writer, rules)?;
@@ -133,6 +140,7 @@ impl SqliteStore {
 fn connect(path: &Path) -> Result<Connection> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // WAL lets readers run beside the one writer; FULL syncs the WAL on every commit,
     // which is what makes "acknowledged" mean durable.
     connection.pragma_update(None, "journal_mode", "WAL")?;

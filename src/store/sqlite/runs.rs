@@ -5,7 +5,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 
 use super::SqliteStore;
-use super::schema::{DERIVED_COLUMNS, DERIVED_PLACEHOLDERS, derived_values, write_stage_durations};
+use super::schema::{
+    DERIVED_COLUMNS, DERIVED_PLACEHOLDERS, derived_values, write_changed_stage_durations, write_stage_durations,
+};
 use crate::run::{Run, RunId};
 use crate::store::{Error, Result, Rules, before_save};
 use crate::time::Timestamp;
@@ -15,13 +17,12 @@ impl SqliteStore {
         let (worker, queue, rules) = (worker.to_owned(), queue.to_owned(), self.rules());
         self.write(move |tx| {
             let candidate: Option<(String, String)> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT id, doc FROM runs WHERE queue = ?1 AND status = 'QUEUED'
                      AND (not_before IS NULL OR not_before <= ?2)
                      ORDER BY priority DESC, created_at, id LIMIT 1",
-                    params![&queue, now.millis()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+                )?
+                .query_row(params![&queue, now.millis()], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let Some((id, doc)) = candidate else { return Ok(None) };
             let mut run = parse_run(&id, &doc)?;
@@ -78,8 +79,10 @@ pub(super) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<Stri
 }
 
 pub(super) fn load_run(conn: &Connection, id: &RunId) -> Result<Option<Run>> {
-    let doc: Option<String> =
-        conn.query_row("SELECT doc FROM runs WHERE id = ?1", [id.as_str()], |row| row.get(0)).optional()?;
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM runs WHERE id = ?1")?
+        .query_row([id.as_str()], |row| row.get(0))
+        .optional()?;
     doc.map(|doc| parse_run(id.as_str(), &doc)).transpose()
 }
 
@@ -105,6 +108,24 @@ pub(super) fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
 
 /// Writes `run` back, stamping `updatedAt` and bumping its revision.
 pub(super) fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rules: &Rules) -> Result<()> {
+    save_run_document(tx, run, now, rules)?;
+    write_stage_durations(tx, run)
+}
+
+/// As [`save_run`], for a run whose stored stage rows are known: `stored_stages`, from its
+/// document as read in this transaction ([`stage_durations`]).
+pub(super) fn save_loaded_run(
+    tx: &Transaction<'_>,
+    run: &mut Run,
+    now: Timestamp,
+    rules: &Rules,
+    stored_stages: &[(String, f64)],
+) -> Result<()> {
+    save_run_document(tx, run, now, rules)?;
+    write_changed_stage_durations(tx, run, stored_stages)
+}
+
+fn save_run_document(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rules: &Rules) -> Result<()> {
     before_save(run, rules, now);
     run.updated_at = now;
     run.rev += 1;
@@ -119,7 +140,7 @@ pub(super) fn save_run(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rule
     ];
     let id = SqlValue::from(run.id.to_string());
     tx.prepare_cached(&sql)?.execute(params_from_iter(values.into_iter().chain(derived_values(run)).chain([id])))?;
-    write_stage_durations(tx, run)
+    Ok(())
 }
 
 fn corrupt_id(id: &str, reason: String) -> Error {

@@ -242,13 +242,26 @@ fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {
 /// Rewrites a run's `run_stages` rows, only when its completed stages changed (most writes,
 /// a heartbeat or a log line, change none).
 pub(super) fn write_stage_durations(tx: &Transaction<'_>, run: &Run) -> Result<()> {
-    let mut wanted: Vec<(&str, f64)> = run.completed_stage_durations().collect();
-    wanted.sort_by(|a, b| a.0.cmp(b.0));
     let stored: Vec<(String, f64)> = tx
         .prepare_cached("SELECT stage, duration_s FROM run_stages WHERE run_id = ?1 ORDER BY stage")?
         .query_map([run.id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    if stored.iter().map(|(stage, duration_s)| (stage.as_str(), *duration_s)).eq(wanted.iter().copied()) {
+    write_changed_stage_durations(tx, run, &stored)
+}
+
+/// A run's completed stages as its `run_stages` rows hold them, in stage order.
+pub(super) fn stage_durations(run: &Run) -> Vec<(String, f64)> {
+    let mut stages: Vec<(String, f64)> =
+        run.completed_stage_durations().map(|(stage, duration_s)| (stage.to_owned(), duration_s)).collect();
+    stages.sort_by(|a, b| a.0.cmp(&b.0));
+    stages
+}
+
+/// As [`write_stage_durations`], where `stored` is what the rows hold (from the document
+/// read in the same transaction: the rows are always written with it).
+pub(super) fn write_changed_stage_durations(tx: &Transaction<'_>, run: &Run, stored: &[(String, f64)]) -> Result<()> {
+    let wanted = stage_durations(run);
+    if wanted == stored {
         return Ok(());
     }
     tx.prepare_cached("DELETE FROM run_stages WHERE run_id = ?1")?.execute([run.id.as_str()])?;
