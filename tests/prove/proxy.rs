@@ -65,13 +65,13 @@ async fn scenario(spec: &StoreSpec, pod: &Path, lines: u64, report: &mut Report)
     let within = Duration::from_secs(120 + 2 * lines / RATE);
     let exited = tokio::time::timeout(within, worker.wait()).await;
     let worker_ok = matches!(exited, Ok(Ok(status)) if status.success());
-    if !worker_ok {
-        eprintln!("proxy {kind}: the worker's log:\n{}", support::worker_log(pod));
-    }
     drop(proxy.task);
     serve.kill().await;
 
     let stored = store.get(&run).await.expect("get").expect("the run");
+    if !worker_ok || stored.status != RunStatus::Completed {
+        eprintln!("proxy {kind}: the worker's log:\n{}", support::worker_log(pod));
+    }
     let events = support::all_events(store.as_ref(), &run).await;
     let numbers = support::line_numbers(&events, PREFIX);
     let distinct: std::collections::BTreeSet<u64> = numbers.iter().copied().collect();
