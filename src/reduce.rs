@@ -82,6 +82,10 @@ pub fn apply(run: &mut Run, event: &Event) {
             }
         }
         Payload::Failed(failed) => on_failed(run, failed, key),
+        // Counted once whatever the status: money spent is spent (`run::cost`).
+        Payload::LlmUsage(usage) => {
+            run.cost.count_usage(usage, &key);
+        }
         Payload::ReviewRequested(requested) => on_review_requested(run, requested, key),
         Payload::Canceled(canceled) => {
             if advance(run, RunStatus::Canceled) || run.status == RunStatus::Canceled {
@@ -122,6 +126,8 @@ fn on_started(run: &mut Run, started: &payload::Started, event: &Event, key: Eve
             id: pod_id,
             at: key,
             gpu: started.gpu.clone(),
+            gpu_model: started.gpu_model.clone(),
+            gpu_count: started.gpu_count,
             region: started.region.clone(),
             image: started.image.clone(),
         });

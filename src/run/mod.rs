@@ -8,8 +8,10 @@
 //! `transitions` (creation, claim, reset, and facts derived from a run); the `Run` document
 //! itself is here.
 
+pub mod cost;
 mod id;
 mod parts;
+pub mod prices;
 mod status;
 mod transitions;
 
@@ -18,6 +20,7 @@ use serde_json::Value;
 
 use crate::time::Timestamp;
 
+pub use cost::Cost;
 pub use id::RunId;
 pub use parts::{
     Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
@@ -111,6 +114,13 @@ pub struct Run {
     /// This run's own limit on automatic retries, over the store's (`runs create --retry-max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max: Option<u32>,
+    /// The most this run may cost, in dollars (`runs create --budget-usd`), over its queue's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// What the run has cost so far, all attempts together (`run::cost`).
+    #[schema(required = true)]
+    #[serde(default)]
+    pub cost: Cost,
     /// A run waiting out a retry's backoff: no worker claims it before this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
@@ -160,6 +170,8 @@ pub struct NewRun {
     pub idea: Value,
     /// Its own limit on automatic retries, over the store's.
     pub retry_max: Option<u32>,
+    /// The most it may cost, in dollars, over its queue's budget.
+    pub budget_usd: Option<f64>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -180,6 +192,7 @@ impl NewRun {
             queue: DEFAULT_QUEUE.into(),
             idea,
             retry_max: None,
+            budget_usd: None,
         }
     }
 }

@@ -30,6 +30,8 @@ pub(super) struct EnqueueRequest {
     hypothesis_id: Option<String>,
     /// Automatic retries of a retryable failure, over the server's `--retry-max`.
     retry_max: Option<u32>,
+    /// The most the run may cost, in dollars, over its queue's `--queue-budget`.
+    budget_usd: Option<f64>,
 }
 
 fn default_queue() -> String {
@@ -46,6 +48,9 @@ pub(super) async fn enqueue(
             "retryMax {max} is more than {MAX_RETRIES}: send at most {MAX_RETRIES}"
         )));
     }
+    if let Some(budget) = request.budget_usd {
+        crate::run::cost::check_budget(budget, "budgetUsd").map_err(ApiError::BadRequest)?;
+    }
     let new_run = NewRun {
         id: request.id.unwrap_or_else(RunId::generate),
         hypothesis_id: request.hypothesis_id,
@@ -53,6 +58,7 @@ pub(super) async fn enqueue(
         queue: request.queue,
         idea: request.idea,
         retry_max: request.retry_max,
+        budget_usd: request.budget_usd,
     };
     let run = state.store.enqueue(new_run, Timestamp::now()).await?;
     Ok((StatusCode::CREATED, axum::Json(run)))

@@ -380,6 +380,7 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
                 queue: enqueued.queue.clone().unwrap_or_else(|| crate::run::DEFAULT_QUEUE.into()),
                 idea: enqueued.idea.clone().unwrap_or(Value::Null),
                 retry_max: enqueued.retry_max,
+                budget_usd: enqueued.budget_usd,
             };
             *slot = Some(Run::queued(new_run, event.time));
             Effect::Created
