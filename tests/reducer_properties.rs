@@ -212,8 +212,8 @@ proptest! {
             "test",
         ).expect("prices");
         let (mut in_order, mut as_delivered) = (fold(&events), fold(&delivered));
-        cost::derive(&mut in_order, &prices);
-        cost::derive(&mut as_delivered, &prices);
+        cost::derive(&mut in_order, Some(&prices));
+        cost::derive(&mut as_delivered, Some(&prices));
         prop_assert_eq!(&in_order.cost, &as_delivered.cost);
         // Each distinct event is counted once: the totals are those of `events`, which has no repeats.
         let field = |event: &Event, name: &str| event.data.get(name).and_then(Value::as_u64).unwrap_or(0);

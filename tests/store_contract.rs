@@ -3,6 +3,8 @@
 //! MongoDB cases need the server `scripts/test` starts; without it they fail, never skip.
 
 mod common;
+#[path = "store_contract/cost.rs"]
+mod cost_cases;
 #[path = "store_contract/review.rs"]
 mod review_cases;
 #[path = "common/stores.rs"]
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{at, attempt_event, event};
+use cost_cases::*;
 use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
@@ -1008,6 +1011,19 @@ macro_rules! store_suite {
                 };
             }
 
+            /// A case on a handle with prices, a queue budget and alerts (`serve`'s rules).
+            macro_rules! priced_case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        let test_store = TestStore::$backend().await;
+                        let priced = test_store.handle_with(priced_rules()).await;
+                        super::$name(priced.as_ref()).await;
+                        test_store.cleanup().await;
+                    }
+                };
+            }
+
             macro_rules! two_handle_case {
                 ($name:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1061,6 +1077,8 @@ macro_rules! store_suite {
             case!(a_review_between_stages_goes_on_when_approved_and_fails_when_rejected);
             two_handle_case!(concurrent_deciders_decide_once);
             case!(forgotten_reviews_time_out_in_the_sweep);
+            priced_case!(gpu_time_of_two_attempts_is_priced_by_each_model);
+            priced_case!(budgets_alert_then_stop_the_run);
         }
     };
 }

@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod artifacts;
 pub mod completions;
+pub mod costs;
 pub mod emit;
 mod follow;
 pub mod ideation;

@@ -100,6 +100,13 @@ pub struct ModelUsage {
     /// Tokens of the events that sent no `cost_usd`: priced by the table.
     #[serde(default, skip_serializing_if = "Tokens::is_empty")]
     pub to_price: Tokens,
+    /// What the table made of `toPrice` at the last write by a process that has the table.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub priced_usd: f64,
+}
+
+fn is_zero_f64(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// Token counts.
@@ -198,8 +205,10 @@ pub fn attempt_seconds(run: &Run) -> f64 {
     }
 }
 
-/// Re-derives the dollars of `run.cost` from its tallies, its live attempt and `prices`.
-pub fn derive(run: &mut Run, prices: &Prices) {
+/// Re-derives the figures of `run.cost` from its tallies, its live attempt and `prices`.
+/// Without a table (a process started without `--prices`: an operator's command on a store)
+/// the dollars the table gave at the last write that had one are kept, not dropped.
+pub fn derive(run: &mut Run, prices: Option<&Prices>) {
     let live = live_attempt(run);
     let cost = &mut run.cost;
     let mut unpriced = Vec::new();
@@ -211,34 +220,36 @@ pub fn derive(run: &mut Run, prices: &Prices) {
     let (mut seconds, mut gpu_usd) = (0.0, 0.0);
     for (model, wall, device) in gpu_uses {
         seconds += wall;
-        match prices.gpu.get(model) {
-            Some(price) => gpu_usd += device / 3600.0 * price.per_hour,
-            None if device > 0.0 => unpriced.push(model.to_owned()),
-            None => {}
+        match prices.map(|prices| prices.gpu.get(model)) {
+            Some(Some(price)) => gpu_usd += device / 3600.0 * price.per_hour,
+            Some(None) if device > 0.0 => unpriced.push(model.to_owned()),
+            _ => {}
         }
     }
     cost.gpu_seconds = seconds;
-    cost.gpu_usd = gpu_usd;
     cost.gpu_count = cost.gpu_count.max(live.map_or(0, |(_, count, _)| count));
     let llm = &mut cost.llm;
     (llm.input_tokens, llm.output_tokens, llm.cached_tokens, llm.usd) = (0, 0, 0, 0.0);
     for (name, model) in &mut llm.by_model {
-        model.usd = model.reported_nano_usd as f64 / NANOS_PER_USD;
         let priced = model.to_price;
-        match prices.llm.get(name) {
-            Some(price) => model.usd += price.usd(priced.input, priced.output, priced.cached),
-            None if !priced.is_empty() => unpriced.push(name.clone()),
-            None => {}
+        match prices.map(|prices| prices.llm.get(name)) {
+            Some(Some(price)) => model.priced_usd = price.usd(priced.input, priced.output, priced.cached),
+            Some(None) if !priced.is_empty() => unpriced.push(name.clone()),
+            _ => {}
         }
+        model.usd = model.reported_nano_usd as f64 / NANOS_PER_USD + model.priced_usd;
         llm.input_tokens = llm.input_tokens.saturating_add(model.input_tokens);
         llm.output_tokens = llm.output_tokens.saturating_add(model.output_tokens);
         llm.cached_tokens = llm.cached_tokens.saturating_add(model.cached_tokens);
         llm.usd += model.usd;
     }
+    if prices.is_some() {
+        cost.gpu_usd = gpu_usd;
+        unpriced.sort_unstable();
+        unpriced.dedup();
+        cost.unpriced = unpriced;
+    }
     cost.total_usd = cost.gpu_usd + cost.llm.usd;
-    unpriced.sort_unstable();
-    unpriced.dedup();
-    cost.unpriced = unpriced;
 }
 
 /// The live attempt's GPUs and seconds, while one holds the run and is not yet in `attempts`.

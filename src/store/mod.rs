@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
-use crate::queue::{fence, lease, retry, stall};
+use crate::queue::{budget, fence, lease, retry, stall};
 use crate::redact;
 use crate::reduce;
 use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
@@ -310,16 +310,21 @@ impl Effect {
 }
 
 /// The policies a store applies in its own writes, so that they hold whoever writes: the
-/// retries of runs that fail retryably, and which alerts runs raise. Set by the process that
-/// opens the store (`serve`, a worker on a store); a store opened by other commands has none.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// retries of runs that fail retryably, which alerts runs raise, what runs cost and may cost.
+/// Set by the process that opens the store (`serve`, a worker on a store); a store opened by
+/// other commands has none (its writes keep the dollars the last priced write derived).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rules {
     pub retries: retry::Policy,
     pub alerts: crate::alert::Raise,
+    pub costs: std::sync::Arc<budget::Costs>,
 }
 
-/// What every run write does last, on both backends: raises the alerts the run now calls for.
+/// What every run write does last, on both backends: derives the run's cost, stops a run
+/// over its budget, raises the alerts the run now calls for.
 pub(crate) fn before_save(run: &mut Run, rules: &Rules, now: Timestamp) {
+    crate::run::cost::derive(run, rules.costs.prices.as_ref());
+    budget::enforce(run, &rules.costs, now);
     crate::alert::raise(run, &rules.alerts, now);
 }
 

@@ -247,6 +247,11 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
             return;
         }
         Verdict::Failed(failure) => failed_event(failure, stage),
+        // The store asks a run over its budget to stop; the stop is its failure (`queue::budget`).
+        Verdict::Stopped(StopReason::Canceled { by, reason }) if by == crate::queue::budget::BUDGET_BY => {
+            let message = reason.clone().unwrap_or_else(|| "the run spent its budget".into());
+            Draft::of(&Failed { stage, ..Failed::of(FailureCode::BudgetExceeded, message) })
+        }
         Verdict::Stopped(StopReason::Canceled { by, reason }) => {
             Draft::of(&Canceled { by: Some(by.clone()), reason: reason.clone(), extra: Map::new() })
         }
