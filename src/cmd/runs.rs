@@ -149,6 +149,11 @@ pub struct CreateArgs {
     /// (0: never).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::run::MAX_RETRIES as i64))]
     retry_max: Option<u32>,
+    /// The most it may cost, in dollars (GPU time and LLM calls, all attempts): at 80% an
+    /// alert, at 100% it is stopped with BUDGET_EXCEEDED [default: its queue's
+    /// `serve --queue-budget`, else none].
+    #[arg(long, value_name = "USD", value_parser = budget)]
+    budget_usd: Option<f64>,
     /// Print the run document as JSON instead of its id.
     #[arg(long)]
     json: bool,
@@ -403,6 +408,12 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     follow::outcome(&run)
 }
 
+fn budget(text: &str) -> Result<f64, String> {
+    let usd: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of dollars, such as 50"))?;
+    crate::run::cost::check_budget(usd, "--budget-usd")?;
+    Ok(usd)
+}
+
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let idea = read_idea(&args.idea)?;
     let store = args.source.open().await?;
@@ -411,6 +422,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         priority: args.priority,
         queue: args.queue,
         retry_max: args.retry_max,
+        budget_usd: args.budget_usd,
         ..NewRun::new(idea)
     };
     let run = store.enqueue(new_run).await?;

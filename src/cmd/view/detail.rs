@@ -24,6 +24,9 @@ pub(crate) fn run_detail(
     if let Some(error) = error_panel(run, look) {
         sections.push(error);
     }
+    if let Some(cost) = super::cost::cost_panel(run, look) {
+        sections.push(cost);
+    }
     if !run.attempts.is_empty() {
         sections.push(attempts_table(run, now, look));
     }

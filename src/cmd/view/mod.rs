@@ -6,6 +6,7 @@
 //! [`Look::line`] or [`Look::lines`] before it is drawn: anyone who can send an event must
 //! not be able to drive an operator's terminal (see [`printable`]).
 
+mod cost;
 mod detail;
 
 use std::borrow::Cow;
@@ -163,7 +164,7 @@ pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
     if runs.is_empty() {
         return "no runs match (`scientist runs create --idea FILE` enqueues one)".into();
     }
-    let mut table = look.table(["ID", "STATUS", "STAGE", "PROGRESS", "GOOD/BUGGY", "POD", "AGE", "DURATION"]);
+    let mut table = look.table(["ID", "STATUS", "STAGE", "PROGRESS", "GOOD/BUGGY", "POD", "AGE", "DURATION", "COST"]);
     for run in runs {
         let current = run.current_stage.as_ref();
         table.add_row(vec![
@@ -175,6 +176,7 @@ pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
             look.cell(run.pod.as_ref().map_or("-", |pod| pod.id.as_str())),
             Cell::new(duration(now.seconds_since(run.created_at))),
             Cell::new(run.elapsed_s(now).map_or("-".into(), duration)),
+            Cell::new(cost::cost_cell(run)),
         ]);
     }
     render(&mut table)
