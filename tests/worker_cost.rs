@@ -12,7 +12,7 @@ mod pod;
 #[path = "common/stores.rs"]
 mod stores;
 
-use pod::{Pod, finish, poll_until, run_until};
+use pod::{Pod, finish, run_until, stage_pid};
 
 /// Two usage events (one priced by the table, one with its own cost), then its pid, then it
 /// waits to be stopped.
@@ -44,14 +44,7 @@ async fn a_run_over_its_budget_is_stopped_by_its_worker_and_fails_budget_exceede
         .spawn()
         .expect("start worker");
     let pid_file = pod.run_dir(&id).await.join("pid");
-    let pid: i32 = poll_until(
-        "the stage's pid",
-        async || std::fs::read_to_string(&pid_file).ok(),
-        |text| text.as_deref().is_some_and(|text| text.trim().parse::<i32>().is_ok()),
-    )
-    .await
-    .and_then(|text| text.trim().parse().ok())
-    .expect("a pid");
+    let pid = stage_pid(&pid_file).await;
     let run = run_until(&pod, &id, "the run to end", |run| run.status.is_terminal()).await;
     let (status, stderr) = finish(worker, Duration::from_secs(60)).await;
     assert!(status.success(), "{stderr}");

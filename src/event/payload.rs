@@ -476,7 +476,7 @@ impl LlmUsage {
             return Err("data.model: empty; send the model's name, such as \"gpt-5-mini\"".into());
         }
         match self.cost_usd {
-            Some(cost) if !(cost >= 0.0 && cost <= Self::MAX_COST_USD) => {
+            Some(cost) if !(0.0..=Self::MAX_COST_USD).contains(&cost) => {
                 Err(format!("data.cost_usd: {cost} is not a cost; send dollars from 0 to a million, such as 0.0042"))
             }
             _ => Ok(()),
