@@ -7,12 +7,14 @@ mod common;
 mod review_cases;
 #[path = "common/stores.rs"]
 mod stores;
+#[path = "store_contract/trace.rs"]
+mod trace_cases;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{at, attempt_event, event};
+use common::{at, attempt_event, event, event_from};
 use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
@@ -23,6 +25,7 @@ use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use scientist::sweep;
 use serde_json::json;
 use stores::TestStore;
+use trace_cases::*;
 
 fn new_run(priority: i64) -> NewRun {
     NewRun { priority, ..NewRun::new(json!({"title": "test idea"})) }
@@ -1061,6 +1064,9 @@ macro_rules! store_suite {
             case!(a_review_between_stages_goes_on_when_approved_and_fails_when_rejected);
             two_handle_case!(concurrent_deciders_decide_once);
             case!(forgotten_reviews_time_out_in_the_sweep);
+            case!(a_run_keeps_the_trace_id_it_was_enqueued_with);
+            case!(an_enqueued_event_gives_its_traceparent_or_a_derived_trace_id);
+            case!(a_run_stored_without_a_trace_id_gets_one_at_claim);
         }
     };
 }

@@ -11,6 +11,7 @@
 mod id;
 mod parts;
 mod status;
+mod trace;
 mod transitions;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ pub use parts::{
     Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};
+pub use trace::{InvalidTraceId, SpanId, TraceId, traceparent};
 
 /// One experiment run. Serialized as-is into MongoDB's `runs` collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,6 +35,14 @@ pub struct Run {
     pub id: RunId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypothesis_id: Option<String>,
+    /// The W3C trace the run's spans and events belong to (`run::trace`): set at enqueue,
+    /// or at the claim of a run stored before trace ids existed.
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
+    /// The W3C `tracestate` its creator sent with its `traceparent`, passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_state: Option<String>,
     pub status: RunStatus,
     /// Defaults keep runs created directly by the web frontend (no priority, no queue) readable.
     #[schema(required = true)]
@@ -160,6 +170,9 @@ pub struct NewRun {
     pub idea: Value,
     /// Its own limit on automatic retries, over the store's.
     pub retry_max: Option<u32>,
+    /// Its trace: the creator's (from its `traceparent`), else a fresh one.
+    pub trace_id: TraceId,
+    pub trace_state: Option<String>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -180,6 +193,8 @@ impl NewRun {
             queue: DEFAULT_QUEUE.into(),
             idea,
             retry_max: None,
+            trace_id: TraceId::generate(),
+            trace_state: None,
         }
     }
 }
