@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::RunId;
+use super::{Run, RunId};
 
 /// A W3C trace id: 16 bytes, never all zero, written as 32 lower-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,6 +73,22 @@ impl SpanId {
 
     pub fn bytes(&self) -> [u8; 8] {
         self.0
+    }
+}
+
+impl Run {
+    /// The run's trace id (a run stored without one has the one its claim would give it).
+    pub fn trace_id_or_derived(&self) -> TraceId {
+        self.trace_id.unwrap_or_else(|| TraceId::of_run(&self.id))
+    }
+
+    /// The `traceparent` of the live attempt's span, or of its `stage`'s.
+    pub fn traceparent(&self, stage: Option<&str>) -> String {
+        let span = match stage {
+            Some(stage) => SpanId::of_stage(&self.id, self.attempt, stage),
+            None => SpanId::of_attempt(&self.id, self.attempt),
+        };
+        traceparent(self.trace_id_or_derived(), span)
     }
 }
 

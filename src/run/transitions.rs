@@ -105,7 +105,7 @@ impl Run {
                 queue: std::mem::take(&mut self.queue),
                 idea: std::mem::take(&mut self.idea),
                 retry_max: self.retry_max,
-                trace_id: self.trace_id.unwrap_or_else(|| TraceId::of_run(&self.id)),
+                trace_id: self.trace_id_or_derived(),
                 trace_state: self.trace_state.take(),
             },
             self.created_at,
