@@ -8,6 +8,7 @@
 //! `transitions` (creation, claim, reset, and facts derived from a run); the `Run` document
 //! itself is here.
 
+mod eta;
 mod id;
 mod parts;
 mod status;
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 use crate::time::Timestamp;
 
+pub use eta::{Eta, HISTORY_RUNS, History};
 pub use id::RunId;
 pub use parts::{
     Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
