@@ -5,6 +5,7 @@ pub mod alert;
 pub mod artifacts;
 pub mod completions;
 pub mod emit;
+mod eta;
 mod follow;
 pub mod ideation;
 pub mod runs;
