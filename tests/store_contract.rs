@@ -3,6 +3,8 @@
 //! MongoDB cases need the server `scripts/test` starts; without it they fail, never skip.
 
 mod common;
+#[path = "store_contract/eta.rs"]
+mod eta_cases;
 #[path = "store_contract/review.rs"]
 mod review_cases;
 #[path = "common/stores.rs"]
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{at, attempt_event, event, event_from};
+use eta_cases::*;
 use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
@@ -1064,6 +1067,7 @@ macro_rules! store_suite {
             case!(a_review_between_stages_goes_on_when_approved_and_fails_when_rejected);
             two_handle_case!(concurrent_deciders_decide_once);
             case!(forgotten_reviews_time_out_in_the_sweep);
+            case!(a_queues_history_is_the_p50_of_its_completed_runs);
             case!(a_run_keeps_the_trace_id_it_was_enqueued_with);
             case!(an_enqueued_event_gives_its_traceparent_or_a_derived_trace_id);
             case!(a_run_stored_without_a_trace_id_gets_one_at_claim);
