@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod completions;
 pub mod costs;
 pub mod emit;
+mod eta;
 mod follow;
 pub mod ideation;
 pub mod runs;

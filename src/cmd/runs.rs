@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 mod pull;
 
+use super::eta::Histories;
 use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
 use super::{OperatorArgs, UsageError, display_now, resolve_run};
@@ -235,7 +236,11 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if args.json {
         super::print(serde_json::to_string_pretty(&runs)?)?;
     } else {
-        super::print(view::runs_table(&runs, display_now()?, Look::for_stdout()))?;
+        let mut histories = Histories::default();
+        histories.load(store.as_ref(), &runs).await;
+        let now = display_now()?;
+        let eta = |run: &Run| run.eta(histories.of(&run.queue), now).filter(|_| run.status == RunStatus::Running);
+        super::print(view::runs_table(&runs, eta, now, Look::for_stdout()))?;
     }
     Ok(())
 }
@@ -275,6 +280,10 @@ async fn get_run(store: &dyn Operator, id: &RunId) -> anyhow::Result<Run> {
 /// The `runs show` text: the run, its artifacts and its latest `log_lines` log lines.
 async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
     let run = get_run(store, id).await?;
+    let mut histories = Histories::default();
+    histories.load(store, std::slice::from_ref(&run)).await;
+    let now = display_now()?;
+    let eta = run.eta(histories.of(&run.queue), now);
     let artifacts = store.artifacts(id).await?;
     let mut logs = Vec::new();
     if log_lines > 0 {
@@ -282,7 +291,7 @@ async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) 
         logs = store.list_recent_events(id, &latest).await?.items;
         logs.reverse();
     }
-    Ok(view::run_detail(&run, &artifacts, &logs, display_now()?, look))
+    Ok(view::run_detail(&run, &artifacts, &logs, eta, now, look))
 }
 
 /// `runs show --follow --json`: the run, every event stored after it (NDJSON), the final run.

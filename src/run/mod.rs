@@ -9,10 +9,12 @@
 //! itself is here.
 
 pub mod cost;
+mod eta;
 mod id;
 mod parts;
 pub mod prices;
 mod status;
+mod trace;
 mod transitions;
 
 use serde::{Deserialize, Serialize};
@@ -21,12 +23,14 @@ use serde_json::Value;
 use crate::time::Timestamp;
 
 pub use cost::Cost;
+pub use eta::{Eta, HISTORY_RUNS, History};
 pub use id::RunId;
 pub use parts::{
     Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
     Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};
+pub use trace::{InvalidTraceId, SpanId, TraceId, traceparent};
 
 /// One experiment run. Serialized as-is into MongoDB's `runs` collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -36,6 +40,14 @@ pub struct Run {
     pub id: RunId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypothesis_id: Option<String>,
+    /// The W3C trace the run's spans and events belong to (`run::trace`): set at enqueue,
+    /// or at the claim of a run stored before trace ids existed.
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
+    /// The W3C `tracestate` its creator sent with its `traceparent`, passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_state: Option<String>,
     pub status: RunStatus,
     /// Defaults keep runs created directly by the web frontend (no priority, no queue) readable.
     #[schema(required = true)]
@@ -172,6 +184,9 @@ pub struct NewRun {
     pub retry_max: Option<u32>,
     /// The most it may cost, in dollars, over its queue's budget.
     pub budget_usd: Option<f64>,
+    /// Its trace: the creator's (from its `traceparent`), else a fresh one.
+    pub trace_id: TraceId,
+    pub trace_state: Option<String>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -193,6 +208,8 @@ impl NewRun {
             idea,
             retry_max: None,
             budget_usd: None,
+            trace_id: TraceId::generate(),
+            trace_state: None,
         }
     }
 }

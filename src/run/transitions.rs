@@ -1,7 +1,7 @@
 //! How a run document changes outside the reducer (creation, claim, word from its worker,
 //! reset) and the facts derived from it.
 
-use super::{Attempt, NewRun, Run, RunError, RunStatus};
+use super::{Attempt, NewRun, Run, RunError, RunStatus, TraceId};
 
 /// The newest attempts a run document keeps (the older ones stay in its events).
 pub const MAX_ATTEMPTS_KEPT: usize = 50;
@@ -17,6 +17,8 @@ impl Run {
         Run {
             id: new_run.id,
             hypothesis_id: new_run.hypothesis_id.map(redact::redact_string),
+            trace_id: Some(new_run.trace_id),
+            trace_state: new_run.trace_state.map(redact::redact_string),
             status: RunStatus::Queued,
             priority: new_run.priority,
             queue: redact::redact_string(new_run.queue),
@@ -73,6 +75,8 @@ impl Run {
         self.progress_at = Some(now);
         self.stalled_since = None;
         self.not_before = None;
+        // A run stored before trace ids existed gets the one derived from its id.
+        self.trace_id.get_or_insert_with(|| TraceId::of_run(&self.id));
         self.heard(now);
     }
 
@@ -104,6 +108,8 @@ impl Run {
                 idea: std::mem::take(&mut self.idea),
                 retry_max: self.retry_max,
                 budget_usd: self.budget_usd,
+                trace_id: self.trace_id_or_derived(),
+                trace_state: self.trace_state.take(),
             },
             self.created_at,
         );

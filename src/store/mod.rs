@@ -19,7 +19,7 @@ use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
 use crate::queue::{budget, fence, lease, retry, stall};
 use crate::redact;
 use crate::reduce;
-use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
+use crate::run::{EventKey, NewRun, Run, RunId, RunStatus, TraceId};
 use crate::time::Timestamp;
 
 pub use mongo::MongoStore;
@@ -379,13 +379,20 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
         (None, Payload::Enqueued(enqueued)) => {
             let Some(id) = event.run_id.clone() else { return Effect::Orphan };
             let new_run = NewRun {
-                id,
+                id: id.clone(),
                 hypothesis_id: enqueued.hypothesis_id.clone(),
                 priority: enqueued.priority.unwrap_or(0),
                 queue: enqueued.queue.clone().unwrap_or_else(|| crate::run::DEFAULT_QUEUE.into()),
                 idea: enqueued.idea.clone().unwrap_or(Value::Null),
                 retry_max: enqueued.retry_max,
                 budget_usd: enqueued.budget_usd,
+                // The creator's trace when it sent one; else derived from the event, so that
+                // every store (and every replay) makes the same run of it.
+                trace_id: event
+                    .extension_str("traceparent")
+                    .and_then(TraceId::from_traceparent)
+                    .unwrap_or_else(|| TraceId::of_run(&id)),
+                trace_state: event.extension_str("tracestate").map(str::to_owned),
             };
             *slot = Some(Run::queued(new_run, event.time));
             Effect::Created
