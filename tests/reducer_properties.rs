@@ -157,7 +157,10 @@ fn build(index: usize, ty: &str, mut data: Value, seconds: i64, source: &str, se
 }
 
 fn initial_run() -> Run {
-    let mut run = Run::queued(NewRun { id: RUN.parse().expect("valid id"), ..NewRun::new(json!({})) }, common::at(0));
+    let id: scientist::run::RunId = RUN.parse().expect("valid id");
+    // The same run every time: a fresh trace id is random.
+    let trace_id = scientist::run::TraceId::of_run(&id);
+    let mut run = Run::queued(NewRun { id, trace_id, ..NewRun::new(json!({})) }, common::at(0));
     run.claim("pod-a", common::at(0));
     run
 }
