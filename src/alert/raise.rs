@@ -55,7 +55,7 @@ fn called_for(run: &Run, raise: &Raise) -> Vec<(Kind, String)> {
         _ => {}
     }
     // Once per run, whatever the attempt: the budget spans them.
-    if crate::queue::budget::is_near(run) {
+    if run.cost.is_near_budget() {
         called.push((Kind::Budget, "budget".to_owned()));
     }
     // Only a held run stalls; a flag left on an ended run is not news.

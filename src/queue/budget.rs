@@ -19,8 +19,7 @@ use crate::time::Timestamp;
 /// Who asks a run over its budget to stop (`cancelRequested.by`).
 pub const BUDGET_BY: &str = "scientist://budget";
 
-/// The share of its budget at which a run raises an alert.
-pub const WARN_AT: f64 = 0.8;
+pub use crate::run::cost::WARN_AT;
 
 /// What runs cost and may cost, as a store applies it (`store::Rules`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,11 +33,6 @@ pub struct Costs {
 /// The budget that applies to `run`.
 pub fn budget_of(run: &Run, costs: &Costs) -> Option<f64> {
     run.budget_usd.or_else(|| costs.queue_budgets.get(&run.queue).copied())
-}
-
-/// Whether `run` has spent [`WARN_AT`] of its budget (what the alert is raised for).
-pub fn is_near(run: &Run) -> bool {
-    run.cost.budget_usd.is_some_and(|budget| run.cost.total_usd >= budget * WARN_AT)
 }
 
 /// Records the run's budget on its cost and stops a run that has spent it.
@@ -121,6 +115,6 @@ mod tests {
         assert_eq!(queued.error_type.as_deref(), Some("BUDGET_EXCEEDED"));
         let mut near = run("gpu", None, 8.0);
         enforce(&mut near, &costs(), Timestamp::EPOCH);
-        assert!(is_near(&near) && near.status == RunStatus::Queued);
+        assert!(near.cost.is_near_budget() && near.status == RunStatus::Queued);
     }
 }

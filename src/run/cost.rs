@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 
 use super::prices::Prices;
 use super::{EventKey, Run};
-use crate::event::payload::LlmUsage;
 
 /// How many counted usage events a run remembers (by key) to skip a repeat: a batch's worth.
 /// A repeat of an older one is the store's dedup's to catch (by (`source`, `id`): 7 days on
@@ -110,6 +109,18 @@ fn is_zero_f64(value: &f64) -> bool {
 }
 
 /// Token counts.
+/// The share of its budget at which a run raises an alert.
+pub const WARN_AT: f64 = 0.8;
+
+/// One `ai.llm.usage` event's figures, as the reducer hands them over.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage<'a> {
+    pub model: &'a str,
+    pub tokens: Tokens,
+    /// The cost the pipeline reported; it wins over the price table.
+    pub cost_usd: Option<f64>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tokens {
@@ -140,20 +151,21 @@ impl Cost {
         self.gpu_seconds == 0.0 && self.llm.by_model.is_empty()
     }
 
+    /// Whether it has spent [`WARN_AT`] of its budget (what the alert is raised for).
+    pub fn is_near_budget(&self) -> bool {
+        self.budget_usd.is_some_and(|budget| self.total_usd >= budget * WARN_AT)
+    }
+
     /// Counts one usage event, unless it was counted already (a repeat of one of the newest
     /// [`USAGE_KEYS_KEPT`]). True when counted.
-    pub fn count_usage(&mut self, usage: &LlmUsage, key: &EventKey) -> bool {
+    pub fn count_usage(&mut self, usage: Usage<'_>, key: &EventKey) -> bool {
         let mark = usage_key(key);
         let Err(index) = self.usage_keys.binary_search(&mark) else { return false };
         self.usage_keys.insert(index, mark);
         let excess = self.usage_keys.len().saturating_sub(USAGE_KEYS_KEPT);
         self.usage_keys.drain(..excess);
-        let tokens = Tokens {
-            input: usage.input_tokens.unwrap_or(0),
-            output: usage.output_tokens.unwrap_or(0),
-            cached: usage.cached_tokens.unwrap_or(0),
-        };
-        let model = self.llm.by_model.entry(usage.model.clone()).or_default();
+        let tokens = usage.tokens;
+        let model = self.llm.by_model.entry(usage.model.to_owned()).or_default();
         model.input_tokens = model.input_tokens.saturating_add(tokens.input);
         model.output_tokens = model.output_tokens.saturating_add(tokens.output);
         model.cached_tokens = model.cached_tokens.saturating_add(tokens.cached);
@@ -267,17 +279,8 @@ mod tests {
     use super::*;
     use crate::time::Timestamp;
 
-    fn usage(model: &str, input: u64, cost_usd: Option<f64>) -> LlmUsage {
-        LlmUsage {
-            model: model.into(),
-            input_tokens: Some(input),
-            output_tokens: Some(10),
-            cached_tokens: None,
-            cost_usd,
-            stage: None,
-            node_id: None,
-            extra: Default::default(),
-        }
+    fn usage(model: &str, input: u64, cost_usd: Option<f64>) -> Usage<'_> {
+        Usage { model, tokens: Tokens { input, output: 10, cached: 0 }, cost_usd }
     }
 
     fn key(id: &str, millis: i64) -> EventKey {
@@ -287,9 +290,9 @@ mod tests {
     #[test]
     fn a_usage_event_counts_once_and_its_reported_cost_wins() {
         let mut cost = Cost::default();
-        assert!(cost.count_usage(&usage("m", 100, Some(0.5)), &key("a", 1)));
-        assert!(!cost.count_usage(&usage("m", 100, Some(0.5)), &key("a", 1)), "a repeat");
-        assert!(cost.count_usage(&usage("m", 1_000_000, None), &key("b", 2)));
+        assert!(cost.count_usage(usage("m", 100, Some(0.5)), &key("a", 1)));
+        assert!(!cost.count_usage(usage("m", 100, Some(0.5)), &key("a", 1)), "a repeat");
+        assert!(cost.count_usage(usage("m", 1_000_000, None), &key("b", 2)));
         let model = &cost.llm.by_model["m"];
         assert_eq!(
             (model.input_tokens, model.reported_nano_usd, model.to_price.input),
@@ -302,10 +305,10 @@ mod tests {
         let mut cost = Cost::default();
         for index in 0..USAGE_KEYS_KEPT + 5 {
             let millis = i64::try_from(index).expect("small");
-            assert!(cost.count_usage(&usage("m", 1, None), &key(&index.to_string(), millis)));
+            assert!(cost.count_usage(usage("m", 1, None), &key(&index.to_string(), millis)));
         }
         assert_eq!(cost.usage_keys.len(), USAGE_KEYS_KEPT);
-        assert!(!cost.count_usage(&usage("m", 1, None), &key("10", 10)), "a recent repeat is skipped");
+        assert!(!cost.count_usage(usage("m", 1, None), &key("10", 10)), "a recent repeat is skipped");
         assert_eq!(cost.llm.by_model["m"].input_tokens, (USAGE_KEYS_KEPT + 5) as u64);
     }
 }

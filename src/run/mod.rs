@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::time::Timestamp;
 
 pub use cost::Cost;
-pub use eta::{Eta, HISTORY_RUNS, History};
+pub use eta::{Eta, HISTORY_RUNS, History, nearest_rank};
 pub use id::RunId;
 pub use parts::{
     Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
