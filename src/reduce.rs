@@ -14,7 +14,7 @@ use crate::event::failure::UNNAMED_CODE;
 use crate::event::payload::{self, NodeData, NodeStep, Payload};
 use crate::run::{
     Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper, Pod, ResourceSample,
-    Review, Run, RunError, RunStatus, Stage, StageTiming, Validation,
+    Review, Run, RunError, RunStatus, Stage, StageTiming, Validation, cost,
 };
 use crate::time::Timestamp;
 
@@ -82,6 +82,15 @@ pub fn apply(run: &mut Run, event: &Event) {
             }
         }
         Payload::Failed(failed) => on_failed(run, failed, key),
+        // Counted once whatever the status: money spent is spent (`run::cost`).
+        Payload::LlmUsage(usage) => {
+            let tokens = cost::Tokens {
+                input: usage.input_tokens.unwrap_or(0),
+                output: usage.output_tokens.unwrap_or(0),
+                cached: usage.cached_tokens.unwrap_or(0),
+            };
+            run.cost.count_usage(cost::Usage { model: &usage.model, tokens, cost_usd: usage.cost_usd }, &key);
+        }
         Payload::ReviewRequested(requested) => on_review_requested(run, requested, key),
         Payload::Canceled(canceled) => {
             if advance(run, RunStatus::Canceled) || run.status == RunStatus::Canceled {
@@ -122,6 +131,8 @@ fn on_started(run: &mut Run, started: &payload::Started, event: &Event, key: Eve
             id: pod_id,
             at: key,
             gpu: started.gpu.clone(),
+            gpu_model: started.gpu_model.clone(),
+            gpu_count: started.gpu_count,
             region: started.region.clone(),
             image: started.image.clone(),
         });

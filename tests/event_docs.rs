@@ -105,6 +105,7 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
         FailureCode::Signal(1),
         FailureCode::Rejected,
         FailureCode::ReviewTimeout,
+        FailureCode::BudgetExceeded,
     ];
     for code in all {
         // Exhaustive: a new code does not compile here until it is listed (and documented).
@@ -119,7 +120,8 @@ fn every_failure_code_is_documented_with_its_retryable_rule() {
             | FailureCode::Exit(_)
             | FailureCode::Signal(_)
             | FailureCode::Rejected
-            | FailureCode::ReviewTimeout => {}
+            | FailureCode::ReviewTimeout
+            | FailureCode::BudgetExceeded => {}
         }
         assert_eq!(codes.iter().filter(|seen| **seen == std::mem::discriminant(&code)).count(), 1, "{code}");
     }

@@ -7,7 +7,8 @@ mod common;
 use proptest::prelude::*;
 use scientist::event::Event;
 use scientist::reduce;
-use scientist::run::{NewRun, Run};
+use scientist::run::prices::Prices;
+use scientist::run::{NewRun, Run, cost};
 use serde_json::{Value, json};
 
 const RUN: &str = "run-prop";
@@ -96,6 +97,22 @@ fn body() -> impl Strategy<Value = (&'static str, Value)> {
                 json!({"reason": reason, "stage": stage, "holds_worker": holds, "options": ["accept", "revise"]})
             )
         ),
+        (
+            prop::sample::select(&["gpt-a", "gpt-b", "unpriced"][..]),
+            0u64..100_000,
+            0u64..10_000,
+            0u64..1000,
+            prop::option::of(0.0..2.0f64),
+            stage.clone(),
+        )
+            .prop_map(|(model, input, output, cached, cost, stage)| {
+                let mut data = json!({"model": model, "input_tokens": input, "output_tokens": output,
+                    "cached_tokens": cached, "stage": stage});
+                if let Some(cost) = cost {
+                    data["cost_usd"] = json!(cost);
+                }
+                ("ai.llm.usage", data)
+            }),
         Just(("ai.run.something_new", json!({"anything": 1}))),
     ]
 }
@@ -140,7 +157,10 @@ fn build(index: usize, ty: &str, mut data: Value, seconds: i64, source: &str, se
 }
 
 fn initial_run() -> Run {
-    let mut run = Run::queued(NewRun { id: RUN.parse().expect("valid id"), ..NewRun::new(json!({})) }, common::at(0));
+    let id: scientist::run::RunId = RUN.parse().expect("valid id");
+    // The same run every time: a fresh trace id is random.
+    let trace_id = scientist::run::TraceId::of_run(&id);
+    let mut run = Run::queued(NewRun { id, trace_id, ..NewRun::new(json!({})) }, common::at(0));
     run.claim("pod-a", common::at(0));
     run
 }
@@ -186,6 +206,31 @@ proptest! {
     }
 
     #[test]
+    fn usage_events_duplicated_and_shuffled_give_the_same_totals(
+        (events, delivered) in stream().prop_flat_map(|events| (Just(events.clone()), redelivered(events)))
+    ) {
+        let prices = Prices::parse(
+            "[llm.gpt-a]\ninput_per_million = 1.0\noutput_per_million = 4.0\ncached_per_million = 0.1\n\
+             [llm.gpt-b]\ninput_per_million = 0.5\noutput_per_million = 2.0\n",
+            "test",
+        ).expect("prices");
+        let (mut in_order, mut as_delivered) = (fold(&events), fold(&delivered));
+        cost::derive(&mut in_order, Some(&prices));
+        cost::derive(&mut as_delivered, Some(&prices));
+        prop_assert_eq!(&in_order.cost, &as_delivered.cost);
+        // Each distinct event is counted once: the totals are those of `events`, which has no repeats.
+        let field = |event: &Event, name: &str| event.data.get(name).and_then(Value::as_u64).unwrap_or(0);
+        let usages: Vec<&Event> = events.iter().filter(|event| event.event_type == "ai.llm.usage").collect();
+        let input: u64 = usages.iter().map(|event| field(event, "input_tokens")).sum();
+        let output: u64 = usages.iter().map(|event| field(event, "output_tokens")).sum();
+        prop_assert_eq!((as_delivered.cost.llm.input_tokens, as_delivered.cost.llm.output_tokens), (input, output));
+        let unpriced_without_cost = usages.iter().any(|event| {
+            event.data.get("model") == Some(&json!("unpriced")) && event.data.get("cost_usd").is_none()
+        });
+        prop_assert_eq!(as_delivered.cost.unpriced.contains(&"unpriced".to_owned()), unpriced_without_cost);
+    }
+
+    #[test]
     fn nothing_moves_backwards(delivered in stream().prop_flat_map(redelivered)) {
         let mut run = initial_run();
         for event in &delivered {
@@ -204,6 +249,7 @@ proptest! {
             }
             prop_assert!(run.last_event_seq >= before.last_event_seq);
             prop_assert!(run.nodes.len() >= before.nodes.len());
+            prop_assert!(run.cost.llm.by_model.len() >= before.cost.llm.by_model.len());
         }
     }
 }

@@ -3,16 +3,24 @@
 //! MongoDB cases need the server `scripts/test` starts; without it they fail, never skip.
 
 mod common;
+#[path = "store_contract/cost.rs"]
+mod cost_cases;
+#[path = "store_contract/eta.rs"]
+mod eta_cases;
 #[path = "store_contract/review.rs"]
 mod review_cases;
 #[path = "common/stores.rs"]
 mod stores;
+#[path = "store_contract/trace.rs"]
+mod trace_cases;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{at, attempt_event, event};
+use common::{at, attempt_event, event, event_from};
+use cost_cases::*;
+use eta_cases::*;
 use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
@@ -23,6 +31,7 @@ use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use scientist::sweep;
 use serde_json::json;
 use stores::TestStore;
+use trace_cases::*;
 
 fn new_run(priority: i64) -> NewRun {
     NewRun { priority, ..NewRun::new(json!({"title": "test idea"})) }
@@ -1008,6 +1017,19 @@ macro_rules! store_suite {
                 };
             }
 
+            /// A case on a handle with prices, a queue budget and alerts (`serve`'s rules).
+            macro_rules! priced_case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        let test_store = TestStore::$backend().await;
+                        let priced = test_store.handle_with(priced_rules()).await;
+                        super::$name(priced.as_ref()).await;
+                        test_store.cleanup().await;
+                    }
+                };
+            }
+
             macro_rules! two_handle_case {
                 ($name:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1061,6 +1083,12 @@ macro_rules! store_suite {
             case!(a_review_between_stages_goes_on_when_approved_and_fails_when_rejected);
             two_handle_case!(concurrent_deciders_decide_once);
             case!(forgotten_reviews_time_out_in_the_sweep);
+            priced_case!(gpu_time_of_two_attempts_is_priced_by_each_model);
+            priced_case!(budgets_alert_then_stop_the_run);
+            case!(a_queues_history_is_the_p50_of_its_completed_runs);
+            case!(a_run_keeps_the_trace_id_it_was_enqueued_with);
+            case!(an_enqueued_event_gives_its_traceparent_or_a_derived_trace_id);
+            case!(a_run_stored_without_a_trace_id_gets_one_at_claim);
         }
     };
 }

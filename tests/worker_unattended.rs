@@ -12,7 +12,7 @@ mod pod;
 #[path = "common/stores.rs"]
 mod stores;
 
-use pod::{Pod, StoreKind, finish, poll_until, run_until, serve, wait_healthy};
+use pod::{Pod, StoreKind, finish, run_until, serve, stage_pid, wait_healthy};
 
 /// The first attempt leaves a mark in the run directory and is killed by SIGTERM (retryable:
 /// `SIGNAL_15`); the second finds the mark and exits 0.
@@ -109,14 +109,7 @@ async fn a_worker_cut_off_for_the_whole_lease_stops_its_child() {
         .spawn()
         .expect("start worker");
     let pid_file = pod.run_dir(&id).await.join("pid");
-    let pid: i32 = poll_until(
-        "the stage's pid",
-        async || std::fs::read_to_string(&pid_file).ok(),
-        |text| text.as_deref().is_some_and(|text| text.trim().parse::<i32>().is_ok()),
-    )
-    .await
-    .and_then(|text| text.trim().parse().ok())
-    .expect("a pid");
+    let pid = stage_pid(&pid_file).await;
     server.start_kill().expect("cut the control plane off");
     server.wait().await.expect("serve exited");
     let (status, stderr) = finish(worker, Duration::from_secs(60)).await;

@@ -1,4 +1,5 @@
-//! Alerts: what a run raises when it fails, is lost, stalls, awaits review or completes.
+//! Alerts: what a run raises when it fails, is lost, stalls, awaits review, completes or
+//! nears its budget.
 //! An alert is raised on the run document itself, in the same write as the change that
 //! calls for it (a [`Mark`]): an outbox on the document, atomic on both stores without a
 //! transaction, so that no alert is lost between the change and its delivery. Delivering
@@ -28,6 +29,8 @@ pub enum Kind {
     Review,
     /// COMPLETED (only with `serve --alert-on-complete`).
     Completed,
+    /// Spent 80% of its budget (`queue::budget`); once per run.
+    Budget,
 }
 
 impl Kind {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Stalled => "stalled",
             Kind::Review => "review",
             Kind::Completed => "completed",
+            Kind::Budget => "budget",
         }
     }
 }

@@ -54,6 +54,10 @@ fn called_for(run: &Run, raise: &Raise) -> Vec<(Kind, String)> {
         RunStatus::Queued if lost_attempt(run).is_some() => called.push((Kind::Lost, format!("lost:{attempt}"))),
         _ => {}
     }
+    // Once per run, whatever the attempt: the budget spans them.
+    if run.cost.is_near_budget() {
+        called.push((Kind::Budget, "budget".to_owned()));
+    }
     // Only a held run stalls; a flag left on an ended run is not news.
     if let (Some(since), RunStatus::Scheduled | RunStatus::Running) = (run.stalled_since, run.status) {
         called.push((Kind::Stalled, format!("stalled:{attempt}:{}", since.millis())));
@@ -96,6 +100,10 @@ fn facts(run: &Run, kind: Kind) -> Facts {
             (None, since.map(|since| format!("no progress since {since}")), current_stage)
         }
         Kind::Completed => (None, None, current_stage),
+        Kind::Budget => {
+            let (spent, budget) = (run.cost.total_usd, run.cost.budget_usd.unwrap_or(0.0));
+            (None, Some(format!("spent ${spent:.2} of its ${budget:.2} budget")), current_stage)
+        }
     };
     Facts {
         status: run.status,

@@ -4,7 +4,9 @@
 pub mod alert;
 pub mod artifacts;
 pub mod completions;
+pub mod costs;
 pub mod emit;
+mod eta;
 mod follow;
 pub mod ideation;
 pub mod runs;

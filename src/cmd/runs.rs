@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 mod pull;
 
+use super::eta::Histories;
 use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
 use super::{OperatorArgs, UsageError, display_now, resolve_run};
@@ -149,6 +150,11 @@ pub struct CreateArgs {
     /// (0: never).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::run::MAX_RETRIES as i64))]
     retry_max: Option<u32>,
+    /// The most it may cost, in dollars (GPU time and LLM calls, all attempts): at 80% an
+    /// alert, at 100% it is stopped with BUDGET_EXCEEDED [default: its queue's
+    /// `serve --queue-budget`, else none].
+    #[arg(long, value_name = "USD", value_parser = budget)]
+    budget_usd: Option<f64>,
     /// Print the run document as JSON instead of its id.
     #[arg(long)]
     json: bool,
@@ -230,7 +236,11 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if args.json {
         super::print(serde_json::to_string_pretty(&runs)?)?;
     } else {
-        super::print(view::runs_table(&runs, display_now()?, Look::for_stdout()))?;
+        let mut histories = Histories::default();
+        histories.load(store.as_ref(), &runs).await;
+        let now = display_now()?;
+        let eta = |run: &Run| run.eta(histories.of(&run.queue), now).filter(|_| run.status == RunStatus::Running);
+        super::print(view::runs_table(&runs, eta, now, Look::for_stdout()))?;
     }
     Ok(())
 }
@@ -270,6 +280,10 @@ async fn get_run(store: &dyn Operator, id: &RunId) -> anyhow::Result<Run> {
 /// The `runs show` text: the run, its artifacts and its latest `log_lines` log lines.
 async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
     let run = get_run(store, id).await?;
+    let mut histories = Histories::default();
+    histories.load(store, std::slice::from_ref(&run)).await;
+    let now = display_now()?;
+    let eta = run.eta(histories.of(&run.queue), now);
     let artifacts = store.artifacts(id).await?;
     let mut logs = Vec::new();
     if log_lines > 0 {
@@ -277,7 +291,7 @@ async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) 
         logs = store.list_recent_events(id, &latest).await?.items;
         logs.reverse();
     }
-    Ok(view::run_detail(&run, &artifacts, &logs, display_now()?, look))
+    Ok(view::run_detail(&run, &artifacts, &logs, eta, now, look))
 }
 
 /// `runs show --follow --json`: the run, every event stored after it (NDJSON), the final run.
@@ -403,6 +417,12 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     follow::outcome(&run)
 }
 
+fn budget(text: &str) -> Result<f64, String> {
+    let usd: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of dollars, such as 50"))?;
+    crate::run::cost::check_budget(usd, "--budget-usd")?;
+    Ok(usd)
+}
+
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let idea = read_idea(&args.idea)?;
     let store = args.source.open().await?;
@@ -411,6 +431,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         priority: args.priority,
         queue: args.queue,
         retry_max: args.retry_max,
+        budget_usd: args.budget_usd,
         ..NewRun::new(idea)
     };
     let run = store.enqueue(new_run).await?;

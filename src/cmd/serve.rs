@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use super::alert::AlertArgs;
 use super::artifacts::ArtifactArgs;
+use super::costs::CostArgs;
 use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError, positive_duration};
 use crate::server::{self, AppState, Downloads, Limits, Tokens};
 use crate::store::Rules;
@@ -38,6 +39,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub costs: CostArgs,
 
     #[command(flatten)]
     pub retention: RetentionArgs,
@@ -105,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let alert_sender = args.alerts.sender(args.listen)?;
     let downloads = downloads(&args)?;
-    let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise.raise() };
+    let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise.raise(), costs: args.costs.costs()? };
     let store = args.store.open_with(rules).await?;
     let sweeper = tokio::spawn(sweep::keep_sweeping(store.clone(), policy, args.sweep_every));
     let pruner = args.retention.spawn(&store);

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::artifacts::ArtifactArgs;
+use super::costs::CostArgs;
 use super::{LeaseArgs, RetentionArgs, RetryArgs, StoreArgs, UsageError};
 use crate::artifacts::ArtifactStore;
 use crate::control::{ControlPlane, HttpControlPlane, StoreControlPlane};
@@ -84,6 +85,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub costs: CostArgs,
 
     /// A worker on a store raises the alerts of the runs it ends, as `serve` does; only
     /// `serve` sends them (a worker on --server leaves both to it).
@@ -209,6 +213,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
+    if args.costs.any() && !args.on_store() {
+        return Err(UsageError(
+            "--prices and --queue-budget apply to a worker on a store; with --server, pass them to `scientist serve`, \
+             whose store prices runs"
+                .into(),
+        )
+        .into());
+    }
     if args.retention.retain_logs.is_some() && !args.on_store() {
         return Err(UsageError(
             "--retain-logs applies to a worker on a store; with --server, pass it to `scientist serve`".into(),
@@ -324,7 +336,7 @@ async fn open_queue(args: &Args) -> anyhow::Result<Arc<dyn ControlPlane>> {
     match &args.server {
         Some(server) if !args.on_store() => Ok(Arc::new(HttpControlPlane::new(server, args.token.clone())?)),
         _ => {
-            let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise() };
+            let rules = Rules { retries: args.retry.policy(), alerts: args.alerts.raise(), costs: args.costs.costs()? };
             let store = args.store.open_with(rules).await?;
             // Detached: it ends with the process.
             drop(args.retention.spawn(&store));

@@ -241,6 +241,7 @@ impl Operator for ApiOperator {
             "queue": new_run.queue,
             "hypothesisId": new_run.hypothesis_id,
             "retryMax": new_run.retry_max,
+            "budgetUsd": new_run.budget_usd,
         });
         self.post_json(&["api", "runs"], body).await
     }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 pub use local::{LocalEndpoint, Reported};
 pub use spool::{DrainError, Drained, SpoolDir};
-pub use stream::{Draft, EventStream, RunStream, StreamConfig, StreamError};
+pub use stream::{Draft, EventStream, RunStream, StreamConfig, StreamError, TraceStamp};
 
 use crate::event::EventId;
 use crate::time::Timestamp;

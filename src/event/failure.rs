@@ -41,6 +41,9 @@ pub enum FailureCode {
     /// Nobody decided a review within `--review-timeout`: running the pipeline again would
     /// only ask again. `REVIEW_TIMEOUT`.
     ReviewTimeout,
+    /// The run spent its budget (`runs create --budget-usd`, `--queue-budget`): another try
+    /// would spend more. `BUDGET_EXCEEDED`.
+    BudgetExceeded,
 }
 
 /// The code a run's error gets when its `ai.run.failed` named none.
@@ -56,7 +59,7 @@ impl FailureCode {
             }
             FailureCode::Signal(_) => true,
             FailureCode::SpawnFailed | FailureCode::Timeout | FailureCode::Oom | FailureCode::Exit(_) => false,
-            FailureCode::Rejected | FailureCode::ReviewTimeout => false,
+            FailureCode::Rejected | FailureCode::ReviewTimeout | FailureCode::BudgetExceeded => false,
         }
     }
 }
@@ -75,6 +78,7 @@ impl fmt::Display for FailureCode {
             FailureCode::Signal(signal) => write!(f, "SIGNAL_{signal}"),
             FailureCode::Rejected => f.write_str("REJECTED"),
             FailureCode::ReviewTimeout => f.write_str("REVIEW_TIMEOUT"),
+            FailureCode::BudgetExceeded => f.write_str("BUDGET_EXCEEDED"),
         }
     }
 }
@@ -99,6 +103,7 @@ impl FromStr for FailureCode {
             "STALLED" => FailureCode::Stalled,
             "REJECTED" => FailureCode::Rejected,
             "REVIEW_TIMEOUT" => FailureCode::ReviewTimeout,
+            "BUDGET_EXCEEDED" => FailureCode::BudgetExceeded,
             _ => {
                 let numbered = match (numbered("EXIT_"), numbered("SIGNAL_")) {
                     (Some(status), _) => FailureCode::Exit(status),
@@ -147,6 +152,7 @@ mod tests {
             (FailureCode::Signal(11), "SIGNAL_11", true),
             (FailureCode::Rejected, "REJECTED", false),
             (FailureCode::ReviewTimeout, "REVIEW_TIMEOUT", false),
+            (FailureCode::BudgetExceeded, "BUDGET_EXCEEDED", false),
         ];
         for (code, text, retryable) in cases {
             assert_eq!(code.to_string(), text);

@@ -72,6 +72,11 @@ impl Event {
         EventKey { time: self.time, id: self.id.0.clone(), source: self.source.clone() }
     }
 
+    /// A string extension attribute (`traceparent`, `tracestate`), when sent as one.
+    pub fn extension_str(&self, name: &str) -> Option<&str> {
+        self.extensions.get(name).and_then(Value::as_str)
+    }
+
     /// The structured-mode JSON form, as stored and as served back.
     pub fn to_json(&self) -> Map<String, Value> {
         self.attributes(true).map(|(name, value)| (name.to_owned(), value.to_value())).collect()

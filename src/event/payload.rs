@@ -37,6 +37,7 @@ pub enum Payload {
     Failed(Failed),
     Canceled(Canceled),
     ReviewRequested(ReviewRequested),
+    LlmUsage(LlmUsage),
     /// An `ai.*` type this version does not know: stored, changes no state.
     Unknown,
 }
@@ -70,6 +71,10 @@ impl Payload {
         match self {
             Payload::StageProgress(progress) => progress.check(),
             Payload::StageStarted(started) => started.check(),
+            Payload::LlmUsage(usage) => usage.check(),
+            Payload::Enqueued(enqueued) => {
+                enqueued.budget_usd.map_or(Ok(()), |budget| crate::run::cost::check_budget(budget, "data.budget_usd"))
+            }
             _ => Ok(()),
         }
     }
@@ -133,6 +138,9 @@ data! {
         /// The run's own limit on automatic retries.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub retry_max: Option<u32>,
+        /// The most the run may cost, in dollars (over its queue's `--queue-budget`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub budget_usd: Option<f64>,
     }
 }
 
@@ -141,8 +149,15 @@ data! {
     pub struct Started {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pod_id: Option<String>,
+        /// What the pod holds, e.g. `2x NVIDIA H100 80GB HBM3` (for people).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub gpu: Option<String>,
+        /// The first device's name as NVML reports it: what GPU prices are matched against.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gpu_model: Option<String>,
+        /// How many GPUs the pod holds (absent: 1 when `gpu` is set).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gpu_count: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub region: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -427,5 +442,44 @@ data! {
         /// instead of completing the run.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub holds_worker: Option<bool>,
+    }
+}
+
+data! {
+    /// One or more LLM calls of the pipeline's agent: what they used and, if the agent knows,
+    /// what they cost (over the price table).
+    pub struct LlmUsage {
+        pub model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub input_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub output_tokens: Option<u64>,
+        /// Input tokens served from the provider's prompt cache (priced apart).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cached_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cost_usd: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stage: Option<Stage>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node_id: Option<String>,
+    }
+}
+
+impl LlmUsage {
+    /// The most one event may say it cost: a typo (a cost in cents, tokens as dollars) must
+    /// not blow every budget at once.
+    pub const MAX_COST_USD: f64 = 1e6;
+
+    fn check(&self) -> Result<(), String> {
+        if self.model.is_empty() {
+            return Err("data.model: empty; send the model's name, such as \"gpt-5-mini\"".into());
+        }
+        match self.cost_usd {
+            Some(cost) if !(0.0..=Self::MAX_COST_USD).contains(&cost) => {
+                Err(format!("data.cost_usd: {cost} is not a cost; send dollars from 0 to a million, such as 0.0042"))
+            }
+            _ => Ok(()),
+        }
     }
 }

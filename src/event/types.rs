@@ -168,6 +168,8 @@ event_types! {
     RunCanceled = "ai.run.canceled" => Canceled(Canceled),
     /// AWAITING_HUMAN until a person approves or rejects the run (`queue::review`).
     RunReviewRequested = "ai.run.review_requested" => ReviewRequested(ReviewRequested),
+    /// What the pipeline's LLM calls used and cost (the run's `cost.llm`).
+    LlmUsage = "ai.llm.usage" => LlmUsage(LlmUsage),
 }
 
 impl fmt::Display for EventType {
@@ -194,8 +196,9 @@ mod tests {
             "metric": {"acc": 0.9}, "summary": "s"});
         let mut data = object(match event_type {
             EventType::RunEnqueued => json!({"priority": 3, "queue": "gpu", "hypothesis_id": "h", "idea": {"a": 1},
-                "retry_max": 2}),
-            EventType::RunStarted => json!({"pod_id": "p", "gpu": "H100", "region": "EU", "image": "img"}),
+                "retry_max": 2, "budget_usd": 50.0}),
+            EventType::RunStarted => json!({"pod_id": "p", "gpu": "2x H100", "gpu_model": "H100",
+                "gpu_count": 2, "region": "EU", "image": "img"}),
             EventType::RunHeartbeat => json!({"gpu_util": 0.5, "gpu_mem": 0.25, "cpu": 150.0, "rss": 1024.0}),
             EventType::RunStageStarted => {
                 json!({"stage": "Stage_1", "desc": "initial implementation", "stall_after_s": 7200.0})
@@ -226,6 +229,8 @@ mod tests {
             EventType::RunCanceled => json!({"by": "alice", "reason": "r"}),
             EventType::RunReviewRequested => json!({"reason": "check the paper", "options": ["accept", "revise"],
                 "stage": "paper", "holds_worker": false}),
+            EventType::LlmUsage => json!({"model": "gpt-5-mini", "input_tokens": 1200, "output_tokens": 300,
+                "cached_tokens": 1000, "cost_usd": 0.0042, "stage": "Stage_1", "node_id": "n1"}),
         });
         data.insert("run_id".into(), json!("r1"));
         data
@@ -241,6 +246,20 @@ mod tests {
         }
         let data = json!({"stage": "Stage_1", "stall_after_s": 7200.0}).as_object().cloned().expect("an object");
         assert!(Payload::parse("ai.run.stage_started", &data).is_ok());
+    }
+
+    #[test]
+    fn a_usage_names_its_model_and_costs_no_less_than_nothing() {
+        for (data, field) in [
+            (json!({"model": "", "input_tokens": 1}), "data.model"),
+            (json!({"model": "m", "cost_usd": -0.01}), "data.cost_usd"),
+            (json!({"model": "m", "cost_usd": 2e6}), "data.cost_usd"),
+            (json!({"input_tokens": 1}), "model"),
+        ] {
+            let err = Payload::parse("ai.llm.usage", &object(data)).expect_err("refused");
+            assert!(err.contains(field), "{err}");
+        }
+        assert!(Payload::parse("ai.llm.usage", &object(json!({"model": "m", "cost_usd": 0.0}))).is_ok());
     }
 
     #[test]

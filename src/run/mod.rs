@@ -8,9 +8,13 @@
 //! `transitions` (creation, claim, reset, and facts derived from a run); the `Run` document
 //! itself is here.
 
+pub mod cost;
+mod eta;
 mod id;
 mod parts;
+pub mod prices;
 mod status;
+mod trace;
 mod transitions;
 
 use serde::{Deserialize, Serialize};
@@ -18,12 +22,15 @@ use serde_json::Value;
 
 use crate::time::Timestamp;
 
+pub use cost::Cost;
+pub use eta::{Eta, HISTORY_RUNS, History, nearest_rank};
 pub use id::RunId;
 pub use parts::{
     Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
     Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};
+pub use trace::{InvalidTraceId, SpanId, TraceId, traceparent};
 
 /// One experiment run. Serialized as-is into MongoDB's `runs` collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,6 +40,14 @@ pub struct Run {
     pub id: RunId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypothesis_id: Option<String>,
+    /// The W3C trace the run's spans and events belong to (`run::trace`): set at enqueue,
+    /// or at the claim of a run stored before trace ids existed.
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
+    /// The W3C `tracestate` its creator sent with its `traceparent`, passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_state: Option<String>,
     pub status: RunStatus,
     /// Defaults keep runs created directly by the web frontend (no priority, no queue) readable.
     #[schema(required = true)]
@@ -111,6 +126,13 @@ pub struct Run {
     /// This run's own limit on automatic retries, over the store's (`runs create --retry-max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max: Option<u32>,
+    /// The most this run may cost, in dollars (`runs create --budget-usd`), over its queue's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// What the run has cost so far, all attempts together (`run::cost`).
+    #[schema(required = true)]
+    #[serde(default)]
+    pub cost: Cost,
     /// A run waiting out a retry's backoff: no worker claims it before this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
@@ -160,6 +182,11 @@ pub struct NewRun {
     pub idea: Value,
     /// Its own limit on automatic retries, over the store's.
     pub retry_max: Option<u32>,
+    /// The most it may cost, in dollars, over its queue's budget.
+    pub budget_usd: Option<f64>,
+    /// Its trace: the creator's (from its `traceparent`), else a fresh one.
+    pub trace_id: TraceId,
+    pub trace_state: Option<String>,
 }
 
 pub const DEFAULT_QUEUE: &str = "default";
@@ -180,6 +207,9 @@ impl NewRun {
             queue: DEFAULT_QUEUE.into(),
             idea,
             retry_max: None,
+            budget_usd: None,
+            trace_id: TraceId::generate(),
+            trace_state: None,
         }
     }
 }

@@ -100,6 +100,11 @@ pub struct Pod {
     pub at: EventKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
+    /// The first device's NVML name: what its GPU time is priced by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +249,11 @@ pub struct Attempt {
     pub ended_at: Timestamp,
     /// `COMPLETED`, `FAILED`, `CANCELED`, or `LOST` (its worker fell silent; requeued).
     pub outcome: String,
+    /// The GPU model its pod held (what its GPU time was priced by), and how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
 }

@@ -1,7 +1,7 @@
 //! How a run document changes outside the reducer (creation, claim, word from its worker,
 //! reset) and the facts derived from it.
 
-use super::{Attempt, NewRun, Run, RunError, RunStatus};
+use super::{Attempt, NewRun, Run, RunError, RunStatus, TraceId};
 
 /// The newest attempts a run document keeps (the older ones stay in its events).
 pub const MAX_ATTEMPTS_KEPT: usize = 50;
@@ -17,6 +17,8 @@ impl Run {
         Run {
             id: new_run.id,
             hypothesis_id: new_run.hypothesis_id.map(redact::redact_string),
+            trace_id: Some(new_run.trace_id),
+            trace_state: new_run.trace_state.map(redact::redact_string),
             status: RunStatus::Queued,
             priority: new_run.priority,
             queue: redact::redact_string(new_run.queue),
@@ -45,6 +47,8 @@ impl Run {
             attempt: 0,
             retry_count: 0,
             retry_max: new_run.retry_max.map(|max| max.min(super::MAX_RETRIES)),
+            budget_usd: new_run.budget_usd,
+            cost: Default::default(),
             not_before: None,
             retry_stopped: None,
             attempts: Vec::new(),
@@ -71,6 +75,8 @@ impl Run {
         self.progress_at = Some(now);
         self.stalled_since = None;
         self.not_before = None;
+        // A run stored before trace ids existed gets the one derived from its id.
+        self.trace_id.get_or_insert_with(|| TraceId::of_run(&self.id));
         self.heard(now);
     }
 
@@ -90,7 +96,7 @@ impl Run {
     /// CANCELED run, the requeue of a lost one, an automatic retry); its old attempt is fenced
     /// out and kept in `attempts`. Progress, timing and nodes of the old attempt are cleared:
     /// the new attempt starts over. What spans attempts (their history, the run's retry limit,
-    /// its alerts) is kept.
+    /// its alerts, its cost) is kept.
     pub fn reset(&mut self, now: Timestamp) {
         self.end_attempt(now);
         let kept = Run::queued(
@@ -101,6 +107,9 @@ impl Run {
                 queue: std::mem::take(&mut self.queue),
                 idea: std::mem::take(&mut self.idea),
                 retry_max: self.retry_max,
+                budget_usd: self.budget_usd,
+                trace_id: self.trace_id_or_derived(),
+                trace_state: self.trace_state.take(),
             },
             self.created_at,
         );
@@ -109,6 +118,7 @@ impl Run {
             retry_count: self.retry_count + 1,
             attempts: std::mem::take(&mut self.attempts),
             alerts: std::mem::take(&mut self.alerts),
+            cost: std::mem::take(&mut self.cost),
             rev: self.rev,
             last_event_seq: self.last_event_seq,
             updated_at: now,
@@ -121,6 +131,11 @@ impl Run {
     pub fn end_attempt(&mut self, now: Timestamp) {
         if self.attempt == 0 || self.attempts.last().is_some_and(|last| last.attempt == self.attempt) {
             return;
+        }
+        let gpus = super::cost::pod_gpus(self);
+        if let Some((model, count)) = &gpus {
+            let seconds = super::cost::attempt_seconds(self);
+            self.cost.add_attempt(model, *count, seconds);
         }
         let outcome = match self.status {
             RunStatus::Completed | RunStatus::Failed | RunStatus::Canceled => self.status.as_str(),
@@ -135,6 +150,8 @@ impl Run {
             // The store's clock, as for `heardAt`: thrashing is judged by it.
             ended_at: now,
             outcome: outcome.to_owned(),
+            gpu_count: gpus.as_ref().map(|(_, count)| *count),
+            gpu: gpus.map(|(model, _)| model),
             // The traceback stays in the attempt's events: a history of many must not grow the
             // run document by a traceback each.
             error: self.error.clone().map(|error| RunError { traceback: None, ..error }),

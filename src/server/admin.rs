@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::error::extract::{Json, Path};
 use crate::ideation::NewIdeation;
 use crate::queue::review::Decision;
-use crate::run::{DEFAULT_QUEUE, MAX_RETRIES, NewRun, ReviewDecision, Run, RunId};
+use crate::run::{DEFAULT_QUEUE, MAX_RETRIES, NewRun, ReviewDecision, Run, RunId, TraceId};
 use crate::time::Timestamp;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -30,6 +30,8 @@ pub(super) struct EnqueueRequest {
     hypothesis_id: Option<String>,
     /// Automatic retries of a retryable failure, over the server's `--retry-max`.
     retry_max: Option<u32>,
+    /// The most the run may cost, in dollars, over its queue's `--queue-budget`.
+    budget_usd: Option<f64>,
 }
 
 fn default_queue() -> String {
@@ -39,12 +41,16 @@ fn default_queue() -> String {
 /// 201 with the new QUEUED run.
 pub(super) async fn enqueue(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Json(request): Json<EnqueueRequest>,
 ) -> Result<(StatusCode, axum::Json<Run>), ApiError> {
     if let Some(max) = request.retry_max.filter(|max| *max > MAX_RETRIES) {
         return Err(ApiError::BadRequest(format!(
             "retryMax {max} is more than {MAX_RETRIES}: send at most {MAX_RETRIES}"
         )));
+    }
+    if let Some(budget) = request.budget_usd {
+        crate::run::cost::check_budget(budget, "budgetUsd").map_err(ApiError::BadRequest)?;
     }
     let new_run = NewRun {
         id: request.id.unwrap_or_else(RunId::generate),
@@ -53,6 +59,14 @@ pub(super) async fn enqueue(
         queue: request.queue,
         idea: request.idea,
         retry_max: request.retry_max,
+        budget_usd: request.budget_usd,
+        ..NewRun::new(Value::Null)
+    };
+    // A caller inside a trace (its `traceparent` header) gets a run in that trace.
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let new_run = match header("traceparent").and_then(TraceId::from_traceparent) {
+        Some(trace_id) => NewRun { trace_id, trace_state: header("tracestate").map(str::to_owned), ..new_run },
+        None => new_run,
     };
     let run = state.store.enqueue(new_run, Timestamp::now()).await?;
     Ok((StatusCode::CREATED, axum::Json(run)))

@@ -16,10 +16,10 @@ use serde_json::Value;
 
 use crate::event::{Event, LogLevel, Payload};
 use crate::ideation::{IdeationRequest, IdeationStatus, NewIdeation};
-use crate::queue::{fence, lease, retry, stall};
+use crate::queue::{budget, fence, lease, retry, stall};
 use crate::redact;
 use crate::reduce;
-use crate::run::{EventKey, NewRun, Run, RunId, RunStatus};
+use crate::run::{EventKey, NewRun, Run, RunId, RunStatus, TraceId};
 use crate::time::Timestamp;
 
 pub use mongo::MongoStore;
@@ -310,16 +310,21 @@ impl Effect {
 }
 
 /// The policies a store applies in its own writes, so that they hold whoever writes: the
-/// retries of runs that fail retryably, and which alerts runs raise. Set by the process that
-/// opens the store (`serve`, a worker on a store); a store opened by other commands has none.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// retries of runs that fail retryably, which alerts runs raise, what runs cost and may cost.
+/// Set by the process that opens the store (`serve`, a worker on a store); a store opened by
+/// other commands has none (its writes keep the dollars the last priced write derived).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rules {
     pub retries: retry::Policy,
     pub alerts: crate::alert::Raise,
+    pub costs: std::sync::Arc<budget::Costs>,
 }
 
-/// What every run write does last, on both backends: raises the alerts the run now calls for.
+/// What every run write does last, on both backends: derives the run's cost, stops a run
+/// over its budget, raises the alerts the run now calls for.
 pub(crate) fn before_save(run: &mut Run, rules: &Rules, now: Timestamp) {
+    crate::run::cost::derive(run, rules.costs.prices.as_ref());
+    budget::enforce(run, &rules.costs, now);
     crate::alert::raise(run, &rules.alerts, now);
 }
 
@@ -374,12 +379,20 @@ pub(crate) fn apply_new_event(slot: &mut Option<Run>, event: &Event, now: Timest
         (None, Payload::Enqueued(enqueued)) => {
             let Some(id) = event.run_id.clone() else { return Effect::Orphan };
             let new_run = NewRun {
-                id,
+                id: id.clone(),
                 hypothesis_id: enqueued.hypothesis_id.clone(),
                 priority: enqueued.priority.unwrap_or(0),
                 queue: enqueued.queue.clone().unwrap_or_else(|| crate::run::DEFAULT_QUEUE.into()),
                 idea: enqueued.idea.clone().unwrap_or(Value::Null),
                 retry_max: enqueued.retry_max,
+                budget_usd: enqueued.budget_usd,
+                // The creator's trace when it sent one; else derived from the event, so that
+                // every store (and every replay) makes the same run of it.
+                trace_id: event
+                    .extension_str("traceparent")
+                    .and_then(TraceId::from_traceparent)
+                    .unwrap_or_else(|| TraceId::of_run(&id)),
+                trace_state: event.extension_str("tracestate").map(str::to_owned),
             };
             *slot = Some(Run::queued(new_run, event.time));
             Effect::Created

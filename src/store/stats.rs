@@ -184,11 +184,7 @@ pub(crate) fn throughput_since(now: Timestamp) -> Timestamp {
     now.plus_seconds(-THROUGHPUT_WINDOW_H * 3600)
 }
 
-/// The 0-based position of the nearest-rank `percentile` among `count` sorted values
-/// (`count` > 0): the smallest value with at least `percentile`% of values at or below it.
-pub(crate) fn nearest_rank(count: u64, percentile: u64) -> u64 {
-    (count * percentile).div_ceil(100).clamp(1, count) - 1
-}
+pub(crate) use crate::run::nearest_rank;
 
 impl StageDurations {
     /// From one stage's durations, sorted ascending; `None` when there are none.

@@ -46,6 +46,8 @@ impl PodFacts {
         Started {
             pod_id: Some(pod_id.to_owned()),
             gpu: self.facts.summary(),
+            gpu_model: self.facts.names.first().cloned(),
+            gpu_count: u32::try_from(self.facts.names.len()).ok().filter(|count| *count > 0),
             region: described(["SCIENTIST_REGION", "RUNPOD_DC_ID"]),
             image: described(["SCIENTIST_IMAGE", "RUNPOD_POD_IMAGE"]),
             extra,

@@ -18,7 +18,7 @@ use super::relay::{Relayed, relay};
 use super::review::{self, AfterStep};
 use super::{Context, Directive, heartbeat, rundir};
 use crate::capture::queue;
-use crate::emit::{Draft, Reported, RunStream};
+use crate::emit::{Draft, Reported, RunStream, TraceStamp};
 use crate::event::FailureCode;
 use crate::event::payload::{Canceled, Completed, Failed, ReviewRequested, StageCompleted, StageStarted};
 use crate::monitor::Monitor;
@@ -72,7 +72,10 @@ pub(super) async fn supervise(context: &Context<'_>, run: Run) -> Verdict {
     let run_id = run.id.clone();
     let started = Instant::now();
     let stream = match context.stream.begin(&run_id, run.attempt, run.last_event_seq).await {
-        Ok(stream) => stream,
+        // Every event of the attempt is in its span, but those that name their own.
+        Ok(stream) => {
+            stream.traced(TraceStamp { traceparent: run.traceparent(None), tracestate: run.trace_state.clone() })
+        }
         Err(err) => {
             tracing::error!(run = %run_id, error = %err, "cannot report the run");
             return Verdict::Stopped(StopReason::Shutdown);
@@ -247,6 +250,11 @@ async fn report_failure(stream: &RunStream, verdict: &Verdict, stage: Option<Str
             return;
         }
         Verdict::Failed(failure) => failed_event(failure, stage),
+        // The store asks a run over its budget to stop; the stop is its failure (`queue::budget`).
+        Verdict::Stopped(StopReason::Canceled { by, reason }) if by == crate::queue::budget::BUDGET_BY => {
+            let message = reason.clone().unwrap_or_else(|| "the run spent its budget".into());
+            Draft::of(&Failed { stage, ..Failed::of(FailureCode::BudgetExceeded, message) })
+        }
         Verdict::Stopped(StopReason::Canceled { by, reason }) => {
             Draft::of(&Canceled { by: Some(by.clone()), reason: reason.clone(), extra: Map::new() })
         }
@@ -305,7 +313,8 @@ impl Steps<'_> {
                 stall_after_s: step.stall_after.map(|after| after.as_secs_f64()),
                 extra: Map::new(),
             };
-            queue(self.stream, Draft::of(&started)).await;
+            let span = self.run.traceparent(Some(stage.as_str()));
+            queue(self.stream, self.stream.in_span(Draft::of(&started), &span)).await;
         }
         let (mut child, relays) = match self.spawn(step) {
             Ok(spawned) => spawned,
@@ -329,7 +338,8 @@ impl Steps<'_> {
         if let Some(stage) = step.stage {
             let completed =
                 StageCompleted { stage, duration_s: Some(started.elapsed().as_secs_f64()), extra: Map::new() };
-            queue(self.stream, Draft::of(&completed)).await;
+            let span = self.run.traceparent(Some(stage.as_str()));
+            queue(self.stream, self.stream.in_span(Draft::of(&completed), &span)).await;
         }
         StepEnd::Done
     }
@@ -435,6 +445,11 @@ impl Steps<'_> {
         set("SCIENTIST_CONFIG_DIR", self.context.config.pipeline.config_dir.display().to_string());
         if let Some(stage) = step.stage {
             set("SCIENTIST_STAGE", stage.as_str().to_owned());
+        }
+        // The OpenTelemetry convention: an SDK in the stage starts its spans under ours.
+        set("TRACEPARENT", self.run.traceparent(step.stage.map(|stage| stage.as_str())));
+        if let Some(tracestate) = &self.run.trace_state {
+            set("TRACESTATE", tracestate.clone());
         }
         env
     }

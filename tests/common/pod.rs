@@ -236,6 +236,18 @@ pub async fn poll_until<T>(what: &str, read: impl AsyncFn() -> T, check: impl Fn
     .await
 }
 
+/// The pid a stage wrote to `pid_file` (`echo $$ > "$SCIENTIST_RUN_DIR/pid"`), once written.
+pub async fn stage_pid(pid_file: &Path) -> i32 {
+    poll_until(
+        "the stage's pid",
+        async || std::fs::read_to_string(pid_file).ok(),
+        |text| text.as_deref().is_some_and(|text| text.trim().parse::<i32>().is_ok()),
+    )
+    .await
+    .and_then(|text| text.trim().parse().ok())
+    .expect("a pid")
+}
+
 /// The run once `check` holds for it, polled from the store.
 pub async fn run_until(pod: &Pod, id: &RunId, what: &str, check: impl Fn(&Run) -> bool) -> Run {
     poll_until(what, async || pod.run(id).await, check).await

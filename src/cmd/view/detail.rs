@@ -1,8 +1,8 @@
 //! `runs show`: one run in sections (summary, stages with their bars, the error, artifacts,
 //! recent logs), drawn with the [`Look`] of the rest of the views.
 
-use super::{Ansi, Look, bytes, duration, log_line, moment, percent, render, scalar, status_ansi};
-use crate::run::{Run, RunStatus, Stage};
+use super::{Ansi, Look, bytes, duration, log_line, moment, percent, remaining, render, scalar, status_ansi};
+use crate::run::{Eta, Run, RunStatus, Stage};
 use crate::store::{Artifact, StoredEvent};
 use crate::time::Timestamp;
 
@@ -11,18 +11,22 @@ pub(crate) fn run_detail(
     run: &Run,
     artifacts: &[Artifact],
     logs: &[StoredEvent],
+    eta: Option<Eta>,
     now: Timestamp,
     look: Look,
 ) -> String {
     let mut sections = vec![summary(run, now, look)];
     if !run.stage_timing.is_empty() || run.current_stage.is_some() {
-        sections.push(stages(run, look));
+        sections.push(stages(run, eta, look));
     }
     if let Some(review) = review_panel(run, now, look) {
         sections.push(review);
     }
     if let Some(error) = error_panel(run, look) {
         sections.push(error);
+    }
+    if let Some(cost) = super::cost::cost_panel(run, look) {
+        sections.push(cost);
     }
     if !run.attempts.is_empty() {
         sections.push(attempts_table(run, now, look));
@@ -135,7 +139,7 @@ fn reason(reason: &Option<String>) -> String {
 /// Width of a stage's progress bar, in characters.
 const BAR_WIDTH: usize = 20;
 
-fn stages(run: &Run, look: Look) -> String {
+fn stages(run: &Run, eta: Option<Eta>, look: Look) -> String {
     let current = run.current_stage.as_ref();
     let mut names: Vec<String> = run.stage_timing.keys().cloned().collect();
     if let Some(current) = current.filter(|current| !run.stage_timing.contains_key(current.name.as_str())) {
@@ -151,7 +155,7 @@ fn stages(run: &Run, look: Look) -> String {
         let description = Stage::try_from(name.clone()).map_or("", |stage| stage.description());
         let elapsed = timing.and_then(|timing| timing.elapsed_s);
         let took = timing.filter(|_| completed).and_then(|timing| timing.duration_s.or(timing.elapsed_s));
-        let eta = live.filter(|_| !completed && !run.status.is_terminal()).and_then(|current| current.eta_seconds);
+        let eta = live.filter(|_| !completed).and(eta).map(|eta| remaining(eta.stage_s, eta.estimated));
         table.add_row(vec![
             look.line(&name).into_owned(),
             description.to_owned(),
@@ -160,7 +164,7 @@ fn stages(run: &Run, look: Look) -> String {
                 .map_or("-".into(), |current| format!("{}/{}", current.iteration, current.max_iterations)),
             elapsed.map_or("-".into(), duration),
             took.map_or("-".into(), duration),
-            eta.map_or("-".into(), duration),
+            eta.unwrap_or_else(|| "-".into()),
         ]);
     }
     format!("{}\n{}", look.title("Stages"), render(&mut table))

@@ -6,6 +6,7 @@
 //! [`Look::line`] or [`Look::lines`] before it is drawn: anyone who can send an event must
 //! not be able to drive an operator's terminal (see [`printable`]).
 
+mod cost;
 mod detail;
 
 use std::borrow::Cow;
@@ -15,7 +16,7 @@ use serde_json::Value;
 
 use crate::event::{LogLevel, Payload};
 use crate::ideation::{IdeationRequest, IdeationStatus};
-use crate::run::{Run, RunStatus};
+use crate::run::{Eta, Run, RunStatus};
 use crate::store::StoredEvent;
 use crate::store::stats::Stats;
 use crate::time::Timestamp;
@@ -159,11 +160,12 @@ fn render(table: &mut Table) -> String {
 }
 
 /// `runs list`: one row per run, newest first as given.
-pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
+pub(crate) fn runs_table(runs: &[Run], eta: impl Fn(&Run) -> Option<Eta>, now: Timestamp, look: Look) -> String {
     if runs.is_empty() {
         return "no runs match (`scientist runs create --idea FILE` enqueues one)".into();
     }
-    let mut table = look.table(["ID", "STATUS", "STAGE", "PROGRESS", "GOOD/BUGGY", "POD", "AGE", "DURATION"]);
+    let mut table =
+        look.table(["ID", "STATUS", "STAGE", "PROGRESS", "GOOD/BUGGY", "POD", "AGE", "DURATION", "COST", "ETA"]);
     for run in runs {
         let current = run.current_stage.as_ref();
         table.add_row(vec![
@@ -175,6 +177,8 @@ pub(crate) fn runs_table(runs: &[Run], now: Timestamp, look: Look) -> String {
             look.cell(run.pod.as_ref().map_or("-", |pod| pod.id.as_str())),
             Cell::new(duration(now.seconds_since(run.created_at))),
             Cell::new(run.elapsed_s(now).map_or("-".into(), duration)),
+            Cell::new(cost::cost_cell(run)),
+            Cell::new(eta(run).map_or("-".into(), |eta| remaining(eta.run_s, eta.estimated))),
         ]);
     }
     render(&mut table)
@@ -382,6 +386,11 @@ fn moment(at: Timestamp, now: Timestamp) -> String {
 }
 
 /// A short human duration: `45s`, `6m40s`, `2h05m`, `3d04h`.
+/// A remaining time: `~15m00s` when estimated, as `duration` when the pipeline said so.
+pub(crate) fn remaining(seconds: f64, estimated: bool) -> String {
+    if estimated { format!("~{}", duration(seconds)) } else { duration(seconds) }
+}
+
 pub(crate) fn duration(seconds: f64) -> String {
     let seconds = seconds.max(0.0).round() as u64;
     match seconds {
@@ -427,9 +436,13 @@ mod tests {
     #[test]
     fn colour_only_when_asked() {
         let run = crate::run::Run::queued(crate::run::NewRun::new(Value::Null), Timestamp::EPOCH);
-        let plain =
-            runs_table(std::slice::from_ref(&run), Timestamp::EPOCH, Look { color: false, width: None, raw: false });
-        let coloured = runs_table(&[run], Timestamp::EPOCH, Look { color: true, width: None, raw: false });
+        let plain = runs_table(
+            std::slice::from_ref(&run),
+            |_| None,
+            Timestamp::EPOCH,
+            Look { color: false, width: None, raw: false },
+        );
+        let coloured = runs_table(&[run], |_| None, Timestamp::EPOCH, Look { color: true, width: None, raw: false });
         assert!(!plain.contains('\x1b'), "{plain:?}");
         assert!(coloured.contains("\x1b[") && coloured.contains("QUEUED"), "{coloured:?}");
     }

@@ -57,6 +57,10 @@ struct LogEnvelope<'a> {
     id: &'a str,
     source: &'a str,
     datacontenttype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
 }
 
 /// The names are those of `payload::Log` and `run_id`: none is secret-like, so
@@ -88,6 +92,8 @@ fn encode_log(line: &LogLine, run_id: &RunId, seq: u64, attempt: u32, source: &s
         id: &EventId::generate().0,
         source,
         datacontenttype: "application/json",
+        traceparent: line.trace.as_ref().map(|trace| trace.traceparent.as_str()),
+        tracestate: line.trace.as_ref().and_then(|trace| trace.tracestate.as_deref()),
     };
     // Room for the envelope, so that the line is not grown while written.
     let mut encoded = Vec::with_capacity(message.len() + source.len() + 2 * run_id.as_str().len() + 256);
@@ -100,6 +106,9 @@ fn encode_log(line: &LogLine, run_id: &RunId, seq: u64, attempt: u32, source: &s
 mod tests {
     use proptest::prelude::*;
 
+    use std::sync::Arc;
+
+    use super::super::TraceStamp;
     use super::*;
     use crate::event::payload;
     use crate::time::Timestamp;
@@ -117,6 +126,12 @@ mod tests {
         object.insert("type".into(), Value::from(EventType::RunLog.name()));
         object.insert("time".into(), Value::from(line.time.to_string()));
         object.insert("data".into(), Value::Object(crate::event::EventData::to_data(&data)));
+        if let Some(trace) = &line.trace {
+            object.insert("traceparent".into(), Value::from(trace.traceparent.as_str()));
+            if let Some(tracestate) = &trace.tracestate {
+                object.insert("tracestate".into(), Value::from(tracestate.as_str()));
+            }
+        }
         with_id(&Value::Object(stamped(object, run_id, 7, 2, "pod://test")).to_string(), id)
     }
 
@@ -155,9 +170,14 @@ mod tests {
             source in prop_oneof![Just("stdout".to_owned()), Just("stderr".to_owned()), "[a-z_./]{1,20}"],
             level in level(),
             millis in 0i64..4_000_000_000_000,
+            trace in proptest::option::of(proptest::option::of("[a-z]{1,8}=[a-z0-9]{1,8}")),
         ) {
             let run_id: RunId = "01JD8XQ2M3N4P5Q6R7S8T9V0W1".parse().expect("a run id");
-            let line = LogLine { time: Timestamp::from_millis(millis), message, level, source };
+            let trace = trace.map(|tracestate| Arc::new(TraceStamp {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                tracestate,
+            }));
+            let line = LogLine { time: Timestamp::from_millis(millis), message, level, source, trace };
             let direct = encode_log(&line, &run_id, 7, 2, "pod://test");
             let id = "01JD8XQ2M3N4P5Q6R7S8T9V0AA";
             prop_assert_eq!(with_id(&direct, id), through_object(&line, &run_id, id));
@@ -188,6 +208,7 @@ mod tests {
             message: "export OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwxyz now".into(),
             level: LogLevel::Info,
             source: "stdout".into(),
+            trace: None,
         };
         let encoded = encode_log(&line, &run_id, 1, 1, "pod://test");
         assert!(!encoded.contains("sk-abc"), "{encoded}");

@@ -115,6 +115,15 @@ struct LogLine {
     message: String,
     level: LogLevel,
     source: String,
+    trace: Option<Arc<TraceStamp>>,
+}
+
+/// The W3C Trace Context a run's events carry as CloudEvents extensions (the
+/// distributed-tracing extension: `traceparent`, and `tracestate` when set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceStamp {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 impl Draft {
@@ -136,12 +145,26 @@ impl Draft {
     /// The `ai.run.log` event of one output line from `source` (`stdout`, a log file's
     /// name), timed now: the same event as `Draft::of` a `payload::Log` with no extra fields.
     pub fn log(message: String, level: LogLevel, source: String) -> Draft {
-        Draft { body: Body::Log(LogLine { time: Timestamp::now(), message, level, source }) }
+        Draft { body: Body::Log(LogLine { time: Timestamp::now(), message, level, source, trace: None }) }
     }
 
     /// An event given whole (structured mode JSON); `seq` and `attempt` are replaced.
     pub fn from_object(object: Map<String, Value>) -> Draft {
         Draft { body: Body::Object(object) }
+    }
+
+    /// Stamps `traceparent` and `tracestate` unless the event names its own `traceparent`
+    /// (a pipeline's event in its own span keeps it, with its own `tracestate` or none).
+    fn traced(mut self, traceparent: &str, tracestate: Option<&str>) -> Draft {
+        if let Body::Object(object) = &mut self.body
+            && !object.contains_key("traceparent")
+        {
+            object.insert("traceparent".into(), Value::from(traceparent));
+            if let Some(tracestate) = tracestate {
+                object.insert("tracestate".into(), Value::from(tracestate));
+            }
+        }
+        self
     }
 
     pub fn event_type(&self) -> &str {
@@ -229,6 +252,7 @@ pub struct RunStream {
     hurry: Arc<Hurry>,
     run_id: RunId,
     attempt: u32,
+    trace: Option<Arc<TraceStamp>>,
 }
 
 impl EventStream {
@@ -268,7 +292,7 @@ impl EventStream {
     /// after `last_seq` (the run's `lastEventSeq`), and after any this stream already used.
     pub async fn begin(&self, run_id: &RunId, attempt: u32, last_seq: u64) -> Result<RunStream, StreamError> {
         self.tx.send(Command::Begin { run_id: run_id.clone(), last_seq }).await.map_err(|_| StreamError::Closed)?;
-        Ok(RunStream { tx: self.tx.clone(), hurry: self.hurry.clone(), run_id: run_id.clone(), attempt })
+        Ok(RunStream { tx: self.tx.clone(), hurry: self.hurry.clone(), run_id: run_id.clone(), attempt, trace: None })
     }
 
     pub fn stats(&self) -> &Arc<StreamStats> {
@@ -302,12 +326,34 @@ impl RunStream {
         &self.run_id
     }
 
+    /// The same stream, stamping `trace` on every event that names no span of its own.
+    pub fn traced(self, trace: TraceStamp) -> RunStream {
+        RunStream { trace: Some(Arc::new(trace)), ..self }
+    }
+
+    /// The event as this stream sends it: in the stream's trace.
+    fn stamp(&self, mut draft: Draft) -> Draft {
+        let Some(trace) = &self.trace else { return draft };
+        if let Body::Log(line) = &mut draft.body {
+            line.trace = Some(trace.clone());
+            return draft;
+        }
+        draft.traced(&trace.traceparent, trace.tracestate.as_deref())
+    }
+
+    /// `draft` in the span `traceparent` names (a stage's, say) rather than the stream's, with
+    /// the stream's `tracestate`.
+    pub fn in_span(&self, draft: Draft, traceparent: &str) -> Draft {
+        draft.traced(traceparent, self.trace.as_ref().and_then(|trace| trace.tracestate.as_deref()))
+    }
+
     /// Ok when `draft`, as this stream will send it, is within the event size limit (with
     /// the widest `seq`); else the refusal the control plane would give. An endpoint checks
     /// this before it accepts an event, so it never acknowledges one the next hop refuses.
     pub fn check_size(&self, draft: &Draft) -> Result<(), String> {
         // Events given whole carry their own `source`; the stream's only fills a missing one.
-        limits::check_event(line::encoded_len(draft, &self.run_id, u64::MAX, self.attempt, ""))
+        let draft = self.stamp(draft.clone());
+        limits::check_event(line::encoded_len(&draft, &self.run_id, u64::MAX, self.attempt, ""))
     }
 
     pub fn attempt(&self) -> u32 {
@@ -316,7 +362,12 @@ impl RunStream {
 
     /// Queues an event, waiting only for room in the queue (never for the disk or network).
     pub async fn emit(&self, draft: Draft) -> Result<(), StreamError> {
-        let command = Command::Event { run_id: self.run_id.clone(), attempt: self.attempt, draft, synced: None };
+        let command = Command::Event {
+            run_id: self.run_id.clone(),
+            attempt: self.attempt,
+            draft: self.stamp(draft),
+            synced: None,
+        };
         self.tx.send(command).await.map_err(|_| StreamError::Closed)
     }
 
@@ -324,8 +375,12 @@ impl RunStream {
     /// delivered even if the worker crashes.
     pub async fn emit_synced(&self, draft: Draft) -> Result<(), StreamError> {
         let (synced, written) = oneshot::channel();
-        let command =
-            Command::Event { run_id: self.run_id.clone(), attempt: self.attempt, draft, synced: Some(synced) };
+        let command = Command::Event {
+            run_id: self.run_id.clone(),
+            attempt: self.attempt,
+            draft: self.stamp(draft),
+            synced: Some(synced),
+        };
         self.tx.send(command).await.map_err(|_| StreamError::Closed)?;
         self.hurry.ring();
         match written.await {
@@ -340,8 +395,12 @@ impl RunStream {
         let mut waiting = Vec::with_capacity(drafts.len());
         for draft in drafts {
             let (synced, written) = oneshot::channel();
-            let command =
-                Command::Event { run_id: self.run_id.clone(), attempt: self.attempt, draft, synced: Some(synced) };
+            let command = Command::Event {
+                run_id: self.run_id.clone(),
+                attempt: self.attempt,
+                draft: self.stamp(draft),
+                synced: Some(synced),
+            };
             self.tx.send(command).await.map_err(|_| StreamError::Closed)?;
             waiting.push(written);
         }
@@ -358,7 +417,12 @@ impl RunStream {
 
     /// Queues an event if there is room now; gives it back when the queue is full.
     pub fn try_emit(&self, draft: Draft) -> Result<(), Draft> {
-        let command = Command::Event { run_id: self.run_id.clone(), attempt: self.attempt, draft, synced: None };
+        let command = Command::Event {
+            run_id: self.run_id.clone(),
+            attempt: self.attempt,
+            draft: self.stamp(draft),
+            synced: None,
+        };
         self.tx.try_send(command).map_err(|err| match err.into_inner() {
             Command::Event { draft, .. } => draft,
             _ => unreachable!("try_send gives back the command it was given"),
@@ -380,8 +444,12 @@ pub struct RunPermit<'a> {
 
 impl RunPermit<'_> {
     pub fn emit(self, draft: Draft) {
-        let command =
-            Command::Event { run_id: self.stream.run_id.clone(), attempt: self.stream.attempt, draft, synced: None };
+        let command = Command::Event {
+            run_id: self.stream.run_id.clone(),
+            attempt: self.stream.attempt,
+            draft: self.stream.stamp(draft),
+            synced: None,
+        };
         self.permit.send(command);
     }
 }

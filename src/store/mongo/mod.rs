@@ -192,7 +192,8 @@ impl MongoStore {
 #[async_trait]
 impl Store for MongoStore {
     async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run> {
-        let run = Run::queued(new_run, now);
+        let mut run = Run::queued(new_run, now);
+        crate::store::before_save(&mut run, &self.rules, now);
         match self.runs.insert_one(&run).await {
             Ok(_) => Ok(run),
             Err(err) if is_duplicate_key(&err) => Err(Error::AlreadyExists(run.id)),

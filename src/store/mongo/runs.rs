@@ -6,7 +6,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 
 use super::bson::to_i64;
 use super::{CLAIM_CANDIDATES, MAX_CAS_TRIES, MongoStore};
-use crate::run::{DEFAULT_QUEUE, Run, RunId, RunStatus};
+use crate::run::{DEFAULT_QUEUE, Run, RunId, RunStatus, TraceId};
 use crate::store::{Error, Result, before_save};
 use crate::time::Timestamp;
 
@@ -48,7 +48,7 @@ impl MongoStore {
             let head: Vec<Document> = ids
                 .find(queued.clone())
                 .sort(doc! { "priority": -1, "createdAt": 1, "_id": 1 })
-                .projection(doc! { "_id": 1 })
+                .projection(doc! { "_id": 1, "traceId": 1 })
                 .limit(CLAIM_CANDIDATES)
                 .await?
                 .try_collect()
@@ -56,14 +56,26 @@ impl MongoStore {
             if head.is_empty() {
                 return Ok(None);
             }
-            let mut candidates: Vec<Bson> = head.into_iter().filter_map(|doc| doc.get("_id").cloned()).collect();
+            let mut candidates: Vec<(Bson, bool)> = head
+                .into_iter()
+                .filter_map(|doc| Some((doc.get("_id").cloned()?, doc.contains_key("traceId"))))
+                .collect();
             // The head first, so a lone claimer takes runs in strict order.
             let mut next = 0;
             while !candidates.is_empty() {
-                let id = candidates.swap_remove(next);
+                let (id, traced) = candidates.swap_remove(next);
                 let mut still_queued = queued.clone();
                 still_queued.insert("_id", id.clone());
-                if self.runs.update_one(still_queued, update.clone()).await?.modified_count == 1 {
+                let mut update = update.clone();
+                if !traced {
+                    // As `Run::claim` does for a run stored before trace ids: derived from the
+                    // id, so a claim that races this one would write the same.
+                    let trace_id = id.as_str().and_then(|id| id.parse::<RunId>().ok()).map(|id| TraceId::of_run(&id));
+                    if let (Some(trace_id), Ok(set)) = (trace_id, update.get_document_mut("$set")) {
+                        set.insert("traceId", trace_id.to_string());
+                    }
+                }
+                if self.runs.update_one(still_queued, update).await?.modified_count == 1 {
                     // Ours unless it was reset and claimed again in between, which voids our claim.
                     let run = self.runs.find_one(doc! { "_id": id }).await?;
                     if let Some(run) = run.filter(|run| run.claimed_by.as_deref() == Some(worker)) {

@@ -89,7 +89,7 @@ impl SqliteStore {
             writer.pragma_update(None, "temp_store", "MEMORY")?;
             writer.execute_batch(SCHEMA)?;
             migrate(&mut writer, &path)?;
-            let writer = GroupWriter::start(writer, rules)?;
+            let writer = GroupWriter::start(writer, rules.clone())?;
             Ok(SqliteStore { inner: Arc::new(Inner { path, rules, writer, readers: Mutex::new(Vec::new()) }) })
         })
         .await?
@@ -100,7 +100,7 @@ impl SqliteStore {
     }
 
     fn rules(&self) -> Rules {
-        self.inner.rules
+        self.inner.rules.clone()
     }
 
     /// Transactions this process has committed (each one fsync); with the events applied,
@@ -151,8 +151,10 @@ fn connect(path: &Path) -> Result<Connection> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue(&self, new_run: NewRun, now: Timestamp) -> Result<Run> {
+        let rules = self.rules();
         self.write(move |tx| {
-            let run = Run::queued(new_run, now);
+            let mut run = Run::queued(new_run, now);
+            crate::store::before_save(&mut run, &rules, now);
             insert_run(tx, &run)?;
             Ok(run)
         })

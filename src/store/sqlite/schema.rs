@@ -301,6 +301,8 @@ mod tests {
             id: "pod-1".into(),
             at: crate::run::EventKey { time: at(10), id: "e".into(), source: "s".into() },
             gpu: Some("A100".into()),
+            gpu_model: None,
+            gpu_count: None,
             region: None,
             image: None,
         });
