@@ -31,7 +31,7 @@ enum State {
 fn data() -> Value {
     json!({"stage": "Stage_1", "node_id": "n1", "message": "m", "key": "plot.png", "path": "plot.png",
            "error": "e", "artifact_key": "paper.pdf", "hypothesis_id": "h1", "ideas": [{"title": "t"}],
-           "name": "loss", "value": 1.0, "reason": "r", "by": "someone"})
+           "name": "loss", "value": 1.0, "reason": "r", "by": "someone", "model": "m"})
 }
 
 fn event(id: &str, event_type: &str, run: &RunId, attempt: Option<u32>) -> Value {
