@@ -216,10 +216,12 @@ async fn follow_resumes_across_a_serve_restart_without_missing_or_repeating() {
     let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stderr_lines = BufReader::new(follower.stderr.take().expect("stderr")).lines();
     let kept = stderr.clone();
+    let (stderr_read, mut stderr_done) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         while let Ok(Some(line)) = stderr_lines.next_line().await {
             kept.lock().expect("stderr").push_str(&format!("{line}\n"));
         }
+        let _ = stderr_read.send(true);
     });
     let mut printed = Vec::new();
     let mut read_until = async |wanted: usize, printed: &mut Vec<String>| {
@@ -229,8 +231,8 @@ async fn follow_resumes_across_a_serve_restart_without_missing_or_repeating() {
                 .unwrap_or_else(|_| panic!("the follower printed only {printed:?}; stderr {stderr:?}"))
                 .expect("read");
             let Some(line) = line else {
-                // Give the reader of stderr a moment to take the last words.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The follower ended: its last words on stderr, once they are all read.
+                let _ = tokio::time::timeout(Duration::from_secs(10), stderr_done.wait_for(|done| *done)).await;
                 panic!("the follower stopped after {printed:?}; stderr {stderr:?}");
             };
             printed.push(line);

@@ -177,7 +177,8 @@ async fn a_download_outlasting_the_request_timeout_arrives_whole() {
     let mut response = reqwest::get(format!("http://{addr}{path}")).await.expect("get");
     assert_eq!(response.status(), StatusCode::OK);
     let mut received = response.chunk().await.expect("first chunk").expect("some bytes").to_vec();
-    // The reader stalls for several request timeouts mid-body.
+    // The reader stalls for several request timeouts mid-body: time passing is the attack
+    // here, so this waits on time, not on a condition.
     tokio::time::sleep(timeout * 5).await;
     while let Some(chunk) = response.chunk().await.expect("chunk") {
         received.extend_from_slice(&chunk);

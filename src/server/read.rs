@@ -30,9 +30,7 @@ pub(super) async fn runs(
     State(state): State<AppState>,
     Query(query): Query<RunsQuery>,
 ) -> Result<Json<Page<Run>>, ApiError> {
-    let statuses = comma_list(query.status.as_deref())
-        .map(|status| status.parse::<RunStatus>().map_err(ApiError::BadRequest))
-        .collect::<Result<Vec<_>, _>>()?;
+    let statuses: Vec<RunStatus> = parse_list(query.status.as_deref())?;
     let filter = RunFilter { statuses, queue: query.queue, limit: query.limit, cursor: query.cursor };
     Ok(Json(state.store.list(&filter).await?))
 }
@@ -178,11 +176,15 @@ pub(super) async fn ideation(
     State(state): State<AppState>,
     Query(query): Query<IdeationQuery>,
 ) -> Result<Json<Vec<Map<String, Value>>>, ApiError> {
-    let statuses = comma_list(query.status.as_deref())
-        .map(|status| status.parse::<IdeationStatus>().map_err(ApiError::BadRequest))
-        .collect::<Result<Vec<_>, _>>()?;
+    let statuses: Vec<IdeationStatus> = parse_list(query.status.as_deref())?;
     let requests = state.store.list_ideation(&statuses, store::clamp_limit(query.limit)).await?;
     Ok(Json(requests.into_iter().map(|request| request.document).collect()))
+}
+
+/// A comma-separated list of statuses (or anything named), each parsed; the first bad one
+/// is a 400 with its own message.
+fn parse_list<T: std::str::FromStr<Err = String>>(text: Option<&str>) -> Result<Vec<T>, ApiError> {
+    comma_list(text).map(|item| item.parse().map_err(ApiError::BadRequest)).collect()
 }
 
 fn comma_list(text: Option<&str>) -> impl Iterator<Item = &str> {
