@@ -122,6 +122,7 @@ impl StoreArgs {
             let store = MongoStore::connect(url, self.mongodb_db.as_deref())
                 .await
                 .context("connecting to MongoDB (check MONGODB_URL / --mongodb-url)")?;
+            MONGO_CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(store.client());
             return Ok(Arc::new(store.with_rules(rules)));
         }
         let path = match &self.store {
@@ -366,7 +367,7 @@ fn default_store_path() -> anyhow::Result<PathBuf> {
 
 /// Runs the parsed command line; `main` maps the error to an exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let done = match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Work(args) => work::run(args).await,
         Command::Runs(command) => runs::run(command).await,
@@ -374,6 +375,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(args).await,
         Command::Emit(args) => emit::run(args).await,
         Command::Completions(args) => completions::run(args),
+    };
+    close_stores().await;
+    done
+}
+
+/// MongoDB clients this process opened (one or two per command).
+static MONGO_CLIENTS: std::sync::Mutex<Vec<mongodb::Client>> = std::sync::Mutex::new(Vec::new());
+
+/// Lets each MongoDB client finish its clean-up (a cursor dropped before its end is killed by a
+/// task the driver spawns) before the runtime stops: a runtime stopping under that task makes
+/// the driver panic on stderr. Bounded, so that a stuck server never holds up the exit.
+async fn close_stores() {
+    let clients = std::mem::take(&mut *MONGO_CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for client in clients {
+        if tokio::time::timeout(std::time::Duration::from_secs(2), client.shutdown()).await.is_err() {
+            tracing::debug!("a MongoDB client did not shut down within 2 s");
+        }
     }
 }
 

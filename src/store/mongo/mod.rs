@@ -138,6 +138,11 @@ impl MongoStore {
         MongoStore { rules, ..self }
     }
 
+    /// The client this handle shares (to shut it down before the process ends).
+    pub fn client(&self) -> mongodb::Client {
+        self.db.client().clone()
+    }
+
     /// Drops the whole database (tests use one database each).
     pub async fn drop_database(&self) -> Result<()> {
         self.db.drop().await?;
