@@ -21,6 +21,7 @@ pub mod ideation;
 pub mod limits;
 pub mod logging;
 pub mod monitor;
+pub mod otlp;
 pub mod protocol;
 pub mod queue;
 pub mod redact;

@@ -192,7 +192,7 @@ impl Backend {
 
 /// What a process that raises alerts writes with (`serve --alert-webhook`).
 fn alerts_on() -> Rules {
-    Rules { alerts: Raise { enabled: true, completed: false }, ..Rules::default() }
+    Rules { alerts: Raise { alerts: true, completed: false, spans: false }, ..Rules::default() }
 }
 
 /// Enqueues `id`, claims it and fails it (not retryable) with `code`, through `store`.
@@ -221,7 +221,7 @@ fn sender(webhooks: &[String], replica: &str) -> Sender {
         every: Duration::from_millis(20),
         replica: replica.to_owned(),
     };
-    Sender::new(config).expect("sender")
+    Sender::new(config, None).expect("sender")
 }
 
 /// Two senders on two handles of one store: each alert reaches each webhook once, though

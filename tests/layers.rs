@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["ideation", "reduce"],
     &["queue"],
     &["store"],
-    &["sweep", "retention", "webhook"],
+    &["sweep", "retention", "webhook", "otlp"],
     &["protocol"],
     &["control"],
     &["artifacts"],

@@ -1,5 +1,5 @@
 //! Alerts: what a run raises when it fails, is lost, stalls, awaits review, completes or
-//! nears its budget.
+//! nears its budget; and, through the same outbox, each ended attempt's trace spans.
 //! An alert is raised on the run document itself, in the same write as the change that
 //! calls for it (a [`Mark`]): an outbox on the document, atomic on both stores without a
 //! transaction, so that no alert is lost between the change and its delivery. Delivering
@@ -31,6 +31,9 @@ pub enum Kind {
     Completed,
     /// Spent 80% of its budget (`queue::budget`); once per run.
     Budget,
+    /// Not an alert: an ended attempt whose spans are due at the trace collector
+    /// (`--otlp-endpoint`, sent by `otlp`), delivered with the same claims and retries.
+    Spans,
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Review => "review",
             Kind::Completed => "completed",
             Kind::Budget => "budget",
+            Kind::Spans => "spans",
         }
     }
 }
@@ -108,10 +112,12 @@ impl crate::run::Run {
     }
 }
 
-/// Which alerts runs raise: none unless a webhook is configured (`serve --alert-webhook`).
+/// Which marks runs raise: alerts when a webhook is configured (`--alert-webhook`), spans
+/// when a trace collector is (`--otlp-endpoint`); none by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Raise {
-    pub enabled: bool,
+    pub alerts: bool,
     /// Completed runs too (opt-in).
     pub completed: bool,
+    pub spans: bool,
 }

@@ -12,15 +12,25 @@ const WORKER_LOST: &str = "WORKER_LOST";
 /// due at once. Called by every run write (`store::before_save`), so that an alert is
 /// stored in the same write as the change that calls for it.
 pub fn raise(run: &mut Run, raise: &Raise, now: Timestamp) {
-    if !raise.enabled {
+    if raise.alerts {
+        for (kind, id) in called_for(run, raise) {
+            let facts = facts(run, kind);
+            push(run, kind, id, facts, now);
+        }
+    }
+    if raise.spans {
+        for (id, facts) in spans_due(run) {
+            push(run, Kind::Spans, id, facts, now);
+        }
+    }
+}
+
+/// Adds mark `id`, due at once, unless the run raised it before.
+fn push(run: &mut Run, kind: Kind, id: String, facts: Facts, now: Timestamp) {
+    if run.alerts.iter().any(|mark| mark.id == id) {
         return;
     }
-    for (kind, id) in called_for(run, raise) {
-        if run.alerts.iter().any(|mark| mark.id == id) {
-            continue;
-        }
-        let facts = facts(run, kind);
-        run.alerts.push(Mark {
+    run.alerts.push(Mark {
             id,
             kind,
             raised_at: now,
@@ -29,10 +39,24 @@ pub fn raise(run: &mut Run, raise: &Raise, now: Timestamp) {
             tries: 0,
             sent_to: Vec::new(),
             delivered_at: None,
-            last_error: None,
-            facts,
-        });
-    }
+        last_error: None,
+        facts,
+    });
+}
+
+/// A spans mark for each ended attempt kept in `attempts` (`spans:<attempt>`): what its
+/// span says of it.
+fn spans_due(run: &Run) -> Vec<(String, Facts)> {
+    let facts = |attempt: &crate::run::Attempt| Facts {
+        status: run.status,
+        attempt: attempt.attempt,
+        code: attempt.error.as_ref().map(|error| error.error_type.clone()),
+        message: None,
+        stage: None,
+        pod: attempt.pod.clone().or_else(|| attempt.claimed_by.clone()),
+        retry_stopped: None,
+    };
+    run.attempts.iter().map(|attempt| (format!("spans:{}", attempt.attempt), facts(attempt))).collect()
 }
 
 /// The alerts `run`'s state calls for, each with its mark id: one cause of one attempt
@@ -99,7 +123,7 @@ fn facts(run: &Run, kind: Kind) -> Facts {
             let since = run.progress_at.or(run.stalled_since);
             (None, since.map(|since| format!("no progress since {since}")), current_stage)
         }
-        Kind::Completed => (None, None, current_stage),
+        Kind::Completed | Kind::Spans => (None, None, current_stage),
         Kind::Budget => {
             let (spent, budget) = (run.cost.total_usd, run.cost.budget_usd.unwrap_or(0.0));
             (None, Some(format!("spent ${spent:.2} of its ${budget:.2} budget")), current_stage)
@@ -123,7 +147,7 @@ mod tests {
     use super::*;
     use crate::run::{EventKey, NewRun, Review, RunError};
 
-    const ON: Raise = Raise { enabled: true, completed: false };
+    const ON: Raise = Raise { alerts: true, completed: false, spans: false };
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_millis(1_761_159_600_000 + seconds * 1000)
@@ -214,7 +238,7 @@ mod tests {
         let mut done = run_in(RunStatus::Completed);
         raise(&mut done, &ON, at(5));
         assert!(done.alerts.is_empty(), "completion alerts are opt-in");
-        raise(&mut done, &Raise { enabled: true, completed: true }, at(5));
+        raise(&mut done, &Raise { alerts: true, completed: true, spans: false }, at(5));
         assert_eq!(ids(&done), [("completed:1", Kind::Completed, Some(at(5)))]);
     }
 
@@ -250,11 +274,11 @@ mod tests {
     #[test]
     fn none_when_disabled_or_for_runs_that_need_no_one() {
         let mut run = failed("EXIT_1");
-        raise(&mut run, &Raise { enabled: false, completed: true }, at(6));
+        raise(&mut run, &Raise { alerts: false, completed: true, spans: false }, at(6));
         assert!(run.alerts.is_empty());
         for status in [RunStatus::Queued, RunStatus::Scheduled, RunStatus::Running, RunStatus::Canceled] {
             let mut run = run_in(status);
-            raise(&mut run, &Raise { enabled: true, completed: true }, at(6));
+            raise(&mut run, &Raise { alerts: true, completed: true, spans: false }, at(6));
             assert!(run.alerts.is_empty(), "{status:?}");
         }
     }

@@ -1,12 +1,15 @@
-//! The alert flags: which alerts runs raise (any process that ends runs in a store) and how
-//! `serve` delivers them.
+//! The alert and span export flags: which marks runs raise (any process that ends runs in a
+//! store) and how `serve` delivers them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use reqwest::Url;
+
 use crate::alert::Raise;
+use crate::otlp;
 use crate::webhook::{self, Format, Webhook};
 
 /// Which alerts runs raise. Each process that writes runs to the store raises the alerts of
@@ -25,11 +28,19 @@ pub struct RaiseArgs {
     /// Alert on completed runs too.
     #[arg(long = "alert-on-complete", env = "SCIENTIST_ALERT_ON_COMPLETE")]
     pub on_complete: bool,
+
+    /// Send each ended attempt's span, and a child span per stage, to this OpenTelemetry
+    /// collector over OTLP/HTTP (protobuf), e.g. http://127.0.0.1:4318 (`/v1/traces` is
+    /// added). Headers such as an API key come from OTEL_EXPORTER_OTLP_HEADERS. Only `serve`
+    /// sends them, retried as alerts are; a worker on a store given the same URL records the
+    /// attempts it ends as due.
+    #[arg(long = "otlp-endpoint", env = "SCIENTIST_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp::traces_url)]
+    pub otlp_endpoint: Option<Url>,
 }
 
 impl RaiseArgs {
     pub fn raise(&self) -> Raise {
-        Raise { enabled: !self.webhooks.is_empty(), completed: self.on_complete }
+        Raise { alerts: !self.webhooks.is_empty(), completed: self.on_complete, spans: self.otlp_endpoint.is_some() }
     }
 }
 
@@ -48,7 +59,7 @@ pub struct AlertArgs {
     #[arg(long = "alert-format", env = "SCIENTIST_ALERT_FORMAT", value_enum, default_value = "json")]
     pub format: Format,
 
-    /// The longest one alert POST may take.
+    /// The longest one alert POST (or one span export) may take.
     #[arg(long = "alert-timeout", env = "SCIENTIST_ALERT_TIMEOUT", default_value = "10s",
           value_parser = super::positive_duration)]
     pub timeout: Duration,
@@ -78,9 +89,13 @@ fn parse_webhook(text: &str) -> Result<Webhook, String> {
 }
 
 impl AlertArgs {
-    /// The sender's configuration, `None` without webhooks.
+    /// The sender of alerts and spans, `None` with neither webhooks nor a collector.
     pub fn sender(&self, listen: SocketAddr) -> anyhow::Result<Option<webhook::Sender>> {
-        if self.raise.webhooks.is_empty() {
+        let spans = match &self.raise.otlp_endpoint {
+            Some(url) => Some(otlp::Exporter::new(url.clone(), self.timeout).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        if self.raise.webhooks.is_empty() && spans.is_none() {
             return Ok(None);
         }
         if self.secret.as_deref().is_some_and(|secret| secret.trim().is_empty()) {
@@ -91,7 +106,7 @@ impl AlertArgs {
             )
             .into());
         }
-        if self.secret.is_none() && self.format == Format::Json {
+        if self.secret.is_none() && self.format == Format::Json && !self.raise.webhooks.is_empty() {
             crate::notice!(
                 warn,
                 "scientist serve: warning: alerts are sent unsigned; set SCIENTIST_ALERT_SECRET (or --alert-secret)"
@@ -109,6 +124,6 @@ impl AlertArgs {
             every: self.every,
             replica: format!("serve-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
         };
-        Ok(Some(webhook::Sender::new(config).context("making the alert HTTP client")?))
+        Ok(Some(webhook::Sender::new(config, spans).context("making the alert HTTP client")?))
     }
 }

@@ -8,9 +8,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::RunEnded;
-use super::view::{Kept, Look, duration, printable};
+use super::view::{Kept, Look, duration, printable, remaining};
 use crate::control::{Operator, Tail};
-use crate::run::{Run, RunId, RunStatus};
+use crate::run::{Eta, Run, RunId, RunStatus};
 use crate::store::{EventFilter, StoredEvent};
 use crate::time::Timestamp;
 
@@ -120,14 +120,17 @@ impl LiveView {
         Ok(())
     }
 
-    pub fn update(&mut self, run: &Run, now: Timestamp) {
+    /// Redraws the header and the stage bars for `run`, with its remaining time `eta`
+    /// (`~` when estimated).
+    pub fn update(&mut self, run: &Run, eta: Option<Eta>, now: Timestamp) {
         let heartbeat = run
             .heartbeat_at
             .map_or(String::new(), |at| format!(" · heartbeat {} ago", duration(now.seconds_since(at))));
         // The pod id and stage names come from events: escaped like every view's text.
         let pod = run.pod.as_ref().map_or(String::new(), |pod| format!(" · {}", printable(&pod.id, Kept::Tabs)));
         let elapsed = run.elapsed_s(now).map_or(String::new(), |elapsed| format!(" · {}", duration(elapsed)));
-        self.header.set_message(format!("{} {}{pod}{elapsed}{heartbeat}", run.id, run.status));
+        let left = eta.map_or(String::new(), |eta| format!(" · ETA {}", remaining(eta.run_s, eta.estimated)));
+        self.header.set_message(format!("{} {}{pod}{elapsed}{left}{heartbeat}", run.id, run.status));
         let Some(current) = &run.current_stage else { return };
         for (name, timing) in &run.stage_timing {
             if timing.completed_at.is_some() {
@@ -137,7 +140,7 @@ impl LiveView {
         let bar = self.stage_bar(current.name.as_str());
         if !bar.is_finished() {
             bar.set_position((current.progress.clamp(0.0, 1.0) * 1000.0) as u64);
-            let eta = current.eta_seconds.map_or(String::new(), |eta| format!(" · ETA {}", duration(eta)));
+            let eta = eta.map_or(String::new(), |eta| format!(" · ETA {}", remaining(eta.stage_s, eta.estimated)));
             bar.set_message(format!("iteration {}/{}{eta}", current.iteration, current.max_iterations));
         }
     }

@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 mod pull;
 
-use super::eta::Histories;
+use super::eta::{Histories, with_eta};
 use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
 use super::{OperatorArgs, UsageError, display_now, resolve_run};
@@ -233,13 +233,14 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let store = args.source.open().await?;
     let filter = RunFilter { statuses: args.statuses, queue: args.queue, ..Default::default() };
     let runs = newest_runs(store.as_ref(), filter, args.limit).await?;
+    let mut histories = Histories::default();
+    histories.load(store.as_ref(), &runs).await;
+    let now = display_now()?;
+    let eta = |run: &Run| histories.eta(run, now).filter(|_| run.status == RunStatus::Running);
     if args.json {
+        let runs: Vec<serde_json::Value> = runs.iter().map(|run| with_eta(run, eta(run))).collect::<Result<_, _>>()?;
         super::print(serde_json::to_string_pretty(&runs)?)?;
     } else {
-        let mut histories = Histories::default();
-        histories.load(store.as_ref(), &runs).await;
-        let now = display_now()?;
-        let eta = |run: &Run| run.eta(histories.of(&run.queue), now).filter(|_| run.status == RunStatus::Running);
         super::print(view::runs_table(&runs, eta, now, Look::for_stdout()))?;
     }
     Ok(())
@@ -265,7 +266,12 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let id = resolve_run(store.as_ref(), &args.id).await?;
     let look = Look { raw: args.raw, ..Look::for_stdout() };
     match (args.follow.follow, args.json) {
-        (false, true) => super::print(serde_json::to_string_pretty(&get_run(store.as_ref(), &id).await?)?)?,
+        (false, true) => {
+            let run = get_run(store.as_ref(), &id).await?;
+            let mut histories = Histories::default();
+            histories.load(store.as_ref(), std::slice::from_ref(&run)).await;
+            super::print(serde_json::to_string_pretty(&with_eta(&run, histories.eta(&run, display_now()?))?)?)?
+        }
         (false, false) => super::print_as(look, detail(store.as_ref(), &id, args.logs, look).await?)?,
         (true, true) => follow_json(store.as_ref(), id, args.follow.interval).await?,
         (true, false) => follow_live(store.as_ref(), id, args.logs, args.follow.interval, look).await?,
@@ -283,7 +289,7 @@ async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) 
     let mut histories = Histories::default();
     histories.load(store, std::slice::from_ref(&run)).await;
     let now = display_now()?;
-    let eta = run.eta(histories.of(&run.queue), now);
+    let eta = histories.eta(&run, now);
     let artifacts = store.artifacts(id).await?;
     let mut logs = Vec::new();
     if log_lines > 0 {
@@ -325,6 +331,10 @@ async fn follow_live(
     let logs_only = EventFilter { types: vec![LOG_EVENT_TYPE.into()], ..Default::default() };
     let mut tail = follow::tail_from_latest(store, &id, logs_only).await?;
     super::print_as(look, detail(store, &id, log_lines, look).await?)?;
+    // Read once: the estimate moves with the run's own progress, the history only as other
+    // runs of the queue complete.
+    let mut histories = Histories::default();
+    histories.load_queue(store, &get_run(store, &id).await?.queue).await;
     crate::notice!("following run {id} until it ends (Ctrl-C stops watching; the run goes on)");
     let mut live = LiveView::new();
     let watched = follow::watch(tail.as_mut(), interval, |update| {
@@ -334,7 +344,10 @@ async fn follow_live(
                     live.println(&line, look)?;
                 }
             }
-            Update::Run(run) => live.update(run, display_now()?),
+            Update::Run(run) => {
+                let now = display_now()?;
+                live.update(run, histories.eta(run, now), now)
+            }
         }
         Ok(())
     })

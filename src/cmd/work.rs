@@ -221,6 +221,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
+    if args.alerts.otlp_endpoint.is_some() && !args.on_store() {
+        return Err(UsageError(
+            "--otlp-endpoint applies to a worker on a store; with --server, pass it to `scientist serve`, which sends \
+             the spans"
+                .into(),
+        )
+        .into());
+    }
     if args.retention.retain_logs.is_some() && !args.on_store() {
         return Err(UsageError(
             "--retain-logs applies to a worker on a store; with --server, pass it to `scientist serve`".into(),

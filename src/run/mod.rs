@@ -26,7 +26,7 @@ pub use cost::Cost;
 pub use eta::{Eta, HISTORY_RUNS, History, nearest_rank};
 pub use id::RunId;
 pub use parts::{
-    Attempt, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
+    Attempt, AttemptStage, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
     Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};

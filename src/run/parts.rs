@@ -256,6 +256,20 @@ pub struct Attempt {
     pub gpu_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
+    /// The stages it started, in order, as its trace spans show them (`otlp`): kept here
+    /// because the next attempt rewrites `stageTiming`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<AttemptStage>,
+}
+
+/// One stage an attempt started, and when it completed if it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptStage {
+    pub name: String,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Timestamp>,
 }
 
 /// A human decision a pipeline asked for (`review = true` on a stage, or

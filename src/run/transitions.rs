@@ -1,12 +1,15 @@
 //! How a run document changes outside the reducer (creation, claim, word from its worker,
 //! reset) and the facts derived from it.
 
-use super::{Attempt, NewRun, Run, RunError, RunStatus, TraceId};
+use super::{Attempt, AttemptStage, NewRun, Run, RunError, RunStatus, TraceId};
+use crate::redact;
+use crate::time::Timestamp;
 
 /// The newest attempts a run document keeps (the older ones stay in its events).
 pub const MAX_ATTEMPTS_KEPT: usize = 50;
-use crate::redact;
-use crate::time::Timestamp;
+
+/// Stages kept per ended attempt (`Attempt::stages`): a pipeline has a handful.
+pub const MAX_STAGES_KEPT: usize = 32;
 
 impl Run {
     /// A freshly queued run. Every run is born here (an operator's, or an `ai.run.enqueued`
@@ -155,6 +158,7 @@ impl Run {
             // The traceback stays in the attempt's events: a history of many must not grow the
             // run document by a traceback each.
             error: self.error.clone().map(|error| RunError { traceback: None, ..error }),
+            stages: self.attempt_stages(),
         });
         let excess = self.attempts.len().saturating_sub(MAX_ATTEMPTS_KEPT);
         self.attempts.drain(..excess);
@@ -163,6 +167,23 @@ impl Run {
 
 /// Facts derived from a run document, shared by both stores (which index them) and the CLI.
 impl Run {
+    /// The stages the live attempt started (at or after its claim: `stageTiming` keeps the
+    /// stages of earlier attempts until they run again), by start, at most
+    /// [`MAX_STAGES_KEPT`].
+    pub fn attempt_stages(&self) -> Vec<AttemptStage> {
+        let mut stages: Vec<AttemptStage> = self
+            .stage_timing
+            .iter()
+            .filter_map(|(name, timing)| {
+                let started_at = timing.started_at.filter(|at| self.claimed_at.is_none_or(|claimed| *at >= claimed))?;
+                Some(AttemptStage { name: name.clone(), started_at, completed_at: timing.completed_at })
+            })
+            .collect();
+        stages.sort_by_key(|stage| stage.started_at);
+        stages.truncate(MAX_STAGES_KEPT);
+        stages
+    }
+
     /// When a worker last showed signs of life for this run: when the store last heard from
     /// it, else (runs claimed before `heardAt` existed) its latest heartbeat, start or claim.
     pub fn last_seen_at(&self) -> Option<Timestamp> {

@@ -91,6 +91,7 @@ fn slack_text(run_id: &RunId, mark: &Mark, run_link: &str) -> String {
         Kind::Review => "awaits review",
         Kind::Completed => "completed",
         Kind::Budget => "nears its budget",
+        Kind::Spans => "has spans due",
     };
     let mut text = format!("Run {} {what}", escape(run_id.as_str()));
     if let Some(code) = &facts.code {

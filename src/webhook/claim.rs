@@ -89,7 +89,7 @@ mod tests {
         let mut run = Run::queued(NewRun::new(json!({})), at(0));
         run.claim("pod-a", at(1));
         run.status = RunStatus::Failed;
-        alert::raise(&mut run, &Raise { enabled: true, completed: false }, at(10));
+        alert::raise(&mut run, &Raise { alerts: true, completed: false, spans: false }, at(10));
         run
     }
 

@@ -24,7 +24,7 @@ pub fn priced_rules() -> Rules {
     );
     let prices = Prices::parse(&prices, "test prices").expect("prices");
     let costs = Costs { prices: Some(prices), queue_budgets: [("capped".to_owned(), 2.0)].into() };
-    Rules { alerts: Raise { enabled: true, completed: false }, costs: Arc::new(costs), ..Rules::default() }
+    Rules { alerts: Raise { alerts: true, completed: false, spans: false }, costs: Arc::new(costs), ..Rules::default() }
 }
 
 fn close(actual: f64, expected: f64) -> bool {
