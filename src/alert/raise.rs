@@ -31,14 +31,14 @@ fn push(run: &mut Run, kind: Kind, id: String, facts: Facts, now: Timestamp) {
         return;
     }
     run.alerts.push(Mark {
-            id,
-            kind,
-            raised_at: now,
-            due_at: Some(now),
-            claim: None,
-            tries: 0,
-            sent_to: Vec::new(),
-            delivered_at: None,
+        id,
+        kind,
+        raised_at: now,
+        due_at: Some(now),
+        claim: None,
+        tries: 0,
+        sent_to: Vec::new(),
+        delivered_at: None,
         last_error: None,
         facts,
     });

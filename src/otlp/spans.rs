@@ -35,7 +35,13 @@ pub fn attempt_spans(run: &Run, attempt: &Attempt) -> Vec<SpanData> {
         attributes.push(KeyValue::new("scientist.gpu.count", i64::from(count)));
     }
     let mut spans = vec![span(
-        SpanContext::new(trace, opentelemetry::trace::SpanId::from_bytes(attempt_span.bytes()), TraceFlags::SAMPLED, false, TraceState::default()),
+        SpanContext::new(
+            trace,
+            opentelemetry::trace::SpanId::from_bytes(attempt_span.bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
         opentelemetry::trace::SpanId::INVALID,
         SpanKind::Consumer,
         Cow::Borrowed("attempt"),
@@ -47,7 +53,13 @@ pub fn attempt_spans(run: &Run, attempt: &Attempt) -> Vec<SpanData> {
         let id = SpanId::of_stage(&run.id, attempt.attempt, &stage.name);
         let end = stage.completed_at.unwrap_or(attempt.ended_at).max(stage.started_at);
         spans.push(span(
-            SpanContext::new(trace, opentelemetry::trace::SpanId::from_bytes(id.bytes()), TraceFlags::SAMPLED, false, TraceState::default()),
+            SpanContext::new(
+                trace,
+                opentelemetry::trace::SpanId::from_bytes(id.bytes()),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
             opentelemetry::trace::SpanId::from_bytes(attempt_span.bytes()),
             SpanKind::Internal,
             Cow::Owned(stage.name.clone()),
@@ -69,18 +81,16 @@ fn attempt_status(attempt: &Attempt) -> Status {
     match attempt.outcome.as_str() {
         "COMPLETED" => Status::Ok,
         "CANCELED" => Status::Unset,
-        _ => Status::error(attempt.error.as_ref().map_or_else(|| attempt.outcome.clone(), |error| error.message.clone())),
+        _ => {
+            Status::error(attempt.error.as_ref().map_or_else(|| attempt.outcome.clone(), |error| error.message.clone()))
+        }
     }
 }
 
 /// A stage that completed is Ok; one cut short shares its attempt's status (the stage the
 /// error names, or the one that was running).
 fn stage_status(attempt: &Attempt, stage: &AttemptStage) -> Status {
-    if stage.completed_at.is_some() {
-        Status::Ok
-    } else {
-        attempt_status(attempt)
-    }
+    if stage.completed_at.is_some() { Status::Ok } else { attempt_status(attempt) }
 }
 
 fn span(
@@ -105,7 +115,9 @@ fn span(
         events: SpanEvents::default(),
         links: SpanLinks::default(),
         status,
-        instrumentation_scope: InstrumentationScope::builder("scientist").with_version(env!("CARGO_PKG_VERSION")).build(),
+        instrumentation_scope: InstrumentationScope::builder("scientist")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
     }
 }
 
@@ -177,7 +189,8 @@ mod tests {
         assert_eq!(root.status, Status::error("out of memory"));
         assert_eq!(spans[1].status, Status::Ok);
         assert_eq!(spans[2].status, Status::error("out of memory"));
-        let attribute = |key: &str| root.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
+        let attribute =
+            |key: &str| root.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
         assert_eq!(attribute("error.type").as_deref(), Some("OOM"));
         assert_eq!(attribute("scientist.gpu.count").as_deref(), Some("2"));
         assert_eq!(attribute("scientist.pod").as_deref(), Some("pod-a"));

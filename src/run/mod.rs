@@ -26,8 +26,8 @@ pub use cost::Cost;
 pub use eta::{Eta, HISTORY_RUNS, History, nearest_rank};
 pub use id::RunId;
 pub use parts::{
-    Attempt, AttemptStage, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node, NodeState, Paper,
-    Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
+    Attempt, AttemptStage, CancelRequest, Cancellation, CurrentStage, DetailsFrom, EventKey, MetricPoint, Node,
+    NodeState, Paper, Pod, ResourceSample, Review, ReviewDecision, RunError, StageTiming, Validation,
 };
 pub use status::{RunStatus, Stage};
 pub use trace::{InvalidTraceId, SpanId, TraceId, traceparent};

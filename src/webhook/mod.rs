@@ -125,9 +125,10 @@ impl Sender {
         let due: Vec<(RunId, String, Kind)> = runs
             .iter()
             .flat_map(|run| {
-                let due = run.alerts.iter().filter(move |mark| {
-                    mark.due_at.is_some_and(|due| due <= now) && self.delivers(mark.kind)
-                });
+                let due = run
+                    .alerts
+                    .iter()
+                    .filter(move |mark| mark.due_at.is_some_and(|due| due <= now) && self.delivers(mark.kind));
                 due.map(|mark| (run.id.clone(), mark.id.clone(), mark.kind))
             })
             .collect();
@@ -172,7 +173,9 @@ impl Sender {
         };
         let Some(mark) = run.alerts.iter().find(|mark| mark.id == mark_id) else { return };
         let (tried, destinations) = match (&self.spans, kind) {
-            (Some(exporter), Kind::Spans) => (export_spans(exporter, &run, mark).await, vec![SPANS_DESTINATION.to_owned()]),
+            (Some(exporter), Kind::Spans) => {
+                (export_spans(exporter, &run, mark).await, vec![SPANS_DESTINATION.to_owned()])
+            }
             _ => self.post_alert(&run, mark).await,
         };
         if let Some(failure) = &tried.failure {
