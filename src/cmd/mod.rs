@@ -12,6 +12,7 @@ pub mod ideation;
 pub mod runs;
 pub mod serve;
 pub mod stats;
+pub mod up;
 mod view;
 pub mod work;
 
@@ -76,6 +77,9 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The control plane and a worker in one process on this machine; `up --example` runs
+    /// and follows the tour.
+    Up(up::Args),
     /// Run the control plane: event ingest and health checks over HTTP.
     Serve(serve::Args),
     /// Run the pod worker: claim queued runs and run them.
@@ -368,6 +372,7 @@ fn default_store_path() -> anyhow::Result<PathBuf> {
 /// Runs the parsed command line; `main` maps the error to an exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let done = match cli.command {
+        Command::Up(args) => up::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Work(args) => work::run(args).await,
         Command::Runs(command) => runs::run(command).await,

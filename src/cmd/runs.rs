@@ -284,7 +284,7 @@ async fn get_run(store: &dyn Operator, id: &RunId) -> anyhow::Result<Run> {
 }
 
 /// The `runs show` text: the run, its artifacts and its latest `log_lines` log lines.
-async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
+pub(crate) async fn detail(store: &dyn Operator, id: &RunId, log_lines: usize, look: Look) -> anyhow::Result<String> {
     let run = get_run(store, id).await?;
     let mut histories = Histories::default();
     histories.load(store, std::slice::from_ref(&run)).await;
@@ -321,7 +321,7 @@ async fn follow_json(store: &dyn Operator, id: RunId, interval: Duration) -> any
 
 /// `runs show --follow`: the run's detail, then new log lines on stdout under live bars on
 /// stderr, then one line with how it ended.
-async fn follow_live(
+pub(crate) async fn follow_live(
     store: &dyn Operator,
     id: RunId,
     log_lines: usize,

@@ -88,6 +88,12 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    run_on(args, None).await
+}
+
+/// As [`run`], serving on `listener` when given (bound by the caller: `up`, which must know
+/// the port first) instead of binding `--listen`.
+pub async fn run_on(args: Args, listener: Option<tokio::net::TcpListener>) -> anyhow::Result<()> {
     let mut tokens = Tokens::new(args.token.clone());
     if let Some(path) = &args.token_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
@@ -115,9 +121,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pruner = args.retention.spawn(&store);
     // Its own task: a slow webhook never holds up ingest or sweeps.
     let alerts = alert_sender.map(|sender| tokio::spawn(sender.keep_sending(store.clone(), std::future::pending())));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {} (is another server using the port?)", args.listen))?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => bind(args.listen).await?,
+    };
     crate::notice!("scientist serve: listening on http://{}", listener.local_addr()?);
     let limits = Limits {
         header_timeout: args.header_timeout,
@@ -135,6 +142,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         task.abort();
     }
     served.context("serving HTTP")
+}
+
+/// A listener on `address`, or why not.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address} (is another server using the port?)"))
 }
 
 /// Artifact downloads from --artifacts, redirected when --artifact-redirect says so and the

@@ -1,0 +1,84 @@
+//! `scientist up --example`, the built binary, end to end in a fresh home directory (nothing
+//! configured, the embedded store at its default path): the tour run ends COMPLETED with four
+//! timed stages, its artifacts registered and on disk, its LLM usage priced, and `runs list`
+//! and `stats` (separate processes, on the same default store) show it. Then `up` exits.
+
+use std::path::Path;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use scientist::run::RunStatus;
+use scientist::store::{RunFilter, SqliteStore, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scientist");
+
+/// `scientist ARGS` with only PATH (for python3) and HOME=`home` from this environment.
+fn scientist(home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("NO_COLOR", "1");
+    command
+}
+
+#[tokio::test]
+async fn the_tour_completes_with_four_timed_stages_and_shows_in_list_and_stats() {
+    let home = tempfile::tempdir().expect("home");
+    let up = scientist(home.path(), &["up", "--example", "--listen", "127.0.0.1:0"])
+        .timeout(Duration::from_secs(240))
+        .output()
+        .expect("run up");
+    let (stdout, stderr) = (String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
+    assert!(up.status.success(), "up failed ({:?}):\n{stdout}\n{stderr}", up.status);
+    assert!(stderr.contains("scientist up: control plane on http://127.0.0.1:"), "{stderr}");
+
+    let data = home.path().join(".local/share/scientist");
+    let store = SqliteStore::open(&data.join("scientist.sqlite")).await.expect("the default store");
+    let runs = store.list(&RunFilter { limit: 10, ..RunFilter::default() }).await.expect("list").items;
+    let [run] = runs.as_slice() else { panic!("one run: {runs:#?}") };
+    assert_eq!(run.status, RunStatus::Completed, "{stderr}");
+    assert!(stdout.contains(&format!("run {} COMPLETED", run.id)), "{stdout}");
+    let stages: Vec<&str> = run.stage_timing.keys().map(String::as_str).collect();
+    assert_eq!(stages, ["Stage_1", "Stage_2", "Stage_3", "Stage_4"]);
+    for (name, timing) in &run.stage_timing {
+        let (Some(started), Some(completed)) = (timing.started_at, timing.completed_at) else {
+            panic!("{name} not timed: {timing:?}")
+        };
+        assert!(completed > started, "{name}: {timing:?}");
+    }
+    // 5 iterations × 4 stages, 12,000 input tokens each, priced by the example price file.
+    assert_eq!(run.cost.llm.input_tokens, 4 * 5 * 12_000);
+    assert!(run.cost.llm.usd > 0.0, "{:?}", run.cost);
+
+    let artifacts = store.artifacts(&run.id).await.expect("artifacts");
+    let mut keys: Vec<&str> = artifacts.iter().map(|artifact| artifact.key.as_str()).collect();
+    keys.sort_unstable();
+    let expected: Vec<String> = ["Stage_1", "Stage_2", "Stage_3", "Stage_4"]
+        .iter()
+        .flat_map(|stage| [format!("runs/{}/{stage}/loss.svg", run.id), format!("runs/{}/{stage}/metrics.json", run.id)])
+        .collect();
+    let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    for key in &keys {
+        assert!(data.join("artifacts").join(key).is_file(), "{key} is on disk");
+    }
+
+    let list = scientist(home.path(), &["runs", "list"]).output().expect("runs list");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success() && listed.contains(&run.id.as_str()[..8]) && listed.contains("COMPLETED"), "{listed}");
+    let stats = scientist(home.path(), &["stats", "--json"]).output().expect("stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    assert_eq!((stats["totalRuns"].as_u64(), stats["byStatus"]["COMPLETED"].as_u64()), (Some(1), Some(1)), "{stats}");
+}
+
+#[test]
+fn up_refuses_to_listen_beyond_loopback() {
+    let home = tempfile::tempdir().expect("home");
+    let output = scientist(home.path(), &["up", "--listen", "0.0.0.0:0"]).output().expect("run up");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback only"));
+}
