@@ -39,7 +39,7 @@ async fn apply(store: &dyn Store, event: scientist::event::Event, now: i64) -> O
 /// Attempt 1 holds 2 H100 for an hour and fails; attempt 2 holds one A100 for half an hour
 /// and completes: GPU time and dollars are those of both, each at its model's price, and the
 /// LLM calls are counted once each (a redelivered one changes nothing), by the table or by the
-/// cost they sent.
+/// cost they sent; a call reported late by the fenced-out first attempt is not counted.
 pub async fn gpu_time_of_two_attempts_is_priced_by_each_model(store: &dyn Store) {
     let id = claimed_run(store).await;
     let run = id.as_str();
@@ -54,6 +54,9 @@ pub async fn gpu_time_of_two_attempts_is_priced_by_each_model(store: &dyn Store)
     store.claim("pod-b", "default", at(4000)).await.expect("claim").expect("the reset run");
     let started = json!({"pod_id": "pod-b", "gpu": A100, "gpu_model": A100});
     apply(store, attempt_event("s2", "ai.run.started", run, 4000, 2, started), 4000).await;
+    let late = json!({"model": "gpt-5-mini", "input_tokens": 5_000_000, "cost_usd": 9.0});
+    let late = attempt_event("u0", "ai.llm.usage", run, 4050, 1, late);
+    assert_eq!(apply(store, late, 4050).await, Outcome::Stale, "attempt 1 is fenced out: its spend is not counted");
     let usage = json!({"model": "gpt-5-mini", "input_tokens": 1_000_000, "output_tokens": 100_000,
         "cached_tokens": 200_000, "stage": "Stage_1"});
     let usage = attempt_event("u1", "ai.llm.usage", run, 4100, 2, usage);
