@@ -58,7 +58,9 @@ async fn the_tour_completes_with_four_timed_stages_and_shows_in_list_and_stats()
     keys.sort_unstable();
     let expected: Vec<String> = ["Stage_1", "Stage_2", "Stage_3", "Stage_4"]
         .iter()
-        .flat_map(|stage| [format!("runs/{}/{stage}/loss.svg", run.id), format!("runs/{}/{stage}/metrics.json", run.id)])
+        .flat_map(|stage| {
+            [format!("runs/{}/{stage}/loss.svg", run.id), format!("runs/{}/{stage}/metrics.json", run.id)]
+        })
         .collect();
     let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     expected.sort_unstable();
@@ -69,7 +71,10 @@ async fn the_tour_completes_with_four_timed_stages_and_shows_in_list_and_stats()
 
     let list = scientist(home.path(), &["runs", "list"]).output().expect("runs list");
     let listed = String::from_utf8_lossy(&list.stdout);
-    assert!(list.status.success() && listed.contains(&run.id.as_str()[..8]) && listed.contains("COMPLETED"), "{listed}");
+    assert!(
+        list.status.success() && listed.contains(&run.id.as_str()[..8]) && listed.contains("COMPLETED"),
+        "{listed}"
+    );
     let stats = scientist(home.path(), &["stats", "--json"]).output().expect("stats");
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
     assert_eq!((stats["totalRuns"].as_u64(), stats["byStatus"]["COMPLETED"].as_u64()), (Some(1), Some(1)), "{stats}");

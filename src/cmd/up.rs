@@ -3,6 +3,7 @@
 //! live until it ends. The two halves are `serve` and `work` as they are, given flags built
 //! here, so that what a newcomer watches is what a fleet runs.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,9 +13,9 @@ use clap::Parser;
 
 use super::view::Look;
 use super::{UsageError, default_store_path, runs, serve, work};
+use crate::control::Operator;
 use crate::run::NewRun;
 use crate::store::{SqliteStore, Store};
-use crate::time::Timestamp;
 
 /// The tour, built in: written out at each start, so that the worker runs what the repo shows.
 const TOUR_PIPELINE: &str = include_str!("../../examples/tour/pipeline.toml");
@@ -156,7 +157,8 @@ fn serve_args(store: &Path, tour: &Path, artifacts: &Path, retry: bool) -> anyho
         #[command(flatten)]
         args: serve::Args,
     }
-    let mut line = vec!["serve".into(), "--store".into(), store.into(), "--artifacts".into(), artifacts.into()];
+    let mut line: Vec<OsString> =
+        vec!["serve".into(), "--store".into(), store.into(), "--artifacts".into(), artifacts.into()];
     line.extend(["--prices".into(), tour.join("prices.toml").into_os_string()]);
     if retry {
         line.extend(["--retry-max", "1", "--retry-backoff", "1s"].map(Into::into));
@@ -174,7 +176,7 @@ fn work_args(store: &Path, config: &Path, tour: &Path, artifacts: &Path, retry: 
         #[command(flatten)]
         args: work::Args,
     }
-    let mut line = vec!["work".into(), "--config".into(), config.into(), "--store".into(), store.into()];
+    let mut line: Vec<OsString> = vec!["work".into(), "--config".into(), config.into(), "--store".into(), store.into()];
     line.extend(["--artifacts".into(), artifacts.into(), "--prices".into(), tour.join("prices.toml").into()]);
     line.extend(["--poll", "500ms"].map(Into::into));
     if retry {
@@ -211,16 +213,19 @@ async fn follow_example(store_path: &Path, example: Example, artifacts: &Path) -
     if example == Example::Budget {
         new_run.budget_usd = Some(TOUR_BUDGET_USD);
     }
-    let run = store.enqueue(new_run, Timestamp::now()).await?;
+    let operator: &dyn Operator = &store;
+    let run = operator.enqueue(new_run).await?;
     let id = run.id.clone();
     let variant = clap::ValueEnum::to_possible_value(&example).map(|value| value.get_name().to_owned());
     crate::notice!("scientist up: enqueued the {} example, run {id}", variant.unwrap_or_default());
     if example == Example::Review {
-        crate::notice!("after Stage_2 it waits for you: `scientist runs approve {id}` (or `runs reject {id} --reason …`)");
+        crate::notice!(
+            "after Stage_2 it waits for you: `scientist runs approve {id}` (or `runs reject {id} --reason …`)"
+        );
     }
     let look = Look::for_stdout();
-    let followed = runs::follow_live(store.as_ref(), id.clone(), 5, Duration::from_secs(1), look).await;
-    super::print_as(look, runs::detail(store.as_ref(), &id, 0, look).await?)?;
+    let followed = runs::follow_live(operator, id.clone(), 5, Duration::from_secs(1), look).await;
+    super::print_as(look, runs::detail(operator, &id, 0, look).await?)?;
     super::print(format!(
         "\nIts artifacts are in {} (and `scientist runs pull {id}` fetches them).\nTry next:\n  \
          scientist runs list\n  scientist runs logs {id}\n  scientist stats",
