@@ -27,6 +27,7 @@ use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::queue::fence;
 use scientist::queue::lease::{self, Action, OnLost};
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
+use scientist::store::stats::cost::DEFAULT_WINDOW;
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use scientist::sweep;
 use serde_json::json;
@@ -560,7 +561,7 @@ async fn seed_stats_scenario(store: &dyn Store) {
 
 async fn stats_report_every_figure(store: &dyn Store) {
     seed_stats_scenario(store).await;
-    let stats = store.stats(at(400)).await.expect("stats");
+    let stats = store.stats(at(400), DEFAULT_WINDOW).await.expect("stats");
     assert_eq!(stats.generated_at, at(400));
     assert_eq!(stats.total_runs, 10);
     let by_status: Vec<u64> = RunStatus::ALL.iter().map(|status| stats.by_status.get(*status)).collect();
@@ -589,14 +590,14 @@ async fn stats_report_every_figure(store: &dyn Store) {
     // run-a 2→150 (latest heartbeat), run-b 10→200, run-c 100→300.
     assert!((stats.gpu_hours - 538.0 / 3600.0).abs() < 1e-9, "{}", stats.gpu_hours);
     // Outside the windows: a day later nothing is active or recent; the rest stays.
-    let later = store.stats(at(400 + 86_400)).await.expect("stats");
+    let later = store.stats(at(400 + 86_400), DEFAULT_WINDOW).await.expect("stats");
     assert!(later.active_workers.is_empty());
     assert_eq!((later.throughput.completed, later.throughput.failed), (0, 0));
     assert_eq!(later.stage_durations, stats.stage_durations);
 }
 
 async fn stats_of_an_empty_store(store: &dyn Store) {
-    let stats = store.stats(at(0)).await.expect("stats");
+    let stats = store.stats(at(0), DEFAULT_WINDOW).await.expect("stats");
     assert_eq!((stats.total_runs, stats.queue.depth, stats.queue.oldest_created_at), (0, 0, None));
     assert!(stats.active_workers.is_empty() && stats.stage_durations.is_empty() && stats.failure_codes.is_empty());
     assert_eq!(stats.gpu_hours, 0.0);
