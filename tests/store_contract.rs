@@ -5,6 +5,8 @@
 mod common;
 #[path = "store_contract/cost.rs"]
 mod cost_cases;
+#[path = "store_contract/cost_stats.rs"]
+mod cost_stats_cases;
 #[path = "store_contract/eta.rs"]
 mod eta_cases;
 #[path = "store_contract/review.rs"]
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use common::{at, attempt_event, event, event_from};
 use cost_cases::*;
+use cost_stats_cases::*;
 use eta_cases::*;
 use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
@@ -1086,6 +1089,7 @@ macro_rules! store_suite {
             case!(forgotten_reviews_time_out_in_the_sweep);
             priced_case!(gpu_time_of_two_attempts_is_priced_by_each_model);
             priced_case!(budgets_alert_then_stop_the_run);
+            priced_case!(stats_sum_cost_by_queue_and_hypothesis_over_the_window);
             case!(a_queues_history_is_the_p50_of_its_completed_runs);
             case!(a_run_keeps_the_trace_id_it_was_enqueued_with);
             case!(an_enqueued_event_gives_its_traceparent_or_a_derived_trace_id);
