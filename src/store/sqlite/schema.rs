@@ -389,6 +389,35 @@ mod tests {
         assert!(newer.to_string().contains("upgrade scientist"), "{newer}");
     }
 
+    /// A version 4 file's runs that spent get their cost rows on open: `stats` counts them.
+    #[tokio::test]
+    async fn fills_the_cost_rows_of_a_version_4_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v4.sqlite");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let new_run = NewRun { hypothesis_id: Some("h".into()), budget_usd: Some(4.0), ..NewRun::new(json!({})) };
+        let run = store.enqueue(new_run, at(0)).await.expect("enqueue");
+        let usage = json!({
+            "specversion": "1.0", "id": "u1", "source": "pod://old", "type": "ai.llm.usage", "time": at(1).to_string(),
+            "subject": format!("run/{}", run.id), "data": {"model": "m", "input_tokens": 7, "cost_usd": 1.5},
+        });
+        let serde_json::Value::Object(usage) = usage else { unreachable!("an object literal") };
+        let usage = crate::event::from_json_object(usage, at(1)).expect("a valid event");
+        store.apply_events(vec![usage], at(1)).await.expect("usage");
+        drop(store);
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch("DROP TABLE run_costs; DROP TABLE run_llm;").expect("as version 4 had it");
+            connection.pragma_update(None, "user_version", 4).expect("version 4");
+        }
+        let store = SqliteStore::open(&path).await.expect("migrates");
+        let cost = store.stats(at(10), crate::store::stats::cost::DEFAULT_WINDOW).await.expect("stats").cost;
+        assert_eq!((cost.total.runs, cost.total.llm_usd, cost.total.input_tokens), (1, 1.5, 7));
+        assert_eq!((cost.total.budget.runs, cost.total.budget.budget_usd), (1, 4.0));
+        assert_eq!(cost.by_hypothesis[0].name.as_deref(), Some("h"));
+        assert_eq!(cost.all_time.by_model[0].input_tokens, 7);
+    }
+
     /// A version 1 file's events are rewritten compactly on open: each reads back as it was
     /// stored, at the position it had, and a new event goes after the highest position ever
     /// handed out (here one whose event is gone).
