@@ -1090,6 +1090,7 @@ macro_rules! store_suite {
             priced_case!(gpu_time_of_two_attempts_is_priced_by_each_model);
             priced_case!(budgets_alert_then_stop_the_run);
             priced_case!(stats_sum_cost_by_queue_and_hypothesis_over_the_window);
+            priced_case!(a_run_created_by_its_events_is_costed_at_once);
             case!(a_queues_history_is_the_p50_of_its_completed_runs);
             case!(a_run_keeps_the_trace_id_it_was_enqueued_with);
             case!(an_enqueued_event_gives_its_traceparent_or_a_derived_trace_id);

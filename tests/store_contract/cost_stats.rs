@@ -217,3 +217,20 @@ pub async fn stats_sum_cost_by_queue_and_hypothesis_over_the_window(store: &dyn 
         .collect();
     assert_eq!(got, models);
 }
+
+/// A run created by its own events (`ai.run.enqueued` in the batch that reports its spend)
+/// gets its cost derived and its budget applied in that first write, as a run written later
+/// does, and counts in `stats`.
+pub async fn a_run_created_by_its_events_is_costed_at_once(store: &dyn Store) {
+    let (budget, spent) = (1.0, 1.5);
+    let events = vec![
+        event("e1", "ai.run.enqueued", "run-born", 10, json!({"queue": "gpu-a", "budget_usd": budget})),
+        event("e2", "ai.llm.usage", "run-born", 11, json!({"model": "gpt-x", "input_tokens": 5, "cost_usd": spent})),
+    ];
+    store.apply_events(events, at(11)).await.expect("apply");
+    let run = store.get(&"run-born".parse().expect("id")).await.expect("get").expect("created");
+    assert_eq!((run.cost.total_usd, run.cost.budget_usd), (spent, Some(budget)), "{:?}", run.cost);
+    assert_eq!((run.status, run.error_type.as_deref()), (RunStatus::Failed, Some("BUDGET_EXCEEDED")));
+    let cost = store.stats(at(20), Duration::from_secs(DAY as u64)).await.expect("stats").cost;
+    assert_eq!((cost.total.llm_usd, cost.total.budget.exceeded, cost.total.input_tokens), (spent, 1, 5));
+}

@@ -80,9 +80,9 @@ no run created since {} used a GPU, an LLM or a budget",
     headline.add_row(vec![
         "spent".to_owned(),
         format!(
-            "{} by {} runs (GPU {}, LLM {})",
+            "{} by {} (GPU {}, LLM {})",
             usd(total.total_usd),
-            total.runs,
+            runs(total.runs),
             usd(total.gpu_usd),
             usd(total.llm_usd)
         ),
@@ -101,8 +101,8 @@ no run created since {} used a GPU, an LLM or a budget",
         headline.add_row(vec![
             "budgets".to_owned(),
             format!(
-                "{} runs: {} of {} ({}); {} at 80% or more, {} ended BUDGET_EXCEEDED",
-                budget.runs,
+                "{} with one: {} of {} ({}); {} at 80% or more, {} ended BUDGET_EXCEEDED",
+                runs(budget.runs),
                 usd(budget.spent_usd),
                 usd(budget.budget_usd),
                 share(budget),
@@ -149,6 +149,10 @@ fn group_table(groups: &[CostGroup], heading: &str, unnamed: &str, look: Look) -
         ]);
     }
     render(&mut table)
+}
+
+fn runs(count: u64) -> String {
+    if count == 1 { "1 run".to_owned() } else { format!("{count} runs") }
 }
 
 /// What budgeted runs spent of their budgets, as a whole percentage.

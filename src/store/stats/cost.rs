@@ -170,6 +170,22 @@ impl CostSum {
     }
 }
 
+/// Dollars to the nano-dollar the ledger counts in: sums made in another order (another
+/// backend's, another replica's) then read the same.
+fn to_nanos(usd: f64) -> f64 {
+    (usd * 1e9).round() / 1e9
+}
+
+impl CostSum {
+    fn rounded(mut self) -> CostSum {
+        for usd in [&mut self.gpu_usd, &mut self.llm_usd, &mut self.budget.spent_usd, &mut self.budget.budget_usd] {
+            *usd = to_nanos(*usd);
+        }
+        self.total_usd = to_nanos(self.gpu_usd + self.llm_usd);
+        self
+    }
+}
+
 impl CostStats {
     pub(crate) fn assemble(parts: CostParts, now: Timestamp, window: Duration) -> CostStats {
         let mut total = CostSum::default();
@@ -183,7 +199,7 @@ impl CostStats {
         CostStats {
             window_s: window_seconds(window),
             since: window_since(now, window),
-            total,
+            total: total.rounded(),
             by_queue: top_groups(queues),
             by_hypothesis: top_groups(hypotheses),
             all_time: AllTimeCost { by_queue: top_queues(parts.queues), by_model: top_models(parts.models) },
@@ -194,18 +210,22 @@ impl CostStats {
 /// Most spent first (then by name, for a stable order); past [`TOP_GROUPS`], one row sums the rest.
 fn top_groups(groups: BTreeMap<Option<String>, CostSum>) -> Vec<CostGroup> {
     let mut groups: Vec<CostGroup> =
-        groups.into_iter().map(|(name, sum)| CostGroup { name, others: None, sum }).collect();
+        groups.into_iter().map(|(name, sum)| CostGroup { name, others: None, sum: sum.rounded() }).collect();
     groups.sort_by(|a, b| b.sum.total_usd.total_cmp(&a.sum.total_usd).then_with(|| a.name.cmp(&b.name)));
     if groups.len() > TOP_GROUPS {
         let rest = groups.split_off(TOP_GROUPS);
         let mut sum = CostSum::default();
         rest.iter().for_each(|group| sum.add(&group.sum));
-        groups.push(CostGroup { name: None, others: Some(rest.len() as u64), sum });
+        groups.push(CostGroup { name: None, others: Some(rest.len() as u64), sum: sum.rounded() });
     }
     groups
 }
 
-fn top_queues(mut queues: Vec<QueueSpend>) -> Vec<QueueSpend> {
+fn top_queues(queues: Vec<QueueSpend>) -> Vec<QueueSpend> {
+    let mut queues: Vec<QueueSpend> = queues
+        .into_iter()
+        .map(|queue| QueueSpend { gpu_usd: to_nanos(queue.gpu_usd), llm_usd: to_nanos(queue.llm_usd), ..queue })
+        .collect();
     let spent = |queue: &QueueSpend| queue.gpu_usd + queue.llm_usd;
     queues.sort_by(|a, b| spent(b).total_cmp(&spent(a)).then_with(|| a.queue.cmp(&b.queue)));
     if queues.len() > TOP_SERIES {
@@ -215,7 +235,7 @@ fn top_queues(mut queues: Vec<QueueSpend>) -> Vec<QueueSpend> {
             other.gpu_usd += queue.gpu_usd;
             other.llm_usd += queue.llm_usd;
         }
-        queues.push(other);
+        queues.push(QueueSpend { gpu_usd: to_nanos(other.gpu_usd), llm_usd: to_nanos(other.llm_usd), ..other });
     }
     queues
 }
