@@ -164,10 +164,10 @@ fn share(budget: &BudgetUse) -> String {
     }
 }
 
-/// A window as it was likely written: `7d`, `24h` → `1d`, `90m`, `45s`.
+/// A window as it was likely written: `7d`, `24h`, `90m`, `45s`.
 fn window_label(seconds: i64) -> String {
     match seconds {
-        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
         s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
         s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
