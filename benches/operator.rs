@@ -161,7 +161,7 @@ async fn store_figures(store: &SqliteStore) {
     let deep = store.list(&RunFilter { limit: 1000, ..Default::default() }).await.expect("page");
     let deep_filter = RunFilter { limit: 50, cursor: deep.next.clone(), ..Default::default() };
     print_figure("list, 50 after the first 1,000 (cursor)", time(|| store.list(&deep_filter)).await);
-    print_figure("stats", time(|| store.stats(now)).await);
+    print_figure("stats", time(|| store.stats(now, scientist::store::stats::cost::DEFAULT_WINDOW)).await);
     let prefix = run_id(RUNS / 2)[..10].to_owned();
     print_figure("resolve a unique id prefix", time(|| store.resolve_prefix(&prefix)).await);
     let id: RunId = run_id(RUNS - 2).parse().expect("id");

@@ -272,6 +272,13 @@ async fn runs_are_enqueued_paged_claimed_canceled_and_reset() {
     let (status, stats) = api.get("/api/stats").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stats["byStatus"]["SCHEDULED"], 3, "{stats}");
+    let (status, stats) = api.get("/api/stats?window=24h").await;
+    assert_eq!((status, stats["cost"]["window_s"].as_i64()), (StatusCode::OK, Some(86_400)), "{stats}");
+    let (status, answer) = api.get("/api/stats?window=0s").await;
+    assert!(
+        status == StatusCode::BAD_REQUEST && answer["error"].as_str().is_some_and(|e| e.contains("24h")),
+        "{answer}"
+    );
 }
 
 /// An ideation pod without database credentials: claim a request, beat, end the claim; a

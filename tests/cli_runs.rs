@@ -89,6 +89,9 @@ async fn stats_tables_and_json(test_store: TestStore) {
     insta::assert_snapshot!("stats", run(&test_store, &["stats"]));
     let stats: Value = json_stdout(&test_store, &["stats", "--json"]);
     insta::assert_json_snapshot!("stats_json", stats);
+    // The last 30 minutes saw only the two queued runs created, which spent nothing.
+    let recent = run(&test_store, &["stats", "--window", "30m"]);
+    assert!(recent.contains("Cost (last 30m)\nno run created since 2025-10-22T19:30:00.000Z used"), "{recent}");
     test_store.cleanup().await;
 }
 

@@ -5,6 +5,8 @@
 mod common;
 #[path = "store_contract/cost.rs"]
 mod cost_cases;
+#[path = "store_contract/cost_stats.rs"]
+mod cost_stats_cases;
 #[path = "store_contract/eta.rs"]
 mod eta_cases;
 #[path = "store_contract/review.rs"]
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use common::{at, attempt_event, event, event_from};
 use cost_cases::*;
+use cost_stats_cases::*;
 use eta_cases::*;
 use review_cases::*;
 use scientist::event::{FailureCode, LogLevel};
@@ -27,6 +30,7 @@ use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::queue::fence;
 use scientist::queue::lease::{self, Action, OnLost};
 use scientist::run::{NewRun, RunId, RunStatus, Stage};
+use scientist::store::stats::cost::DEFAULT_WINDOW;
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use scientist::sweep;
 use serde_json::json;
@@ -560,7 +564,7 @@ async fn seed_stats_scenario(store: &dyn Store) {
 
 async fn stats_report_every_figure(store: &dyn Store) {
     seed_stats_scenario(store).await;
-    let stats = store.stats(at(400)).await.expect("stats");
+    let stats = store.stats(at(400), DEFAULT_WINDOW).await.expect("stats");
     assert_eq!(stats.generated_at, at(400));
     assert_eq!(stats.total_runs, 10);
     let by_status: Vec<u64> = RunStatus::ALL.iter().map(|status| stats.by_status.get(*status)).collect();
@@ -589,14 +593,14 @@ async fn stats_report_every_figure(store: &dyn Store) {
     // run-a 2→150 (latest heartbeat), run-b 10→200, run-c 100→300.
     assert!((stats.gpu_hours - 538.0 / 3600.0).abs() < 1e-9, "{}", stats.gpu_hours);
     // Outside the windows: a day later nothing is active or recent; the rest stays.
-    let later = store.stats(at(400 + 86_400)).await.expect("stats");
+    let later = store.stats(at(400 + 86_400), DEFAULT_WINDOW).await.expect("stats");
     assert!(later.active_workers.is_empty());
     assert_eq!((later.throughput.completed, later.throughput.failed), (0, 0));
     assert_eq!(later.stage_durations, stats.stage_durations);
 }
 
 async fn stats_of_an_empty_store(store: &dyn Store) {
-    let stats = store.stats(at(0)).await.expect("stats");
+    let stats = store.stats(at(0), DEFAULT_WINDOW).await.expect("stats");
     assert_eq!((stats.total_runs, stats.queue.depth, stats.queue.oldest_created_at), (0, 0, None));
     assert!(stats.active_workers.is_empty() && stats.stage_durations.is_empty() && stats.failure_codes.is_empty());
     assert_eq!(stats.gpu_hours, 0.0);
@@ -1085,6 +1089,8 @@ macro_rules! store_suite {
             case!(forgotten_reviews_time_out_in_the_sweep);
             priced_case!(gpu_time_of_two_attempts_is_priced_by_each_model);
             priced_case!(budgets_alert_then_stop_the_run);
+            priced_case!(stats_sum_cost_by_queue_and_hypothesis_over_the_window);
+            priced_case!(a_run_created_by_its_events_is_costed_at_once);
             case!(a_queues_history_is_the_p50_of_its_completed_runs);
             case!(a_run_keeps_the_trace_id_it_was_enqueued_with);
             case!(an_enqueued_event_gives_its_traceparent_or_a_derived_trace_id);

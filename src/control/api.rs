@@ -229,8 +229,9 @@ impl Operator for ApiOperator {
         self.get_json(&["api", "runs", run_id.as_str(), "artifacts"], &[]).await
     }
 
-    async fn stats(&self, now: Timestamp) -> anyhow::Result<Stats> {
-        self.get_json(&["api", "stats"], &[("at", now.to_string())]).await
+    async fn stats(&self, now: Timestamp, cost_window: Duration) -> anyhow::Result<Stats> {
+        let window = format!("{}s", cost_window.as_secs());
+        self.get_json(&["api", "stats"], &[("at", now.to_string()), ("window", window)]).await
     }
 
     async fn enqueue(&self, new_run: NewRun) -> anyhow::Result<Run> {

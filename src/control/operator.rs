@@ -31,8 +31,9 @@ pub trait Operator: Send + Sync {
 
     async fn artifacts(&self, run_id: &RunId) -> anyhow::Result<Vec<Artifact>>;
 
-    /// The figures at `now` (`SCIENTIST_NOW` for reproducible output).
-    async fn stats(&self, now: Timestamp) -> anyhow::Result<Stats>;
+    /// The figures at `now` (`SCIENTIST_NOW` for reproducible output), the cost section over
+    /// the runs created in `cost_window` before it.
+    async fn stats(&self, now: Timestamp, cost_window: Duration) -> anyhow::Result<Stats>;
 
     async fn enqueue(&self, new_run: NewRun) -> anyhow::Result<Run>;
 
@@ -117,8 +118,8 @@ impl Operator for Arc<dyn Store> {
         Ok(Store::artifacts(self.as_ref(), run_id).await?)
     }
 
-    async fn stats(&self, now: Timestamp) -> anyhow::Result<Stats> {
-        Ok(Store::stats(self.as_ref(), now).await?)
+    async fn stats(&self, now: Timestamp, cost_window: Duration) -> anyhow::Result<Stats> {
+        Ok(Store::stats(self.as_ref(), now, cost_window).await?)
     }
 
     async fn enqueue(&self, new_run: NewRun) -> anyhow::Result<Run> {

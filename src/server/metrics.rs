@@ -1,15 +1,22 @@
 //! `GET /metrics` in Prometheus (OpenMetrics) text format: ingest outcomes and request
-//! latencies counted as they happen; runs by status and the queue read from the store at
-//! scrape time, so every `serve` replica reports the same fleet.
+//! latencies counted as they happen; runs by status, the queue and what runs cost read from
+//! the store at scrape time, so every `serve` replica reports the same fleet.
+//!
+//! The cost counters (`scientist_cost_usd_total{queue,kind}`, `scientist_llm_tokens_total
+//! {model,kind}`) are the store's all-time sums (`stats::cost::AllTimeCost`), not a window's,
+//! so they do not fall as a window slides; at most `TOP_SERIES` queues and models are named,
+//! the rest summed under `other`.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -19,6 +26,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::run::RunStatus;
 use crate::store::Outcome;
+use crate::store::stats::cost::{AllTimeCost, DEFAULT_WINDOW};
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +46,51 @@ struct StatusLabel {
     status: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueCostLabels {
+    queue: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelTokenLabels {
+    model: String,
+    kind: &'static str,
+}
+
+/// The cost counters: the all-time sums the latest scrape read, encoded as they are (a
+/// family would keep the series of a queue that has since dropped out of the top ones).
+#[derive(Debug, Default)]
+struct CostCounters {
+    latest: Mutex<AllTimeCost>,
+}
+
+impl Collector for CostCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let latest = crate::store::lock(&self.latest).clone();
+        let help = "Dollars runs have spent, all runs, by queue and kind (gpu, llm)";
+        let counter = ConstCounter::new(0.0_f64);
+        let mut family = encoder.encode_descriptor("cost_usd", help, None, counter.metric_type())?;
+        for queue in &latest.by_queue {
+            for (kind, usd) in [("gpu", queue.gpu_usd), ("llm", queue.llm_usd)] {
+                let labels = QueueCostLabels { queue: queue.queue.clone(), kind };
+                ConstCounter::new(usd).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let help = "LLM tokens runs have used, all runs, by model and kind (input, output, cached)";
+        let mut family = encoder.encode_descriptor("llm_tokens", help, None, counter.metric_type())?;
+        for model in &latest.by_model {
+            let kinds =
+                [("input", model.input_tokens), ("output", model.output_tokens), ("cached", model.cached_tokens)];
+            for (kind, tokens) in kinds {
+                let labels = ModelTokenLabels { model: model.model.clone(), kind };
+                ConstCounter::new(tokens).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The server's metrics and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +99,7 @@ pub struct Metrics {
     runs: Family<StatusLabel, Gauge>,
     queue_depth: Gauge,
     oldest_queued_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    costs: Arc<CostCounters>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,7 +124,9 @@ impl Default for Metrics {
             "Age of the oldest QUEUED run (0 when none)",
             oldest_queued_age.clone(),
         );
-        Metrics { registry, ingested, requests, runs, queue_depth, oldest_queued_age }
+        let costs = Arc::new(CostCounters::default());
+        registry.register_collector(Box::new(costs.clone()));
+        Metrics { registry, ingested, requests, runs, queue_depth, oldest_queued_age, costs }
     }
 }
 
@@ -104,7 +160,7 @@ pub(super) async fn record_latency(State(state): State<AppState>, request: Reque
 }
 
 pub(super) async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = state.store.stats(Timestamp::now()).await?;
+    let stats = state.store.stats(Timestamp::now(), DEFAULT_WINDOW).await?;
     let metrics = &state.metrics;
     for status in RunStatus::ALL {
         let count = stats.by_status.get(status);
@@ -112,6 +168,7 @@ pub(super) async fn serve(State(state): State<AppState>) -> Result<Response, Api
     }
     metrics.queue_depth.set(stats.queue.depth as i64);
     metrics.oldest_queued_age.set(stats.queue.oldest_age_s.unwrap_or(0.0));
+    *crate::store::lock(&metrics.costs.latest) = stats.cost.all_time;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics.registry)
         .map_err(|_| ApiError::Internal("the metrics could not be encoded".into()))?;

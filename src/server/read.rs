@@ -147,6 +147,8 @@ pub(super) async fn artifacts(
 pub(super) struct StatsQuery {
     /// The figures as of this RFC 3339 time (windows and ages end there) [default: now].
     at: Option<String>,
+    /// How far back the cost section goes, by run creation: `24h`, `7d` [default: 7d].
+    window: Option<String>,
 }
 
 /// The same document as `scientist stats --json`.
@@ -159,7 +161,11 @@ pub(super) async fn stats(
         Some(text) => Timestamp::parse_rfc3339(&text)
             .map_err(|err| ApiError::BadRequest(format!("at={text:?} is not an RFC 3339 time ({err})")))?,
     };
-    Ok(Json(state.store.stats(at).await?))
+    let window = match query.window {
+        None => store::stats::cost::DEFAULT_WINDOW,
+        Some(text) => store::stats::cost::parse_window(&text).map_err(ApiError::BadRequest)?,
+    };
+    Ok(Json(state.store.stats(at, window).await?))
 }
 
 #[derive(Debug, Deserialize)]

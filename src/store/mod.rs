@@ -237,8 +237,9 @@ pub trait Store: Send + Sync + 'static {
     async fn last_received_at(&self) -> Result<Option<Timestamp>>;
 
     /// The whole store's figures at `now` (see [`Stats`]), from indexed queries only: cheap
-    /// enough to call every few seconds whatever the number of runs and events.
-    async fn stats(&self, now: Timestamp) -> Result<Stats>;
+    /// enough to call every few seconds whatever the number of runs and events. The cost
+    /// section covers runs created in the `cost_window` before `now` (and all time).
+    async fn stats(&self, now: Timestamp, cost_window: std::time::Duration) -> Result<Stats>;
 
     /// Up to two run ids starting with `prefix`, in id order: one means the prefix names a
     /// run, two that it is ambiguous, none that no run matches.

@@ -2,10 +2,14 @@
 //! Each backend gathers the raw figures with its own indexed queries ([`Parts`]); the
 //! arithmetic (windows, rates, percentile ranks) lives here once, so both report alike.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::run::{ReviewDecision, Run, RunId, RunStatus, Stage};
 use crate::time::Timestamp;
+
+pub mod cost;
 
 /// A worker counts as active while a run it holds showed a heartbeat, start or claim this recently.
 pub const ACTIVE_WINDOW_S: i64 = 5 * 60;
@@ -40,6 +44,8 @@ pub struct Stats {
     /// Hours runs held a GPU: start to end (or to the latest heartbeat while running), one
     /// GPU per run, over the runs' current attempts.
     pub gpu_hours: f64,
+    /// Spend over the window (`stats --window`, `?window=`) and all time (`cost`).
+    pub cost: cost::CostStats,
 }
 
 /// Runs in each status; every status is present, zero or not.
@@ -172,6 +178,7 @@ pub(crate) struct Parts {
     /// Runs by their latest review's decision (decisions with none may be left out).
     pub review_decisions: Vec<(ReviewDecision, u64)>,
     pub gpu_seconds: f64,
+    pub cost: cost::CostParts,
 }
 
 /// The earliest "last seen" time of an active worker's run.
@@ -203,7 +210,8 @@ pub(crate) fn sort_stages(durations: &mut [StageDurations]) {
 }
 
 impl Stats {
-    pub(crate) fn assemble(parts: Parts, now: Timestamp) -> Stats {
+    /// `cost_window`: how far back the cost section goes (by creation time, see `cost`).
+    pub(crate) fn assemble(parts: Parts, now: Timestamp, cost_window: Duration) -> Stats {
         let mut by_status = StatusCounts::default();
         for (status, count) in parts.counts {
             *by_status.slot(status) += count;
@@ -241,6 +249,7 @@ impl Stats {
             failure_codes: parts.failure_codes,
             reviews,
             gpu_hours: parts.gpu_seconds / 3600.0,
+            cost: cost::CostStats::assemble(parts.cost, now, cost_window),
         }
     }
 }

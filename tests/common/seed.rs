@@ -1,6 +1,6 @@
 //! A fixed operator scenario, the same on every store: six runs in every state, with stages,
-//! logs, an artifact, a heartbeat and a failure. All times are fixed (T0 is
-//! 2025-10-22T19:00:00Z); CLI tests look at it as of `SEEN_AT`.
+//! logs, an artifact, a heartbeat, a failure, LLM calls, two hypotheses and a budget. All
+//! times are fixed (T0 is 2025-10-22T19:00:00Z); CLI tests look at it as of `SEEN_AT`.
 
 #![allow(dead_code)]
 
@@ -29,10 +29,11 @@ pub fn traceback() -> String {
 }
 
 pub async fn operator_scenario(store: &dyn Store) {
-    let enqueued = |id: &str, seconds: i64, priority: i64| {
-        event(&format!("{id}-enqueued"), "ai.run.enqueued", id, seconds, json!({"priority": priority}))
+    let enqueued_for = |id: &str, seconds: i64, data: serde_json::Value| {
+        event(&format!("{id}-enqueued"), "ai.run.enqueued", id, seconds, data)
     };
-    apply(store, vec![enqueued(RUNNING, 0, 5)]).await;
+    let enqueued = |id: &str, seconds: i64, priority: i64| enqueued_for(id, seconds, json!({"priority": priority}));
+    apply(store, vec![enqueued_for(RUNNING, 0, json!({"priority": 5, "hypothesis_id": "hyp-rope"}))]).await;
     let claimed = store.claim("pod-a", "default", at(60)).await.expect("claim").expect("the only queued run");
     assert_eq!(claimed.id.as_str(), RUNNING);
 
@@ -64,6 +65,7 @@ pub async fn operator_scenario(store: &dyn Store) {
             log("a-log-2", 3100, Some("warning"), "lr schedule clipped at 3e-4"),
             log("a-log-3", 3200, None, "epoch 12: loss=0.4312 acc=0.8812"),
             log("a-log-4", 3300, Some("error"), "node 7 crashed: shape mismatch"),
+            worker("a-llm", "ai.llm.usage", 3400, json!({"model": "gpt-5-mini", "input_tokens": 120000, "output_tokens": 8000, "cached_tokens": 20000, "cost_usd": 0.42, "stage": "Stage_2"})),
             worker("a-hb", "ai.run.heartbeat", 3590, json!({"gpu_util": 0.97, "gpu_mem": 71.2})),
         ],
     )
@@ -75,12 +77,15 @@ pub async fn operator_scenario(store: &dyn Store) {
     apply(
         store,
         vec![
-            enqueued(COMPLETED, 100, 0),
+            enqueued_for(COMPLETED, 100, json!({"hypothesis_id": "hyp-attention"})),
             other("start", COMPLETED, "ai.run.started", 200, json!({"pod_id": "pod-b", "gpu": "A100"})),
             other("s1", COMPLETED, "ai.run.stage_started", 200, json!({"stage": "Stage_1"})),
             other("s1-done", COMPLETED, "ai.run.stage_completed", 1000, json!({"stage": "Stage_1", "duration_s": 800})),
+            other("llm", COMPLETED, "ai.llm.usage", 900, json!({"model": "claude-sonnet", "input_tokens": 50000, "output_tokens": 4000, "cost_usd": 0.95})),
             other("done", COMPLETED, "ai.run.completed", 2000, json!({"duration_s": 1800})),
-            enqueued(FAILED, 150, 0),
+            // 87% of its budget spent when it failed.
+            enqueued_for(FAILED, 150, json!({"hypothesis_id": "hyp-attention", "budget_usd": 1.5})),
+            other("llm", FAILED, "ai.llm.usage", 2400, json!({"model": "gpt-5-mini", "input_tokens": 300000, "output_tokens": 20000, "cost_usd": 1.3})),
             other("start", FAILED, "ai.run.started", 300, json!({"pod_id": "pod-c", "gpu": "A100"})),
             other("s2", FAILED, "ai.run.stage_started", 400, json!({"stage": "Stage_2"})),
             other(

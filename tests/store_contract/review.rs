@@ -10,7 +10,7 @@ use scientist::store::{Error, EventFilter, Outcome, Store};
 use scientist::sweep;
 use serde_json::json;
 
-use super::{at, attempt_event, claimed_run};
+use super::{DEFAULT_WINDOW, at, attempt_event, claimed_run};
 
 /// A claimed run (attempt 1) whose worker asked for a review of `stage` at 10 s.
 async fn awaiting_run(store: &dyn Store, stage: &str, holds: bool) -> RunId {
@@ -154,6 +154,6 @@ pub async fn forgotten_reviews_time_out_in_the_sweep(store: &dyn Store) {
 
     // Stats count runs awaiting review and decided ones.
     awaiting_run(store, "paper", false).await;
-    let reviews = store.stats(at(4000)).await.expect("stats").reviews;
+    let reviews = store.stats(at(4000), DEFAULT_WINDOW).await.expect("stats").reviews;
     assert_eq!((reviews.awaiting, reviews.approved, reviews.rejected, reviews.timed_out), (1, 1, 0, 1));
 }

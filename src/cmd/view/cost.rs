@@ -3,6 +3,7 @@
 
 use super::{Look, duration, render};
 use crate::run::Run;
+use crate::store::stats::cost::{BudgetUse, CostGroup, CostStats};
 
 /// Dollars as people read them: `$12.40`, `<$0.01` for a fraction of a cent.
 pub(crate) fn usd(amount: f64) -> String {
@@ -64,6 +65,115 @@ pub(crate) fn cost_panel(run: &Run, look: Look) -> Option<String> {
     Some(format!("{}\n{}", look.title("Cost"), render(&mut table)))
 }
 
+/// `stats`' cost section: the window's total, a table by queue and one by hypothesis.
+pub(crate) fn cost_section(cost: &CostStats, look: Look) -> String {
+    let title = look.title(&format!("Cost (last {})", window_label(cost.window_s)));
+    let total = &cost.total;
+    if total.runs == 0 {
+        return format!(
+            "{title}
+no run created since {} used a GPU, an LLM or a budget",
+            cost.since
+        );
+    }
+    let mut headline = look.bare_table();
+    headline.add_row(vec![
+        "spent".to_owned(),
+        format!(
+            "{} by {} (GPU {}, LLM {})",
+            usd(total.total_usd),
+            runs(total.runs),
+            usd(total.gpu_usd),
+            usd(total.llm_usd)
+        ),
+    ]);
+    headline.add_row(vec![
+        "tokens".to_owned(),
+        format!(
+            "{} in ({} cached) · {} out",
+            tokens(total.input_tokens),
+            tokens(total.cached_tokens),
+            tokens(total.output_tokens)
+        ),
+    ]);
+    let budget = &total.budget;
+    if budget.runs > 0 {
+        headline.add_row(vec![
+            "budgets".to_owned(),
+            format!(
+                "{} with one: {} of {} ({}); {} at 80% or more, {} ended BUDGET_EXCEEDED",
+                runs(budget.runs),
+                usd(budget.spent_usd),
+                usd(budget.budget_usd),
+                share(budget),
+                budget.near_budget,
+                budget.exceeded
+            ),
+        ]);
+    }
+    let by_queue = group_table(&cost.by_queue, "QUEUE", "-", look);
+    let by_hypothesis = group_table(&cost.by_hypothesis, "HYPOTHESIS", "(none)", look);
+    format!("{title}\n{}\n\n{by_queue}\n\n{by_hypothesis}", render(&mut headline))
+}
+
+/// One row per group: `unnamed` names runs without one; the last row may sum the rest.
+fn group_table(groups: &[CostGroup], heading: &str, unnamed: &str, look: Look) -> String {
+    let mut table = look.table([heading, "RUNS", "GPU $", "LLM $", "TOTAL $", "BUDGET USE"]);
+    for group in groups {
+        let name = match (&group.name, group.others) {
+            (_, Some(others)) => format!("other ({others})"),
+            (Some(name), None) => look.line(name).into_owned(),
+            (None, None) => unnamed.to_owned(),
+        };
+        let sum = &group.sum;
+        let budget = &sum.budget;
+        let use_of_budget = if budget.runs == 0 {
+            "-".to_owned()
+        } else {
+            let mut cell = format!("{} of {}", share(budget), usd(budget.budget_usd));
+            if budget.near_budget > 0 {
+                cell.push_str(&format!(" · {} at 80%+", budget.near_budget));
+            }
+            if budget.exceeded > 0 {
+                cell.push_str(&format!(" · {} exceeded", budget.exceeded));
+            }
+            cell
+        };
+        table.add_row(vec![
+            name,
+            sum.runs.to_string(),
+            usd(sum.gpu_usd),
+            usd(sum.llm_usd),
+            usd(sum.total_usd),
+            use_of_budget,
+        ]);
+    }
+    render(&mut table)
+}
+
+fn runs(count: u64) -> String {
+    if count == 1 { "1 run".to_owned() } else { format!("{count} runs") }
+}
+
+/// What budgeted runs spent of their budgets, as a whole percentage.
+fn share(budget: &BudgetUse) -> String {
+    if budget.budget_usd > 0.0 {
+        format!("{:.0}%", budget.spent_usd / budget.budget_usd * 100.0)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// A window as it was likely written: `7d`, `24h`, `90m`, `45s`.
+fn window_label(seconds: i64) -> String {
+    match seconds {
+        s if s > 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +182,9 @@ mod tests {
     fn dollars_and_tokens_read_as_people_write_them() {
         assert_eq!((usd(12.4), usd(0.001), usd(0.0)), ("$12.40".into(), "<$0.01".into(), "$0.00".into()));
         assert_eq!((tokens(0), tokens(999), tokens(1_200_000)), ("0".into(), "999".into(), "1,200,000".into()));
+        assert_eq!(
+            [window_label(604_800), window_label(7200), window_label(90 * 60), window_label(45)],
+            ["7d", "2h", "90m", "45s"]
+        );
     }
 }

@@ -322,6 +322,7 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
         }
         sections.push(format!("{}\n{}", look.title("Most common failures"), render(&mut table)));
     }
+    sections.push(cost::cost_section(&stats.cost, look));
     sections.join("\n\n")
 }
 

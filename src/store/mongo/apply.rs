@@ -180,6 +180,9 @@ impl MongoStore {
             let Some(mut run) = slot else { return Ok(effects) };
             match &before {
                 None => {
+                    // As every run write (and SQLite's creation by events): its cost, budget
+                    // and alerts, from what the batch and the replay made of it.
+                    crate::store::before_save(&mut run, &self.rules, now);
                     run.updated_at = now;
                     match self.runs.insert_one(&run).await {
                         Ok(_) => {}

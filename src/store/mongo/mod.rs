@@ -4,6 +4,7 @@
 
 mod apply;
 mod bson;
+mod cost;
 mod ideation;
 mod mirror;
 mod pages;
@@ -174,6 +175,8 @@ impl MongoStore {
                     .build(),
             ])
             .await?;
+        // Stats: the all-time cost sums.
+        self.runs.create_indexes(cost::cost_indexes().map(index)).await?;
         self.events
             .create_indexes([
                 unique(doc! { "source": 1, "id": 1 }),
@@ -275,8 +278,8 @@ impl Store for MongoStore {
         self.newest_received_at().await
     }
 
-    async fn stats(&self, now: Timestamp) -> Result<Stats> {
-        self.gather_stats(now).await
+    async fn stats(&self, now: Timestamp, cost_window: std::time::Duration) -> Result<Stats> {
+        self.gather_stats(now, cost_window).await
     }
 
     async fn resolve_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {

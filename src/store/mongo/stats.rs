@@ -1,5 +1,7 @@
 //! The figures of `stats` on MongoDB, each from an indexed query or a server-side aggregation.
 
+use std::time::Duration;
+
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 
@@ -33,7 +35,7 @@ impl MongoStore {
         Ok(counts)
     }
 
-    pub(super) async fn gather_stats(&self, now: Timestamp) -> Result<Stats> {
+    pub(super) async fn gather_stats(&self, now: Timestamp, cost_window: Duration) -> Result<Stats> {
         let parts = stats::Parts {
             counts: self.count_by_status().await?,
             oldest_queued_at: self.oldest_queued_at().await?,
@@ -44,8 +46,9 @@ impl MongoStore {
             failure_codes: self.failure_codes().await?,
             review_decisions: self.review_decisions().await?,
             gpu_seconds: self.gpu_seconds(now).await?,
+            cost: self.cost_parts(stats::cost::window_since(now, cost_window), now).await?,
         };
-        Ok(Stats::assemble(parts, now))
+        Ok(Stats::assemble(parts, now, cost_window))
     }
 
     async fn oldest_queued_at(&self) -> Result<Option<Timestamp>> {

@@ -13,6 +13,7 @@
 //! before an earlier one, and a cursor (a `pos`) never passes an event still to come. The
 //! MongoDB store needs its `storeSeq` and gap rule for that; this one has it for free.
 
+mod cost_rows;
 mod event_rows;
 mod events;
 mod group;
@@ -258,8 +259,8 @@ impl Store for SqliteStore {
         self.newest_received_at().await
     }
 
-    async fn stats(&self, now: Timestamp) -> Result<Stats> {
-        self.gather_stats(now).await
+    async fn stats(&self, now: Timestamp, cost_window: std::time::Duration) -> Result<Stats> {
+        self.gather_stats(now, cost_window).await
     }
 
     async fn resolve_prefix(&self, prefix: &str) -> Result<Vec<RunId>> {

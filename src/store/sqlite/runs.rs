@@ -5,6 +5,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 
 use super::SqliteStore;
+use super::cost_rows::write_costs;
 use super::schema::{
     DERIVED_COLUMNS, DERIVED_PLACEHOLDERS, derived_values, write_changed_stage_durations, write_stage_durations,
 };
@@ -103,6 +104,7 @@ pub(super) fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
     if inserted == 0 {
         return Err(Error::AlreadyExists(run.id.clone()));
     }
+    write_costs(tx, run)?;
     write_stage_durations(tx, run)
 }
 
@@ -140,7 +142,7 @@ fn save_run_document(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rules:
     ];
     let id = SqlValue::from(run.id.to_string());
     tx.prepare_cached(&sql)?.execute(params_from_iter(values.into_iter().chain(derived_values(run)).chain([id])))?;
-    Ok(())
+    write_costs(tx, run)
 }
 
 fn corrupt_id(id: &str, reason: String) -> Error {

@@ -5,6 +5,7 @@ use std::path::Path;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter};
 
+use super::cost_rows::write_costs;
 use super::event_rows::id_column;
 use super::runs::parse_run;
 use crate::run::Run;
@@ -56,7 +57,7 @@ CREATE INDEX IF NOT EXISTS ideation_queue ON ideation_requests (status, created_
 
 /// The schema version this build writes (`PRAGMA user_version`). A file of an older version
 /// is migrated on open; 0 is the first release's schema (`SCHEMA` alone).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1: columns derived from each run document (kept by `insert_run` / `save_run`)
 /// and one row per completed stage, so `stats` and the queue's views read indexes rather
@@ -131,6 +132,36 @@ ALTER TABLE runs ADD COLUMN review_decision TEXT;
 CREATE INDEX runs_review ON runs (review_decision) WHERE review_decision IS NOT NULL;
 ";
 
+/// Version 5: what `stats` sums costs by (`cost_rows`): a row per run that spent or has a
+/// budget, a row per model it called, and covering indexes for the window and the all-time
+/// sums. Filled from the runs already stored.
+const MIGRATION_5: &str = "
+CREATE TABLE run_costs (
+    run_id         TEXT PRIMARY KEY,
+    created_at     INTEGER NOT NULL,
+    queue          TEXT NOT NULL,
+    hypothesis     TEXT,
+    gpu_usd        REAL NOT NULL,
+    llm_usd        REAL NOT NULL,
+    input_tokens   INTEGER NOT NULL,
+    output_tokens  INTEGER NOT NULL,
+    cached_tokens  INTEGER NOT NULL,
+    budget_usd     REAL,
+    exceeded       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX run_costs_created ON run_costs (created_at);
+CREATE INDEX run_costs_queue ON run_costs (queue, gpu_usd, llm_usd);
+CREATE TABLE run_llm (
+    run_id         TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    input_tokens   INTEGER NOT NULL,
+    output_tokens  INTEGER NOT NULL,
+    cached_tokens  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model)
+) WITHOUT ROWID;
+CREATE INDEX run_llm_model ON run_llm (model, input_tokens, output_tokens, cached_tokens);
+";
+
 /// Brings an older file up to [`SCHEMA_VERSION`] in one transaction (so two processes
 /// opening it at once migrate it once), and refuses a file from a newer build.
 pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
@@ -156,6 +187,10 @@ pub(super) fn migrate(connection: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 4 {
         tx.execute_batch(MIGRATION_4)?;
+    }
+    if version < 5 {
+        tx.execute_batch(MIGRATION_5)?;
+        backfill_costs(&tx)?;
     }
     // Once every derived column exists.
     if version < 1 {
@@ -200,6 +235,19 @@ fn backfill_derived(tx: &Transaction<'_>) -> Result<()> {
     for (id, doc) in runs {
         let run = parse_run(&id, &doc)?;
         write_derived(tx, &run)?;
+    }
+    Ok(())
+}
+
+/// The cost rows of runs stored before they existed (only documents that carry a `cost`).
+fn backfill_costs(tx: &Transaction<'_>) -> Result<()> {
+    let runs: Vec<(String, String)> = {
+        let mut statement = tx.prepare("SELECT id, doc FROM runs WHERE json_type(doc, '$.cost') IS NOT NULL")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (id, doc) in runs {
+        write_costs(tx, &parse_run(&id, &doc)?)?;
     }
     Ok(())
 }
@@ -326,7 +374,7 @@ mod tests {
                 .expect("insert an old run");
         }
         let store = SqliteStore::open(&path).await.expect("migrates");
-        let stats = store.stats(at(100)).await.expect("stats");
+        let stats = store.stats(at(100), crate::store::stats::cost::DEFAULT_WINDOW).await.expect("stats");
         assert_eq!(stats.by_status.completed, 1);
         assert_eq!((stats.throughput.completed, stats.gpu_hours), (1, 60.0 / 3600.0));
         assert_eq!(
@@ -339,6 +387,35 @@ mod tests {
         Connection::open(&path).expect("open").pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
         let newer = SqliteStore::open(&path).await.err().expect("refused");
         assert!(newer.to_string().contains("upgrade scientist"), "{newer}");
+    }
+
+    /// A version 4 file's runs that spent get their cost rows on open: `stats` counts them.
+    #[tokio::test]
+    async fn fills_the_cost_rows_of_a_version_4_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v4.sqlite");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let new_run = NewRun { hypothesis_id: Some("h".into()), budget_usd: Some(4.0), ..NewRun::new(json!({})) };
+        let run = store.enqueue(new_run, at(0)).await.expect("enqueue");
+        let usage = json!({
+            "specversion": "1.0", "id": "u1", "source": "pod://old", "type": "ai.llm.usage", "time": at(1).to_string(),
+            "subject": format!("run/{}", run.id), "data": {"model": "m", "input_tokens": 7, "cost_usd": 1.5},
+        });
+        let serde_json::Value::Object(usage) = usage else { unreachable!("an object literal") };
+        let usage = crate::event::from_json_object(usage, at(1)).expect("a valid event");
+        store.apply_events(vec![usage], at(1)).await.expect("usage");
+        drop(store);
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch("DROP TABLE run_costs; DROP TABLE run_llm;").expect("as version 4 had it");
+            connection.pragma_update(None, "user_version", 4).expect("version 4");
+        }
+        let store = SqliteStore::open(&path).await.expect("migrates");
+        let cost = store.stats(at(10), crate::store::stats::cost::DEFAULT_WINDOW).await.expect("stats").cost;
+        assert_eq!((cost.total.runs, cost.total.llm_usd, cost.total.input_tokens), (1, 1.5, 7));
+        assert_eq!((cost.total.budget.runs, cost.total.budget.budget_usd), (1, 4.0));
+        assert_eq!(cost.by_hypothesis[0].name.as_deref(), Some("h"));
+        assert_eq!(cost.all_time.by_model[0].input_tokens, 7);
     }
 
     /// A version 1 file's events are rewritten compactly on open: each reads back as it was

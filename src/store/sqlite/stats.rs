@@ -1,9 +1,12 @@
 //! The figures of `stats` on the embedded store, each from an index.
 
+use std::time::Duration;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::SqliteStore;
+use super::cost_rows::cost_parts;
 use super::pages::placeholders;
 use super::runs::parse_run;
 use crate::run::{ReviewDecision, Run, RunStatus};
@@ -31,23 +34,28 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn gather_stats(&self, now: Timestamp) -> Result<Stats> {
+    pub(super) async fn gather_stats(&self, now: Timestamp, cost_window: Duration) -> Result<Stats> {
         let counts = self.count_by_status().await?;
         let parts = self
             .read(move |conn| {
                 // One read transaction: every figure comes from the same snapshot.
                 let tx = conn.unchecked_transaction()?;
-                let parts = stats_parts(&tx, counts, now)?;
+                let parts = stats_parts(&tx, counts, now, cost_window)?;
                 tx.finish()?;
                 Ok(parts)
             })
             .await?;
-        Ok(Stats::assemble(parts, now))
+        Ok(Stats::assemble(parts, now, cost_window))
     }
 }
 
 /// Everything `stats` needs besides the counts, each from an index.
-fn stats_parts(conn: &Connection, counts: Vec<(RunStatus, u64)>, now: Timestamp) -> Result<stats::Parts> {
+fn stats_parts(
+    conn: &Connection,
+    counts: Vec<(RunStatus, u64)>,
+    now: Timestamp,
+    cost_window: Duration,
+) -> Result<stats::Parts> {
     let oldest_queued_at: Option<i64> =
         conn.query_row("SELECT MIN(created_at) FROM runs WHERE status = 'QUEUED'", [], |row| row.get(0))?;
     let held: Vec<SqlValue> = HELD_STATUSES.iter().map(|status| SqlValue::from(status.as_str().to_owned())).collect();
@@ -86,6 +94,7 @@ fn stats_parts(conn: &Connection, counts: Vec<(RunStatus, u64)>, now: Timestamp)
         failure_codes: failure_codes(conn)?,
         review_decisions: review_decisions(conn)?,
         gpu_seconds: gpu_millis / 1000.0,
+        cost: cost_parts(conn, stats::cost::window_since(now, cost_window), now)?,
     })
 }
 
