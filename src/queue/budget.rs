@@ -35,9 +35,11 @@ pub fn budget_of(run: &Run, costs: &Costs) -> Option<f64> {
     run.budget_usd.or_else(|| costs.queue_budgets.get(&run.queue).copied())
 }
 
-/// Records the run's budget on its cost and stops a run that has spent it.
+/// Records the run's budget on its cost and stops a run that has spent it. A writer that
+/// knows no budget for the run keeps the one recorded (a process started without
+/// `--queue-budget` must not lift the queue's budget by writing the run).
 pub fn enforce(run: &mut Run, costs: &Costs, now: Timestamp) {
-    run.cost.budget_usd = budget_of(run, costs);
+    run.cost.budget_usd = budget_of(run, costs).or(run.cost.budget_usd);
     let Some(budget) = run.cost.budget_usd else { return };
     let spent = run.cost.total_usd;
     if spent < budget {
@@ -99,6 +101,21 @@ mod tests {
         let mut other = run("cpu", None, 50.0);
         enforce(&mut other, &costs(), Timestamp::EPOCH);
         assert_eq!((other.cost.budget_usd, other.status), (None, RunStatus::Queued));
+    }
+
+    #[test]
+    fn a_writer_without_queue_budgets_keeps_the_recorded_one() {
+        let mut run = run("gpu", None, 12.0);
+        enforce(&mut run, &costs(), Timestamp::EPOCH);
+        run.status = RunStatus::Completed;
+        enforce(&mut run, &Costs::default(), Timestamp::EPOCH);
+        assert_eq!(run.cost.budget_usd, Some(10.0));
+        enforce(
+            &mut run,
+            &Costs { queue_budgets: [("gpu".to_owned(), 20.0)].into(), ..Costs::default() },
+            Timestamp::EPOCH,
+        );
+        assert_eq!(run.cost.budget_usd, Some(20.0), "a writer that knows the queue's budget sets it");
     }
 
     #[test]
