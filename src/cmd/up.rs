@@ -107,7 +107,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let retry = args.example == Some(Example::Retry);
     let serve_args = serve_args(&store_path, &tour, &artifacts, retry)?;
     let work_args = work_args(&store_path, &config, &tour, &artifacts, retry)?;
-    let serving = tokio::spawn(serve::run_on(serve_args, Some(listener)));
+    // Both halves write artifacts there or read them from there; serve wants it to exist.
+    std::fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
+    let mut serving = tokio::spawn(serve::run_on(serve_args, Some(listener)));
+    wait_until_serving(&url, &mut serving).await?;
     let working = tokio::spawn(work::run(work_args));
     print_banner(&url, &store_path, &config);
 
@@ -186,6 +189,25 @@ fn work_args(store: &Path, config: &Path, tour: &Path, artifacts: &Path, retry: 
     args.store.mongodb_url = None;
     args.server = None;
     Ok(args)
+}
+
+/// Returns once the control plane answers `/health`, or with its error if it stopped.
+async fn wait_until_serving(
+    url: &str,
+    serving: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let health = format!("{url}/health");
+    loop {
+        if serving.is_finished() {
+            let ended = serving.await.context("the control plane's task")?;
+            return Err(ended.err().unwrap_or_else(|| anyhow::anyhow!("the control plane stopped at once")));
+        }
+        if client.get(&health).send().await.is_ok_and(|answer| answer.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn print_banner(url: &str, store: &Path, config: &Path) {

@@ -26,10 +26,15 @@ pub(super) async fn decide<S: Store + ?Sized>(
     if !(taken || retried) {
         return Err(refusal(run, verdict, decided));
     }
-    if let Some(record) = review::record(&run, now) {
-        store.apply_events(vec![record], now).await?;
+    match review::record(&run, now) {
+        Some(record) => {
+            store.apply_events(vec![record], now).await?;
+            store.get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
+        }
+        // An approval between stages: the run as the decision left it (RUNNING), not as its
+        // worker, already on the next stage, may have made it since.
+        None => Ok(run),
     }
-    store.get(id).await?.ok_or_else(|| Error::NotFound(id.clone()))
 }
 
 fn refusal(run: Run, verdict: ReviewDecision, decided: Option<ReviewDecision>) -> Error {

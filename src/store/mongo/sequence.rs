@@ -116,6 +116,12 @@ impl Gaps {
         let seen = *first_seen.entry((run.clone(), seq)).or_insert_with(Instant::now);
         GAP_GRACE.saturating_sub(seen.elapsed())
     }
+
+    /// Whether a reader has begun a grace period at the gap just below `seq` of `run`.
+    #[cfg(test)]
+    pub(super) fn waiting_at(&self, run: &RunId, seq: i64) -> bool {
+        lock(&self.first_seen).contains_key(&(run.clone(), seq))
+    }
 }
 
 /// How far a listing may read in a run's order now.
