@@ -73,7 +73,7 @@ async fn ci_emit_reports_a_job_that_succeeds_and_one_that_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
     let serve = serve(dir.path());
 
-    let job = r#"echo "evaluating"; sleep 2; scientist emit ai.run.stage_metric --run "$SCIENTIST_RUN_ID" --data '{"name": "accuracy", "value": 0.91}'; echo "accuracy 0.91""#;
+    let job = r#"echo "evaluating"; sleep 2; scientist emit ai.run.stage_metric --run "$SCIENTIST_RUN_ID" --data '{"name": "accuracy", "value": 0.91}' 2>/dev/null; echo "accuracy 0.91""#;
     let (status, stderr) = ci_emit(&serve, dir.path(), "ci-1001-1", job);
     assert_eq!(status, 0, "{stderr}");
     let run = get(&serve, "/api/runs/ci-1001-1").await;

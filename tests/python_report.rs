@@ -106,6 +106,6 @@ async fn a_stage_reporting_through_scientist_report_fills_the_run() {
     assert_eq!((artifact.kind.as_deref(), artifact.bytes), (Some("plot"), Some(72)));
     let events = pod.events(&id).await;
     let reported = events.iter().filter(|event| event.source.starts_with("python://")).count();
-    assert_eq!(reported, 6, "every event the stage reported, once: {events:#?}");
+    assert_eq!(reported, 5, "every event the stage reported, once: {events:#?}");
     pod.cleanup().await;
 }
