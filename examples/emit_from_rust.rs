@@ -68,7 +68,13 @@ pub fn training_events(run: &RunId, source: &str) -> Vec<Arc<str>> {
         ));
         lines.push(envelope(
             run,
-            &StageMetric { stage: Some(stage), name: "val_loss".into(), value: loss, step: Some(step), extra: Map::new() },
+            &StageMetric {
+                stage: Some(stage),
+                name: "val_loss".into(),
+                value: loss,
+                step: Some(step),
+                extra: Map::new(),
+            },
             source,
         ));
     }
@@ -103,10 +109,10 @@ pub enum Delivered {
 /// keeps `lines` in `spool` when the control plane cannot take them now.
 pub async fn deliver(plane: &dyn ControlPlane, spool: &SpoolDir, lines: &[Arc<str>]) -> anyhow::Result<Delivered> {
     // Another process draining the same spool holds its lock: leave the backlog to it.
-    if let Some(lock) = spool.try_lock().context("locking the spool")? {
-        if let Err(err) = spool.drain(&lock, plane).await {
-            eprintln!("the spooled events wait for the next try: {err}");
-        }
+    if let Some(lock) = spool.try_lock().context("locking the spool")?
+        && let Err(err) = spool.drain(&lock, plane).await
+    {
+        eprintln!("the spooled events wait for the next try: {err}");
     }
     match plane.send_lines(lines).await {
         Ok(answer) => Ok(Delivered::Sent {
@@ -114,7 +120,8 @@ pub async fn deliver(plane: &dyn ControlPlane, spool: &SpoolDir, lines: &[Arc<st
             rejected: answer.rejected.into_iter().map(|rejected| rejected.reason).collect(),
         }),
         Err(err) if err.is_retryable() => {
-            let path = spool.write_segment(lines).with_context(|| format!("keeping events in {}", spool.dir().display()))?;
+            let path =
+                spool.write_segment(lines).with_context(|| format!("keeping events in {}", spool.dir().display()))?;
             Ok(Delivered::Spooled(path))
         }
         Err(err) => Err(err.into()),
@@ -150,7 +157,9 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(5);
             }
         }
-        Delivered::Spooled(path) => println!("{base} is unreachable: {} events kept in {}", lines.len(), path.display()),
+        Delivered::Spooled(path) => {
+            println!("{base} is unreachable: {} events kept in {}", lines.len(), path.display())
+        }
     }
     Ok(())
 }

@@ -86,7 +86,8 @@ async fn ci_emit_reports_a_job_that_succeeds_and_one_that_fails() {
     let logs = get(&serve, "/api/runs/ci-1001-1/events?type=ai.run.log&limit=100").await;
     assert_eq!(log_messages(&logs), ["evaluating", "accuracy 0.91"]);
 
-    let (status, stderr) = ci_emit(&serve, dir.path(), "ci-1002-1", r#"echo "loading \"model.pt\""; echo "no such file" >&2; exit 3"#);
+    let (status, stderr) =
+        ci_emit(&serve, dir.path(), "ci-1002-1", r#"echo "loading \"model.pt\""; echo "no such file" >&2; exit 3"#);
     assert_eq!(status, 3, "the job's status: {stderr}");
     let run = get(&serve, "/api/runs/ci-1002-1").await;
     assert_eq!(run["status"], "FAILED", "{run:#}");
@@ -122,7 +123,10 @@ async fn the_rust_example_spools_while_the_server_is_away_then_delivers_everythi
     let plane = HttpControlPlane::new(&serve.url, Some(TOKEN.into())).expect("client");
     // The spooled copy goes first; the same events sent again are duplicates.
     let delivered = emit_from_rust::deliver(&plane, &spool, &lines).await.expect("sent");
-    assert!(matches!(&delivered, emit_from_rust::Delivered::Sent { rejected, .. } if rejected.is_empty()), "{delivered:?}");
+    assert!(
+        matches!(&delivered, emit_from_rust::Delivered::Sent { rejected, .. } if rejected.is_empty()),
+        "{delivered:?}"
+    );
     assert_eq!(spool.segments().expect("segments").len(), 0, "the spool was drained");
 
     let run = get(&serve, "/api/runs/rust-run-1").await;

@@ -69,7 +69,8 @@ fn rules() -> Vec<Rule> {
             assert!(rule.labels.contains_key("severity"), "{} has no severity", rule.alert);
             assert!(rule.annotations.contains_key("summary"), "{} has no summary", rule.alert);
             if let Some(duration) = &rule.for_ {
-                humantime::parse_duration(duration).unwrap_or_else(|err| panic!("{}: for {duration}: {err}", rule.alert));
+                humantime::parse_duration(duration)
+                    .unwrap_or_else(|err| panic!("{}: for {duration}: {err}", rule.alert));
             }
             rules.push(rule);
         }
@@ -140,7 +141,9 @@ fn the_scrape_config_names_the_rules_and_serves_metrics_path() {
 /// The metric names of `serve`'s /metrics exposition, every series made to exist first.
 async fn exported_metrics() -> BTreeSet<String> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let serve = ServeProcess::start(|command| command.arg("--store").arg(dir.path().join("store.sqlite")).env("HOME", dir.path()));
+    let serve = ServeProcess::start(|command| {
+        command.arg("--store").arg(dir.path().join("store.sqlite")).env("HOME", dir.path())
+    });
     let client = reqwest::Client::new();
     let created = client
         .post(format!("{}/api/runs", serve.url))

@@ -18,7 +18,6 @@ mod stores;
 
 use pod::{Pod, examples, finish};
 
-
 /// Runs `python3 -m unittest discover` in `dir`; fails the test with its output otherwise.
 fn unittest(dir: &Path) {
     let output = Command::new("python3")
@@ -90,7 +89,10 @@ async fn a_stage_reporting_through_scientist_report_fills_the_run() {
     );
     assert_eq!(current.best_metric.as_deref(), Some("0.83"));
     let node = run.nodes.iter().find(|node| node.id == "node-1").unwrap_or_else(|| panic!("no node: {document:#}"));
-    assert_eq!((node.is_buggy, node.metric.clone(), node.parent_id.as_deref()), (Some(false), Some(json!(0.83)), Some("node-0")));
+    assert_eq!(
+        (node.is_buggy, node.metric.clone(), node.parent_id.as_deref()),
+        (Some(false), Some(json!(0.83)), Some("node-0"))
+    );
     let loss = run.metrics.iter().find(|point| point.name == "val_loss").unwrap_or_else(|| panic!("{document:#}"));
     assert_eq!((loss.value, loss.step), (0.25, Some(3)));
     let llm = &document["cost"]["llm"];

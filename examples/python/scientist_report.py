@@ -112,12 +112,7 @@ class Reporter:
                 self.enabled = False
                 self._warn("SCIENTIST_EMIT_URL %r is not an http:// URL: nothing is reported" % self.url)
         self.dropped = 0
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._pending = collections.deque()
-        self._sending = 0
-        self._flushing = 0
-        self._thread = None
+        self._reset_delivery()
         self._closed = False
         self._own_source = source is None
         if self.enabled:
@@ -315,13 +310,18 @@ class Reporter:
             self._thread = threading.Thread(target=self._loop, name="scientist-report", daemon=True)
             self._thread.start()
 
-    def _after_fork(self):
+    def _reset_delivery(self):
+        """No queue, no thread: at the start, and in a forked child (whose copy of the
+        parent's lock may be held, and whose parent sends what it had waiting)."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending = collections.deque()
         self._sending = 0
         self._flushing = 0
         self._thread = None
+
+    def _after_fork(self):
+        self._reset_delivery()
         if self._own_source:
             self.source = "%s/%d" % (self.source.rsplit("/", 1)[0], os.getpid())
 
