@@ -23,6 +23,8 @@ fn unittest(dir: &Path) {
     let output = Command::new("python3")
         .args(["-m", "unittest", "discover", "-v", "-s"])
         .arg(dir)
+        // No __pycache__ left in examples/.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("SCIENTIST_EMIT_URL")
         .env_remove("SCIENTIST_RUN_ID")
         .output()
@@ -67,7 +69,7 @@ async fn a_stage_reporting_through_scientist_report_fills_the_run() {
     let plots = pod.path("elsewhere");
     std::fs::create_dir_all(&plots).expect("a directory outside the run's");
     let config = pod.config(&format!(
-        "[env]\nPYTHONPATH = {:?}\nPLOT_DIR = {:?}\n\n[[stage]]\nname = \"Stage_1\"\ncommand = [\"python3\", {:?}]\n",
+        "[env]\nPYTHONPATH = {:?}\nPYTHONDONTWRITEBYTECODE = \"1\"\nPLOT_DIR = {:?}\n\n[[stage]]\nname = \"Stage_1\"\ncommand = [\"python3\", {:?}]\n",
         examples().join("python").display().to_string(),
         plots.display().to_string(),
         stage.display().to_string(),
