@@ -79,7 +79,7 @@ impl Run {
             .iter()
             .skip_while(|later| **later != current.name)
             .skip(1)
-            .filter(|later| !self.stage_timing.get(later.as_str()).is_some_and(|timing| timing.completed_at.is_some()))
+            .filter(|later| self.stage_timing.get(later.as_str()).is_none_or(|timing| timing.completed_at.is_none()))
             .filter_map(|later| history.p50_s.get(later.as_str()))
             .sum();
         Some(Eta { stage_s, run_s: stage_s + later, estimated: estimated || later > 0.0 })
