@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One stage of the tour pipeline (`scientist up --example`; see pipeline.toml).
 
-Each iteration it reports a tree-search node, the stage's progress, the LLM tokens its agent
-spent and a log line to the worker's local endpoint, then sleeps TOUR_STEP_S. At the end it
+Each iteration it reports a tree-search node, the stage's progress and the LLM tokens its agent
+spent through scientist_report.py (which posts them to the worker's local endpoint), prints a
+log line, and sleeps TOUR_STEP_S. At the end it
 writes a plot (SVG) and metrics.json under <run dir>/<stage>/, which the worker uploads as
 artifacts. TOUR_PREEMPT=Stage_N makes that stage's first attempt end as a preempted process
 (SIGTERM from outside, a retryable failure), so that the run is retried.
@@ -12,36 +13,18 @@ import os
 import signal
 import sys
 import time
-import urllib.request
-import uuid
 
-RUN_ID = os.environ["SCIENTIST_RUN_ID"]
+# The reporting helper: examples/python/scientist_report.py in the repo, beside this file
+# where `scientist up` writes the tour out.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "python")]
+from scientist_report import report  # noqa: E402
+
 RUN_DIR = os.environ["SCIENTIST_RUN_DIR"]
 STAGE = os.environ.get("SCIENTIST_STAGE", "Stage_1")
 ATTEMPT = int(os.environ.get("SCIENTIST_ATTEMPT", "1"))
-EMIT_URL = os.environ["SCIENTIST_EMIT_URL"]
-TOKEN = os.environ.get("SCIENTIST_TOKEN", "")
 ITERATIONS = int(os.environ.get("TOUR_ITERATIONS", "5"))
 STEP_S = float(os.environ.get("TOUR_STEP_S", "1.2"))
-
-
-def emit(event_type, data):
-    """POST one CloudEvent to the worker, which spools and forwards it."""
-    event = {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": "tour://pipeline",
-        "type": event_type,
-        "datacontenttype": "application/json",
-        "data": dict(data, run_id=RUN_ID),
-    }
-    request = urllib.request.Request(
-        EMIT_URL + "/api/ingest/event",
-        data=json.dumps(event).encode(),
-        headers={"Content-Type": "application/cloudevents+json", "Authorization": f"Bearer {TOKEN}"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 202, answer.status
 
 
 def plot(path, losses):
@@ -70,23 +53,19 @@ def main():
         node = f"{STAGE}-node-{iteration}"
         loss = 1.0 / (iteration + 1)
         losses.append(loss)
-        emit("ai.node.created", {"stage": STAGE, "node_id": node})
-        emit("ai.node.completed", {"stage": STAGE, "node_id": node, "is_buggy": False, "metric": 1 - loss})
-        emit("ai.llm.usage", {
-            "model": "gpt-5-mini", "input_tokens": 12000, "output_tokens": 3000, "cached_tokens": 4000,
-            "stage": STAGE, "node_id": node,
-        })
-        emit("ai.run.stage_progress", {
-            "stage": STAGE, "iteration": iteration, "max_iterations": ITERATIONS,
-            "progress": iteration / ITERATIONS, "good_nodes": iteration, "buggy_nodes": 0,
-            "total_nodes": iteration, "best_metric": f"{1 - loss:.3f}",
-        })
+        report.node(node, "created")
+        report.node(node, "completed", is_buggy=False, metric=1 - loss)
+        report.llm_usage("gpt-5-mini", input_tokens=12000, output_tokens=3000, cached_tokens=4000, node_id=node)
+        report.progress(STAGE, iteration, ITERATIONS, good_nodes=iteration, buggy_nodes=0,
+                        total_nodes=iteration, best_metric=f"{1 - loss:.3f}")
         print(f"{STAGE}: iteration {iteration}/{ITERATIONS}, val_loss {loss:.3f}", flush=True)
     out = os.path.join(RUN_DIR, STAGE)
     os.makedirs(out, exist_ok=True)
     plot(os.path.join(out, "loss.svg"), losses)
     with open(os.path.join(out, "metrics.json"), "w") as metrics:
         json.dump({"stage": STAGE, "val_loss": losses[-1], "iterations": ITERATIONS}, metrics)
+    report.metric("val_loss", losses[-1], step=ITERATIONS)
+    report.flush()
     print(f"{STAGE}: done, val_loss {losses[-1]:.3f}", flush=True)
 
 

@@ -20,6 +20,7 @@ use crate::store::{SqliteStore, Store};
 /// The tour, built in: written out at each start, so that the worker runs what the repo shows.
 const TOUR_PIPELINE: &str = include_str!("../../examples/tour/pipeline.toml");
 const TOUR_STAGE: &str = include_str!("../../examples/tour/tour_stage.py");
+const REPORT_HELPER: &str = include_str!("../../examples/python/scientist_report.py");
 const TOUR_IDEA: &str = include_str!("../../examples/idea.json");
 const PRICES: &str = include_str!("../../examples/prices.toml");
 
@@ -131,8 +132,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     followed
 }
 
-/// Writes the tour pipeline, its stage, its idea and the example prices under `dir`, the
-/// pipeline as the variant needs it.
+/// Writes the tour pipeline (as the variant needs it), its stage and the reporting helper it
+/// imports, its idea and the example prices under `dir`.
 fn write_tour(dir: &Path, example: Option<Example>) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut pipeline = TOUR_PIPELINE.to_owned();
@@ -144,6 +145,7 @@ fn write_tour(dir: &Path, example: Option<Example>) -> anyhow::Result<PathBuf> {
     for (name, text) in [
         ("pipeline.toml", pipeline.as_str()),
         ("tour_stage.py", TOUR_STAGE),
+        ("scientist_report.py", REPORT_HELPER),
         ("idea.json", TOUR_IDEA),
         ("prices.toml", PRICES),
     ] {
