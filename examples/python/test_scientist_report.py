@@ -34,15 +34,16 @@ class Endpoint:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                # Recorded before the answer: a client that has its answer finds its request here.
+                with endpoint.received:
+                    endpoint.requests.append((self.path, dict(self.headers), body))
+                    endpoint.received.notify_all()
                 answer = json.dumps(endpoint.reply).encode()
                 self.send_response(endpoint.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
-                with endpoint.received:
-                    endpoint.requests.append((self.path, dict(self.headers), body))
-                    endpoint.received.notify_all()
 
             def log_message(self, *args):
                 pass
