@@ -15,10 +15,12 @@ use serde_json::{Value, json};
 /// Enqueues a run of queue `gpu` at `start` s and claims it; then `stages` as (name, started
 /// at s, duration s, completed), and the run's end when `completed`.
 async fn seeded(store: &dyn Store, start: i64, stages: &[(&str, i64, f64, bool)], completed: bool) -> RunId {
-    let run = store.enqueue(NewRun { queue: "gpu".into(), ..NewRun::new(json!({})) }, at(start)).await.expect("enqueue");
+    let run =
+        store.enqueue(NewRun { queue: "gpu".into(), ..NewRun::new(json!({})) }, at(start)).await.expect("enqueue");
     store.claim("pod-a", "gpu", at(start)).await.expect("claim").expect("the run");
     let id = run.id.as_str();
-    let mut events = vec![attempt_event(&format!("{id}-s"), "ai.run.started", id, start, 1, json!({"pod_id": "pod-a"}))];
+    let mut events =
+        vec![attempt_event(&format!("{id}-s"), "ai.run.started", id, start, 1, json!({"pod_id": "pod-a"}))];
     for (name, started, duration_s, done) in stages {
         let data = json!({"stage": name});
         events.push(attempt_event(&format!("{id}-{name}-s"), "ai.run.stage_started", id, *started, 1, data));
@@ -57,7 +59,8 @@ async fn a_running_run_is_estimated_from_its_queues_completed_runs() {
     let store = SqliteStore::open(&path).await.expect("store");
     for (n, (first, second)) in [(10.0, 40.0), (30.0, 60.0), (20.0, 50.0)].into_iter().enumerate() {
         let start = n as i64 * 100;
-        seeded(&store, start, &[("Stage_1", start + 1, first, true), ("Stage_2", start + 50, second, true)], true).await;
+        seeded(&store, start, &[("Stage_1", start + 1, first, true), ("Stage_2", start + 50, second, true)], true)
+            .await;
     }
     let running = seeded(&store, 1000, &[("Stage_1", 1000, 0.0, false)], false).await;
 

@@ -87,3 +87,43 @@ fn up_refuses_to_listen_beyond_loopback() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback only"));
 }
+
+/// The one run `up` left in `home`'s default store.
+async fn the_run(home: &Path) -> scientist::run::Run {
+    let store = SqliteStore::open(&home.join(".local/share/scientist/scientist.sqlite")).await.expect("the store");
+    let runs = store.list(&RunFilter { limit: 10, ..RunFilter::default() }).await.expect("list").items;
+    let [run] = <[_; 1]>::try_from(runs).unwrap_or_else(|runs| panic!("one run: {runs:#?}"));
+    run
+}
+
+#[tokio::test]
+async fn the_retry_tour_is_preempted_once_then_completes() {
+    let home = tempfile::tempdir().expect("home");
+    let up = scientist(home.path(), &["up", "--example", "retry", "--listen", "127.0.0.1:0"])
+        .timeout(Duration::from_secs(240))
+        .output()
+        .expect("run up");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let run = the_run(home.path()).await;
+    let attempts: Vec<(&str, Option<&str>)> = run
+        .attempts
+        .iter()
+        .map(|attempt| (attempt.outcome.as_str(), attempt.error.as_ref().map(|error| error.error_type.as_str())))
+        .collect();
+    assert_eq!(attempts, [("FAILED", Some("SIGNAL_15")), ("COMPLETED", None)]);
+    assert_eq!(run.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn the_budget_tour_is_stopped_by_its_budget() {
+    let home = tempfile::tempdir().expect("home");
+    let up = scientist(home.path(), &["up", "--example", "budget", "--listen", "127.0.0.1:0"])
+        .timeout(Duration::from_secs(240))
+        .output()
+        .expect("run up");
+    assert_eq!(up.status.code(), Some(8), "as `runs show --follow` for a failed run");
+    let run = the_run(home.path()).await;
+    assert_eq!((run.status, run.error_type.as_deref()), (RunStatus::Failed, Some("BUDGET_EXCEEDED")));
+    assert_eq!(run.cost.budget_usd, Some(0.05));
+    assert!(run.cost.total_usd >= 0.05, "{:?}", run.cost);
+}

@@ -86,6 +86,13 @@ impl Run {
     }
 }
 
+/// The 0-based position of the nearest-rank `percentile` among `count` sorted values
+/// (`count` > 0): the smallest value with at least `percentile`% of values at or below it.
+/// One definition for the ETA's p50 and the stats' percentiles.
+pub fn nearest_rank(count: u64, percentile: u64) -> u64 {
+    (count * percentile).div_ceil(100).clamp(1, count) - 1
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
@@ -150,11 +157,4 @@ mod tests {
         assert_eq!(told.eta(&history, at(1)), Some(Eta { stage_s: 12.0, run_s: 12.0, estimated: false }));
         assert_eq!(running(Stage::Paper, 0).eta(&history, at(1)), None, "no history, no iterations: unknown");
     }
-}
-
-/// The 0-based position of the nearest-rank `percentile` among `count` sorted values
-/// (`count` > 0): the smallest value with at least `percentile`% of values at or below it.
-/// One definition for the ETA's p50 and the stats' percentiles.
-pub fn nearest_rank(count: u64, percentile: u64) -> u64 {
-    (count * percentile).div_ceil(100).clamp(1, count) - 1
 }
