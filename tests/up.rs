@@ -127,3 +127,18 @@ async fn the_budget_tour_is_stopped_by_its_budget() {
     assert_eq!(run.cost.budget_usd, Some(0.05));
     assert!(run.cost.total_usd >= 0.05, "{:?}", run.cost);
 }
+
+#[test]
+fn a_worker_that_cannot_start_stops_up_with_its_reason() {
+    let home = tempfile::tempdir().expect("home");
+    let config = home.path().join("broken.toml");
+    std::fs::write(&config, "[[stage]]\nname = \"Stage_1\"\n").expect("write");
+    let output = scientist(home.path(), &["up", "--example", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("run up");
+    assert_eq!(output.status.code(), Some(2), "a bad pipeline is bad usage");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.toml"), "names the config: {stderr}");
+}

@@ -112,17 +112,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
     let mut serving = tokio::spawn(serve::run_on(serve_args, Some(listener)));
     wait_until_serving(&url, &mut serving).await?;
-    let working = tokio::spawn(work::run(work_args));
+    let mut working = tokio::spawn(work::run(work_args));
     print_banner(&url, &store_path, &config);
 
     let followed = match args.example {
-        Some(example) => {
-            let followed = follow_example(&store_path, example, &artifacts).await;
-            if !args.keep {
-                stop_this_process();
+        Some(example) => tokio::select! {
+            followed = follow_example(&store_path, example, &artifacts) => {
+                if !args.keep {
+                    stop_this_process();
+                }
+                followed
             }
-            followed
-        }
+            // A worker that stops first (a bad --config) would leave the run queued forever.
+            worked = &mut working => {
+                stop_this_process();
+                let worked = worked.context("the worker's task")?;
+                serving.await.context("the control plane's task")?.context("the control plane")?;
+                return worked.context("the worker").and_then(|()| Err(anyhow::anyhow!("the worker stopped before the run ended")));
+            }
+        },
         None => Ok(()),
     };
     let served = serving.await.context("the control plane's task")?;
