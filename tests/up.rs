@@ -27,18 +27,14 @@ fn scientist(home: &Path, args: &[&str]) -> Command {
 #[tokio::test]
 async fn the_tour_completes_with_four_timed_stages_and_shows_in_list_and_stats() {
     let home = tempfile::tempdir().expect("home");
-    let up = scientist(home.path(), &["up", "--example", "--listen", "127.0.0.1:0"])
-        .timeout(Duration::from_secs(240))
-        .output()
-        .expect("run up");
+    let up = up_example(home.path(), None);
     let (stdout, stderr) = (String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
     assert!(up.status.success(), "up failed ({:?}):\n{stdout}\n{stderr}", up.status);
     assert!(stderr.contains("scientist up: control plane on http://127.0.0.1:"), "{stderr}");
 
     let data = home.path().join(".local/share/scientist");
     let store = SqliteStore::open(&data.join("scientist.sqlite")).await.expect("the default store");
-    let runs = store.list(&RunFilter { limit: 10, ..RunFilter::default() }).await.expect("list").items;
-    let [run] = runs.as_slice() else { panic!("one run: {runs:#?}") };
+    let run = &the_run(home.path()).await;
     assert_eq!(run.status, RunStatus::Completed, "{stderr}");
     assert!(stdout.contains(&format!("run {} COMPLETED", run.id)), "{stdout}");
     let stages: Vec<&str> = run.stage_timing.keys().map(String::as_str).collect();
@@ -88,6 +84,14 @@ fn up_refuses_to_listen_beyond_loopback() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback only"));
 }
 
+/// `scientist up --example [VARIANT]` on a free loopback port, to its end (no variant: the
+/// README's bare `--example`).
+fn up_example(home: &Path, variant: Option<&str>) -> std::process::Output {
+    let mut args = vec!["up", "--listen", "127.0.0.1:0", "--example"];
+    args.extend(variant);
+    scientist(home, &args).timeout(Duration::from_secs(240)).output().expect("run up")
+}
+
 /// The one run `up` left in `home`'s default store.
 async fn the_run(home: &Path) -> scientist::run::Run {
     let store = SqliteStore::open(&home.join(".local/share/scientist/scientist.sqlite")).await.expect("the store");
@@ -99,10 +103,7 @@ async fn the_run(home: &Path) -> scientist::run::Run {
 #[tokio::test]
 async fn the_retry_tour_is_preempted_once_then_completes() {
     let home = tempfile::tempdir().expect("home");
-    let up = scientist(home.path(), &["up", "--example", "retry", "--listen", "127.0.0.1:0"])
-        .timeout(Duration::from_secs(240))
-        .output()
-        .expect("run up");
+    let up = up_example(home.path(), Some("retry"));
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     let run = the_run(home.path()).await;
     let attempts: Vec<(&str, Option<&str>)> = run
@@ -117,10 +118,7 @@ async fn the_retry_tour_is_preempted_once_then_completes() {
 #[tokio::test]
 async fn the_budget_tour_is_stopped_by_its_budget() {
     let home = tempfile::tempdir().expect("home");
-    let up = scientist(home.path(), &["up", "--example", "budget", "--listen", "127.0.0.1:0"])
-        .timeout(Duration::from_secs(240))
-        .output()
-        .expect("run up");
+    let up = up_example(home.path(), Some("budget"));
     assert_eq!(up.status.code(), Some(8), "as `runs show --follow` for a failed run");
     let run = the_run(home.path()).await;
     assert_eq!((run.status, run.error_type.as_deref()), (RunStatus::Failed, Some("BUDGET_EXCEEDED")));

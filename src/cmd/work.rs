@@ -205,36 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if args.retry.retry_max.is_some() && !args.on_store() {
-        return Err(UsageError(
-            "--retry-max applies to a worker on a store; with --server, pass it to `scientist serve`, whose store \
-             decides retries"
-                .into(),
-        )
-        .into());
-    }
-    if args.costs.any() && !args.on_store() {
-        return Err(UsageError(
-            "--prices and --queue-budget apply to a worker on a store; with --server, pass them to `scientist serve`, \
-             whose store prices runs"
-                .into(),
-        )
-        .into());
-    }
-    if args.alerts.otlp_endpoint.is_some() && !args.on_store() {
-        return Err(UsageError(
-            "--otlp-endpoint applies to a worker on a store; with --server, pass it to `scientist serve`, which sends \
-             the spans"
-                .into(),
-        )
-        .into());
-    }
-    if args.retention.retain_logs.is_some() && !args.on_store() {
-        return Err(UsageError(
-            "--retain-logs applies to a worker on a store; with --server, pass it to `scientist serve`".into(),
-        )
-        .into());
-    }
+    refuse_store_only_flags(&args)?;
     let lease = args.lease.policy()?;
     let pipeline = Pipeline::load(&args.config).map_err(|err| UsageError(err.to_string()))?;
     let mode = WorkerMode::from(args.mode);
@@ -336,6 +307,39 @@ impl Args {
     /// A store is used when one is configured, or when no --server is given.
     fn on_store(&self) -> bool {
         self.store.store.is_some() || self.store.mongodb_url.is_some() || self.server.is_none()
+    }
+}
+
+/// The flags only a worker on a store acts on: with --server, `serve`'s store does that work,
+/// so a worker given one would silently ignore it.
+fn refuse_store_only_flags(args: &Args) -> Result<(), UsageError> {
+    if args.on_store() {
+        return Ok(());
+    }
+    let store_only = [
+        (
+            args.retry.retry_max.is_some(),
+            "--retry-max applies to a worker on a store; with --server, pass it to `scientist serve`, whose store \
+             decides retries",
+        ),
+        (
+            args.costs.any(),
+            "--prices and --queue-budget apply to a worker on a store; with --server, pass them to `scientist serve`, \
+             whose store prices runs",
+        ),
+        (
+            args.alerts.otlp_endpoint.is_some(),
+            "--otlp-endpoint applies to a worker on a store; with --server, pass it to `scientist serve`, which sends \
+             the spans",
+        ),
+        (
+            args.retention.retain_logs.is_some(),
+            "--retain-logs applies to a worker on a store; with --server, pass it to `scientist serve`",
+        ),
+    ];
+    match store_only.into_iter().find(|(given, _)| *given) {
+        Some((_, refusal)) => Err(UsageError(refusal.into())),
+        None => Ok(()),
     }
 }
 
