@@ -140,3 +140,82 @@ fn a_worker_that_cannot_start_stops_up_with_its_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("broken.toml"), "names the config: {stderr}");
 }
+
+#[tokio::test]
+async fn the_review_tour_waits_after_stage_2_until_approved_then_completes() {
+    use std::io::BufRead;
+
+    let home = tempfile::tempdir().expect("home");
+    let mut up = std::process::Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--example", "review"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start up");
+    let (finished, watchdog) = kill_after(up.id(), Duration::from_secs(240));
+    let mut stderr = std::io::BufReader::new(up.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    // The worker says it holds the run for a review once Stage_2 has ended.
+    while !seen.contains("awaits a review") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read stderr") == 0 {
+            panic!("up ended before the review: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    // Its request reaches the store through the worker's stream just after: wait for it.
+    let store = SqliteStore::open(&home.path().join(".local/share/scientist/scientist.sqlite")).await.expect("store");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let runs = store.list(&RunFilter { limit: 10, ..RunFilter::default() }).await.expect("list").items;
+        if let Some(run) = runs.into_iter().find(|run| run.status == RunStatus::AwaitingHuman) {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "no run AWAITING_HUMAN: {seen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let review = run.review.as_ref().expect("the review request");
+    assert_eq!((review.stage.as_deref(), review.holds_worker), (Some("Stage_2"), true), "{review:?}");
+    assert!(!run.stage_timing.contains_key("Stage_3"), "Stage_3 waits for the decision");
+
+    let approve = scientist(home.path(), &["runs", "approve", &run.id.as_str()[..8], "--comment", "looks right"])
+        .output()
+        .expect("runs approve");
+    assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
+
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read the rest");
+    // Its stderr closed: `up` has ended (not yet reaped, so the watchdog cannot hit another pid).
+    drop(finished);
+    watchdog.join().expect("watchdog");
+    let status = up.wait().expect("up exits");
+    assert!(status.success(), "{status:?}: {seen}{rest}");
+    assert!(rest.contains("approved by"), "the worker went on: {rest}");
+
+    let run = the_run(home.path()).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    let review = run.review.as_ref().expect("review kept");
+    assert_eq!(review.decision, Some(scientist::run::ReviewDecision::Approved), "{review:?}");
+    let decided = review.decided_at.expect("decided at");
+    let stage_3 = run.stage_timing.get("Stage_3").and_then(|timing| timing.started_at).expect("Stage_3 ran");
+    assert!(stage_3 >= decided, "Stage_3 started after the approval ({stage_3:?} < {decided:?})");
+    assert_eq!(run.stage_timing.len(), 4);
+}
+
+/// Kills `pid` if the returned sender is not dropped within `limit`, so that a hung `up`
+/// fails its test instead of holding the suite; drop the sender before reaping the child.
+fn kill_after(pid: u32, limit: Duration) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (finished, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            let pid = libc::pid_t::try_from(pid).expect("a pid");
+            // SAFETY: kill(2) on our own child, which is not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    (finished, watchdog)
+}

@@ -8,7 +8,9 @@ pub mod costs;
 pub mod emit;
 mod eta;
 mod follow;
+pub mod help;
 pub mod ideation;
+pub mod man;
 pub mod runs;
 pub mod serve;
 pub mod stats;
@@ -67,7 +69,7 @@ Operators without database credentials: --server URL (or a --context) with SCIEN
 
 /// Queue, run and watch long AI-research experiment runs on GPU pods.
 #[derive(Debug, Parser)]
-#[command(name = "scientist", version, about, after_help = AFTER_HELP)]
+#[command(name = "scientist", version, about, after_help = after_help(), disable_help_subcommand = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -96,6 +98,14 @@ pub enum Command {
     Emit(emit::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::Args),
+    /// A topic page (events, pipelines) or a command's full help.
+    Help(help::Args),
+    /// Write man pages for every command and topic into a directory.
+    Man(man::Args),
+}
+
+fn after_help() -> String {
+    format!("{AFTER_HELP}\n\n{}", help::topic_list().trim_end())
 }
 
 /// Where runs are stored; shared by every subcommand that reads or writes them.
@@ -380,6 +390,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(args).await,
         Command::Emit(args) => emit::run(args).await,
         Command::Completions(args) => completions::run(args),
+        Command::Help(args) => help::run(args),
+        Command::Man(args) => man::run(args),
     };
     close_stores().await;
     done
