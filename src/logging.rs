@@ -50,6 +50,36 @@ pub fn colour_allowed(stream: &impl IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
+/// The live bars being drawn on stderr (`--follow`, `up --example`), if any.
+static LIVE_BARS: std::sync::Mutex<Option<indicatif::MultiProgress>> = std::sync::Mutex::new(None);
+
+/// Makes every log line and notice step around `bars` (cleared, the line written, redrawn)
+/// while they are drawn, and write plainly again once they are gone (`None`). In `up` the
+/// worker's notices share stderr with the follow view's bars, and would draw through them.
+pub fn draw_around(bars: Option<indicatif::MultiProgress>) {
+    *LIVE_BARS.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = bars;
+}
+
+/// Stderr for the log layers in `main.rs`: a line at a time, around the live bars.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let bars = LIVE_BARS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let write = || std::io::stderr().lock().write_all(line);
+        match bars {
+            Some(bars) => bars.suspend(write)?,
+            None => write()?,
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Formats a notice as its message alone: no time, level, target or fields.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainMessage;

@@ -52,17 +52,17 @@ fn init_tracing() {
     let not_notice = filter_fn(|metadata| metadata.target() != NOTICE_TARGET);
     match Format::from_env() {
         Format::Json => {
-            let logs = fmt::layer().json().with_writer(std::io::stderr).with_filter(notices.or(diagnostics));
+            let logs = fmt::layer().json().with_writer(|| logging::Stderr).with_filter(notices.or(diagnostics));
             tracing_subscriber::registry().with(logs).init();
         }
         Format::Text => {
             let colour = logging::colour_allowed(&std::io::stderr());
             let logs =
-                fmt::layer().with_ansi(colour).with_writer(std::io::stderr).with_filter(not_notice.and(diagnostics));
+                fmt::layer().with_ansi(colour).with_writer(|| logging::Stderr).with_filter(not_notice.and(diagnostics));
             let notices = fmt::layer()
                 .event_format(PlainMessage)
                 .with_ansi(false)
-                .with_writer(std::io::stderr)
+                .with_writer(|| logging::Stderr)
                 .with_filter(notices);
             tracing_subscriber::registry().with(logs).with(notices).init();
         }

@@ -111,6 +111,7 @@ impl LiveView {
             ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         header.enable_steady_tick(Duration::from_millis(120));
+        crate::logging::draw_around(Some(multi.clone()));
         Self { multi, header, stages: BTreeMap::new() }
     }
 
@@ -168,5 +169,12 @@ impl LiveView {
             bar.finish_and_clear();
         }
         let _ = self.multi.clear();
+    }
+}
+
+impl Drop for LiveView {
+    /// Log lines go straight to stderr again, however the follow ended.
+    fn drop(&mut self) {
+        crate::logging::draw_around(None);
     }
 }
