@@ -63,6 +63,7 @@ async fn the_tour_completes_with_four_timed_stages_and_shows_in_list_and_stats()
     assert_eq!(keys, expected);
     for key in &keys {
         assert!(data.join("artifacts").join(key).is_file(), "{key} is on disk");
+        assert!(stdout.contains(&format!(" FILE  {key} (")), "the follow showed {key} as it registered:\n{stdout}");
     }
 
     let list = scientist(home.path(), &["runs", "list"]).output().expect("runs list");

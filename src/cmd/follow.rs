@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::RunEnded;
 use super::view::{Kept, Look, duration, printable, remaining};
 use crate::control::{Operator, Tail};
-use crate::run::{Eta, Run, RunId, RunStatus};
+use crate::run::{CurrentStage, Eta, Run, RunId, RunStatus};
 use crate::store::{EventFilter, StoredEvent};
 use crate::time::Timestamp;
 
@@ -141,8 +141,7 @@ impl LiveView {
         let bar = self.stage_bar(current.name.as_str());
         if !bar.is_finished() {
             bar.set_position((current.progress.clamp(0.0, 1.0) * 1000.0) as u64);
-            let eta = eta.map_or(String::new(), |eta| format!(" · ETA {}", remaining(eta.stage_s, eta.estimated)));
-            bar.set_message(format!("iteration {}/{}{eta}", current.iteration, current.max_iterations));
+            bar.set_message(stage_message(current, eta));
         }
     }
 
@@ -172,9 +171,43 @@ impl LiveView {
     }
 }
 
+/// What the current stage's bar says beside it: iterations, the tree search's nodes and best
+/// metric when the pipeline reports them, and the stage's ETA.
+fn stage_message(current: &CurrentStage, eta: Option<Eta>) -> String {
+    let nodes = match (current.total_nodes, current.good_nodes, current.buggy_nodes) {
+        (0, 0, 0) => String::new(),
+        (total, good, buggy) => format!(" · nodes {good} good, {buggy} buggy of {total}"),
+    };
+    // The metric's text comes from an event: escaped like every view's text.
+    let best = current.best_metric.as_ref().map_or(String::new(), |best| format!(" · best {}", printable(best, Kept::Tabs)));
+    let eta = eta.map_or(String::new(), |eta| format!(" · ETA {}", remaining(eta.stage_s, eta.estimated)));
+    format!("iteration {}/{}{nodes}{best}{eta}", current.iteration, current.max_iterations)
+}
+
 impl Drop for LiveView {
     /// Log lines go straight to stderr again, however the follow ended.
     fn drop(&mut self) {
         crate::logging::draw_around(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Stage;
+
+    #[test]
+    fn a_stage_bar_shows_nodes_and_the_best_metric_once_reported() {
+        let mut current = CurrentStage::new(Stage::Stage2);
+        (current.iteration, current.max_iterations) = (3, 5);
+        assert_eq!(stage_message(&current, None), "iteration 3/5");
+
+        (current.good_nodes, current.buggy_nodes, current.total_nodes) = (2, 1, 3);
+        current.best_metric = Some("val_loss=0.25\u{1b}[2J".into());
+        let eta = Eta { stage_s: 4.0, run_s: 20.0, estimated: true };
+        assert_eq!(
+            stage_message(&current, Some(eta)),
+            "iteration 3/5 · nodes 2 good, 1 buggy of 3 · best val_loss=0.25\\u{1b}[2J · ETA ~4s"
+        );
     }
 }

@@ -14,7 +14,7 @@ use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
 use super::{OperatorArgs, UsageError, display_now, resolve_run};
 use crate::control::{Operator, events_after};
-use crate::event::LogLevel;
+use crate::event::{EventType, LogLevel};
 use crate::queue::review::Decision;
 use crate::run::{DEFAULT_QUEUE, NewRun, ReviewDecision, Run, RunId, RunStatus};
 use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter, StoredEvent};
@@ -319,8 +319,8 @@ async fn follow_json(store: &dyn Operator, id: RunId, interval: Duration) -> any
     follow::outcome(&run)
 }
 
-/// `runs show --follow`: the run's detail, then new log lines on stdout under live bars on
-/// stderr, then one line with how it ended.
+/// `runs show --follow`: the run's detail, then new log lines and artifacts on stdout under
+/// live bars on stderr, then one line with how it ended.
 pub(crate) async fn follow_live(
     store: &dyn Operator,
     id: RunId,
@@ -328,8 +328,11 @@ pub(crate) async fn follow_live(
     interval: Duration,
     look: Look,
 ) -> anyhow::Result<()> {
-    let logs_only = EventFilter { types: vec![LOG_EVENT_TYPE.into()], ..Default::default() };
-    let mut tail = follow::tail_from_latest(store, &id, logs_only).await?;
+    let shown = EventFilter {
+        types: vec![LOG_EVENT_TYPE.into(), EventType::ArtifactRegistered.name().into()],
+        ..Default::default()
+    };
+    let mut tail = follow::tail_from_latest(store, &id, shown).await?;
     super::print_as(look, detail(store, &id, log_lines, look).await?)?;
     // Read once: the estimate moves with the run's own progress, the history only as other
     // runs of the queue complete.
@@ -340,7 +343,10 @@ pub(crate) async fn follow_live(
     let watched = follow::watch(tail.as_mut(), interval, |update| {
         match update {
             Update::Events(events) => {
-                for line in events.iter().filter_map(|stored| view::log_line(stored, look)) {
+                let lines = events
+                    .iter()
+                    .filter_map(|stored| view::log_line(stored, look).or_else(|| view::artifact_line(stored, look)));
+                for line in lines {
                     live.println(&line, look)?;
                 }
             }

@@ -243,6 +243,13 @@ pub(crate) fn log_line(stored: &StoredEvent, look: Look) -> Option<String> {
     Some(format!("{} {} {source}{}", stored.event.time, look.paint(name, color), look.line(&log.message)))
 }
 
+/// An artifact as `--follow` shows it when it registers.
+pub(crate) fn artifact_line(stored: &StoredEvent, look: Look) -> Option<String> {
+    let Payload::ArtifactRegistered(artifact) = &stored.event.payload else { return None };
+    let size = artifact.bytes.map_or(String::new(), |size| format!(" ({})", bytes(size)));
+    Some(format!("{} {} {}{size}", stored.event.time, look.paint("FILE ", Ansi::Green), look.line(&artifact.key)))
+}
+
 /// `stats`: the headline figures, then one table per breakdown.
 pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
     let mut sections = Vec::new();
