@@ -179,7 +179,8 @@ fn stage_message(current: &CurrentStage, eta: Option<Eta>) -> String {
         (total, good, buggy) => format!(" · nodes {good} good, {buggy} buggy of {total}"),
     };
     // The metric's text comes from an event: escaped like every view's text.
-    let best = current.best_metric.as_ref().map_or(String::new(), |best| format!(" · best {}", printable(best, Kept::Tabs)));
+    let best =
+        current.best_metric.as_ref().map_or(String::new(), |best| format!(" · best {}", printable(best, Kept::Tabs)));
     let eta = eta.map_or(String::new(), |eta| format!(" · ETA {}", remaining(eta.stage_s, eta.estimated)));
     format!("iteration {}/{}{nodes}{best}{eta}", current.iteration, current.max_iterations)
 }
@@ -207,7 +208,7 @@ mod tests {
         let eta = Eta { stage_s: 4.0, run_s: 20.0, estimated: true };
         assert_eq!(
             stage_message(&current, Some(eta)),
-            "iteration 3/5 · nodes 2 good, 1 buggy of 3 · best val_loss=0.25\\u{1b}[2J · ETA ~4s"
+            "iteration 3/5 · nodes 2 good, 1 buggy of 3 · best val_loss=0.25\\u001b[2J · ETA ~4s"
         );
     }
 }
