@@ -3,7 +3,8 @@
 //! `TRACEPARENT` they were given; `scientist serve` on the same store sends the attempt's
 //! span and its stages' to a local OTLP/HTTP receiver, which decodes the protobuf. The
 //! receiver refuses the first export with a 400, which the exporter does not retry itself: the
-//! outbox tries it again later, then records it as delivered.
+//! outbox tries it again later, then records it as delivered. A receiver that never answers
+//! its first export is timed out and tried again, and a secret in a failure never reaches it.
 
 #[path = "common/pod.rs"]
 mod pod;
@@ -34,8 +35,17 @@ use tokio::sync::mpsc;
 /// A stage that records the `TRACEPARENT` it was given in the run directory.
 const STAGE: &str = r#"printf '%s' "$TRACEPARENT" > "$SCIENTIST_RUN_DIR/traceparent_$SCIENTIST_STAGE""#;
 
-/// An OTLP/HTTP receiver on 127.0.0.1: the first export is answered 400 (not retryable in
-/// OTLP), the others 200 and handed to the test, decoded.
+/// How the receiver answers the first export.
+#[derive(Clone, Copy)]
+enum First {
+    /// 400: not retryable in OTLP, so only the outbox tries again.
+    Refused,
+    /// Never: the request is read and then left hanging, as by a wedged collector.
+    Unanswered,
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1: the first export is answered as `First` says, the
+/// others 200 and handed to the test, decoded.
 struct Receiver {
     addr: SocketAddr,
     exports: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
@@ -46,12 +56,16 @@ struct Receiver {
 struct Collector {
     exports: mpsc::UnboundedSender<ExportTraceServiceRequest>,
     requests: Arc<AtomicUsize>,
+    first: First,
 }
 
 async fn traces(State(collector): State<Collector>, headers: axum::http::HeaderMap, body: Bytes) -> StatusCode {
     assert_eq!(headers.get("content-type").and_then(|value| value.to_str().ok()), Some("application/x-protobuf"));
     if collector.requests.fetch_add(1, Ordering::SeqCst) == 0 {
-        return StatusCode::BAD_REQUEST;
+        match collector.first {
+            First::Refused => return StatusCode::BAD_REQUEST,
+            First::Unanswered => std::future::pending::<()>().await,
+        }
     }
     let Ok(request) = ExportTraceServiceRequest::decode(body) else { return StatusCode::UNPROCESSABLE_ENTITY };
     let _ = collector.exports.send(request);
@@ -59,10 +73,10 @@ async fn traces(State(collector): State<Collector>, headers: axum::http::HeaderM
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    async fn start(first: First) -> Receiver {
         let (sender, exports) = mpsc::unbounded_channel();
         let requests = Arc::new(AtomicUsize::new(0));
-        let collector = Collector { exports: sender, requests: requests.clone() };
+        let collector = Collector { exports: sender, requests: requests.clone(), first };
         let app = axum::Router::new().route("/v1/traces", axum::routing::post(traces)).with_state(collector);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
@@ -102,7 +116,7 @@ async fn mongo_an_attempt_and_its_stages_reach_the_collector_as_one_trace_once_i
 }
 
 async fn attempt_and_stages_reach_the_collector(kind: StoreKind) {
-    let mut receiver = Receiver::start().await;
+    let mut receiver = Receiver::start(First::Refused).await;
     let endpoint = format!("http://{}", receiver.addr);
     let pod = Pod::new(kind).await;
     let id = pod.enqueue().await;
@@ -169,6 +183,51 @@ async fn attempt_and_stages_reach_the_collector(kind: StoreKind) {
     .await;
     let mark = delivered.alerts.iter().find(|mark| mark.id == "spans:1").expect("the mark");
     assert_eq!((mark.tries, mark.sent_to.as_slice(), mark.due_at), (1, ["otlp".to_owned()].as_slice(), None));
+    pod.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_is_timed_out_and_a_secret_in_the_failure_never_reaches_it() {
+    let mut receiver = Receiver::start(First::Unanswered).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let pod = Pod::sqlite().await;
+    let id = pod.enqueue().await;
+    let secret = "abcdefghijklmnopqrstuvwxyz012345";
+    // The failure's message is the output's last line: the key is in it.
+    let script = format!("echo 'loading key sk-{secret}' >&2; exit 3");
+    let config = pod.config(&format!("[[stage]]\nname = \"Stage_1\"\ncommand = [\"sh\", \"-c\", {script:?}]\n"));
+    let worker = pod.worker(&config).args(["--once", "--otlp-endpoint", &endpoint]).spawn().expect("start worker");
+    let (status, stderr) = finish(worker, Duration::from_secs(120)).await;
+    assert!(status.success(), "worker failed: {stderr}");
+    assert_eq!(pod.run(&id).await.error_type.as_deref(), Some("EXIT_3"));
+
+    let _serve = ServeProcess::start(|command| {
+        command.envs(pod.store_env()).args([
+            "--otlp-endpoint",
+            &endpoint,
+            "--alert-timeout",
+            "1s",
+            "--alert-every",
+            "100ms",
+            "--alert-backoff",
+            "100ms",
+        ])
+    });
+    // The first export hangs until the timeout; the outbox sends it again.
+    let export = receiver.next().await;
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 2, "the hung export was given up and tried again");
+    let spans: Vec<&Span> = export
+        .resource_spans
+        .iter()
+        .flat_map(|resource| &resource.scope_spans)
+        .flat_map(|scope| &scope.spans)
+        .collect();
+    let status = spans[0].status.as_ref().expect("the attempt's status");
+    assert_eq!(status.code, SpanStatus::Error as i32);
+    assert!(status.message.contains("exited with status 3"), "{}", status.message);
+    assert!(status.message.contains("[REDACTED]"), "{}", status.message);
+    let everything = format!("{export:?}");
+    assert!(!everything.contains(secret), "the key reached the collector: {everything}");
     pod.cleanup().await;
 }
 

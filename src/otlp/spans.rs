@@ -121,10 +121,15 @@ fn span(
     }
 }
 
-/// A store time as a `SystemTime` (one before 1970 is taken as 1970: a span cannot start
-/// before the epoch on the wire).
+/// The latest time OTLP can carry: its times are u64 nanoseconds since 1970 (July 2554).
+const LATEST_ON_THE_WIRE_MS: u64 = u64::MAX / 1_000_000;
+
+/// A store time as a `SystemTime`, within what the wire can carry: one before 1970 is taken as
+/// 1970, and one past 2554 (a host clock set to year 9999) as 2554, where the exporter's
+/// conversion to nanoseconds would otherwise wrap it to an arbitrary earlier time.
 fn system_time(at: Timestamp) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(at.millis()).unwrap_or(0))
+    let millis = u64::try_from(at.millis()).unwrap_or(0).min(LATEST_ON_THE_WIRE_MS);
+    UNIX_EPOCH + Duration::from_millis(millis)
 }
 
 #[cfg(test)]
@@ -213,5 +218,22 @@ mod tests {
         let spans = attempt_spans(&run, &attempt);
         assert_eq!(spans[0].status, Status::Unset);
         assert_eq!(spans[0].start_time, UNIX_EPOCH);
+    }
+
+    #[test]
+    fn a_clock_in_year_9999_is_capped_where_the_wire_ends_instead_of_wrapping() {
+        let (run, mut attempt) = failed_attempt();
+        let year_9999 = Timestamp::parse_rfc3339("9999-12-31T23:59:59Z").expect("a time");
+        (attempt.claimed_at, attempt.ended_at) = (Some(year_9999), year_9999);
+        for stage in &mut attempt.stages {
+            (stage.started_at, stage.completed_at) = (year_9999, Some(year_9999));
+        }
+        for span in attempt_spans(&run, &attempt) {
+            for time in [span.start_time, span.end_time] {
+                let nanos = time.duration_since(UNIX_EPOCH).expect("after 1970").as_nanos();
+                assert!(nanos <= u128::from(u64::MAX), "fits the wire's u64: {nanos}");
+                assert!(nanos >= u128::from(LATEST_ON_THE_WIRE_MS) * 1_000_000, "capped at the latest, not wrapped");
+            }
+        }
     }
 }
