@@ -187,22 +187,32 @@ async fn pull_one(
         Err(err @ SourceError::Refused { .. }) => return Err(Failure::Fatal(err)),
         Err(err) => return Err(Failure::at(&path, crate::errors::chain(&err))),
     };
-    let temp = temp_path(&path);
-    let written = download(fetched, &temp, &path, options.progress).await;
+    let temp = Partial(temp_path(&path));
+    let temp = temp.0.as_path();
+    let written = download(fetched, temp, &path, options.progress).await;
     let checked = written.and_then(|(bytes, sha256)| check(record, bytes, &sha256).map(|()| bytes));
     let renamed = match checked {
         Ok(bytes) => {
-            std::fs::rename(&temp, &path).map(|()| bytes).map_err(|err| format!("cannot rename into place: {err}"))
+            std::fs::rename(temp, &path).map(|()| bytes).map_err(|err| format!("cannot rename into place: {err}"))
         }
         Err(reason) => Err(reason),
     };
     match renamed {
         Ok(bytes) => Ok(Pulled::Downloaded { key: record.key.clone(), path, bytes, verified: record.sha256.is_some() }),
-        Err(reason) => {
-            // Nothing of a bad or broken download is kept.
-            let _ = std::fs::remove_file(&temp);
-            Err(Failure::at(&path, reason))
-        }
+        // Nothing of a bad or broken download is kept (`Partial` removes it).
+        Err(reason) => Err(Failure::at(&path, reason)),
+    }
+}
+
+/// A download's temporary file, removed when it goes out of scope unless it was renamed into
+/// place: after a bad or broken download, and when the pull is dropped part-way (Ctrl-C in
+/// `runs pull`), so no `.NAME.pull-…` file is left behind.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        // Renamed into place, it is gone already; anything else is left by an unfinished pull.
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -350,6 +360,59 @@ fn progress_bar(length: Option<u64>, wanted: bool, shown: &Path) -> ProgressBar 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source whose objects send one chunk and then nothing more, ever.
+    struct Stalling;
+
+    #[async_trait]
+    impl Source for Stalling {
+        async fn fetch(&self, _run_id: &RunId, _key: &str) -> Result<Fetched, SourceError> {
+            let first = futures_util::stream::iter([Ok(Bytes::from_static(b"the first megabyte"))]);
+            let body = first.chain(futures_util::stream::pending());
+            Ok(Fetched { length: Some(1 << 30), body: Box::pin(body) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pull_dropped_part_way_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let record = Artifact {
+            run_id: run_id(),
+            key: "runs/run-1/checkpoints/model.pt".into(),
+            bytes: Some(1 << 30),
+            sha256: None,
+            content_type: None,
+            kind: None,
+            registered_at: crate::time::Timestamp::from_millis(0),
+            at: crate::run::EventKey {
+                time: crate::time::Timestamp::from_millis(0),
+                id: "e-1".into(),
+                source: "pod://a".into(),
+            },
+        };
+        let options = PullOptions { out: dir.path().to_owned(), kinds: Vec::new(), progress: false };
+        let folder = dir.path().join("checkpoints");
+        let (id, mut on_file) = (run_id(), |_: &Pulled| {});
+        let mut pulling = Box::pin(pull(&id, std::slice::from_ref(&record), &Stalling, &options, &mut on_file));
+        // Polled until its temporary file is there, then dropped, as Ctrl-C in `runs pull` does.
+        let started = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut pulling => panic!("a stalled download cannot end"),
+                    () = tokio::task::yield_now() => {}
+                }
+                if std::fs::read_dir(&folder).into_iter().flatten().flatten().next().is_some() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), started).await.expect("the download started");
+        drop(pulling);
+        let left: Vec<_> =
+            std::fs::read_dir(&folder).expect("its folder").flatten().map(|entry| entry.file_name()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
 
     fn run_id() -> RunId {
         "run-1".parse().expect("valid run id")

@@ -76,11 +76,18 @@ pub(super) async fn run(args: PullArgs) -> anyhow::Result<()> {
         // A closed stdout must not stop the pull: the summary on stderr still says what happened.
         let _ = crate::cmd::print(line);
     };
-    let report =
-        artifacts::pull::pull(&id, &records, source.as_ref(), &options, &mut show).await.map_err(|err| match err {
+    let pulling = artifacts::pull::pull(&id, &records, source.as_ref(), &options, &mut show);
+    // Ctrl-C drops the pull, which removes the file it was writing; the finished ones stay.
+    let report = tokio::select! {
+        report = pulling => report.map_err(|err| match err {
             artifacts::PullError::Source(err) => pull_failure(err),
             other => other.into(),
-        })?;
+        })?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!(
+            "interrupted: the files already pulled are in {}; run it again for the rest",
+            options.out.display()
+        ),
+    };
     if report.files.is_empty() {
         let kinds =
             if options.kinds.is_empty() { String::new() } else { format!(" of kind {}", options.kinds.join(", ")) };
