@@ -29,7 +29,8 @@ use scientist::event::{FailureCode, LogLevel};
 use scientist::ideation::{IdeationStatus, NewIdeation};
 use scientist::queue::fence;
 use scientist::queue::lease::{self, Action, OnLost};
-use scientist::run::{NewRun, RunId, RunStatus, Stage};
+use scientist::run::{NewRun, Run, RunId, RunStatus, Stage};
+use scientist::store::stats::Flagged;
 use scientist::store::stats::cost::DEFAULT_WINDOW;
 use scientist::store::{Error, EventFilter, Outcome, RunFilter, Store};
 use scientist::sweep;
@@ -592,6 +593,17 @@ async fn stats_report_every_figure(store: &dyn Store) {
     assert_eq!(codes, [("OOM", 2), ("EXIT_1", 1), ("UNKNOWN", 1)]);
     // run-a 2→150 (latest heartbeat), run-b 10→200, run-c 100→300.
     assert!((stats.gpu_hours - 538.0 / 3600.0).abs() < 1e-9, "{}", stats.gpu_hours);
+    assert_eq!(stats.flagged, Flagged::default());
+    // A held run flagged stalled counts; a flag left on a finished run does not.
+    for (id, when) in [("run-a", 350), ("run-b", 350)] {
+        let flag = Box::new(move |run: &mut Run| {
+            run.stalled_since = Some(at(when));
+            true
+        });
+        store.update_if(&id.parse().expect("id"), at(when), flag).await.expect("flag").expect("changed");
+    }
+    let flagged = store.stats(at(400), DEFAULT_WINDOW).await.expect("stats").flagged;
+    assert_eq!(flagged, Flagged { silent: 0, stalled: 1 });
     // Outside the windows: a day later nothing is active or recent; the rest stays.
     let later = store.stats(at(400 + 86_400), DEFAULT_WINDOW).await.expect("stats");
     assert!(later.active_workers.is_empty());
@@ -735,11 +747,14 @@ async fn silent_workers_are_flagged_then_their_runs_failed(store: &dyn Store) {
     assert_eq!(swept.iter().map(|s| (&s.run_id, s.action)).collect::<Vec<_>>(), [(&id, Action::FlaggedSilent)]);
     let silent = get(id.clone()).await;
     assert_eq!((silent.status, silent.silent_since), (RunStatus::Scheduled, Some(at(61))), "flagged, still held");
+    let flagged = |now| async move { store.stats(now, DEFAULT_WINDOW).await.expect("stats").flagged };
+    assert_eq!(flagged(at(61)).await, Flagged { silent: 1, stalled: 0 }, "stats and /metrics count it");
     assert!(sweep::runs(store, &policy, at(90)).await.expect("sweep").is_empty(), "flagged once");
     // The worker is heard again: the flag clears and the lease starts over.
     let heartbeat = attempt_event("h1", "ai.run.heartbeat", id.as_str(), 100, 1, json!({"gpu_util": 0.9}));
     store.apply_events(vec![heartbeat], at(100)).await.expect("apply");
     assert_eq!(get(id.clone()).await.silent_since, None);
+    assert_eq!(flagged(at(100)).await, Flagged::default());
     assert!(
         sweep::runs(store, &policy, at(650)).await.expect("sweep").iter().all(|s| s.action == Action::FlaggedSilent)
     );

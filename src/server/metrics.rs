@@ -47,6 +47,11 @@ struct StatusLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlagLabel {
+    flag: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueCostLabels {
     queue: String,
     kind: &'static str,
@@ -97,6 +102,7 @@ pub struct Metrics {
     ingested: Family<OutcomeLabel, Counter>,
     requests: Family<RequestLabels, Histogram>,
     runs: Family<StatusLabel, Gauge>,
+    flagged: Family<FlagLabel, Gauge>,
     queue_depth: Gauge,
     oldest_queued_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     costs: Arc<CostCounters>,
@@ -116,6 +122,12 @@ impl Default for Metrics {
         registry.register("http_request_duration_seconds", "HTTP request latency", requests.clone());
         let runs = Family::<StatusLabel, Gauge>::default();
         registry.register("runs", "Runs by status", runs.clone());
+        let flagged = Family::<FlagLabel, Gauge>::default();
+        registry.register(
+            "runs_flagged",
+            "Held runs flagged silent (worker not heard from) or stalled (heard, no progress)",
+            flagged.clone(),
+        );
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "QUEUED runs", queue_depth.clone());
         let oldest_queued_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -126,7 +138,7 @@ impl Default for Metrics {
         );
         let costs = Arc::new(CostCounters::default());
         registry.register_collector(Box::new(costs.clone()));
-        Metrics { registry, ingested, requests, runs, queue_depth, oldest_queued_age, costs }
+        Metrics { registry, ingested, requests, runs, flagged, queue_depth, oldest_queued_age, costs }
     }
 }
 
@@ -165,6 +177,9 @@ pub(super) async fn serve(State(state): State<AppState>) -> Result<Response, Api
     for status in RunStatus::ALL {
         let count = stats.by_status.get(status);
         metrics.runs.get_or_create(&StatusLabel { status: status.as_str() }).set(count as i64);
+    }
+    for (flag, count) in [("silent", stats.flagged.silent), ("stalled", stats.flagged.stalled)] {
+        metrics.flagged.get_or_create(&FlagLabel { flag }).set(count as i64);
     }
     metrics.queue_depth.set(stats.queue.depth as i64);
     metrics.oldest_queued_age.set(stats.queue.oldest_age_s.unwrap_or(0.0));

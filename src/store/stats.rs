@@ -41,6 +41,8 @@ pub struct Stats {
     pub failure_codes: Vec<FailureCount>,
     /// Human reviews: runs awaiting one, and runs by what their latest review became.
     pub reviews: ReviewCounts,
+    /// Held runs the sweep has flagged, of every worker, however long ago it was heard.
+    pub flagged: Flagged,
     /// Hours runs held a GPU: start to end (or to the latest heartbeat while running), one
     /// GPU per run, over the runs' current attempts.
     pub gpu_hours: f64,
@@ -150,6 +152,15 @@ pub struct FailureCount {
     pub count: u64,
 }
 
+/// Runs in [`HELD_STATUSES`] flagged by the sweep (`queue::lease`, `queue::stall`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Flagged {
+    /// Not heard from for `--silent-after` (`silentSince`): unreachable, maybe dead.
+    pub silent: u64,
+    /// Heard, but no progress for `--stall-after` (`stalledSince`).
+    pub stalled: u64,
+}
+
 /// Runs by review: awaiting a decision (AWAITING_HUMAN, undecided or not yet recorded), and
 /// by the decision on their latest review (`review.decision`), whatever became of them since.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -177,6 +188,7 @@ pub(crate) struct Parts {
     pub failure_codes: Vec<FailureCount>,
     /// Runs by their latest review's decision (decisions with none may be left out).
     pub review_decisions: Vec<(ReviewDecision, u64)>,
+    pub flagged: Flagged,
     pub gpu_seconds: f64,
     pub cost: cost::CostParts,
 }
@@ -248,6 +260,7 @@ impl Stats {
             stage_durations,
             failure_codes: parts.failure_codes,
             reviews,
+            flagged: parts.flagged,
             gpu_hours: parts.gpu_seconds / 3600.0,
             cost: cost::CostStats::assemble(parts.cost, now, cost_window),
         }

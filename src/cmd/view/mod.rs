@@ -279,6 +279,17 @@ pub(crate) fn stats_view(stats: &Stats, look: Look) -> String {
             reviews.awaiting, reviews.approved, reviews.rejected, reviews.timed_out
         ),
     ]);
+    let flagged = stats.flagged;
+    // Only when there is something to look at: `runs list` names them.
+    if flagged.silent + flagged.stalled > 0 {
+        headline.add_row(vec![
+            "flagged".to_owned(),
+            format!(
+                "{} silent (worker not heard from), {} stalled (no progress); `scientist runs list` marks them",
+                flagged.silent, flagged.stalled
+            ),
+        ]);
+    }
     sections.push(format!("{}\n{}", look.title(&format!("Stats at {}", stats.generated_at)), render(&mut headline)));
 
     let mut by_status = look.table(["STATUS", "RUNS"]);

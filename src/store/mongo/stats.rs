@@ -45,6 +45,10 @@ impl MongoStore {
             stage_durations: self.stage_durations().await?,
             failure_codes: self.failure_codes().await?,
             review_decisions: self.review_decisions().await?,
+            flagged: stats::Flagged {
+                silent: self.held_with("silentSince").await?,
+                stalled: self.held_with("stalledSince").await?,
+            },
             gpu_seconds: self.gpu_seconds(now).await?,
             cost: self.cost_parts(stats::cost::window_since(now, cost_window), now).await?,
         };
@@ -77,6 +81,15 @@ impl MongoStore {
             { "heardAt": { "$exists": false }, "$or": older },
         ] };
         Ok(self.runs.find(doc! { "status": { "$in": held }, "$and": [seen] }).await?.try_collect().await?)
+    }
+
+    /// Held runs that carry the flag `field` (the sweep sets it, the next word clears it).
+    async fn held_with(&self, field: &str) -> Result<u64> {
+        let held: Vec<&str> = HELD_STATUSES.iter().map(|status| status.as_str()).collect();
+        Ok(self
+            .runs
+            .count_documents(doc! { "status": { "$in": held }, field: { "$exists": true, "$ne": null } })
+            .await?)
     }
 
     async fn finished_since(&self, status: RunStatus, field: &str, now: Timestamp) -> Result<u64> {

@@ -70,6 +70,16 @@ fn stats_parts(
             parse_run(&id, &doc)
         })
         .collect::<Result<Vec<Run>>>()?;
+    // Held runs are few (one per busy worker): reading their flags from the document is cheap.
+    let flagged_sql = format!(
+        "SELECT COUNT(json_extract(doc, '$.silentSince')), COUNT(json_extract(doc, '$.stalledSince')) \
+         FROM runs WHERE status IN ({})",
+        placeholders(HELD_STATUSES.len())
+    );
+    let held = HELD_STATUSES.iter().map(|status| SqlValue::from(status.as_str().to_owned()));
+    let flagged = conn.prepare_cached(&flagged_sql)?.query_row(params_from_iter(held), |row| {
+        Ok(stats::Flagged { silent: row.get::<_, i64>(0)?.max(0) as u64, stalled: row.get::<_, i64>(1)?.max(0) as u64 })
+    })?;
     let finished_since = |status: RunStatus| -> Result<u64> {
         let count: i64 = conn.query_row(
             "SELECT COUNT(*) FROM runs WHERE status = ?1 AND finished_at >= ?2",
@@ -93,6 +103,7 @@ fn stats_parts(
         stage_durations: stage_durations(conn)?,
         failure_codes: failure_codes(conn)?,
         review_decisions: review_decisions(conn)?,
+        flagged,
         gpu_seconds: gpu_millis / 1000.0,
         cost: cost_parts(conn, stats::cost::window_since(now, cost_window), now)?,
     })
