@@ -7,18 +7,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 
+mod logs;
 mod pull;
 
 use super::eta::{Histories, with_eta};
 use super::follow::{self, LiveView, Update};
 use super::view::{self, Look};
 use super::{OperatorArgs, UsageError, display_now, resolve_run};
-use crate::control::{Operator, events_after};
-use crate::event::{EventType, LogLevel};
+use crate::control::Operator;
+use crate::event::EventType;
 use crate::queue::review::Decision;
 use crate::run::{DEFAULT_QUEUE, NewRun, ReviewDecision, Run, RunId, RunStatus};
-use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter, StoredEvent};
-use crate::time::Timestamp;
+use crate::store::{DEFAULT_LIMIT, EventFilter, LOG_EVENT_TYPE, MAX_LIMIT, RunFilter};
 
 const ID_HELP: &str = "The run id, or a unique prefix of it (like a short git hash)";
 
@@ -37,7 +37,7 @@ pub enum Command {
     Show(ShowArgs),
     /// Print a run's log lines (`ai.run.log` events), oldest first.
     #[command(after_help = FOLLOW_HELP)]
-    Logs(LogsArgs),
+    Logs(logs::LogsArgs),
     /// Enqueue a run from an idea file (JSON); prints the new run's id.
     Create(CreateArgs),
     /// Put a FAILED or CANCELED run back in the queue (claim and error cleared, retryCount + 1).
@@ -92,42 +92,15 @@ pub struct ShowArgs {
     follow: FollowArgs,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct LogsArgs {
-    #[command(flatten)]
-    source: OperatorArgs,
-    #[arg(help = ID_HELP)]
-    id: RunId,
-    /// Only lines at or above this level: debug, info, warning (warn), error. A line without a level is info.
-    #[arg(long, value_parser = parse_level)]
-    level: Option<LogLevel>,
-    /// Only lines since this time: a duration ago (`10m`, `2h`, `1d`) or an RFC 3339 time.
-    #[arg(long, value_parser = parse_since)]
-    since: Option<Since>,
-    /// Only the last N lines (before following).
-    #[arg(long)]
-    tail: Option<usize>,
-    /// Print NDJSON, one `{"kind":"event",…}` object a line, instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Print text from events (messages, errors, names) as stored, control characters
-    /// included. Without it they are shown escaped (`\u001b`, `\r`), so that no event can
-    /// drive the terminal.
-    #[arg(long, conflicts_with = "json")]
-    raw: bool,
-    #[command(flatten)]
-    follow: FollowArgs,
-}
-
 /// `--follow` and its polling interval, shared by `show` and `logs`.
 #[derive(Debug, clap::Args)]
 struct FollowArgs {
     /// Keep watching until the run ends, then exit with its outcome (see below).
     #[arg(long, short = 'f')]
-    follow: bool,
+    pub(super) follow: bool,
     /// How often --follow polls the store.
     #[arg(long, env = "SCIENTIST_FOLLOW_INTERVAL", value_parser = humantime::parse_duration, default_value = follow::DEFAULT_INTERVAL)]
-    interval: Duration,
+    pub(super) interval: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,7 +190,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::List(args) => list(args).await,
         Command::Show(args) => show(args).await,
-        Command::Logs(args) => logs(args).await,
+        Command::Logs(args) => logs::logs(args).await,
         Command::Create(args) => create(args).await,
         Command::Reset(args) => reset(args).await,
         Command::Cancel(args) => cancel(args).await,
@@ -366,76 +339,6 @@ pub(crate) async fn follow_live(
 }
 
 /// When `--since` starts.
-#[derive(Debug, Clone, Copy)]
-enum Since {
-    Ago(Duration),
-    At(Timestamp),
-}
-
-impl Since {
-    fn resolve(self, now: Timestamp) -> Timestamp {
-        match self {
-            Since::At(at) => at,
-            Since::Ago(ago) => now.plus_seconds(-(ago.as_secs().min(i64::MAX as u64) as i64)),
-        }
-    }
-}
-
-fn parse_since(text: &str) -> Result<Since, String> {
-    if let Ok(at) = Timestamp::parse_rfc3339(text) {
-        return Ok(Since::At(at));
-    }
-    humantime::parse_duration(text).map(Since::Ago).map_err(|_| {
-        format!("{text:?} is neither a duration (`10m`, `2h`, `1d`) nor an RFC 3339 time (`2025-10-22T19:00:00Z`)")
-    })
-}
-
-fn parse_level(text: &str) -> Result<LogLevel, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_ascii_lowercase()))
-        .map_err(|_| format!("unknown level {text:?}; expected debug, info, warning (warn) or error"))
-}
-
-async fn logs(args: LogsArgs) -> anyhow::Result<()> {
-    let store = args.source.open().await?;
-    let store = store.as_ref();
-    let id = resolve_run(store, &args.id).await?;
-    let now = display_now()?;
-    let since = args.since.map(|since| since.resolve(now));
-    let look = Look { raw: args.raw, ..Look::for_stdout() };
-    let print_lines = |events: &[StoredEvent]| -> anyhow::Result<()> {
-        for stored in events.iter().filter(|stored| since.is_none_or(|since| stored.event.time >= since)) {
-            if args.json {
-                super::print(follow::event_line(stored))?;
-            } else if let Some(line) = view::log_line(stored, look) {
-                super::print_as(look, line)?;
-            }
-        }
-        Ok(())
-    };
-    let mut filter = EventFilter { types: vec![LOG_EVENT_TYPE.into()], min_level: args.level, ..Default::default() };
-    match args.tail {
-        Some(count) => {
-            let mut latest =
-                store.list_recent_events(&id, &EventFilter { limit: count, ..filter.clone() }).await?.items;
-            latest.reverse();
-            print_lines(&latest)?;
-            // None printed means none stored yet: following from the first is following from now.
-            filter.cursor = latest.last().map(|last| last.cursor.clone());
-        }
-        None => print_lines(&events_after(store, &id, &mut filter).await?)?,
-    }
-    if !args.follow.follow {
-        return Ok(());
-    }
-    let mut tail = store.tail(&id, filter).await?;
-    let run = follow::watch(tail.as_mut(), args.follow.interval, |update| match update {
-        Update::Events(events) => print_lines(&events),
-        Update::Run(_) => Ok(()),
-    })
-    .await?;
-    follow::outcome(&run)
-}
-
 fn budget(text: &str) -> Result<f64, String> {
     let usd: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of dollars, such as 50"))?;
     crate::run::cost::check_budget(usd, "--budget-usd")?;
