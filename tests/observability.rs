@@ -156,6 +156,9 @@ async fn exported_metrics() -> BTreeSet<String> {
         r#"{"specversion": "1.0", "id": "e1", "source": "test://o", "type": "ai.run.log", "subject": "run/metrics-run", "data": {"message": "hello"}}"#,
         "\n",
         r#"{"specversion": "1.0", "id": "e2", "source": "test://o", "type": "ai.run.stage_progress", "subject": "run/metrics-run", "data": {"stage": "nowhere"}}"#,
+        "\n",
+        // Spend, so that the cost and token counters have a series to export.
+        r#"{"specversion": "1.0", "id": "e3", "source": "test://o", "type": "ai.llm.usage", "subject": "run/metrics-run", "data": {"model": "gpt-5-mini", "input_tokens": 1200, "output_tokens": 300, "cost_usd": 0.01}}"#,
         "\n"
     );
     let ingested = client
