@@ -45,13 +45,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::print(topic.page.trim_end())?;
         return Ok(());
     }
-    let mut command = super::Cli::command();
-    let mut current = &mut command;
+    let command = super::Cli::command();
+    let mut current = &command;
     for word in &args.words {
-        current = match current.find_subcommand_mut(word) {
-            Some(sub) => sub,
-            None => return Err(unknown(&args.words, word).into()),
-        };
+        current = current.find_subcommand(word).ok_or_else(|| unknown(&args.words, word))?;
     }
     // The help clap prints for `scientist WORDS… --help`, so that the two never differ.
     let argv = std::iter::once("scientist").chain(args.words.iter().map(String::as_str)).chain(["--help"]);

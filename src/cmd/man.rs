@@ -26,14 +26,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for dir in [&commands, &topics] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    clap_mangen::generate_to(super::Cli::command(), &commands)
+    let cli = super::Cli::command();
+    let written = pages(&cli) + TOPICS.len();
+    clap_mangen::generate_to(cli, &commands)
         .with_context(|| format!("cannot write the command pages into {}", commands.display()))?;
     for topic in TOPICS {
         write_topic(&topics, topic.name, topic.summary, topic.page)?;
     }
-    let written = std::fs::read_dir(&commands).map(|entries| entries.count()).unwrap_or(0) + TOPICS.len();
     super::print(format!("{written} man pages in {} (man1, man7)", args.dir.display()))?;
     Ok(())
+}
+
+/// The pages `generate_to` writes for `command`: its own and one per subcommand, all the way down.
+fn pages(command: &clap::Command) -> usize {
+    1 + command.get_subcommands().map(pages).sum::<usize>()
 }
 
 /// A topic's markdown as a section-7 page: shown as written (no filling), which keeps its
