@@ -3,6 +3,13 @@
 //! NDJSON batches of 50 over keep-alive connections; claims through `POST /api/queue/claim`
 //! by concurrent claimers (each run claimed exactly once, checked); then `scientist emit`
 //! one-shot wall time (process start to acknowledgement) beside `curl` posting the same event.
+//!
+//! The server runs on a runtime of its own (threads named [`SERVER_THREAD`]) so that the CPU
+//! it spends per request (its threads and the store's writer thread, from each thread's
+//! `/proc/self/task/*/schedstat`) is told apart from the load generator's.
+//!
+//! Arguments after `--` pick workloads by a part of their name (`cargo bench --bench ingest
+//! -- "single events, 8" claims`); with none, all run.
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -23,33 +30,68 @@ const ONE_SHOTS: usize = 25;
 const CLAIMABLE_RUNS: usize = 10_000;
 const CLAIMERS: usize = 8;
 
+/// The server runtime's threads (workers and blocking ones).
+const SERVER_THREAD: &str = "bench-serve";
+/// The embedded store's writer thread (`store::sqlite::group`).
+const WRITER_THREAD: &str = "sqlite-writer";
+
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Blocking threads kept for the whole run, so that none takes its CPU time with it.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVER_THREAD)
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()
+        .expect("server runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("bench.sqlite")).await.expect("open store"));
+        let sqlite = Arc::new(SqliteStore::open(&dir.path().join("bench.sqlite")).await.expect("open store"));
+        let store: Arc<dyn Store> = sqlite.clone();
         for n in 0..RUNS {
             let new_run = NewRun { id: format!("bench-{n}").parse().expect("id"), ..NewRun::new(json!({})) };
             store.enqueue(new_run, Timestamp::now()).await.expect("enqueue");
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking listener");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(server::run(listener, AppState::new(store.clone(), Tokens::default()), std::future::pending()));
+        let state = AppState::new(store.clone(), Tokens::default());
+        server_runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            server::run(listener, state, std::future::pending()).await
+        });
 
         println!("scientist HTTP ingest benchmark (embedded store, synchronous=FULL, loopback)\n");
-        println!("{:<34} {:>10} {:>10} {:>10}", "workload", "events/s", "p50 ms", "p99 ms");
+        println!(
+            "{:<34} {:>10} {:>10} {:>10} {:>14} {:>10}",
+            "workload", "events/s", "p50 ms", "p99 ms", "server µs/req", "per commit"
+        );
         for connections in [1, 8] {
-            let figure = single_events(&base, connections).await;
-            figure.print(&format!("single events, {connections} connection(s)"));
+            let workload = format!("single events, {connections} connection(s)");
+            if wanted(&workload) {
+                single_events(&base, &sqlite, connections).await.print(&workload);
+            }
         }
         for connections in [1, 4, 8] {
-            let figure = batches(&base, connections).await;
-            figure.print(&format!("NDJSON batches of {BATCH_SIZE}, {connections} conn."));
+            let workload = format!("NDJSON batches of {BATCH_SIZE}, {connections} conn.");
+            if wanted(&workload) {
+                batches(&base, &sqlite, connections).await.print(&workload);
+            }
         }
-        claims(&base, &*store).await.print(&format!("claims, {CLAIMERS} claimers (runs/s)"));
-        one_shots(&base).await;
+        let workload = format!("claims, {CLAIMERS} claimers (runs/s)");
+        if wanted(&workload) {
+            claims(&base, &sqlite).await.print(&workload);
+        }
+        if wanted("one-shot") {
+            one_shots(&base).await;
+        }
     });
+}
+
+/// Whether the arguments (cargo's own `--bench` aside) pick `workload`; none picks all.
+fn wanted(workload: &str) -> bool {
+    let picked: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    picked.is_empty() || picked.iter().any(|part| workload.contains(part.as_str()))
 }
 
 /// One log line of `run`, numbered `n`, in structured mode.
@@ -65,6 +107,47 @@ struct Figure {
     elapsed: Duration,
     /// One per request, sorted.
     latencies: Vec<Duration>,
+    /// CPU time the server's threads spent over the workload.
+    server_cpu: Duration,
+    /// Store transactions committed over the workload.
+    commits: u64,
+}
+
+/// Where the clocks and the commit count stood when a workload began.
+struct Mark {
+    at: Instant,
+    server_cpu: Duration,
+    commits: u64,
+}
+
+impl Mark {
+    fn now(store: &SqliteStore) -> Mark {
+        Mark { at: Instant::now(), server_cpu: server_cpu(), commits: store.commits() }
+    }
+
+    /// The workload's figure, `events` in all and `latencies` one per request.
+    fn figure(self, store: &SqliteStore, events: usize, mut latencies: Vec<Duration>) -> Figure {
+        let (elapsed, server_cpu, commits) =
+            (self.at.elapsed(), server_cpu() - self.server_cpu, store.commits() - self.commits);
+        latencies.sort();
+        Figure { events, elapsed, latencies, server_cpu, commits }
+    }
+}
+
+/// CPU time spent so far by the server's threads: its runtime's and the store's writer.
+fn server_cpu() -> Duration {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if ![SERVER_THREAD, WRITER_THREAD].contains(&comm.trim_end()) {
+            continue;
+        }
+        // The first field: nanoseconds on a CPU.
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let nanos = schedstat.split_whitespace().next().and_then(|field| field.parse().ok()).unwrap_or(0);
+        total += Duration::from_nanos(nanos);
+    }
+    total
 }
 
 impl Figure {
@@ -74,13 +157,24 @@ impl Figure {
             self.latencies[rank - 1].as_secs_f64() * 1000.0
         };
         let per_second = self.events as f64 / self.elapsed.as_secs_f64();
-        println!("{workload:<34} {per_second:>10.0} {:>10.2} {:>10.2}", percentile(0.50), percentile(0.99));
+        let cpu_per_request = self.server_cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64;
+        let per_commit = self.events as f64 / self.commits.max(1) as f64;
+        println!(
+            "{workload:<34} {per_second:>10.0} {:>10.2} {:>10.2} {cpu_per_request:>14.0} {per_commit:>10.1}",
+            percentile(0.50),
+            percentile(0.99)
+        );
     }
 }
 
 /// `connections` clients, each posting `requests / connections` bodies one after another.
-async fn drive(connections: usize, bodies: Vec<(String, &'static str, String)>, events_per_request: usize) -> Figure {
-    let started = Instant::now();
+async fn drive(
+    store: &SqliteStore,
+    connections: usize,
+    bodies: Vec<(String, &'static str, String)>,
+    events_per_request: usize,
+) -> Figure {
+    let mark = Mark::now(store);
     let per_connection = bodies.len().div_ceil(connections);
     let mut tasks = Vec::new();
     let mut bodies = bodies.into_iter();
@@ -103,21 +197,19 @@ async fn drive(connections: usize, bodies: Vec<(String, &'static str, String)>, 
     for task in tasks {
         latencies.extend(task.await.expect("client task"));
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Figure { events: latencies.len() * events_per_request, elapsed, latencies }
+    mark.figure(store, latencies.len() * events_per_request, latencies)
 }
 
-async fn single_events(base: &str, connections: usize) -> Figure {
+async fn single_events(base: &str, store: &SqliteStore, connections: usize) -> Figure {
     let url = format!("{base}/api/ingest/event");
     let prefix = format!("single-{connections}");
     let bodies = (0..SINGLE_EVENTS).map(|n| (url.clone(), "application/cloudevents+json", event(&prefix, n))).collect();
-    drive(connections, bodies, 1).await
+    drive(store, connections, bodies, 1).await
 }
 
 /// [`CLAIMABLE_RUNS`] queued runs taken by [`CLAIMERS`] clients claiming until the queue is
 /// empty; every run must be claimed exactly once.
-async fn claims(base: &str, store: &dyn Store) -> Figure {
+async fn claims(base: &str, store: &SqliteStore) -> Figure {
     let queue = "bench-claims";
     // Enqueued concurrently, so that they share commits.
     let enqueues = (0..CLAIMABLE_RUNS)
@@ -126,7 +218,7 @@ async fn claims(base: &str, store: &dyn Store) -> Figure {
         enqueued.expect("enqueue");
     }
     let url = format!("{base}/api/queue/claim");
-    let started = Instant::now();
+    let mark = Mark::now(store);
     let tasks: Vec<_> = (0..CLAIMERS)
         .map(|claimer| {
             let url = url.clone();
@@ -162,15 +254,13 @@ async fn claims(base: &str, store: &dyn Store) -> Figure {
         claimed.extend(ids);
         latencies.extend(times);
     }
-    let elapsed = started.elapsed();
     let distinct: HashSet<&String> = claimed.iter().collect();
     assert_eq!(claimed.len(), CLAIMABLE_RUNS, "every queued run claimed once");
     assert_eq!(distinct.len(), CLAIMABLE_RUNS, "no run claimed twice");
-    latencies.sort();
-    Figure { events: claimed.len(), elapsed, latencies }
+    mark.figure(store, claimed.len(), latencies)
 }
 
-async fn batches(base: &str, connections: usize) -> Figure {
+async fn batches(base: &str, store: &SqliteStore, connections: usize) -> Figure {
     let url = format!("{base}/api/ingest/events");
     let prefix = format!("batch-{connections}");
     let bodies = (0..BATCHES)
@@ -179,7 +269,7 @@ async fn batches(base: &str, connections: usize) -> Figure {
             (url.clone(), "application/x-ndjson", lines.join("\n"))
         })
         .collect();
-    drive(connections, bodies, BATCH_SIZE).await
+    drive(store, connections, bodies, BATCH_SIZE).await
 }
 
 /// Median wall time of `scientist emit` and of `curl` sending the same kind of event,
