@@ -187,8 +187,8 @@ async fn pull_one(
         Err(err @ SourceError::Refused { .. }) => return Err(Failure::Fatal(err)),
         Err(err) => return Err(Failure::at(&path, crate::errors::chain(&err))),
     };
-    let temp = Partial(temp_path(&path));
-    let temp = temp.0.as_path();
+    let partial = Partial(temp_path(&path));
+    let temp = partial.0.as_path();
     let written = download(fetched, temp, &path, options.progress).await;
     let checked = written.and_then(|(bytes, sha256)| check(record, bytes, &sha256).map(|()| bytes));
     let renamed = match checked {
