@@ -191,3 +191,18 @@ fn under_log_format_json_the_error_line_is_json_too() {
     let message = error["fields"]["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("error: ") && message.contains("run no-such-run not found"), "{stderr}");
 }
+
+#[test]
+fn a_token_typed_on_the_command_line_is_warned_about_and_one_in_the_environment_is_not() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let emit = ["emit", "ai.run.log", "--run", "r1", "--data", r#"{"message": "m"}"#, "--server", "http://127.0.0.1:9"];
+    let warning = "--token on the command line shows in `ps` and shell history: set SCIENTIST_TOKEN instead";
+    // Nothing listens on port 9 of loopback: both fail to deliver (exit 6) after the warning, or not.
+    let typed = scientist(&store).args(emit).args(["--token", "typed-secret"]).assert().code(6);
+    let stderr = String::from_utf8_lossy(&typed.get_output().stderr).into_owned();
+    assert!(stderr.contains(warning), "{stderr}");
+    assert!(!stderr.contains("typed-secret"), "the warning does not repeat it: {stderr}");
+    let set = scientist(&store).args(emit).env("SCIENTIST_TOKEN", "env-secret").assert().code(6);
+    let stderr = String::from_utf8_lossy(&set.get_output().stderr).into_owned();
+    assert!(!stderr.contains("--token on the command line"), "{stderr}");
+}

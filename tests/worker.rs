@@ -546,6 +546,7 @@ async fn a_wrong_token_for_the_server_exits_7_and_a_bad_config_exits_2() {
     let (status, stderr) = finish(worker.spawn().expect("start worker"), Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(7), "{stderr}");
     assert!(stderr.contains("refused the token"), "{stderr}");
+    assert!(stderr.contains("--token on the command line shows in `ps`"), "typed, so warned: {stderr}");
 
     let config = pod.config("[[stage]]\nname = \"Stage_9\"\ncommand = \"true\"\n");
     let (status, stderr) = finish(pod.worker(&config).spawn().expect("start worker"), Duration::from_secs(30)).await;

@@ -98,6 +98,7 @@ impl EmitError {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    super::warn_of_a_typed_token();
     let source = args.source.clone().unwrap_or_else(emit::default_source);
     let (events, invalid) = match &args.batch {
         Some(batch) => read_batch(batch, &args, &source)?,

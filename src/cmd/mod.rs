@@ -433,6 +433,18 @@ pub(crate) fn print_as(look: view::Look, text: impl std::fmt::Display) -> std::i
     if look.raw { print_raw(text) } else { print(text) }
 }
 
+/// Warns when `--token` was typed on this process's command line, where `ps` and shell history
+/// show it to anyone on the machine; the environment variable does the same unseen.
+pub(crate) fn warn_of_a_typed_token() {
+    let typed = std::env::args_os().any(|arg| arg == "--token" || arg.to_string_lossy().starts_with("--token="));
+    if typed {
+        crate::notice!(
+            warn,
+            "--token on the command line shows in `ps` and shell history: set SCIENTIST_TOKEN instead"
+        );
+    }
+}
+
 /// Bad input from the user (exit code 2): the message names the problem and the fix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

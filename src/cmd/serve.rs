@@ -88,6 +88,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    super::warn_of_a_typed_token();
     run_on(args, None).await
 }
 

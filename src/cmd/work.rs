@@ -198,6 +198,7 @@ impl From<ModeArg> for WorkerMode {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    super::warn_of_a_typed_token();
     if !args.emit_listen.ip().is_loopback() {
         return Err(UsageError(format!(
             "--emit-listen {} is not a loopback address: the child's endpoint must not be reachable from outside",
