@@ -4,6 +4,7 @@
 //! store directly or through `serve`'s API, `sources`). The records of what was stored are
 //! the store's (`store::Artifact`); nothing here knows about runs' states or HTTP routes.
 
+mod partial;
 pub mod pull;
 pub mod sources;
 pub mod store;

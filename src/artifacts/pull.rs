@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::partial::Partial;
 use super::store::relative_to_run;
 use super::{KeyError, ReadError, hex, sha256_file};
 use crate::run::RunId;
@@ -187,8 +188,8 @@ async fn pull_one(
         Err(err @ SourceError::Refused { .. }) => return Err(Failure::Fatal(err)),
         Err(err) => return Err(Failure::at(&path, crate::errors::chain(&err))),
     };
-    let partial = Partial(temp_path(&path));
-    let temp = partial.0.as_path();
+    let partial = Partial::beside(&path);
+    let temp = partial.path();
     let written = download(fetched, temp, &path, options.progress).await;
     let checked = written.and_then(|(bytes, sha256)| check(record, bytes, &sha256).map(|()| bytes));
     let renamed = match checked {
@@ -201,18 +202,6 @@ async fn pull_one(
         Ok(bytes) => Ok(Pulled::Downloaded { key: record.key.clone(), path, bytes, verified: record.sha256.is_some() }),
         // Nothing of a bad or broken download is kept (`Partial` removes it).
         Err(reason) => Err(Failure::at(&path, reason)),
-    }
-}
-
-/// A download's temporary file, removed when it goes out of scope unless it was renamed into
-/// place: after a bad or broken download, and when the pull is dropped part-way (Ctrl-C in
-/// `runs pull`), so no `.NAME.pull-…` file is left behind.
-struct Partial(PathBuf);
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        // Renamed into place, it is gone already; anything else is left by an unfinished pull.
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -292,12 +281,6 @@ async fn already_present(path: &Path, record: &Artifact) -> Result<Option<Pulled
         .map_err(|err| Failure::at(path, format!("cannot read it: {err}")))?;
     Ok((sha256.eq_ignore_ascii_case(expected))
         .then(|| Pulled::Present { key: record.key.clone(), path: path.to_owned() }))
-}
-
-/// `.NAME.pull-PID-RANDOM` beside `path`: same folder, so the rename is atomic.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.pull-{}-{:08x}", std::process::id(), fastrand::u32(..)))
 }
 
 /// Streams `fetched` into a new file at `temp` (never an existing one, never through a
