@@ -101,6 +101,21 @@ fn text(span: &Span, key: &str) -> String {
     }
 }
 
+/// `scientist serve` on the pod's store, exporting to `endpoint`: checking the outbox and
+/// retrying every 100 ms, and giving up on an export after 1 s.
+fn serve_exporting_to(pod: &Pod, endpoint: &str) -> ServeProcess {
+    ServeProcess::start(|command| {
+        command.envs(pod.store_env()).args(["--otlp-endpoint", endpoint]).args([
+            "--alert-timeout",
+            "1s",
+            "--alert-every",
+            "100ms",
+            "--alert-backoff",
+            "100ms",
+        ])
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -131,16 +146,7 @@ async fn attempt_and_stages_reach_the_collector(kind: StoreKind) {
     assert_eq!(due, [("spans:1", true)], "the worker recorded the attempt's spans as due");
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 0, "a worker leaves sending to serve");
 
-    let _serve = ServeProcess::start(|command| {
-        command.envs(pod.store_env()).args([
-            "--otlp-endpoint",
-            &endpoint,
-            "--alert-every",
-            "100ms",
-            "--alert-backoff",
-            "100ms",
-        ])
-    });
+    let _serve = serve_exporting_to(&pod, &endpoint);
     let export = receiver.next().await;
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 2, "the refused export was tried again, once");
 
@@ -201,18 +207,7 @@ async fn a_collector_that_never_answers_is_timed_out_and_a_secret_in_the_failure
     assert!(status.success(), "worker failed: {stderr}");
     assert_eq!(pod.run(&id).await.error_type.as_deref(), Some("EXIT_3"));
 
-    let _serve = ServeProcess::start(|command| {
-        command.envs(pod.store_env()).args([
-            "--otlp-endpoint",
-            &endpoint,
-            "--alert-timeout",
-            "1s",
-            "--alert-every",
-            "100ms",
-            "--alert-backoff",
-            "100ms",
-        ])
-    });
+    let _serve = serve_exporting_to(&pod, &endpoint);
     // The first export hangs until the timeout; the outbox sends it again.
     let export = receiver.next().await;
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 2, "the hung export was given up and tried again");

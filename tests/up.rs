@@ -3,6 +3,11 @@
 //! timed stages, its artifacts registered and on disk, its LLM usage priced, and `runs list`
 //! and `stats` (separate processes, on the same default store) show it. Then `up` exits.
 
+#[path = "common/pod.rs"]
+mod pod;
+#[path = "common/stores.rs"]
+mod stores;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -170,15 +175,10 @@ async fn the_review_tour_waits_after_stage_2_until_approved_then_completes() {
     }
     // Its request reaches the store through the worker's stream just after: wait for it.
     let store = SqliteStore::open(&home.path().join(".local/share/scientist/scientist.sqlite")).await.expect("store");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let run = loop {
-        let runs = store.list(&RunFilter { limit: 10, ..RunFilter::default() }).await.expect("list").items;
-        if let Some(run) = runs.into_iter().find(|run| run.status == RunStatus::AwaitingHuman) {
-            break run;
-        }
-        assert!(std::time::Instant::now() < deadline, "no run AWAITING_HUMAN: {seen}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let runs = async || store.list(&RunFilter { limit: 10, ..RunFilter::default() }).await.expect("list").items;
+    let awaiting = |runs: &Vec<scientist::run::Run>| runs.iter().any(|run| run.status == RunStatus::AwaitingHuman);
+    let runs = pod::poll_until("a run AWAITING_HUMAN", runs, awaiting).await;
+    let run = runs.into_iter().find(|run| run.status == RunStatus::AwaitingHuman).expect("the run awaiting review");
     let review = run.review.as_ref().expect("the review request");
     assert_eq!((review.stage.as_deref(), review.holds_worker), (Some("Stage_2"), true), "{review:?}");
     assert!(!run.stage_timing.contains_key("Stage_3"), "Stage_3 waits for the decision");
