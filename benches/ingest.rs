@@ -6,7 +6,9 @@
 //!
 //! The server runs on a runtime of its own (threads named [`SERVER_THREAD`]) so that the CPU
 //! it spends per request (its threads and the store's writer thread, from each thread's
-//! `/proc/self/task/*/schedstat`) is told apart from the load generator's.
+//! `/proc/self/task/*/schedstat`) is told apart from the load generator's (the rest of this
+//! process); the share of the machine's cores busy (`/proc/stat`, every process) says
+//! whether the machine's CPU was the limit.
 //!
 //! Arguments after `--` pick workloads by a part of their name (`cargo bench --bench ingest
 //! -- "single events, 8" claims`); with none, all run.
@@ -63,8 +65,16 @@ fn main() {
 
         println!("scientist HTTP ingest benchmark (embedded store, synchronous=FULL, loopback)\n");
         println!(
-            "{:<34} {:>10} {:>10} {:>10} {:>14} {:>10}",
-            "workload", "events/s", "p50 ms", "p99 ms", "server µs/req", "per commit"
+            "{:<34} {:>10} {:>10} {:>10} {:>14} {:>14} {:>14} {:>13} {:>10}",
+            "workload",
+            "events/s",
+            "p50 ms",
+            "p99 ms",
+            "server µs/req",
+            "client µs/req",
+            "machine busy",
+            "writer CPU",
+            "per commit"
         );
         for connections in [1, 8] {
             let workload = format!("single events, {connections} connection(s)");
@@ -107,8 +117,11 @@ struct Figure {
     elapsed: Duration,
     /// One per request, sorted.
     latencies: Vec<Duration>,
-    /// CPU time the server's threads spent over the workload.
-    server_cpu: Duration,
+    /// CPU time the server's threads and the rest of this process (the load generator)
+    /// spent over the workload.
+    cpu: Cpu,
+    /// The share of the machine's cores busy over the workload (every process).
+    machine_busy: f64,
     /// Store transactions committed over the workload.
     commits: u64,
 }
@@ -116,38 +129,88 @@ struct Figure {
 /// Where the clocks and the commit count stood when a workload began.
 struct Mark {
     at: Instant,
-    server_cpu: Duration,
+    cpu: Cpu,
+    machine: MachineTicks,
     commits: u64,
 }
 
 impl Mark {
     fn now(store: &SqliteStore) -> Mark {
-        Mark { at: Instant::now(), server_cpu: server_cpu(), commits: store.commits() }
+        Mark { at: Instant::now(), cpu: Cpu::now(), machine: MachineTicks::now(), commits: store.commits() }
     }
 
     /// The workload's figure, `events` in all and `latencies` one per request.
     fn figure(self, store: &SqliteStore, events: usize, mut latencies: Vec<Duration>) -> Figure {
-        let (elapsed, server_cpu, commits) =
-            (self.at.elapsed(), server_cpu() - self.server_cpu, store.commits() - self.commits);
+        let (elapsed, cpu, commits) = (self.at.elapsed(), Cpu::now().since(&self.cpu), store.commits() - self.commits);
+        let machine_busy = MachineTicks::now().busy_since(&self.machine);
         latencies.sort();
-        Figure { events, elapsed, latencies, server_cpu, commits }
+        Figure { events, elapsed, latencies, cpu, machine_busy, commits }
     }
 }
 
-/// CPU time spent so far by the server's threads: its runtime's and the store's writer.
-fn server_cpu() -> Duration {
-    let mut total = Duration::ZERO;
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if ![SERVER_THREAD, WRITER_THREAD].contains(&comm.trim_end()) {
-            continue;
+/// CPU time spent so far by this process's threads: the server's (its runtime's and the
+/// store's writer) and all of them. A thread that ended takes its time with it, so the
+/// runtimes keep theirs.
+struct Cpu {
+    server: Duration,
+    writer: Duration,
+    process: Duration,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let mut cpu = Cpu { server: Duration::ZERO, writer: Duration::ZERO, process: Duration::ZERO };
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            // The first field: nanoseconds on a CPU.
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let nanos = schedstat.split_whitespace().next().and_then(|field| field.parse().ok()).unwrap_or(0);
+            let nanos = Duration::from_nanos(nanos);
+            cpu.process += nanos;
+            match comm.trim_end() {
+                WRITER_THREAD => (cpu.server, cpu.writer) = (cpu.server + nanos, cpu.writer + nanos),
+                SERVER_THREAD => cpu.server += nanos,
+                _ => {}
+            }
         }
-        // The first field: nanoseconds on a CPU.
-        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        let nanos = schedstat.split_whitespace().next().and_then(|field| field.parse().ok()).unwrap_or(0);
-        total += Duration::from_nanos(nanos);
+        cpu
     }
-    total
+
+    fn since(&self, earlier: &Cpu) -> Cpu {
+        Cpu {
+            server: self.server - earlier.server,
+            writer: self.writer - earlier.writer,
+            process: self.process - earlier.process,
+        }
+    }
+}
+
+/// The machine's busy and total time so far, all cores and processes (`/proc/stat`, ticks).
+struct MachineTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    fn now() -> MachineTicks {
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        let total = ticks.iter().sum();
+        // idle and iowait are the 4th and 5th fields.
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        MachineTicks { busy: total - idle, total }
+    }
+
+    fn busy_since(&self, earlier: &MachineTicks) -> f64 {
+        (self.busy - earlier.busy) as f64 / (self.total - earlier.total).max(1) as f64
+    }
 }
 
 impl Figure {
@@ -157,10 +220,13 @@ impl Figure {
             self.latencies[rank - 1].as_secs_f64() * 1000.0
         };
         let per_second = self.events as f64 / self.elapsed.as_secs_f64();
-        let cpu_per_request = self.server_cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64;
+        let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64;
+        let (server, client) = (per_request(self.cpu.server), per_request(self.cpu.process - self.cpu.server));
         let per_commit = self.events as f64 / self.commits.max(1) as f64;
+        let busy = self.machine_busy * 100.0;
+        let writer = self.cpu.writer.as_secs_f64() * 100.0 / self.elapsed.as_secs_f64();
         println!(
-            "{workload:<34} {per_second:>10.0} {:>10.2} {:>10.2} {cpu_per_request:>14.0} {per_commit:>10.1}",
+            "{workload:<34} {per_second:>10.0} {:>10.2} {:>10.2} {server:>14.0} {client:>14.0} {busy:>13.0}% {writer:>12.0}% {per_commit:>10.1}",
             percentile(0.50),
             percentile(0.99)
         );
