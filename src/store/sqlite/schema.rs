@@ -273,15 +273,21 @@ pub(super) fn derived_values(run: &Run) -> [SqlValue; 8] {
 
 /// Columns kept from each run document for `stats` (schema version 1), for the claim and
 /// the alert sender (version 3) and for the review counts (version 4).
-pub(super) const DERIVED_COLUMNS: &str =
-    "seen_at, finished_at, error_code, gpu_from, gpu_until, not_before, alerts_due, review_decision";
+pub(super) const DERIVED_COLUMNS: [&str; 8] =
+    ["seen_at", "finished_at", "error_code", "gpu_from", "gpu_until", "not_before", "alerts_due", "review_decision"];
 
-/// One placeholder per derived column.
-pub(super) const DERIVED_PLACEHOLDERS: &str = "?, ?, ?, ?, ?, ?, ?, ?";
+/// `count` SQL placeholders, comma-separated.
+pub(super) fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
+}
 
 /// Stores what `stats` reads from a run: its derived columns and completed stages.
 fn write_derived(tx: &Transaction<'_>, run: &Run) -> Result<()> {
-    let sql = format!("UPDATE runs SET ({DERIVED_COLUMNS}) = ({DERIVED_PLACEHOLDERS}) WHERE id = ?");
+    let sql = format!(
+        "UPDATE runs SET ({}) = ({}) WHERE id = ?",
+        DERIVED_COLUMNS.join(", "),
+        placeholders(DERIVED_COLUMNS.len())
+    );
     let values = derived_values(run).into_iter().chain([SqlValue::from(run.id.to_string())]);
     tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
     write_stage_durations(tx, run)
