@@ -466,6 +466,21 @@ mod tests {
         assert!(coloured.contains("\x1b[") && coloured.contains("QUEUED"), "{coloured:?}");
     }
 
+    /// The `flagged` line shows only when the sweep flagged a run, with both counts.
+    #[tokio::test]
+    async fn stats_names_flagged_runs_only_when_there_are_some() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = crate::store::SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("open");
+        let mut stats = store.stats(Timestamp::EPOCH, std::time::Duration::from_secs(3600)).await.expect("stats");
+        let look = Look { color: false, width: None, raw: false };
+        assert!(!stats_view(&stats, look).contains("flagged"), "nothing flagged, no line");
+        stats.flagged = crate::store::stats::Flagged { silent: 2, stalled: 1 };
+        let view = stats_view(&stats, look);
+        let line = view.lines().find(|line| line.contains("flagged")).expect("a flagged line");
+        assert!(line.contains("2 silent") && line.contains("1 stalled"), "{line}");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(

@@ -198,7 +198,8 @@ mod tests {
         let id = id.to_string();
         store
             .read(move |conn| {
-                let select = format!("SELECT doc, {} FROM runs WHERE id = ?1", columns().collect::<Vec<_>>().join(", "));
+                let select =
+                    format!("SELECT doc, {} FROM runs WHERE id = ?1", columns().collect::<Vec<_>>().join(", "));
                 let (doc, stored) = conn.query_row(&select, [&id], |row| {
                     let stored = (1..=columns().count()).map(|n| row.get(n)).collect::<rusqlite::Result<Vec<_>>>()?;
                     Ok((row.get::<_, String>(0)?, stored))
