@@ -90,7 +90,7 @@ pub(super) fn load_run(conn: &Connection, id: &RunId) -> Result<Option<Run>> {
 pub(super) fn insert_run(tx: &Transaction<'_>, run: &Run) -> Result<()> {
     let sql = format!(
         "INSERT INTO runs (id, created_at, doc, {}) VALUES (?, ?, ?, {}) ON CONFLICT (id) DO NOTHING",
-        columns().collect::<Vec<_>>().join(", "),
+        column_list(),
         placeholders(columns().count())
     );
     let values = [
@@ -134,6 +134,11 @@ fn columns() -> impl Iterator<Item = &'static str> {
     QUEUE_COLUMNS.into_iter().chain(DERIVED_COLUMNS)
 }
 
+/// [`columns`] as SQL lists them.
+fn column_list() -> String {
+    columns().collect::<Vec<_>>().join(", ")
+}
+
 /// `run`'s values of [`columns`].
 fn column_values(run: &Run) -> impl Iterator<Item = SqlValue> {
     let queue_columns = [
@@ -153,7 +158,7 @@ fn save_run_document(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rules:
     run.updated_at = now;
     run.rev += 1;
     let id = run.id.to_string();
-    let select = format!("SELECT {} FROM runs WHERE id = ?1", columns().collect::<Vec<_>>().join(", "));
+    let select = format!("SELECT {} FROM runs WHERE id = ?1", column_list());
     let stored: Vec<SqlValue> =
         tx.prepare_cached(&select)?.query_row([&id], |row| (0..columns().count()).map(|n| row.get(n)).collect())?;
     let changed: Vec<(&str, SqlValue)> = columns()
@@ -177,7 +182,7 @@ mod tests {
     use rusqlite::types::Value as SqlValue;
     use serde_json::json;
 
-    use super::{column_values, columns, parse_run};
+    use super::{column_list, column_values, columns, parse_run};
     use crate::run::{NewRun, RunId};
     use crate::store::Store;
     use crate::store::sqlite::SqliteStore;
@@ -198,8 +203,7 @@ mod tests {
         let id = id.to_string();
         store
             .read(move |conn| {
-                let select =
-                    format!("SELECT doc, {} FROM runs WHERE id = ?1", columns().collect::<Vec<_>>().join(", "));
+                let select = format!("SELECT doc, {} FROM runs WHERE id = ?1", column_list());
                 let (doc, stored) = conn.query_row(&select, [&id], |row| {
                     let stored = (1..=columns().count()).map(|n| row.get(n)).collect::<rusqlite::Result<Vec<_>>>()?;
                     Ok((row.get::<_, String>(0)?, stored))
