@@ -178,9 +178,10 @@ impl Cpu {
 
     fn since(&self, earlier: &Cpu) -> Cpu {
         Cpu {
-            server: self.server - earlier.server,
-            writer: self.writer - earlier.writer,
-            process: self.process - earlier.process,
+            // A thread that ended between the two takes its time with it.
+            server: self.server.saturating_sub(earlier.server),
+            writer: self.writer.saturating_sub(earlier.writer),
+            process: self.process.saturating_sub(earlier.process),
         }
     }
 }
@@ -200,6 +201,8 @@ impl MachineTicks {
             .unwrap_or_default()
             .split_whitespace()
             .skip(1)
+            // user to steal; guest time is counted in user already.
+            .take(8)
             .filter_map(|field| field.parse().ok())
             .collect();
         let total = ticks.iter().sum();
@@ -209,7 +212,7 @@ impl MachineTicks {
     }
 
     fn busy_since(&self, earlier: &MachineTicks) -> f64 {
-        (self.busy - earlier.busy) as f64 / (self.total - earlier.total).max(1) as f64
+        self.busy.saturating_sub(earlier.busy) as f64 / self.total.saturating_sub(earlier.total).max(1) as f64
     }
 }
 
@@ -221,7 +224,8 @@ impl Figure {
         };
         let per_second = self.events as f64 / self.elapsed.as_secs_f64();
         let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64;
-        let (server, client) = (per_request(self.cpu.server), per_request(self.cpu.process - self.cpu.server));
+        let client_cpu = self.cpu.process.saturating_sub(self.cpu.server);
+        let (server, client) = (per_request(self.cpu.server), per_request(client_cpu));
         let per_commit = self.events as f64 / self.commits.max(1) as f64;
         let busy = self.machine_busy * 100.0;
         let writer = self.cpu.writer.as_secs_f64() * 100.0 / self.elapsed.as_secs_f64();

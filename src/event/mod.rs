@@ -215,6 +215,13 @@ pub enum Error {
 /// day is no drift.
 pub const MAX_CLOCK_AHEAD_S: i64 = 24 * 3600;
 
+/// A test's event from a JSON literal; panics when it is not a valid event.
+#[cfg(test)]
+pub(crate) fn from_test_json(value: Value, received: Timestamp) -> Event {
+    let Value::Object(object) = value else { panic!("an event is a JSON object: {value}") };
+    from_json_object(object, received).unwrap_or_else(|err| panic!("test event is invalid: {err}"))
+}
+
 /// `event` as received at `received`: refused when its `time` is more than
 /// [`MAX_CLOCK_AHEAD_S`] ahead, else with a `time` no later than `received`, so that no
 /// duration, age or GPU-hour figure ever runs on an emitter's clock past the receiver's.

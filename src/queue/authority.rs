@@ -132,8 +132,7 @@ mod tests {
         if let Some(attempt) = attempt {
             object["attempt"] = json!(attempt);
         }
-        let object = object.as_object().cloned().expect("an object literal");
-        crate::event::from_json_object(object, Timestamp::EPOCH).expect("valid event")
+        crate::event::from_test_json(object, Timestamp::EPOCH)
     }
 
     #[test]

@@ -440,13 +440,11 @@ mod tests {
     }
 
     fn log_line(id: &str, run: &crate::run::RunId) -> crate::event::Event {
-        let serde_json::Value::Object(object) = serde_json::json!({
+        let event = serde_json::json!({
             "specversion": "1.0", "id": id, "source": "pod://test", "type": "ai.run.log",
             "subject": format!("run/{run}"), "time": "2026-12-01T10:00:00Z", "data": {"message": id},
-        }) else {
-            unreachable!("an object literal")
-        };
-        crate::event::from_json_object(object, crate::time::Timestamp::now()).expect("a valid event")
+        });
+        crate::event::from_test_json(event, crate::time::Timestamp::now())
     }
 
     /// Applies `batches` concurrently behind a busy writer, so that they share one group.

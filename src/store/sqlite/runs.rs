@@ -1,6 +1,8 @@
 //! Run rows: documents stored as JSON beside the columns the queue sorts and filters on,
 //! the claim, and the lookup of id prefixes.
 
+use std::sync::LazyLock;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 
@@ -158,13 +160,13 @@ fn save_run_document(tx: &Transaction<'_>, run: &mut Run, now: Timestamp, rules:
     run.updated_at = now;
     run.rev += 1;
     let id = run.id.to_string();
-    let select = format!("SELECT {} FROM runs WHERE id = ?1", column_list());
+    static SELECT: LazyLock<String> = LazyLock::new(|| format!("SELECT {} FROM runs WHERE id = ?1", column_list()));
     let stored: Vec<SqlValue> =
-        tx.prepare_cached(&select)?.query_row([&id], |row| (0..columns().count()).map(|n| row.get(n)).collect())?;
+        tx.prepare_cached(&SELECT)?.query_row([&id], |row| (0..columns().count()).map(|n| row.get(n)).collect())?;
     let changed: Vec<(&str, SqlValue)> = columns()
         .zip(column_values(run))
         .zip(stored)
-        .filter_map(|(column, old)| (column.1 != old).then_some(column))
+        .filter_map(|((column, new), old)| (new != old).then_some((column, new)))
         .collect();
     let set: String = changed.iter().map(|(column, _)| format!(", {column} = ?")).collect();
     let values = [SqlValue::from(to_json("run", run)?)].into_iter().chain(changed.into_iter().map(|(_, value)| value));
@@ -189,13 +191,11 @@ mod tests {
     use crate::time::Timestamp;
 
     fn event(id: &str, ty: &str, run: &RunId, attempt: u32, data: serde_json::Value) -> crate::event::Event {
-        let serde_json::Value::Object(object) = json!({
+        let event = json!({
             "specversion": "1.0", "id": id, "source": "pod://test", "type": ty, "subject": format!("run/{run}"),
             "time": Timestamp::now().to_string(), "attempt": attempt, "data": data,
-        }) else {
-            unreachable!("an object literal")
-        };
-        crate::event::from_json_object(object, Timestamp::now()).expect("a valid event")
+        });
+        crate::event::from_test_json(event, Timestamp::now())
     }
 
     /// The stored columns beside the ones the stored document says.

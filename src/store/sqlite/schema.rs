@@ -447,8 +447,7 @@ mod tests {
             if let Some(subject) = subject {
                 object["subject"] = json!(subject);
             }
-            let serde_json::Value::Object(object) = object else { unreachable!("an object literal") };
-            crate::event::from_json_object(object, at(n)).expect("a valid event")
+            crate::event::from_test_json(object, at(n))
         };
         let old = [event(1, Some(&format!("run/{}", run.id))), event(2, None), event(3, Some("elsewhere"))];
         {
