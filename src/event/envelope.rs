@@ -1,7 +1,10 @@
 //! Validation of one CloudEvents 1.0 JSON object into an [`Event`], following the spec:
 //! required `specversion` "1.0", non-empty `id`, `source` and `type`, RFC 3339 `time`,
-//! extension names of lower-case letters and digits, scalar extension values.
+//! extension names of lower-case letters and digits, scalar extension values. The wire's
+//! text is read straight into [`Attributes`] (no JSON object between); every other form
+//! comes as a JSON object. Both are validated by [`from_attributes`] alone.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
@@ -15,25 +18,150 @@ pub const SPECVERSION: &str = "1.0";
 
 const SUBJECT_PREFIX: &str = "run/";
 
+/// One event's attributes as sent, before validation: taken from a JSON object, or read
+/// straight from structured-mode text without building one.
+#[derive(Debug, Default)]
+pub struct Attributes {
+    /// The values of [`KNOWN`], by position.
+    known: [Option<Value>; KNOWN.len()],
+    data_base64: bool,
+    extensions: BTreeMap<String, Value>,
+    /// Read from a text that [`redact::json_needs_no_redaction`] cleared.
+    nothing_to_redact: bool,
+}
+
+/// The attributes that are not extensions (`data_base64` aside, which is refused).
+const KNOWN: [&str; 11] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "time",
+    "data",
+    "seq",
+    "attempt",
+];
+
+impl Attributes {
+    /// The attributes of structured-mode JSON text; an error when it is no JSON object.
+    pub fn from_json_text(json: &[u8]) -> serde_json::Result<Attributes> {
+        let mut attributes: Attributes = serde_json::from_slice(json)?;
+        attributes.nothing_to_redact = redact::json_needs_no_redaction(json);
+        Ok(attributes)
+    }
+
+    /// The `id` as sent, when it is a string.
+    pub fn id(&self) -> Option<&str> {
+        self.known[known_index("id")?].as_ref().and_then(Value::as_str)
+    }
+
+    /// Sets attribute `name`; as in a JSON object, a later value replaces an earlier one.
+    fn set(&mut self, name: impl AsRef<str> + Into<String>, value: Value) {
+        match known_index(name.as_ref()) {
+            Some(index) => self.known[index] = Some(value),
+            None if name.as_ref() == "data_base64" => self.data_base64 = true,
+            None => {
+                self.extensions.insert(name.into(), value);
+            }
+        }
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<Value> {
+        let index = known_index(name);
+        debug_assert!(index.is_some(), "{name} is not a known attribute");
+        self.known[index?].take()
+    }
+}
+
+fn known_index(name: &str) -> Option<usize> {
+    KNOWN.iter().position(|known| *known == name)
+}
+
+impl From<Map<String, Value>> for Attributes {
+    fn from(object: Map<String, Value>) -> Self {
+        let mut attributes = Attributes::default();
+        for (name, value) in object {
+            attributes.set(name, value);
+        }
+        attributes
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Attributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Attributes;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
+                let mut attributes = Attributes::default();
+                while let Some(Name(name)) = map.next_key()? {
+                    let value = map.next_value()?;
+                    attributes.set(name, value);
+                }
+                Ok(attributes)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// An attribute name, borrowed from the text when it holds no escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Name<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an attribute name")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, name: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(name.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 /// Validates `object` (one structured-mode event) into an [`Event`].
 /// `received` stands in for `time` when the emitter sent none.
-pub fn from_json_object(mut object: Map<String, Value>, received: Timestamp) -> Result<Event, Error> {
-    let specversion = take_string(&mut object, "specversion")?.ok_or(Error::MissingAttribute("specversion"))?;
+pub fn from_json_object(object: Map<String, Value>, received: Timestamp) -> Result<Event, Error> {
+    from_attributes(Attributes::from(object), received)
+}
+
+/// Validates one event's attributes into an [`Event`]; `received` stands in for a missing `time`.
+pub fn from_attributes(mut attributes: Attributes, received: Timestamp) -> Result<Event, Error> {
+    let specversion = take_string(&mut attributes, "specversion")?.ok_or(Error::MissingAttribute("specversion"))?;
     if specversion != SPECVERSION {
         return Err(Error::UnsupportedSpecversion(specversion));
     }
-    let id = required_non_empty(&mut object, "id")?;
-    let source = required_non_empty(&mut object, "source")?;
-    let event_type = required_non_empty(&mut object, "type")?;
-    let subject = take_string(&mut object, "subject")?;
-    let datacontenttype = take_string(&mut object, "datacontenttype")?;
-    let dataschema = take_string(&mut object, "dataschema")?;
-    let time = match take_string(&mut object, "time")? {
+    let id = required_non_empty(&mut attributes, "id")?;
+    let source = required_non_empty(&mut attributes, "source")?;
+    let event_type = required_non_empty(&mut attributes, "type")?;
+    let subject = take_string(&mut attributes, "subject")?;
+    let datacontenttype = take_string(&mut attributes, "datacontenttype")?;
+    let dataschema = take_string(&mut attributes, "dataschema")?;
+    let time = match take_string(&mut attributes, "time")? {
         None => received,
         Some(text) => Timestamp::parse_rfc3339(&text)
             .map_err(|err| Error::InvalidTime { value: text.clone(), reason: err.to_string() })?,
     };
-    if object.contains_key("data_base64") {
+    if attributes.data_base64 {
         return Err(Error::Base64Data);
     }
     if let Some(content_type) = &datacontenttype
@@ -41,7 +169,7 @@ pub fn from_json_object(mut object: Map<String, Value>, received: Timestamp) -> 
     {
         return Err(Error::UnsupportedContentType(content_type.clone()));
     }
-    let mut data = match object.remove("data") {
+    let mut data = match attributes.take("data") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(data)) => data,
         Some(other) => return Err(Error::DataNotAnObject(json_kind(&other))),
@@ -49,30 +177,33 @@ pub fn from_json_object(mut object: Map<String, Value>, received: Timestamp) -> 
     if !event_type.starts_with("ai.") {
         return Err(Error::UnsupportedType(event_type));
     }
-    let seq = take_integer(&mut object, "seq")?;
-    let attempt = take_integer(&mut object, "attempt")?
+    let seq = take_integer(&mut attributes, "seq")?;
+    let attempt = take_integer(&mut attributes, "attempt")?
         .map(u32::try_from)
         .transpose()
         .map_err(|_| Error::InvalidAttribute { name: "attempt".into(), expected: "a claim number below 2^32" })?;
-    let mut extensions = extensions(object)?;
+    let mut extensions = extensions(attributes.extensions)?;
     let run_id = run_id(&event_type, subject.as_deref(), &data)?;
     // Everything that is stored, but the identifiers checked above: this is the one place
     // an event from outside (any form, any emitter, the worker's own) is cleaned.
-    for (name, value) in &mut extensions {
-        redact::redact_field(name, value);
+    let redacted = |text: String| if attributes.nothing_to_redact { text } else { redact::redact_string(text) };
+    if !attributes.nothing_to_redact {
+        for (name, value) in &mut extensions {
+            redact::redact_field(name, value);
+        }
+        redact::redact_map(&mut data);
     }
-    redact::redact_map(&mut data);
-    let event_type = redact::redact_string(event_type);
+    let event_type = redacted(event_type);
     let payload = Payload::parse(&event_type, &data)
         .map_err(|reason| Error::InvalidData { event_type: event_type.clone(), reason })?;
     Ok(Event {
         id: EventId(id),
-        source: redact::redact_string(source),
+        source: redacted(source),
         event_type,
-        subject: subject.map(redact::redact_string),
+        subject: subject.map(redacted),
         time,
-        datacontenttype: datacontenttype.map(redact::redact_string),
-        dataschema: dataschema.map(redact::redact_string),
+        datacontenttype: datacontenttype.map(redacted),
+        dataschema: dataschema.map(redacted),
         data,
         seq,
         attempt,
@@ -87,16 +218,16 @@ fn is_json_media_type(content_type: &str) -> bool {
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
-fn take_string(object: &mut Map<String, Value>, name: &'static str) -> Result<Option<String>, Error> {
-    match object.remove(name) {
+fn take_string(attributes: &mut Attributes, name: &'static str) -> Result<Option<String>, Error> {
+    match attributes.take(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
         Some(_) => Err(Error::InvalidAttribute { name: name.into(), expected: "a string" }),
     }
 }
 
-fn required_non_empty(object: &mut Map<String, Value>, name: &'static str) -> Result<String, Error> {
-    match take_string(object, name)? {
+fn required_non_empty(attributes: &mut Attributes, name: &'static str) -> Result<String, Error> {
+    match take_string(attributes, name)? {
         None => Err(Error::MissingAttribute(name)),
         Some(text) if text.trim().is_empty() => {
             Err(Error::InvalidAttribute { name: name.into(), expected: "a non-empty string" })
@@ -106,9 +237,9 @@ fn required_non_empty(object: &mut Map<String, Value>, name: &'static str) -> Re
 }
 
 /// An integer extension; binary mode and some emitters send integers as strings.
-fn take_integer(object: &mut Map<String, Value>, name: &'static str) -> Result<Option<u64>, Error> {
+fn take_integer(attributes: &mut Attributes, name: &'static str) -> Result<Option<u64>, Error> {
     let invalid = || Error::InvalidAttribute { name: name.into(), expected: "a non-negative integer" };
-    match object.remove(name) {
+    match attributes.take(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(number)) => number.as_u64().map(Some).ok_or_else(invalid),
         Some(Value::String(text)) => text.trim().parse().map(Some).map_err(|_| invalid()),
@@ -116,8 +247,8 @@ fn take_integer(object: &mut Map<String, Value>, name: &'static str) -> Result<O
     }
 }
 
-fn extensions(object: Map<String, Value>) -> Result<BTreeMap<String, Value>, Error> {
-    object
+fn extensions(extensions: BTreeMap<String, Value>) -> Result<BTreeMap<String, Value>, Error> {
+    extensions
         .into_iter()
         .map(|(name, value)| {
             let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());

@@ -82,8 +82,14 @@ impl Payload {
 
 pub(super) fn typed<T: DeserializeOwned>(data: &Map<String, Value>) -> Result<T, String> {
     // Borrowing deserialisation from a `&Map` avoids cloning the typed fields.
-    let deserializer = serde::de::value::MapDeserializer::new(data.iter().map(|(k, v)| (k.as_str(), v)));
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let deserializer = || serde::de::value::MapDeserializer::new(data.iter().map(|(k, v)| (k.as_str(), v)));
+    // Tracking the path costs on every field: only a refused payload, whose error names the
+    // field, is read again with it.
+    let plain: Result<T, serde_json::Error> = T::deserialize(deserializer());
+    if let Ok(payload) = plain {
+        return Ok(payload);
+    }
+    serde_path_to_error::deserialize(deserializer()).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if path == "." { inner.to_string() } else { format!("data.{path}: {inner}") }

@@ -5,7 +5,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{Error, Event, from_json_object, json_kind, on_receivers_clock};
+use super::envelope::{Attributes, from_attributes};
+use super::{Error, Event, json_kind, on_receivers_clock};
 use crate::limits;
 use crate::time::Timestamp;
 
@@ -36,21 +37,25 @@ impl Batch {
 /// One structured-mode event (`application/cloudevents+json`), within the event size limit.
 pub fn parse_structured(body: &[u8], received: Timestamp) -> Result<Event, Error> {
     limits::check_event(body.len()).map_err(Error::TooLarge)?;
-    let value: Value = serde_json::from_slice(body).map_err(|err| Error::InvalidJson(err.to_string()))?;
-    match value {
-        Value::Object(object) => receive(object, received),
-        other => Err(Error::NotAnObject(json_kind(&other))),
+    match Attributes::from_json_text(body) {
+        Ok(attributes) => receive(attributes, received),
+        // Read again to say what it is instead: rare, and only for a refused event.
+        Err(err) => Err(match serde_json::from_slice::<Value>(body) {
+            Ok(other) => Error::NotAnObject(json_kind(&other)),
+            Err(_) => Error::InvalidJson(err.to_string()),
+        }),
     }
 }
 
 /// An event that arrived over the wire at `received`: valid, with an id that is no secret
 /// (ids are stored as sent: redacting one would merge two events), and on the receiver's
 /// clock. Events already stored are read without these checks, so none becomes unreadable.
-fn receive(object: Map<String, Value>, received: Timestamp) -> Result<Event, Error> {
-    if object.get("id").and_then(Value::as_str).is_some_and(crate::redact::would_change) {
+fn receive(attributes: impl Into<Attributes>, received: Timestamp) -> Result<Event, Error> {
+    let attributes = attributes.into();
+    if attributes.id().is_some_and(crate::redact::would_change) {
         return Err(Error::SecretInIdentifier("id"));
     }
-    on_receivers_clock(from_json_object(object, received)?, received)
+    on_receivers_clock(from_attributes(attributes, received)?, received)
 }
 
 /// One binary-mode event: context attributes from `ce-*` headers, `data` from the body.
@@ -166,6 +171,48 @@ mod tests {
         assert_eq!(batch.rejected.len(), 1);
         assert_eq!(batch.rejected[0].line, 4);
         assert!(batch.rejected[0].reason.starts_with("invalid JSON"), "{:?}", batch.rejected);
+    }
+
+    /// Read straight from its text or through a JSON object, as the other forms are, an
+    /// event comes out the same, redacted the same, or is refused for the same reason.
+    #[test]
+    fn text_and_object_give_the_same_event_or_the_same_refusal() {
+        let log = |extra: &str, data: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"l1","source":"pod://a","type":"ai.run.log","subject":"run/r1",{extra}"data":{{"message":"{data}"}}}}"#
+            )
+        };
+        let cases = [
+            log("", "loss 0.25"),
+            log("", "export OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwxyz"),
+            log("", r"\u0073k-abcdefghijklmnopqrstuvwxyz"),
+            log(r#""token":"abc","team":"ml","#, "hi"),
+            log(r#""source":"https://user:pw@host","#, "a later source wins"),
+            log(r#""id":"sk-abcdefghijklmnopqrstuvwxyz","#, "a secret id"),
+            log(r#""\u0069d":"escaped-name","#, "hi"),
+            log(r#""data_base64":null,"#, "hi"),
+            log(r#""time":null,"seq":"7","attempt":2,"#, "hi"),
+            log(r#""Bad":1,"#, "hi"),
+            log(r#""trace":[1],"#, "hi"),
+            log(r#""subject":"run/other","#, "hi"),
+            "7".to_owned(),
+            "[1]".to_owned(),
+            r#"{"specversion":"1.0","id""#.to_owned(),
+            r#"{"specversion":"1.0"} trailing"#.to_owned(),
+        ];
+        for text in cases {
+            let via_object = match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(object)) => receive(object, now()),
+                Ok(other) => Err(Error::NotAnObject(json_kind(&other))),
+                Err(err) => Err(Error::InvalidJson(err.to_string())),
+            };
+            assert_eq!(parse_structured(text.as_bytes(), now()), via_object, "{text}");
+        }
+        let redacted =
+            parse_structured(log("", "export OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwxyz now").as_bytes(), now());
+        let message = redacted.expect("valid").data["message"].to_string();
+        assert!(message.contains(&format!("OPENAI_API_KEY={}", crate::redact::REDACTED)), "{message}");
+        assert!(!message.contains("sk-abc"), "{message}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ mod text;
 mod value;
 
 pub use names::{KEY_KINDS, NOT_SECRET_WORDS, SECRET_ENDINGS, SECRET_WORDS, is_secret_name};
+pub use prefilter::json_needs_no_redaction;
 pub use text::{redact_string, redact_text, would_change};
 pub use value::{redact_field, redact_map, redact_value};
 

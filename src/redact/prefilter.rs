@@ -11,7 +11,7 @@
 
 use std::sync::LazyLock;
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, packed};
 
 /// The name fragments of the key rule, as in `text::name_fragments!` (a test holds the two
 /// to the same list).
@@ -19,7 +19,7 @@ pub(super) const NAME_FRAGMENTS: &[&str] =
     &["token", "secret", "pass", "pwd", "key", "cred", "auth", "cookie", "session", "dsn", "conn"];
 
 /// The literals that the other text rules need, one of which is in any match.
-const RULE_LITERALS: &[&str] = &[
+pub(super) const RULE_LITERALS: &[&str] = &[
     // Bearer credentials.
     "bearer",
     // Token shapes, by their prefixes.
@@ -52,9 +52,41 @@ fn searcher(literals: &[&[&str]]) -> AhoCorasick {
 static ANY_RULE: LazyLock<AhoCorasick> = LazyLock::new(|| searcher(&[NAME_FRAGMENTS, RULE_LITERALS]));
 static ANY_FRAGMENT: LazyLock<AhoCorasick> = LazyLock::new(|| searcher(&[NAME_FRAGMENTS]));
 
+/// The same literals for SIMD search (Teddy) of a lower-case copy; `None` on a CPU without it.
+/// The literals are lower case (a test holds them to it).
+static ANY_RULE_PACKED: LazyLock<Option<packed::Searcher>> =
+    LazyLock::new(|| packed::Searcher::new(NAME_FRAGMENTS.iter().chain(RULE_LITERALS)));
+
+/// From this length a text is searched by [`ANY_RULE_PACKED`]: on a whole event's JSON
+/// (~400 bytes) it takes ~160 ns where the case-insensitive automaton takes ~1,000; on a few
+/// bytes the automaton is faster (6 bytes: 18 ns against 29).
+const PACKED_FROM_LEN: usize = 64;
+
 /// Whether a text rule could match `text`: false means it certainly cannot.
 pub(super) fn may_match_a_rule(text: &str) -> bool {
-    !text.is_ascii() || ANY_RULE.is_match(text) || may_hold_userinfo(text)
+    !text.is_ascii() || holds_a_rule_literal(text) || may_hold_userinfo(text)
+}
+
+/// Whether ASCII `text` holds one of the literals, in any case.
+pub(super) fn holds_a_rule_literal(text: &str) -> bool {
+    match &*ANY_RULE_PACKED {
+        Some(packed) if text.len() >= PACKED_FROM_LEN => packed.find(text.to_ascii_lowercase()).is_some(),
+        _ => ANY_RULE.is_match(text),
+    }
+}
+
+/// The automaton's answer, which [`holds_a_rule_literal`] gives on any text (for a test).
+#[cfg(test)]
+pub(super) fn holds_a_rule_literal_by_automaton(text: &str) -> bool {
+    ANY_RULE.is_match(text)
+}
+
+/// Whether redaction would leave every string and every field name in the JSON text `json`
+/// as it is: ASCII without escapes and no hit for [`may_match_a_rule`] on the whole text.
+/// Each string and name in it is then a substring of it, as decoded, so none can hold a
+/// literal either; a secret-like name needs a fragment too. One pass for a whole event.
+pub fn json_needs_no_redaction(json: &[u8]) -> bool {
+    !json.contains(&b'\\') && std::str::from_utf8(json).is_ok_and(|text| !may_match_a_rule(text))
 }
 
 /// URL userinfo needs a `://` and, after it, an `@`.

@@ -361,6 +361,59 @@ mod tests {
         }
     }
 
+    /// Near misses as a field name and as values: every text cleared as a whole is one
+    /// that redaction leaves as it is, and enough are cleared that this says something.
+    #[test]
+    fn a_json_text_cleared_as_a_whole_holds_nothing_to_redact() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut cleared, cases) = (0, 4096);
+        for _ in 0..cases {
+            let (name, text) = (near_misses(), near_misses()).new_tree(&mut runner).expect("a case").current();
+            let value = serde_json::json!({ name.clone(): text, "data": {"message": text, "list": [name]} });
+            let json = value.to_string();
+            if prefilter::json_needs_no_redaction(json.as_bytes()) {
+                cleared += 1;
+                let mut redacted = value.clone();
+                crate::redact::redact_value(&mut redacted);
+                assert_eq!(redacted, value, "{json}");
+            }
+        }
+        assert!(cleared > cases / 50, "only {cleared} of {cases} texts were cleared");
+    }
+
+    /// Long texts go to the SIMD searcher of a lower-case copy: it finds what the
+    /// case-insensitive automaton finds.
+    #[test]
+    fn the_simd_search_finds_what_the_automaton_finds() {
+        use proptest::strategy::{Strategy, ValueTree};
+        for literal in prefilter::NAME_FRAGMENTS.iter().chain(prefilter::RULE_LITERALS) {
+            assert_eq!(*literal, literal.to_ascii_lowercase(), "the packed search needs lower-case literals");
+        }
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let piece = || proptest::prop_oneof![1 => near_misses(), 3 => "[ -~]{0,40}"];
+        let (mut hits, cases) = (0, 4096);
+        for _ in 0..cases {
+            let pieces = (piece(), piece(), piece()).new_tree(&mut runner).expect("a case").current();
+            let text = format!("{} {:>64} {}", pieces.0, pieces.1, pieces.2);
+            let expected = prefilter::holds_a_rule_literal_by_automaton(&text);
+            assert_eq!(prefilter::holds_a_rule_literal(&text), expected, "{text:?}");
+            hits += usize::from(expected);
+        }
+        assert!((cases / 10..cases - cases / 10).contains(&hits), "{hits} of {cases} texts held a literal");
+    }
+
+    #[test]
+    fn a_json_text_with_a_literal_or_an_escape_is_not_cleared() {
+        let cleared = |json: &str| prefilter::json_needs_no_redaction(json.as_bytes());
+        assert!(cleared(r#"{"source":"pod://gpu-7","data":{"message":"loss 0.25"}}"#));
+        assert!(!cleared(r#"{"data":{"api_key":"abc"}}"#), "a secret-like name");
+        assert!(!cleared(r#"{"data":{"message":"sk-abcdefghijklmnopqrstuvwxyz"}}"#), "a token shape");
+        assert!(!cleared(r#"{"source":"https://u:p@host"}"#), "userinfo");
+        assert!(!cleared(r#"{"data":{"message":"\u0073k-abcdefghijklmnopqrstuvwxyz"}}"#), "an escape");
+        assert!(!cleared("{\"data\":{\"message\":\"API_\u{212A}EY=abc\"}}"), "beyond ASCII");
+    }
+
     #[test]
     fn every_token_shape_passes_the_prefilter() {
         // One of each rule's forms that holds no other literal of the prefilter.
