@@ -96,10 +96,21 @@ pub(super) fn lookup(conn: &Connection, name: &str) -> Result<Option<i64>> {
     Ok(conn.prepare_cached("SELECT key FROM names WHERE name = ?1")?.query_row([name], |row| row.get(0)).optional()?)
 }
 
-/// Inserts the event unless its (source, id) pair is known. True when it was new.
-pub(super) fn insert_event(tx: &Transaction<'_>, names: &mut Names, event: &Event, now: Timestamp) -> Result<bool> {
-    // The core attributes are in columns (`event::CORE_ATTRIBUTES`), so not repeated.
-    let body = event.to_json_without_core().map_err(|source| Error::Corrupt { what: "event".into(), source })?;
+/// The `body` column of `event`: its JSON without the core attributes, which are in columns
+/// (`event::CORE_ATTRIBUTES`). Written by the caller, before the event reaches the writer.
+pub(super) fn body(event: &Event) -> Result<String> {
+    event.to_json_without_core().map_err(|source| Error::Corrupt { what: "event".into(), source })
+}
+
+/// Inserts the event, with its [`body`], unless its (source, id) pair is known. True when it
+/// was new.
+pub(super) fn insert_event(
+    tx: &Transaction<'_>,
+    names: &mut Names,
+    event: &Event,
+    body: &str,
+    now: Timestamp,
+) -> Result<bool> {
     let source = names.key(tx, &event.source)?;
     let run = event.run_id.as_ref().map(|id| names.key(tx, id.as_str())).transpose()?;
     let ty = names.key(tx, &event.event_type)?;

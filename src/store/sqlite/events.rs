@@ -100,14 +100,14 @@ struct Touched {
 /// event comes with when it was received (a group commit applies several requests' events).
 pub(super) fn apply_batch<'e>(
     tx: &Transaction<'_>,
-    events: impl IntoIterator<Item = (&'e Event, Timestamp)>,
+    events: impl IntoIterator<Item = (&'e Event, &'e str, Timestamp)>,
     rules: &Rules,
 ) -> Result<Vec<Outcome>> {
     let mut touched: HashMap<RunId, Touched> = HashMap::new();
     let mut outcomes = Vec::new();
     let mut names = Names::default();
-    for (event, now) in events {
-        if !insert_event(tx, &mut names, event, now)? {
+    for (event, body, now) in events {
+        if !insert_event(tx, &mut names, event, body, now)? {
             outcomes.push(Outcome::Duplicate);
             continue;
         }
