@@ -39,10 +39,11 @@ pub fn parse_structured(body: &[u8], received: Timestamp) -> Result<Event, Error
     limits::check_event(body.len()).map_err(Error::TooLarge)?;
     match Attributes::from_json_text(body) {
         Ok(attributes) => receive(attributes, received),
-        // Read again to say what it is instead: rare, and only for a refused event.
-        Err(err) => Err(match serde_json::from_slice::<Value>(body) {
+        // Read again to say what it is instead: rare, and only for a refused event. The JSON
+        // error is this reading's: the first stops at a non-object before reading it whole.
+        Err(_) => Err(match serde_json::from_slice::<Value>(body) {
             Ok(other) => Error::NotAnObject(json_kind(&other)),
-            Err(_) => Error::InvalidJson(err.to_string()),
+            Err(err) => Error::InvalidJson(err.to_string()),
         }),
     }
 }
@@ -197,6 +198,9 @@ mod tests {
             log(r#""subject":"run/other","#, "hi"),
             "7".to_owned(),
             "[1]".to_owned(),
+            "7 x".to_owned(),
+            "[1,]".to_owned(),
+            "[".to_owned(),
             r#"{"specversion":"1.0","id""#.to_owned(),
             r#"{"specversion":"1.0"} trailing"#.to_owned(),
         ];
