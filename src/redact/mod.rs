@@ -2,10 +2,12 @@
 //!
 //! Entry points: [`redact_text`] for one string, [`redact_value`] / [`redact_map`] for JSON.
 //! Callers are the choke points where outside data becomes something stored: every event
-//! (`event::from_json_object`: context attributes, extensions and `data`), every new run
+//! (`event::from_attributes`: context attributes, extensions and `data`), every new run
 //! (`Run::queued`: idea, hypothesis, queue), every ideation request (`IdeationRequest::queued`,
 //! `IdeationRequest::finish`), an operator's cancel (`store::cancel_run`), and the worker's
-//! spool (`emit::stream`).
+//! spool (`emit::stream`). An event read from its text is left as it is when its whole text
+//! is cleared at once ([`json_needs_no_redaction`]: ASCII, no escape, no prefilter literal):
+//! then no rule could change anything in it.
 //!
 //! The rules, in the order they run on text:
 //! 1. **PEM private keys**: `-----BEGIN … PRIVATE KEY-----` up to its END line (or the end of
