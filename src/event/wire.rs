@@ -219,6 +219,22 @@ mod tests {
         assert!(!message.contains("sk-abc"), "{message}");
     }
 
+    /// A line nested past serde_json's recursion limit, within the size limit, is refused by
+    /// the direct reading as by the JSON-object one, and the stack holds.
+    #[test]
+    fn a_deeply_nested_line_is_refused_not_overflowed() {
+        let depth = 20_000;
+        let text = format!(
+            r#"{{"specversion":"1.0","id":"n","source":"s","type":"ai.run.log","subject":"run/r1","data":{{"message":"m","deep":{}{}}}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let refused = parse_structured(text.as_bytes(), now()).expect_err("too deep");
+        assert!(refused.to_string().contains("recursion limit exceeded"), "{refused}");
+        let batch = parse_ndjson(format!("{text}\n").as_bytes(), now());
+        assert_eq!((batch.events.len(), batch.rejected.len()), (0, 1));
+    }
+
     #[test]
     fn json_batch_numbers_positions() {
         let body = r#"[{"specversion":"1.0","id":"a","source":"s","type":"ai.run.log","data":{"run_id":"r","message":"hi"}}, 7,
